@@ -1,0 +1,93 @@
+"""wfkit: a plugin-based kit for stateful workflows that keep their history in SQL.
+
+The public API is importable from here, loaded lazily (PEP 562): ``import
+wfkit`` costs almost nothing, and SQLAlchemy is imported only when a name
+that needs it (``wfkit.Repository``, ``wfkit.Run``...) is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # errors (light)
+    "WfkitError": "wfkit.errors",
+    "NotFoundError": "wfkit.errors",
+    "WorkflowNotFoundError": "wfkit.errors",
+    "InvalidStatusError": "wfkit.errors",
+    "InvalidQueryError": "wfkit.errors",
+    "ConfigurationError": "wfkit.errors",
+    "DatabaseError": "wfkit.errors",
+    "DatabaseNotMigratedError": "wfkit.errors",
+    "http_status": "wfkit.errors",
+    # registry records (light)
+    "WorkflowInfo": "wfkit.registry",
+    # models
+    "Run": "wfkit.models",
+    "Stage": "wfkit.models",
+    "Decision": "wfkit.models",
+    "Checkpoint": "wfkit.models",
+    "RunStatus": "wfkit.models",
+    "StageStatus": "wfkit.models",
+    "RUN_TRANSITIONS": "wfkit.models",
+    "check_transition": "wfkit.models",
+    "can_transition": "wfkit.models",
+    # queries
+    "PageRequest": "wfkit.query",
+    "PageResult": "wfkit.query",
+    "PaginationConfig": "wfkit.query",
+    "RunFilters": "wfkit.query",
+    "SortField": "wfkit.query",
+    "parse_sort": "wfkit.query",
+    # database
+    "create_engine": "wfkit.db",
+    "Repository": "wfkit.repository",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wfkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from wfkit.db import create_engine
+    from wfkit.errors import (
+        ConfigurationError,
+        DatabaseError,
+        DatabaseNotMigratedError,
+        InvalidQueryError,
+        InvalidStatusError,
+        NotFoundError,
+        WfkitError,
+        WorkflowNotFoundError,
+        http_status,
+    )
+    from wfkit.models import (
+        RUN_TRANSITIONS,
+        Checkpoint,
+        Decision,
+        Run,
+        RunStatus,
+        Stage,
+        StageStatus,
+        can_transition,
+        check_transition,
+    )
+    from wfkit.query import PageRequest, PageResult, PaginationConfig, RunFilters, SortField, parse_sort
+    from wfkit.registry import WorkflowInfo
+    from wfkit.repository import Repository

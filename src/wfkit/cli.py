@@ -1,0 +1,392 @@
+"""The ``wfkit`` command line: parse, call the library, print.
+
+Heavy modules (SQLAlchemy, SQLModel, Alembic, pydantic) are imported inside
+the commands that need them, so ``wfkit --help`` stays fast.
+
+Errors from the library become one line on stderr: exit code 2 for bad input
+(a bad status, sort field, id, revision or setting), 1 for everything else
+(not found, database unreachable or not migrated).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import click
+
+from wfkit.errors import ConfigurationError, InvalidQueryError, InvalidStatusError, WfkitError
+
+BAD_INPUT_ERRORS = (InvalidQueryError, InvalidStatusError, ConfigurationError)
+RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+_URL_KEY = "wfkit.database_url"
+
+
+def exit_code_for(err: WfkitError) -> int:
+    """2 for bad input, 1 for everything else."""
+    return 2 if isinstance(err, BAD_INPUT_ERRORS) else 1
+
+
+class WfkitGroup(click.Group):
+    """A group that turns wfkit errors into one stderr line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WfkitError as err:
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(exit_code_for(err))
+
+
+def _remember_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[_URL_KEY] = value
+
+
+def database_url_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--database-url``, accepted before or after the subcommand (the later one wins)."""
+    return click.option(
+        "--database-url",
+        metavar="URL",
+        expose_value=False,
+        callback=_remember_url,
+        help="Database URL (default: $WFKIT_DATABASE_URL, else the per-user SQLite file; see `wfkit db path`).",
+    )(fn)
+
+
+def _database_url() -> str | None:
+    return click.get_current_context().meta.get(_URL_KEY)
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")(fn)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def fmt_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1000:
+        return f"{value / 1000:.2f}s"
+    return f"{value:.1f}ms"
+
+
+def fmt_value(value: Any, width: int = 60) -> str:
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Rows under headers, each column as wide as its widest cell."""
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@click.group(cls=WfkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="wfkit", prog_name="wfkit")
+@database_url_option
+def cli() -> None:
+    """wfkit: stateful workflows whose history lives in SQL.
+
+    Configuration: --database-url, else WFKIT_DATABASE_URL, else a SQLite file
+    in your user data directory. WFKIT_DEFAULT_PAGE_SIZE and WFKIT_MAX_PAGE_SIZE
+    set listing page sizes (20 and 100 by default).
+    """
+
+
+@cli.group(cls=WfkitGroup)
+def runs() -> None:
+    """Browse run history: list runs, show one, its stages and decisions."""
+
+
+def _repository() -> Any:
+    from wfkit.repository import Repository
+
+    return Repository(_database_url())
+
+
+@runs.command("list")
+@click.option("--workflow", "workflow_name", metavar="NAME", help="Only runs of this workflow.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    metavar="STATUS",
+    help=f"Only runs with this status; repeat or comma-separate for several ({', '.join(RUN_STATUSES)}).",
+)
+@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True, help="Page number, from 1.")
+@click.option(
+    "--page-size", type=click.IntRange(min=1), default=None, help="Runs per page (default 20, at most 100)."
+)
+@click.option(
+    "--sort",
+    metavar="FIELDS",
+    default=None,
+    help="Comma-separated fields, '-' for descending (default -created_at). "
+    "Fields: id, workflow_name, status, created_at, updated_at, started_at, completed_at.",
+)
+@json_option
+@database_url_option
+def runs_list(
+    workflow_name: str | None,
+    statuses: tuple[str, ...],
+    page: int,
+    page_size: int | None,
+    sort: str | None,
+    as_json: bool,
+) -> None:
+    """List runs, newest first, a page at a time."""
+    from wfkit.query import PageRequest, RunFilters
+
+    filters = RunFilters(workflow_name=workflow_name, status=statuses)
+    request = PageRequest(page=page, page_size=page_size, sort=sort)
+    result = _repository().list_runs(request, filters)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    if result.data:
+        click.echo(
+            render_table(
+                ("ID", "WORKFLOW", "STATUS", "CREATED", "DURATION"),
+                (
+                    (r.id, r.workflow_name, r.status.value, fmt_time(r.created_at), fmt_ms(r.duration_ms))
+                    for r in result.data
+                ),
+            )
+        )
+    elif result.total == 0:
+        filtered = filters.workflow_name is not None or filters.status
+        click.echo("No runs match these filters." if filtered else "No runs yet.")
+    footer = f"page {result.page} of {result.total_pages} ({_plural(result.total, 'run')})"
+    if result.page > result.total_pages:
+        footer += ": past the last page"
+    click.echo(footer)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@json_option
+@database_url_option
+def runs_show(run_id: str, as_json: bool) -> None:
+    """Show one run: status, times, params, result or error."""
+    run = _repository().find_run(run_id)
+    if as_json:
+        echo_json(run.to_dict())
+        return
+    rows = [
+        ("id", run.id),
+        ("workflow", run.workflow_name),
+        ("status", run.status.value),
+        ("created", fmt_time(run.created_at)),
+        ("started", fmt_time(run.started_at)),
+        ("completed", fmt_time(run.completed_at)),
+        ("updated", fmt_time(run.updated_at)),
+        ("duration", fmt_ms(run.duration_ms)),
+        ("params", json.dumps(run.params, ensure_ascii=False, sort_keys=True)),
+        ("result", "-" if run.result is None else json.dumps(run.result, ensure_ascii=False, sort_keys=True)),
+    ]
+    if run.error_message:
+        rows.append(("error", run.error_message))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+@runs.command("stages")
+@click.argument("run_id")
+@json_option
+@database_url_option
+def runs_stages(run_id: str, as_json: bool) -> None:
+    """List a run's stages (node executions), oldest first."""
+    stages = _repository().get_stages(run_id)
+    if as_json:
+        echo_json([s.to_dict() for s in stages])
+        return
+    if not stages:
+        click.echo("This run has no stages yet.")
+        return
+    click.echo(
+        render_table(
+            ("NODE", "ITER", "STATUS", "DURATION", "STARTED", "OUTPUT / ERROR"),
+            (
+                (
+                    s.node_name,
+                    s.iteration,
+                    s.status.value,
+                    fmt_ms(s.duration_ms),
+                    fmt_time(s.created_at),
+                    fmt_value(s.error_message or s.output_snapshot),
+                )
+                for s in stages
+            ),
+        )
+    )
+
+
+@runs.command("decisions")
+@click.argument("run_id")
+@json_option
+@database_url_option
+def runs_decisions(run_id: str, as_json: bool) -> None:
+    """List a run's routing decisions, oldest first."""
+    decisions = _repository().get_decisions(run_id)
+    if as_json:
+        echo_json([d.to_dict() for d in decisions])
+        return
+    if not decisions:
+        click.echo("This run has no decisions yet.")
+        return
+    click.echo(
+        render_table(
+            ("FROM", "TO", "PREDICATE", "RESULT", "AT", "REASON"),
+            (
+                (
+                    d.from_node,
+                    d.to_node or "END",
+                    d.predicate_name or "-",
+                    str(d.predicate_result).lower(),
+                    fmt_time(d.created_at),
+                    fmt_value(d.reason),
+                )
+                for d in decisions
+            ),
+        )
+    )
+
+
+# --------------------------------------------------------------------------- db
+
+
+@cli.group(cls=WfkitGroup)
+def db() -> None:
+    """Create and migrate the database schema."""
+
+
+def _where() -> str:
+    from wfkit.db import display_url, normalize_url, resolve_database_url
+
+    return display_url(normalize_url(resolve_database_url(_database_url())))
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@database_url_option
+def db_upgrade(revision: str) -> None:
+    """Migrate the database up to REVISION (default: head, the newest).
+
+    Creates the database (a SQLite file) and its tables if needed.
+    """
+    from wfkit import migrations
+
+    before = migrations.current(_database_url())
+    migrations.upgrade(_database_url(), revision)
+    after = migrations.current(_database_url())
+    if before == after:
+        click.echo(f"{_where()} is already at revision {after or 'base'}")
+    else:
+        click.echo(f"upgraded {_where()} from {before or 'base'} to {after or 'base'}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@database_url_option
+def db_downgrade(revision: str) -> None:
+    """Migrate the database down to REVISION ('base' removes every wfkit table and its data)."""
+    from wfkit import migrations
+
+    before = migrations.current(_database_url())
+    migrations.downgrade(_database_url(), revision)
+    after = migrations.current(_database_url())
+    click.echo(f"downgraded {_where()} from {before or 'base'} to {after or 'base'}")
+
+
+@db.command("current")
+@json_option
+@database_url_option
+def db_current(as_json: bool) -> None:
+    """Show the revision the database is at."""
+    from wfkit import migrations
+
+    rev, head = migrations.current(_database_url()), migrations.head()
+    if as_json:
+        echo_json({"database_url": _where(), "current": rev, "head": head, "up_to_date": rev == head})
+        return
+    if rev is None:
+        click.echo(f"{_where()}: not migrated (run `wfkit db upgrade`)")
+    else:
+        click.echo(f"{_where()}: {rev}" + (" (head)" if rev == head else f" (head is {head}: run `wfkit db upgrade`)"))
+
+
+@db.command("history")
+@json_option
+def db_history(as_json: bool) -> None:
+    """List the migrations wfkit ships, oldest first."""
+    from wfkit import migrations
+
+    revs = migrations.history()
+    if as_json:
+        echo_json([r.to_dict() for r in revs])
+        return
+    click.echo(
+        render_table(
+            ("REVISION", "REVISES", "MESSAGE"),
+            ((r.revision + (" (head)" if r.is_head else ""), r.down_revision or "base", r.message) for r in revs),
+        )
+    )
+
+
+@db.command("check")
+@database_url_option
+def db_check() -> None:
+    """Compare the database's schema with wfkit's models; exit 1 if they differ."""
+    from wfkit import migrations
+
+    diffs = migrations.check(_database_url())
+    if not diffs:
+        click.echo(f"{_where()} matches wfkit's models")
+        return
+    click.echo(f"{_where()} differs from wfkit's models:", err=True)
+    for diff in diffs:
+        click.echo(f"  {diff}", err=True)
+    sys.exit(1)
+
+
+@db.command("path")
+@database_url_option
+def db_path() -> None:
+    """Print the database URL in use (from --database-url, WFKIT_DATABASE_URL or the default)."""
+    click.echo(_where())
+
+
+def main() -> None:
+    """The console script's entry point."""
+    cli(prog_name="wfkit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""wfkit's tables and types, defined once with SQLModel.
+
+- ``Run``: one execution of a workflow.
+- ``Stage``: one execution of one node within a run (input and output snapshots).
+- ``Decision``: one routing choice made after a node (which edge, which predicate).
+- ``Checkpoint``: the latest resumable state of a run (one row per run).
+
+The enums ``RunStatus`` and ``StageStatus`` are ``str`` enums stored as their
+lower-case values. ``RUN_TRANSITIONS`` is the one place that says which run
+status changes are allowed; :func:`check_transition` enforces it.
+
+JSON columns are JSONB on PostgreSQL and JSON on SQLite. Times are
+timezone-aware UTC on both engines, including values read back from SQLite.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlmodel import Field, SQLModel
+
+from wfkit.errors import InvalidStatusError
+from wfkit.registry import WorkflowInfo  # re-exported: defined where it costs no SQLAlchemy import
+
+UTC = timezone.utc
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    PostgreSQL stores ``timestamp with time zone``. SQLite has no time zones,
+    so values are converted to UTC and stored without an offset, in a fixed
+    format that sorts correctly as text; on the way out they get UTC attached.
+    A naive datetime handed in is taken to be UTC already.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        else:
+            value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+#: JSON on SQLite (and elsewhere), JSONB on PostgreSQL.
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+class RunStatus(str, enum.Enum):
+    """Where a run is in its life."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class StageStatus(str, enum.Enum):
+    """Where one node execution is."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The allowed run status changes: from a status, the statuses it may move to.
+#: Failed and cancelled runs may go back to running: that is a resume.
+RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.PENDING: frozenset({RunStatus.RUNNING, RunStatus.CANCELLED}),
+    RunStatus.RUNNING: frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.COMPLETED: frozenset(),
+    RunStatus.FAILED: frozenset({RunStatus.RUNNING}),
+    RunStatus.CANCELLED: frozenset({RunStatus.RUNNING}),
+}
+
+
+def parse_run_status(value: RunStatus | str) -> RunStatus:
+    """``value`` as a :class:`RunStatus`, or :class:`InvalidStatusError` naming the allowed ones."""
+    if isinstance(value, RunStatus):
+        return value
+    try:
+        return RunStatus(str(value).strip().lower())
+    except ValueError:
+        allowed = ", ".join(s.value for s in RunStatus)
+        raise InvalidStatusError(f"unknown run status {value!r}: expected one of {allowed}") from None
+
+
+def can_transition(current: RunStatus | str, new: RunStatus | str) -> bool:
+    """Whether a run may move from ``current`` to ``new``."""
+    return parse_run_status(new) in RUN_TRANSITIONS[parse_run_status(current)]
+
+
+def check_transition(current: RunStatus | str, new: RunStatus | str) -> RunStatus:
+    """Return ``new`` as a :class:`RunStatus` if a run may move there from ``current``.
+
+    Raises :class:`InvalidStatusError` naming both statuses and what is allowed.
+    """
+    cur, nxt = parse_run_status(current), parse_run_status(new)
+    allowed = RUN_TRANSITIONS[cur]
+    if nxt not in allowed:
+        options = ", ".join(sorted(s.value for s in allowed)) or "nothing (it is final)"
+        raise InvalidStatusError(
+            f"a run cannot go from {cur.value} to {nxt.value}; from {cur.value} it may go to {options}"
+        )
+    return nxt
+
+
+class _Record(SQLModel):
+    """Shared behaviour of the tables: a JSON form with fields in declared order."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The snake_case JSON form (UUIDs and times as strings), fields in declared order."""
+        dumped = self.model_dump(mode="json")
+        return {name: dumped[name] for name in type(self).model_fields}
+
+
+def _status_type(enum_cls: type[enum.Enum]) -> sa.Enum:
+    # Stored as the lower-case value in a VARCHAR (no native PostgreSQL enum, no
+    # CHECK constraint): adding a status later is then a code change, not a migration.
+    return sa.Enum(
+        enum_cls,
+        native_enum=False,
+        create_constraint=False,
+        length=16,
+        values_callable=lambda cls: [member.value for member in cls],
+        validate_strings=True,
+    )
+
+
+def _created_at() -> Any:
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class Run(_Record, table=True):
+    """One execution of a workflow."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        # Listings sort newest first with ``id`` as the tie-breaker; each filter
+        # the listing offers has a composite index ending in (created_at, id), so
+        # a filtered page is an index range scan (read backwards for DESC) with
+        # no sort step and its COUNT reads only the index. The composites also
+        # serve plain lookups by their leading column(s).
+        sa.Index("ix_runs_created_at", "created_at", "id"),
+        sa.Index("ix_runs_status_created_at", "status", "created_at", "id"),
+        sa.Index("ix_runs_workflow_name_created_at", "workflow_name", "created_at", "id"),
+        sa.Index("ix_runs_workflow_name_status_created_at", "workflow_name", "status", "created_at", "id"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    workflow_name: str = Field(max_length=200, nullable=False)
+    status: RunStatus = Field(default=RunStatus.PENDING, sa_type=_status_type(RunStatus), nullable=False)
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType, nullable=False)
+    result: Any | None = Field(default=None, sa_type=JSONType, nullable=True)
+    error_message: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    created_at: datetime = _created_at()
+    updated_at: datetime = _created_at()
+
+    @property
+    def duration_ms(self) -> float | None:
+        """Milliseconds from start to completion, or None if it has not both started and ended."""
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return (self.completed_at - self.started_at).total_seconds() * 1000.0
+
+
+def _run_fk() -> Any:
+    return Field(
+        sa_column=sa.Column(
+            "run_id", sa.Uuid(), sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+
+
+class Stage(_Record, table=True):
+    """One execution of one node of a run: its input, output, duration and outcome."""
+
+    __tablename__ = "stages"
+    __table_args__ = (
+        # get_stages: WHERE run_id = ? ORDER BY created_at, id
+        sa.Index("ix_stages_run_id_created_at", "run_id", "created_at", "id"),
+        sa.Index("ix_stages_node_name", "node_name"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    run_id: uuid.UUID = _run_fk()
+    node_name: str = Field(max_length=200, nullable=False)
+    iteration: int = Field(default=1, nullable=False)
+    status: StageStatus = Field(default=StageStatus.STARTED, sa_type=_status_type(StageStatus), nullable=False)
+    input_snapshot: Any | None = Field(default=None, sa_type=JSONType, nullable=True)
+    output_snapshot: Any | None = Field(default=None, sa_type=JSONType, nullable=True)
+    duration_ms: float | None = Field(default=None, nullable=True)
+    error_message: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
+    created_at: datetime = _created_at()
+
+
+class Decision(_Record, table=True):
+    """One routing choice: which edge left ``from_node`` and why."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (
+        # get_decisions: WHERE run_id = ? ORDER BY created_at, id
+        sa.Index("ix_decisions_run_id_created_at", "run_id", "created_at", "id"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    run_id: uuid.UUID = _run_fk()
+    from_node: str = Field(max_length=200, nullable=False)
+    to_node: str | None = Field(default=None, max_length=200, nullable=True)
+    predicate_name: str | None = Field(default=None, max_length=200, nullable=True)
+    predicate_result: bool = Field(default=True, nullable=False)
+    reason: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
+    created_at: datetime = _created_at()
+
+
+class Checkpoint(_Record, table=True):
+    """The latest resumable state of a run: one row per run."""
+
+    __tablename__ = "checkpoints"
+
+    run_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            "run_id", sa.Uuid(), sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    state_data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType, nullable=False)
+    checkpoint_node: str | None = Field(default=None, max_length=200, nullable=True)
+    created_at: datetime = _created_at()
+    updated_at: datetime = _created_at()
+
+
+#: The tables, in the order they are created.
+TABLES = (Run, Stage, Decision, Checkpoint)
+metadata = SQLModel.metadata

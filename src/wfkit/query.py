@@ -1,0 +1,379 @@
+"""Listing queries: public-field projections, sorting, filters and pages.
+
+Everything a user types (a sort spec, a filter value, a page number) is
+checked here against a whitelist and reaches SQL only as a column object or a
+bound parameter, never as text.
+
+- :class:`Projection`: the public field names of one table that may be sorted
+  or filtered on, mapped to their columns.
+- :func:`parse_sort`: ``"-created_at,workflow_name"`` to :class:`SortField` s.
+- :class:`PaginationConfig`, :class:`PageRequest`, :class:`PageResult`.
+- :class:`RunFilters`: the run listing's filters.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+
+from wfkit.errors import ConfigurationError, InvalidQueryError
+from wfkit.models import Decision, Run, RunStatus, Stage
+
+T = TypeVar("T")
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE_ENV = "WFKIT_DEFAULT_PAGE_SIZE"
+MAX_PAGE_SIZE_ENV = "WFKIT_MAX_PAGE_SIZE"
+
+_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+# --------------------------------------------------------------------------- sorting
+
+
+@dataclass(frozen=True, slots=True)
+class SortField:
+    """One sort key: a public field name and its direction."""
+
+    name: str
+    descending: bool = False
+
+    def __str__(self) -> str:
+        return f"-{self.name}" if self.descending else self.name
+
+
+def parse_sort(spec: str | Sequence[str] | None, projection: Projection | None = None) -> tuple[SortField, ...]:
+    """Parse a sort spec such as ``"-created_at,workflow_name"``.
+
+    Fields are separated by commas (a sequence of specs is joined); a leading
+    ``-`` means descending, a leading ``+`` or nothing ascending. With a
+    ``projection``, every field must be one of its sortable fields. An empty
+    spec gives an empty tuple (the caller's default sort applies).
+    """
+    if spec is None:
+        return ()
+    parts = [spec] if isinstance(spec, str) else list(spec)
+    fields: list[SortField] = []
+    seen: set[str] = set()
+    for part in parts:
+        for raw in str(part).split(","):
+            item = raw.strip()
+            if not item:
+                continue
+            descending = item.startswith("-")
+            name = item[1:].strip() if item[0] in "+-" else item
+            if not _FIELD_NAME.match(name):
+                allowed = (
+                    f"allowed fields are {projection.allowed_sort()}"
+                    if projection
+                    else "expected field names, comma-separated, each with an optional leading '-' for descending"
+                )
+                raise InvalidQueryError(f"invalid sort field {item!r}: {allowed}")
+            if projection is not None:
+                projection.column(name, purpose="sort")
+            if name in seen:
+                raise InvalidQueryError(f"sort field {name!r} is given more than once")
+            seen.add(name)
+            fields.append(SortField(name, descending))
+    return tuple(fields)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The public fields of one table that users may sort and filter on.
+
+    ``default_sort`` applies when a request names none. ``tie_breaker`` (a
+    unique field) is appended to every sort that lacks it, in the direction of
+    the first key, so pages never overlap or skip rows.
+    """
+
+    model: type[Any]
+    sortable: Mapping[str, Any]
+    filterable: frozenset[str]
+    default_sort: tuple[SortField, ...]
+    tie_breaker: str = "id"
+
+    def allowed_sort(self) -> str:
+        return ", ".join(sorted(self.sortable))
+
+    def column(self, name: str, *, purpose: str = "sort") -> Any:
+        """The column behind public field ``name``, or :class:`InvalidQueryError` listing the allowed ones."""
+        if purpose == "filter":
+            if name not in self.filterable:
+                raise InvalidQueryError(
+                    f"unknown filter field {name!r}: allowed fields are {', '.join(sorted(self.filterable))}"
+                )
+            return self.sortable.get(name, getattr(self.model, name))
+        try:
+            return self.sortable[name]
+        except KeyError:
+            raise InvalidQueryError(
+                f"unknown sort field {name!r}: allowed fields are {self.allowed_sort()}"
+            ) from None
+
+    def resolve_sort(self, sort: Sequence[SortField] | str | None) -> tuple[SortField, ...]:
+        """The full sort: the request's (checked) or the default, plus the tie-breaker."""
+        fields = parse_sort(sort, self) if isinstance(sort, str) or sort is None else tuple(sort)
+        for f in fields:
+            self.column(f.name)
+        if not fields:
+            fields = self.default_sort
+        if all(f.name != self.tie_breaker for f in fields):
+            fields = (*fields, SortField(self.tie_breaker, fields[0].descending))
+        return fields
+
+    def order_by(self, sort: Sequence[SortField] | str | None) -> list[Any]:
+        """ORDER BY clauses for ``sort``. NULLs sort last in both directions, on every engine."""
+        clauses = []
+        for f in self.resolve_sort(sort):
+            col = self.column(f.name)
+            clause = col.desc() if f.descending else col.asc()
+            if getattr(col, "nullable", False):
+                clause = clause.nulls_last()
+            clauses.append(clause)
+        return clauses
+
+    def select_all(self, *where: Any, sort: Sequence[SortField] | str | None = None) -> sa.Select[Any]:
+        """An unbounded, ordered select of every row matching ``where`` (for bounded related rows)."""
+        return sa.select(self.model).where(*where).order_by(*self.order_by(sort))
+
+
+def _columns(model: type[Any], *names: str) -> dict[str, Any]:
+    table = model.__table__
+    return {name: table.c[name] for name in names}
+
+
+RUNS = Projection(
+    model=Run,
+    sortable=_columns(
+        Run, "id", "workflow_name", "status", "created_at", "updated_at", "started_at", "completed_at"
+    ),
+    filterable=frozenset({"workflow_name", "status"}),
+    default_sort=(SortField("created_at", descending=True),),
+)
+STAGES = Projection(
+    model=Stage,
+    sortable=_columns(Stage, "id", "node_name", "iteration", "status", "duration_ms", "created_at"),
+    filterable=frozenset({"node_name", "status"}),
+    default_sort=(SortField("created_at"),),
+)
+DECISIONS = Projection(
+    model=Decision,
+    sortable=_columns(Decision, "id", "from_node", "to_node", "predicate_name", "predicate_result", "created_at"),
+    filterable=frozenset({"from_node", "to_node", "predicate_name"}),
+    default_sort=(SortField("created_at"),),
+)
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def _positive_int(value: Any, what: str, *, error: type[Exception] = InvalidQueryError) -> int:
+    text = str(value).strip()
+    try:
+        number = int(text)
+    except (TypeError, ValueError):
+        raise error(f"{what} must be a whole number, got {value!r}") from None
+    return number
+
+
+@dataclass(frozen=True, slots=True)
+class PaginationConfig:
+    """Page size limits: ``default_page_size`` (20) when none is asked, never more than ``max_page_size`` (100)."""
+
+    default_page_size: int = DEFAULT_PAGE_SIZE
+    max_page_size: int = MAX_PAGE_SIZE
+
+    def __post_init__(self) -> None:
+        for name in ("default_page_size", "max_page_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if self.default_page_size > self.max_page_size:
+            raise ConfigurationError(
+                f"default_page_size ({self.default_page_size}) must not exceed "
+                f"max_page_size ({self.max_page_size})"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> PaginationConfig:
+        """Read ``WFKIT_DEFAULT_PAGE_SIZE`` and ``WFKIT_MAX_PAGE_SIZE`` (unset or empty: the defaults)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, int] = {}
+        for key, var in (("default_page_size", DEFAULT_PAGE_SIZE_ENV), ("max_page_size", MAX_PAGE_SIZE_ENV)):
+            raw = env.get(var, "").strip()
+            if raw:
+                values[key] = _positive_int(raw, var, error=ConfigurationError)
+        try:
+            return cls(**values)
+        except ConfigurationError as err:
+            raise ConfigurationError(
+                f"invalid pagination settings ({DEFAULT_PAGE_SIZE_ENV}/{MAX_PAGE_SIZE_ENV}): {err}"
+            ) from None
+
+
+def _query_values(query: Mapping[str, Any], key: str) -> list[str]:
+    """All values of ``key`` in a URL-style mapping (plain, list-valued, or multi-dict)."""
+    getlist = getattr(query, "getlist", None) or getattr(query, "getall", None)
+    if callable(getlist):
+        try:
+            values = list(getlist(key))
+        except KeyError:
+            values = []
+    else:
+        raw = query.get(key)
+        if raw is None:
+            values = []
+        elif isinstance(raw, (list, tuple)):
+            values = list(raw)
+        else:
+            values = [raw]
+    return [str(v) for v in values if v is not None]
+
+
+def _last_value(query: Mapping[str, Any], key: str) -> str | None:
+    values = [v for v in _query_values(query, key) if v.strip()]
+    return values[-1] if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """Which page to return, how large, in which order.
+
+    ``page`` counts from 1; ``page_size`` None means the configured default;
+    ``sort`` is a spec string (``"-created_at"``) or parsed :class:`SortField` s.
+    :meth:`normalized` clamps the numbers: a page below 1 becomes 1, a size
+    below 1 the default, a size above the maximum the maximum.
+    """
+
+    page: int = 1
+    page_size: int | None = None
+    sort: str | tuple[SortField, ...] | None = None
+
+    def normalized(self, config: PaginationConfig | None = None) -> PageRequest:
+        config = config or PaginationConfig()
+        page = self.page if self.page and self.page >= 1 else 1
+        size = self.page_size
+        if size is None or size < 1:
+            size = config.default_page_size
+        size = min(size, config.max_page_size)
+        return PageRequest(page=page, page_size=size, sort=self.sort or None)
+
+    @property
+    def offset(self) -> int:
+        return (max(self.page, 1) - 1) * (self.page_size or DEFAULT_PAGE_SIZE)
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, Any]) -> PageRequest:
+        """Read ``page``, ``page_size`` and ``sort`` from URL-style query parameters."""
+        page = _last_value(query, "page")
+        size = _last_value(query, "page_size")
+        sort_values = [v for v in _query_values(query, "sort") if v.strip()]
+        return cls(
+            page=_positive_int(page, "page") if page is not None else 1,
+            page_size=_positive_int(size, "page_size") if size is not None else None,
+            sort=parse_sort(sort_values) or None,
+        )
+
+
+class PageResult(BaseModel, Generic[T]):
+    """One page of results and where it stands in the whole."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    data: list[T]
+    total: int
+    page: int
+    page_size: int
+    total_pages: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form; items with a ``to_dict()`` use it (fields in declared order)."""
+        items = [item.to_dict() if hasattr(item, "to_dict") else item for item in self.data]
+        return {"data": items, **self.model_dump(mode="json", exclude={"data"})}
+
+    @classmethod
+    def build(cls, data: Iterable[T], *, total: int, page: int, page_size: int) -> PageResult[T]:
+        pages = max(1, math.ceil(total / page_size)) if page_size else 1
+        return cls(data=list(data), total=total, page=page, page_size=page_size, total_pages=pages)
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def parse_statuses(values: Iterable[str | RunStatus]) -> tuple[RunStatus, ...]:
+    """Run statuses from values that may each hold several, comma-separated; duplicates dropped."""
+    out: list[RunStatus] = []
+    for value in values:
+        items = [value] if isinstance(value, RunStatus) else str(value).split(",")
+        for item in items:
+            if isinstance(item, RunStatus):
+                status = item
+            else:
+                text = item.strip().lower()
+                if not text:
+                    continue
+                try:
+                    status = RunStatus(text)
+                except ValueError:
+                    allowed = ", ".join(s.value for s in RunStatus)
+                    raise InvalidQueryError(f"unknown status {item.strip()!r}: allowed values are {allowed}") from None
+            if status not in out:
+                out.append(status)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class RunFilters:
+    """Filters of the run listing. ``status`` is one status or several (any of them matches)."""
+
+    workflow_name: str | None = None
+    status: tuple[RunStatus, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        status: Any = self.status
+        if status is None:
+            status = ()
+        elif isinstance(status, (str, RunStatus)):
+            status = (status,)
+        object.__setattr__(self, "status", parse_statuses(status))
+        name = self.workflow_name
+        if name is not None:
+            name = str(name).strip() or None
+        object.__setattr__(self, "workflow_name", name)
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, Any]) -> RunFilters:
+        """Read ``workflow_name`` and ``status`` (repeated, or comma-separated) from query parameters."""
+        return cls(workflow_name=_last_value(query, "workflow_name"), status=parse_statuses(_query_values(query, "status")))
+
+    def apply(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
+        """``stmt`` with these filters added as bound-parameter WHERE clauses."""
+        if self.workflow_name is not None:
+            stmt = stmt.where(RUNS.column("workflow_name", purpose="filter") == self.workflow_name)
+        if len(self.status) == 1:
+            stmt = stmt.where(RUNS.column("status", purpose="filter") == self.status[0])
+        elif self.status:
+            stmt = stmt.where(RUNS.column("status", purpose="filter").in_(self.status))
+        return stmt
+
+
+def parse_uuid(value: uuid.UUID | str, what: str = "run id") -> uuid.UUID:
+    """``value`` as a UUID, or :class:`InvalidQueryError` naming it."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value).strip())
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidQueryError(
+            f"invalid {what} {value!r}: expected a UUID such as 123e4567-e89b-12d3-a456-426614174000"
+        ) from None

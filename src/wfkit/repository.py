@@ -1,0 +1,102 @@
+"""The read side of wfkit: browse runs and their stages and decisions.
+
+>>> from wfkit.repository import Repository
+>>> from wfkit.query import PageRequest, RunFilters
+>>> repo = Repository("sqlite:///runs.db")                          # doctest: +SKIP
+>>> page = repo.list_runs(PageRequest(page=1, page_size=50), RunFilters(status="failed"))  # doctest: +SKIP
+
+The repository writes nothing. Each call opens and closes its own session,
+so one instance is safe to share between the threads of a web service.
+Returned objects are detached: plain data, readable after the call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from wfkit.db import as_engine, session_factory, translate_errors
+from wfkit.errors import NotFoundError
+from wfkit.models import Decision, Run, Stage
+from wfkit.query import (
+    DECISIONS,
+    RUNS,
+    STAGES,
+    PageRequest,
+    PageResult,
+    PaginationConfig,
+    Projection,
+    RunFilters,
+    parse_uuid,
+)
+
+M = TypeVar("M")
+
+
+class Repository:
+    """Read-only access to run history.
+
+    ``engine_or_url``: a SQLAlchemy engine, a database URL, or None for the
+    configured default (``WFKIT_DATABASE_URL``, else the per-user SQLite file).
+    ``pagination``: page size limits; by default read from the environment
+    (``WFKIT_DEFAULT_PAGE_SIZE``, ``WFKIT_MAX_PAGE_SIZE``).
+    """
+
+    def __init__(self, engine_or_url: Engine | str | None = None, pagination: PaginationConfig | None = None):
+        self.engine: Engine = as_engine(engine_or_url, create_missing=False)
+        self.pagination = pagination if pagination is not None else PaginationConfig.from_env()
+        self._sessions = session_factory(self.engine)
+
+    def __repr__(self) -> str:
+        return f"Repository({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def _session(self) -> Session:
+        return self._sessions()
+
+    def list_runs(self, page: PageRequest | None = None, filters: RunFilters | None = None) -> PageResult[Run]:
+        """One page of runs, newest first unless ``page.sort`` says otherwise.
+
+        The total counts every run that matches ``filters``. A page past the
+        end has empty ``data``.
+        """
+        request = (page or PageRequest()).normalized(self.pagination)
+        filters = filters or RunFilters()
+        order = RUNS.order_by(request.sort)
+        size = request.page_size or self.pagination.default_page_size
+        count_stmt = filters.apply(sa.select(sa.func.count()).select_from(Run))
+        rows_stmt = filters.apply(sa.select(Run)).order_by(*order).limit(size).offset(request.offset)
+        with translate_errors(self.engine), self._session() as session:
+            total = session.execute(count_stmt).scalar_one()
+            data = list(session.execute(rows_stmt).scalars()) if request.offset < total else []
+        return PageResult[Run].build(data, total=total, page=request.page, page_size=size)
+
+    def find_run(self, run_id: uuid.UUID | str) -> Run:
+        """The run with this id (a UUID or its string form), or :class:`NotFoundError`."""
+        rid = parse_uuid(run_id)
+        with translate_errors(self.engine), self._session() as session:
+            run = session.get(Run, rid)
+        if run is None:
+            raise NotFoundError(f"no run with id {rid}")
+        return run
+
+    def get_stages(self, run_id: uuid.UUID | str) -> list[Stage]:
+        """Every stage of a run, oldest first; :class:`NotFoundError` if the run does not exist."""
+        return self._related(run_id, STAGES, Stage)
+
+    def get_decisions(self, run_id: uuid.UUID | str) -> list[Decision]:
+        """Every decision of a run, oldest first; :class:`NotFoundError` if the run does not exist."""
+        return self._related(run_id, DECISIONS, Decision)
+
+    def _related(self, run_id: uuid.UUID | str, projection: Projection, model: type[Any]) -> list[Any]:
+        rid = parse_uuid(run_id)
+        stmt = projection.select_all(model.run_id == rid)
+        with translate_errors(self.engine), self._session() as session:
+            rows = list(session.execute(stmt).scalars())
+            # Only an empty answer needs the existence check: rows imply the run.
+            if not rows and session.execute(sa.select(Run.id).where(Run.id == rid)).first() is None:
+                raise NotFoundError(f"no run with id {rid}")
+        return rows
