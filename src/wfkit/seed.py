@@ -3,8 +3,10 @@
 ``seed_history(engine, runs=1000)`` writes deterministic (seeded) runs spread
 over :data:`WORKFLOW_NAMES` and every run status, one run a minute going back
 from ``now``; one run in ten gets 5 stages and 4 decisions (and a checkpoint).
-Rows go in through bulk Core inserts in batches, so a million runs is a
-matter of minutes, not hours.
+Rows are converted by the columns' own SQLAlchemy types (so they are stored
+exactly as an ORM or Core insert would store them) and then written in large
+batches through the driver: ``executemany`` on SQLite, ``COPY`` on PostgreSQL.
+A million runs takes well under a minute on either engine.
 
 From a shell: ``python -m wfkit.seed --runs 200 [--database-url URL]``
 (the database must be migrated first: ``wfkit db upgrade``).
@@ -124,6 +126,52 @@ def _history(
         yield run, stages, decisions, checkpoint
 
 
+def _row_converter(table: sa.Table, dialect: sa.Dialect) -> tuple[list[str], Any]:
+    """The column names of ``table`` and a function turning a row dict into driver-ready values.
+
+    Each value goes through its column type's bind processor for ``dialect``,
+    exactly as SQLAlchemy would process it for an INSERT.
+    """
+    names = [c.name for c in table.columns]
+    procs = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns]
+    pairs = list(zip(names, procs))
+
+    def convert(row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(row[name] if proc is None else proc(row[name]) for name, proc in pairs)
+
+    return names, convert
+
+
+def _writer(conn: sa.Connection, table: sa.Table) -> Any:
+    """A function writing a batch of row dicts into ``table`` through the raw driver connection."""
+    dialect = conn.dialect
+    names, convert = _row_converter(table, dialect)
+    raw = conn.connection.driver_connection
+    columns = ", ".join(dialect.identifier_preparer.quote(n) for n in names)
+    name = dialect.identifier_preparer.format_table(table)
+    if dialect.name == "postgresql":
+        statement = f"COPY {name} ({columns}) FROM STDIN"
+
+        def write(rows: list[dict[str, Any]]) -> None:
+            with raw.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(convert(row))
+
+        return write
+
+    placeholders = ", ".join("?" for _ in names)
+    statement = f"INSERT INTO {name} ({columns}) VALUES ({placeholders})"
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        cursor = raw.cursor()
+        try:
+            cursor.executemany(statement, map(convert, rows))
+        finally:
+            cursor.close()
+
+    return write
+
+
 def seed_history(
     engine_or_url: Engine | str | None = None,
     runs: int = 1000,
@@ -132,33 +180,37 @@ def seed_history(
     detail_every: int = 10,
     seed: int = 0,
     now: datetime | None = None,
-    batch_size: int = 5000,
+    batch_size: int = 20000,
 ) -> SeedSummary:
-    """Insert ``runs`` synthetic runs (and their stages, decisions, checkpoints); return the counts."""
+    """Insert ``runs`` synthetic runs (and their stages, decisions, checkpoints); return the counts.
+
+    Everything goes in one transaction: on error nothing is left behind.
+    """
     rng = random.Random(seed)
     now = now or utcnow()
     tables = (Run.__table__, Stage.__table__, Decision.__table__, Checkpoint.__table__)
     totals = [0, 0, 0, 0]
     buffers: list[list[dict[str, Any]]] = [[], [], [], []]
-    with engine_for(engine_or_url) as engine, translate_errors(engine):
+    with engine_for(engine_or_url) as engine, translate_errors(engine), engine.begin() as conn:
+        # Parents before children: the foreign keys hold at every statement.
+        writers = [_writer(conn, table) for table in tables]
 
-        def flush(conn: sa.Connection) -> None:
-            for k, table in enumerate(tables):
+        def flush() -> None:
+            for k, write in enumerate(writers):
                 if buffers[k]:
-                    conn.execute(sa.insert(table), buffers[k])
+                    write(buffers[k])
                     totals[k] += len(buffers[k])
                     buffers[k] = []
 
-        with engine.begin() as conn:
-            for run, stages, decisions, checkpoint in _history(rng, runs, now, workflows, detail_every):
-                buffers[0].append(run)
-                buffers[1].extend(stages)
-                buffers[2].extend(decisions)
-                if checkpoint:
-                    buffers[3].append(checkpoint)
-                if len(buffers[0]) >= batch_size:
-                    flush(conn)
-            flush(conn)
+        for run, stages, decisions, checkpoint in _history(rng, runs, now, workflows, detail_every):
+            buffers[0].append(run)
+            buffers[1].extend(stages)
+            buffers[2].extend(decisions)
+            if checkpoint:
+                buffers[3].append(checkpoint)
+            if len(buffers[0]) >= batch_size:
+                flush()
+        flush()
     return SeedSummary(*totals)
 
 

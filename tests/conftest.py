@@ -1,0 +1,124 @@
+"""Shared fixtures: every database test runs on SQLite and on PostgreSQL.
+
+PostgreSQL comes from ``WFKIT_TEST_POSTGRES_URL`` (an admin URL such as
+``postgresql://postgres@127.0.0.1:5432/postgres``; ``.ci/run`` sets it). Each
+test session creates throwaway databases with random names there and drops
+them at the end. If the variable is set but the server cannot be reached, the
+PostgreSQL tests fail. If it is unset, they are skipped on a developer's
+machine and fail in CI (``CI`` set), where PostgreSQL is part of the contract.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from wfkit import migrations
+from wfkit.db import create_engine
+from wfkit.models import TABLES
+from wfkit.repository import Repository
+
+PG_ENV = "WFKIT_TEST_POSTGRES_URL"
+BACKENDS = ("sqlite", "postgresql")
+
+
+def _pg_admin_url() -> str:
+    url = os.environ.get(PG_ENV, "").strip()
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"{PG_ENV} is not set: CI must run every database test on PostgreSQL too")
+        # Reason: a contributor without PostgreSQL still runs the SQLite half.
+        pytest.skip(f"set {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/postgres) to run on PostgreSQL")
+    return url
+
+
+class Databases:
+    """Creates throwaway databases (a SQLite file, or a PostgreSQL database with a random name)."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.pg_created: list[tuple[str, str]] = []
+
+    def new(self, backend: str) -> str:
+        name = f"wfkit_test_{uuid.uuid4().hex[:12]}"
+        if backend == "sqlite":
+            return f"sqlite:///{self.tmp / (name + '.db')}"
+        admin = sa.make_url(_pg_admin_url()).set(drivername="postgresql+psycopg")
+        engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        finally:
+            engine.dispose()
+        self.pg_created.append((admin.render_as_string(hide_password=False), name))
+        return admin.set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        for admin, name in self.pg_created:
+            engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+            try:
+                with engine.connect() as conn:
+                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databases]:
+    dbs = Databases(tmp_path_factory.mktemp("databases"))
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def empty_url(backend: str, databases: Databases) -> str:
+    """A new, empty database of its own (for migration tests)."""
+    return databases.new(backend)
+
+
+@pytest.fixture(scope="session")
+def migrated_url(backend: str, databases: Databases) -> str:
+    url = databases.new(backend)
+    migrations.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def db_url(migrated_url: str) -> str:
+    """A migrated database with every wfkit table emptied before the test."""
+    engine = create_engine(migrated_url)
+    try:
+        with engine.begin() as conn:
+            for table in reversed(TABLES):
+                conn.execute(sa.delete(table.__table__))
+    finally:
+        engine.dispose()
+    return migrated_url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    eng = create_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def repo(engine: sa.Engine) -> Repository:
+    return Repository(engine)
+
+
+@pytest.fixture
+def new_database(backend: str, databases: Databases) -> Callable[[], str]:
+    """Make more empty databases of the current backend."""
+    return lambda: databases.new(backend)

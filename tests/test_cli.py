@@ -1,0 +1,242 @@
+"""The ``wfkit`` command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from factories import T0, add, add_history, make_run
+from wfkit.models import RunStatus
+
+WFKIT = str(Path(sys.executable).with_name("wfkit"))
+
+
+def wfkit(*args: str, url: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("WFKIT_")}
+    if url:
+        full_env["WFKIT_DATABASE_URL"] = url
+    full_env.update(env or {})
+    return subprocess.run([WFKIT, *args], capture_output=True, text=True, env=full_env, timeout=60)
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess, code: int, text: str) -> None:
+    assert out.returncode == code, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr
+    assert text in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("Error: ")
+
+
+@pytest.fixture
+def history(engine):
+    """23 runs over two workflows; the newest has three stages and two decisions."""
+    runs = [
+        make_run(workflow_name="alpha" if i % 2 else "beta",
+                 status=[RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED][i % 3],
+                 created_at=T0 + timedelta(minutes=i), params={"i": i})
+        for i in range(23)
+    ]
+    runs[-1].status = RunStatus.COMPLETED
+    runs[-1].started_at = runs[-1].created_at
+    runs[-1].completed_at = runs[-1].created_at + timedelta(milliseconds=1500)
+    runs[-1].result = {"answer": 42}
+    add(engine, *runs)
+    add_history(engine, runs[-1], ["load", "score", "save"])
+    return runs
+
+
+# --------------------------------------------------------------------------- runs list
+
+
+def test_list_human(db_url, history):
+    out = wfkit("runs", "list", "--page-size", "5", url=db_url)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["ID", "WORKFLOW", "STATUS", "CREATED", "DURATION"]
+    assert lines[1].startswith(str(history[-1].id)) and "1.50s" in lines[1]
+    assert len(lines) == 7 and lines[-1] == "page 1 of 5 (23 runs)"
+    # columns are aligned: every row has its status at the same offset as the header
+    at = lines[0].index("STATUS")
+    assert all(line[at:].split()[0] in ("completed", "failed", "cancelled") for line in lines[1:6])
+
+
+def test_list_json(db_url, history):
+    out = wfkit("runs", "list", "--json", "--page", "2", "--page-size", "10", url=db_url)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert (doc["total"], doc["page"], doc["page_size"], doc["total_pages"]) == (23, 2, 10, 3)
+    assert [r["id"] for r in doc["data"]] == [str(r.id) for r in reversed(history)][10:20]
+    assert set(doc["data"][0]) == {"id", "workflow_name", "status", "params", "result", "error_message",
+                                   "started_at", "completed_at", "created_at", "updated_at"}
+
+
+def test_list_filters_and_sort(db_url, history):
+    out = wfkit("runs", "list", "--json", "--workflow", "alpha", "--status", "failed,cancelled",
+                "--sort", "created_at", url=db_url)
+    doc = json.loads(out.stdout)
+    want = [str(r.id) for r in history if r.workflow_name == "alpha" and r.status in ("failed", "cancelled")]
+    assert [r["id"] for r in doc["data"]] == want and doc["total"] == len(want)
+    repeated = wfkit("runs", "list", "--json", "--workflow", "alpha", "--status", "failed", "--status",
+                     "cancelled", "--sort", "created_at", url=db_url)
+    assert json.loads(repeated.stdout) == doc
+
+
+def test_list_empty_states(db_url):
+    out = wfkit("runs", "list", url=db_url)
+    assert out.stdout == "No runs yet.\npage 1 of 1 (0 runs)\n"
+    out = wfkit("runs", "list", "--status", "failed", url=db_url)
+    assert out.stdout.startswith("No runs match these filters.")
+    doc = json.loads(wfkit("runs", "list", "--json", url=db_url).stdout)
+    assert doc == {"data": [], "total": 0, "page": 1, "page_size": 20, "total_pages": 1}
+
+
+def test_page_past_the_end(db_url, history):
+    out = wfkit("runs", "list", "--page", "9", url=db_url)
+    assert out.returncode == 0 and out.stdout == "page 9 of 2 (23 runs): past the last page\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--status", "done"], "unknown status 'done': allowed values are pending, running"),
+        (["--sort", "created_at; drop table runs"], "invalid sort field 'created_at; drop table runs': allowed fields are"),
+        (["--sort", "params"], "unknown sort field 'params'"),
+        (["--page", "0"], "Invalid value for '--page': 0 is not in the range x>=1"),
+        (["--page-size", "x"], "'x' is not a valid integer"),
+    ],
+)
+def test_list_bad_input(db_url, history, args, message):
+    assert_one_line_error(wfkit("runs", "list", *args, url=db_url), 2, message)
+    assert json.loads(wfkit("runs", "list", "--json", url=db_url).stdout)["total"] == 23  # nothing changed
+
+
+def test_bad_pagination_setting(db_url):
+    out = wfkit("runs", "list", url=db_url, env={"WFKIT_MAX_PAGE_SIZE": "lots"})
+    assert_one_line_error(out, 2, "WFKIT_MAX_PAGE_SIZE must be a whole number, got 'lots'")
+
+
+def test_page_size_setting_from_environment(db_url, history):
+    doc = json.loads(wfkit("runs", "list", "--json", url=db_url, env={"WFKIT_DEFAULT_PAGE_SIZE": "4"}).stdout)
+    assert doc["page_size"] == 4 and len(doc["data"]) == 4 and doc["total_pages"] == 6
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def test_show(db_url, history):
+    run = history[-1]
+    out = wfkit("runs", "show", str(run.id), url=db_url)
+    assert out.returncode == 0, out.stderr
+    fields = dict(line.split(None, 1) for line in out.stdout.splitlines())
+    assert fields["id"] == str(run.id) and fields["workflow"] == "beta" and fields["status"] == "completed"
+    assert fields["result"] == '{"answer": 42}' and fields["duration"] == "1.50s"
+    doc = json.loads(wfkit("runs", "show", str(run.id), "--json", url=db_url).stdout)
+    assert doc["id"] == str(run.id) and doc["params"] == {"i": 22} and doc["created_at"].startswith("2026-01-01T12:22:00")
+
+
+def test_stages_and_decisions(db_url, history):
+    rid = str(history[-1].id)
+    out = wfkit("runs", "stages", rid, url=db_url)
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:3] == ["NODE", "ITER", "STATUS"]
+    assert [line.split()[0] for line in lines[1:]] == ["load", "score", "save"]
+    doc = json.loads(wfkit("runs", "stages", rid, "--json", url=db_url).stdout)
+    assert [s["node_name"] for s in doc] == ["load", "score", "save"] and doc[0]["output_snapshot"] == {"i": 1}
+    out = wfkit("runs", "decisions", rid, url=db_url)
+    lines = out.stdout.splitlines()
+    assert lines[1].split()[:4] == ["load", "score", "p0", "true"]
+    doc = json.loads(wfkit("runs", "decisions", rid, "--json", url=db_url).stdout)
+    assert [(d["from_node"], d["to_node"]) for d in doc] == [("load", "score"), ("score", "save")]
+
+
+def test_run_without_history(db_url, history):
+    rid = str(history[0].id)
+    assert wfkit("runs", "stages", rid, url=db_url).stdout == "This run has no stages yet.\n"
+    assert json.loads(wfkit("runs", "decisions", rid, "--json", url=db_url).stdout) == []
+
+
+@pytest.mark.parametrize("command", ["show", "stages", "decisions"])
+def test_unknown_and_malformed_ids(db_url, command):
+    missing = str(uuid.uuid4())
+    assert_one_line_error(wfkit("runs", command, missing, url=db_url), 1, f"no run with id {missing}")
+    assert_one_line_error(wfkit("runs", command, "not-a-uuid", "--json", url=db_url), 2, "invalid run id 'not-a-uuid'")
+
+
+# --------------------------------------------------------------------------- database selection and migration
+
+
+def test_database_url_flag_before_or_after_the_command(db_url, history, tmp_path):
+    other = f"sqlite:///{tmp_path}/elsewhere.db"  # not migrated: an error if it were used
+    for args in (["--database-url", db_url, "runs", "list", "--json"], ["runs", "list", "--json", "--database-url", db_url]):
+        out = wfkit(*args, url=other)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["total"] == 23
+
+
+def test_not_migrated(new_database):
+    url = new_database()
+    for args in (["runs", "list"], ["runs", "show", str(uuid.uuid4())]):
+        assert_one_line_error(wfkit(*args, url=url), 1, "run `wfkit db upgrade`")
+
+
+def test_db_commands(new_database):
+    url = new_database()
+    out = wfkit("db", "current", url=url)
+    assert out.returncode == 0 and "not migrated (run `wfkit db upgrade`)" in out.stdout
+    out = wfkit("db", "upgrade", url=url)
+    assert out.returncode == 0, out.stderr
+    assert "from base to 0001" in out.stdout
+    assert "already at revision 0001" in wfkit("db", "upgrade", url=url).stdout
+    doc = json.loads(wfkit("db", "current", "--json", url=url).stdout)
+    assert doc["current"] == doc["head"] == "0001" and doc["up_to_date"] is True
+    assert "matches wfkit's models" in wfkit("db", "check", url=url).stdout
+    assert json.loads(wfkit("runs", "list", "--json", url=url).stdout)["total"] == 0
+    assert_one_line_error(wfkit("db", "upgrade", "nope", url=url), 2, "unknown revision 'nope'")
+    out = wfkit("db", "downgrade", "base", url=url)
+    assert out.returncode == 0 and "from 0001 to base" in out.stdout
+    assert_one_line_error(wfkit("runs", "list", url=url), 1, "wfkit db upgrade")
+
+
+def test_db_history_and_path(tmp_path):
+    doc = json.loads(wfkit("db", "history", "--json").stdout)
+    assert doc[0]["revision"] == "0001" and doc[0]["is_head"] is True
+    out = wfkit("db", "path", env={"XDG_DATA_HOME": str(tmp_path)})
+    assert out.stdout.strip() == f"sqlite:///{tmp_path}/wfkit/wfkit.db"
+    out = wfkit("db", "path", url="postgresql://me:secret@db.example/wf")
+    assert out.stdout.strip() == "postgresql+psycopg://me:***@db.example/wf"
+
+
+def test_bad_database_url():
+    assert_one_line_error(wfkit("runs", "list", url="mysql://x@y/z"), 2, "unsupported database 'mysql'")
+    assert_one_line_error(wfkit("runs", "list", "--database-url", "::"), 2, "invalid database URL '::'")
+
+
+def test_unreachable_database():
+    out = wfkit("runs", "list", url="postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+    assert_one_line_error(out, 1, "cannot use the database at postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+# --------------------------------------------------------------------------- start-up cost
+
+
+def test_help_and_import_do_not_load_sqlalchemy():
+    code = (
+        "import sys, wfkit\n"
+        "from wfkit.cli import cli\n"
+        "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('sqlalchemy' in sys.modules, 'sqlmodel' in sys.modules, 'alembic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "False False False"
+    assert "runs" in out.stdout and "db" in out.stdout
+
+
+def test_version():
+    out = wfkit("--version")
+    assert out.returncode == 0 and out.stdout.startswith("wfkit, version ")

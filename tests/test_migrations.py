@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from wfkit import migrations
+from wfkit.db import create_engine
+from wfkit.errors import ConfigurationError
+
+ROOT = Path(__file__).resolve().parents[1]
+WFKIT_TABLES = {"runs", "stages", "decisions", "checkpoints"}
+
+
+def tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names()) - {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_schema_matches_the_models_after_upgrade(empty_url):
+    assert migrations.current(empty_url) is None
+    migrations.upgrade(empty_url)
+    assert migrations.current(empty_url) == migrations.head() == "0001"
+    assert tables(empty_url) == WFKIT_TABLES
+    assert migrations.check(empty_url) == []
+
+
+def test_check_notices_a_difference(empty_url):
+    migrations.upgrade(empty_url)
+    engine = create_engine(empty_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP INDEX ix_runs_status_created_at")
+    finally:
+        engine.dispose()
+    diffs = migrations.check(empty_url)
+    assert len(diffs) == 1 and diffs[0][0] == "add_index" and diffs[0][1].name == "ix_runs_status_created_at"
+
+
+def test_round_trip_upgrade_downgrade_upgrade(empty_url):
+    migrations.upgrade(empty_url)
+    migrations.downgrade(empty_url, "base")
+    assert migrations.current(empty_url) is None
+    assert tables(empty_url) == set()
+    migrations.upgrade(empty_url, "0001")
+    assert tables(empty_url) == WFKIT_TABLES
+    assert migrations.check(empty_url) == []
+
+
+def test_unknown_revision_is_a_clear_error(empty_url):
+    with pytest.raises(ConfigurationError, match="unknown revision 'zzz': known revisions are 0001 \\(or head, base\\)"):
+        migrations.upgrade(empty_url, "zzz")
+
+
+def test_history():
+    revs = migrations.history()
+    assert [r.revision for r in revs] == ["0001"]
+    assert revs[-1].is_head and revs[0].down_revision is None
+    assert "run history tables" in revs[0].message
+
+
+def test_alembic_cli_from_the_repository_root(empty_url):
+    alembic = Path(sys.executable).with_name("alembic")
+    env = {**os.environ, "WFKIT_DATABASE_URL": empty_url}
+    out = subprocess.run([str(alembic), "upgrade", "head"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert migrations.current(empty_url) == "0001"
+    assert migrations.check(empty_url) == []
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory):
+    """wfkit built as a wheel and unpacked into a directory outside the source tree."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp / "dist"), str(ROOT)],
+        check=True, capture_output=True,
+    )
+    wheel = next((tmp / "dist").glob("wfkit-*.whl"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp / "site"), str(wheel)],
+        check=True, capture_output=True,
+    )
+    return tmp
+
+
+def test_migrations_work_from_an_installed_wheel(installed_wheel, empty_url):
+    site = installed_wheel / "site"
+    assert (site / "wfkit" / "alembic" / "versions").is_dir()
+    env = {**os.environ, "PYTHONPATH": str(site), "WFKIT_DATABASE_URL": empty_url}
+    code = "import wfkit, sys; from wfkit.cli import main; print(wfkit.__file__, file=sys.stderr); main()"
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code, *args], cwd=installed_wheel, env=env, capture_output=True, text=True
+    )
+    out = run("db", "upgrade")
+    assert out.returncode == 0, out.stderr
+    assert str(site) in out.stderr  # the wheel's copy ran, not the source tree
+    assert "to 0001" in out.stdout
+    assert migrations.current(empty_url) == "0001"
+    out = run("db", "history")
+    assert "0001 (head)" in out.stdout
+    out = run("db", "downgrade", "base")
+    assert out.returncode == 0 and migrations.current(empty_url) is None

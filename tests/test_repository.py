@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from factories import T0, add, add_history, add_runs, make_run
+from wfkit.db import create_engine
+from wfkit.errors import DatabaseError, DatabaseNotMigratedError, InvalidQueryError, NotFoundError
+from wfkit.models import Run, RunStatus
+from wfkit.query import PageRequest, PaginationConfig, RunFilters
+from wfkit.repository import Repository
+
+
+def ids(runs):
+    return [r.id for r in runs]
+
+
+# --------------------------------------------------------------------------- pagination
+
+
+def test_empty_table(repo):
+    page = repo.list_runs()
+    assert page.data == [] and page.total == 0 and page.page == 1 and page.page_size == 20 and page.total_pages == 1
+
+
+def test_default_page_is_newest_first(repo, engine):
+    runs = add_runs(engine, 25)
+    page = repo.list_runs()
+    assert page.total == 25 and page.total_pages == 2 and page.page_size == 20
+    assert ids(page.data) == ids(reversed(runs))[:20]
+
+
+def test_last_partial_page_and_past_the_end(repo, engine):
+    runs = add_runs(engine, 7)
+    newest_first = ids(reversed(runs))
+    last = repo.list_runs(PageRequest(page=3, page_size=3))
+    assert ids(last.data) == newest_first[6:] and last.total_pages == 3 and last.total == 7
+    past = repo.list_runs(PageRequest(page=4, page_size=3))
+    assert past.data == [] and past.total == 7 and past.page == 4
+
+
+def test_sizes_are_clamped(engine):
+    add_runs(engine, 12)
+    repo = Repository(engine, pagination=PaginationConfig(default_page_size=5, max_page_size=10))
+    assert repo.list_runs().page_size == 5
+    assert len(repo.list_runs(PageRequest(page_size=50)).data) == 10
+    assert repo.list_runs(PageRequest(page=0, page_size=0)).page == 1
+    assert repo.list_runs(PageRequest(page=0, page_size=0)).page_size == 5
+
+
+def test_pages_do_not_overlap_when_times_tie(repo, engine):
+    same_time = [make_run(created_at=T0) for _ in range(9)]
+    add(engine, *same_time)
+    seen = [r.id for p in (1, 2, 3) for r in repo.list_runs(PageRequest(page=p, page_size=4)).data]
+    assert sorted(seen) == sorted(ids(same_time)) and len(seen) == 9
+    assert seen == sorted(seen, reverse=True)  # the tie-breaker: id, in the direction of created_at
+
+
+# --------------------------------------------------------------------------- filters and sorting
+
+
+@pytest.fixture
+def mixed(engine):
+    """12 runs: 3 workflows x 4 statuses, one second apart."""
+    runs = []
+    statuses = [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.RUNNING]
+    for i in range(12):
+        runs.append(make_run(workflow_name=["alpha", "beta", "gamma"][i % 3], status=statuses[i % 4],
+                             created_at=T0 + timedelta(seconds=i)))
+    add(engine, *runs)
+    return runs
+
+
+def expect(runs, workflow=None, statuses=()):
+    chosen = [r for r in runs if (workflow is None or r.workflow_name == workflow) and (not statuses or r.status in statuses)]
+    return ids(sorted(chosen, key=lambda r: r.created_at, reverse=True))
+
+
+@pytest.mark.parametrize(
+    ("workflow", "statuses"),
+    [
+        ("alpha", ()),
+        (None, (RunStatus.FAILED,)),
+        (None, (RunStatus.FAILED, RunStatus.CANCELLED)),
+        ("beta", (RunStatus.COMPLETED, RunStatus.RUNNING)),
+        ("gamma", (RunStatus.PENDING,)),
+        ("nobody", ()),
+    ],
+)
+def test_filters_and_their_combination(repo, mixed, workflow, statuses):
+    page = repo.list_runs(PageRequest(page_size=100), RunFilters(workflow_name=workflow, status=statuses))
+    assert ids(page.data) == expect(mixed, workflow, statuses)
+    assert page.total == len(page.data)
+
+
+def test_multi_field_sort_both_ways(repo, mixed):
+    def listed(sort):
+        return ids(repo.list_runs(PageRequest(page_size=100, sort=sort)).data)
+
+    by_wf_then_old = sorted(mixed, key=lambda r: (r.workflow_name, r.created_at))
+    assert listed("workflow_name,created_at") == ids(by_wf_then_old)
+    by_wf_desc_then_new = sorted(mixed, key=lambda r: (r.workflow_name, r.created_at), reverse=True)
+    assert listed("-workflow_name,-created_at") == ids(by_wf_desc_then_new)
+    mixed_dirs = sorted(sorted(mixed, key=lambda r: r.created_at, reverse=True), key=lambda r: r.status.value)
+    assert listed("status,-created_at") == ids(mixed_dirs)
+    assert listed("created_at") == ids(mixed)
+
+
+def test_nulls_sort_last_both_ways(repo, engine):
+    started = [make_run(created_at=T0, started_at=T0 + timedelta(seconds=i)) for i in range(3)]
+    never = make_run(created_at=T0)
+    add(engine, never, *started)
+    assert ids(repo.list_runs(PageRequest(sort="started_at")).data)[-1] == never.id
+    assert ids(repo.list_runs(PageRequest(sort="-started_at")).data)[-1] == never.id
+
+
+@pytest.mark.parametrize(
+    "sort",
+    ["created_at; drop table runs", "-created_at) --", "params", "id desc", "created_at,,bogus"],
+)
+def test_bad_or_injection_shaped_sort_is_rejected_and_changes_nothing(repo, engine, sort):
+    add_runs(engine, 3)
+    with pytest.raises(InvalidQueryError, match="sort field"):
+        repo.list_runs(PageRequest(sort=sort))
+    assert repo.list_runs().total == 3
+
+
+def test_injection_shaped_filter_value_is_only_a_value(repo, engine):
+    add_runs(engine, 2)
+    evil = "x' OR '1'='1"
+    assert repo.list_runs(filters=RunFilters(workflow_name=evil)).total == 0
+    add(engine, make_run(workflow_name=evil))
+    assert repo.list_runs(filters=RunFilters(workflow_name=evil)).total == 1
+    assert repo.list_runs().total == 3
+
+
+# --------------------------------------------------------------------------- one run and its history
+
+
+def test_find_run_by_uuid_or_string(repo, engine):
+    run, _ = add_runs(engine, 2)
+    assert repo.find_run(run.id).id == run.id
+    assert repo.find_run(str(run.id)).workflow_name == "demo"
+    assert repo.find_run(str(run.id).upper()).id == run.id
+
+
+def test_find_run_errors(repo):
+    missing = uuid.uuid4()
+    with pytest.raises(NotFoundError, match=f"no run with id {missing}"):
+        repo.find_run(missing)
+    with pytest.raises(InvalidQueryError, match="invalid run id 'abc'"):
+        repo.find_run("abc")
+
+
+def test_stages_and_decisions_oldest_first(repo, engine):
+    run, other = add_runs(engine, 2)
+    stages, decisions = add_history(engine, run, ["load", "check", "save"])
+    add_history(engine, other, ["x", "y"])
+    got = repo.get_stages(str(run.id))
+    assert [s.node_name for s in got] == ["load", "check", "save"] and ids(got) == ids(stages)
+    assert got[0].input_snapshot == {"i": 0} and got[0].output_snapshot == {"i": 1}
+    assert got[0].created_at.tzinfo is not None
+    got = repo.get_decisions(run.id)
+    assert [(d.from_node, d.to_node, d.predicate_name, d.predicate_result) for d in got] == [
+        ("load", "check", "p0", True), ("check", "save", "p1", True)
+    ]
+    assert ids(got) == ids(decisions)
+
+
+def test_related_rows_with_equal_times_have_a_stable_order(repo, engine):
+    run = add_runs(engine, 1)[0]
+    stages, _ = add_history(engine, run, ["a", "b", "c", "d"])
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE stages SET created_at = (SELECT MIN(created_at) FROM stages)"))
+    assert ids(repo.get_stages(run.id)) == sorted(ids(stages))
+
+
+def test_run_without_history_and_missing_run(repo, engine):
+    run = add_runs(engine, 1)[0]
+    assert repo.get_stages(run.id) == [] and repo.get_decisions(run.id) == []
+    for method in (repo.get_stages, repo.get_decisions):
+        with pytest.raises(NotFoundError):
+            method(uuid.uuid4())
+        with pytest.raises(InvalidQueryError):
+            method("12345")
+
+
+def test_returned_objects_are_detached_plain_data(repo, engine):
+    run = add_runs(engine, 1, params={"k": [1, 2]})[0]
+    found = repo.find_run(run.id)
+    engine.dispose()
+    assert found.params == {"k": [1, 2]} and found.to_dict()["id"] == str(run.id)
+
+
+def test_shared_between_threads(repo, engine):
+    add_runs(engine, 30, status=RunStatus.COMPLETED)
+    errors, totals = [], []
+
+    def worker():
+        try:
+            for page in range(1, 6):
+                result = repo.list_runs(PageRequest(page=page, page_size=7), RunFilters(status="completed"))
+                totals.append(result.total)
+                repo.get_stages(result.data[0].id) if result.data else None
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and totals == [30] * 40
+
+
+def test_the_repository_writes_nothing(repo, engine):
+    add_runs(engine, 3)
+    repo.list_runs()
+    with engine.connect() as conn:
+        before = conn.execute(sa.text("SELECT id, updated_at FROM runs ORDER BY id")).all()
+    for r in repo.list_runs().data:
+        repo.find_run(r.id)
+        repo.get_stages(r.id)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id, updated_at FROM runs ORDER BY id")).all() == before
+
+
+# --------------------------------------------------------------------------- databases not ready
+
+
+def test_unmigrated_database_says_what_to_do(new_database):
+    url = new_database()
+    engine = create_engine(url)  # creates the (empty) SQLite file
+    with engine.connect():
+        pass
+    engine.dispose()
+    repo = Repository(url)
+    with pytest.raises(DatabaseNotMigratedError, match="has no wfkit tables: run `wfkit db upgrade` first"):
+        repo.list_runs()
+
+
+def test_missing_sqlite_file_is_not_created(tmp_path):
+    path = tmp_path / "nothing-here.db"
+    repo = Repository(f"sqlite:///{path}")
+    with pytest.raises(DatabaseNotMigratedError, match=f"there is no database at {path}: run `wfkit db upgrade`"):
+        repo.list_runs()
+    assert not path.exists()
+
+
+def test_unreachable_postgresql_is_a_database_error():
+    repo = Repository("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+    with pytest.raises(DatabaseError, match=r"cannot use the database at postgresql\+psycopg://nobody@127.0.0.1:1/none"):
+        repo.find_run(uuid.uuid4())
