@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from factories import count
+from wfkit import migrations
+from wfkit.models import Checkpoint, Decision, Run, RunStatus, Stage, utcnow
+from wfkit.query import RunFilters
+from wfkit.repository import Repository
+from wfkit.seed import WORKFLOW_NAMES, seed_history
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_seed_history(engine):
+    summary = seed_history(engine, 200, seed=7, batch_size=64)
+    assert (summary.runs, summary.stages, summary.decisions, summary.checkpoints) == (
+        count(engine, Run), count(engine, Stage), count(engine, Decision), count(engine, Checkpoint)
+    )
+    assert summary.runs == 200 and summary.stages == 5 * summary.checkpoints
+    assert 15 <= summary.checkpoints <= 20  # one run in ten, except pending ones (never started)
+    repo = Repository(engine)
+    assert {r.workflow_name for r in repo.list_runs().data} <= set(WORKFLOW_NAMES)
+    assert all(repo.list_runs(filters=RunFilters(status=status)).total > 0 for status in RunStatus)
+
+
+def test_seed_is_deterministic(engine, new_database):
+    other = new_database()
+    migrations.upgrade(other)
+    now = utcnow()
+    seed_history(engine, 30, seed=3, now=now)
+    seed_history(other, 30, seed=3, now=now)
+    first = [r.to_dict() for r in Repository(engine).list_runs().data]
+    second = [r.to_dict() for r in Repository(other).list_runs().data]
+    assert first == second
+
+
+def test_service_example_runs(db_url, engine):
+    seed_history(engine, 50)
+    env = {**os.environ, "WFKIT_DATABASE_URL": db_url}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "newest_run_with_stages.py")],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    run_id = uuid.UUID(out.stdout.strip())
+    assert Repository(engine).get_stages(run_id)
+    assert "failed runs; the newest:" in out.stderr
+
+
+def test_seed_command_line(db_url):
+    env = {**os.environ, "WFKIT_DATABASE_URL": db_url}
+    out = subprocess.run([sys.executable, "-m", "wfkit.seed", "--runs", "12"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.startswith("added 12 runs")
