@@ -1,5 +1,5 @@
-# make demo   create .venv, install wfkit, build a demo database and browse it
-# make test   create .venv, install wfkit with its test dependencies, run the whole suite
+# make demo   create .venv, install wfkit and the sample workflows, build a demo database and browse it
+# make test   create .venv, install wfkit, the samples and the test dependencies, run the whole suite
 # make bench  the benchmarks (see bench/README.md)
 PYTHON ?= python3
 VENV   := .venv
@@ -8,10 +8,10 @@ DEMO_DB_URL := sqlite:///$(CURDIR)/.demo/wfkit.db
 
 .PHONY: demo test bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml plugins/wfkit-samples/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" -e ./plugins/wfkit-samples
 	touch $@
 
 demo: $(VENV)/.installed

@@ -24,8 +24,26 @@ _EXPORTS: dict[str, str] = {
     "DatabaseError": "wfkit.errors",
     "DatabaseNotMigratedError": "wfkit.errors",
     "http_status": "wfkit.errors",
-    # registry records (light)
+    # workflows and plugins (light: no SQLAlchemy, no pydantic)
     "WorkflowInfo": "wfkit.registry",
+    "Workflow": "wfkit.registry",
+    "Registry": "wfkit.registry",
+    "register": "wfkit.registry",
+    "get_workflow": "wfkit.registry",
+    "list_workflows": "wfkit.registry",
+    "default_registry": "wfkit.registry",
+    "Runtime": "wfkit.runtime",
+    "StateGraph": "wfkit.graph",
+    "END": "wfkit.graph",
+    "hookimpl": "wfkit.hookspecs",
+    "hookspec": "wfkit.hookspecs",
+    "InvalidParamsError": "wfkit.errors",
+    "RegistrationError": "wfkit.errors",
+    "DuplicateWorkflowError": "wfkit.errors",
+    "ServiceNotFoundError": "wfkit.errors",
+    "WorkflowBuildError": "wfkit.errors",
+    "GraphError": "wfkit.errors",
+    "GraphValidationError": "wfkit.errors",
     # models
     "Run": "wfkit.models",
     "Stage": "wfkit.models",
@@ -70,6 +88,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         ConfigurationError,
         DatabaseError,
         DatabaseNotMigratedError,
+        DuplicateWorkflowError,
+        InvalidParamsError,
+        RegistrationError,
+        GraphError,
+        GraphValidationError,
+        ServiceNotFoundError,
+        WorkflowBuildError,
         InvalidQueryError,
         InvalidStatusError,
         NotFoundError,
@@ -89,5 +114,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         check_transition,
     )
     from wfkit.query import PageRequest, PageResult, PaginationConfig, RunFilters, SortField, parse_sort
-    from wfkit.registry import WorkflowInfo
+    from wfkit.graph import END, StateGraph
+    from wfkit.hookspecs import hookimpl, hookspec
+    from wfkit.registry import (
+        Registry,
+        Workflow,
+        WorkflowInfo,
+        default_registry,
+        get_workflow,
+        list_workflows,
+        register,
+    )
+    from wfkit.runtime import Runtime
     from wfkit.repository import Repository

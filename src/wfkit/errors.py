@@ -54,3 +54,93 @@ def http_status(err: BaseException) -> int:
         if isinstance(err, cls):
             return status
     return 500
+
+
+class InvalidParamsError(InvalidQueryError):
+    """A workflow's params are malformed or fail its params model: the message names the field."""
+
+
+class RegistrationError(WfkitError, ValueError):
+    """A workflow cannot be registered: a bad name, a bad factory, or a name already taken."""
+
+
+class DuplicateWorkflowError(RegistrationError):
+    """A workflow name is already registered (by the source the message names)."""
+
+
+class WorkflowBuildError(WfkitError):
+    """A workflow's factory failed to build its graph (it raised, or returned no initial state)."""
+
+
+class ServiceNotFoundError(WfkitError, KeyError):
+    """A workflow asked the runtime for a service it was not given."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+# --- the workflow graph engine (wfkit.graph) ---------------------------------
+# These define __reduce__ so they survive pickling (to a worker process and back).
+
+
+class GraphError(WfkitError):
+    """A workflow graph is built or walked wrongly (an unknown node, a predicate that raised...)."""
+
+
+class GraphValidationError(GraphError):
+    """A graph failed :meth:`StateGraph.validate`; ``.problems`` lists every problem, one line each."""
+
+    def __init__(self, problems: list[str], graph_name: str | None = None):
+        self.problems = list(problems)
+        self.graph_name = graph_name
+        what = "graph" if graph_name is None else f"graph {graph_name!r}"
+        count = len(self.problems)
+        super().__init__(f"{what} is invalid ({count} problem{'' if count == 1 else 's'}): "
+                         + "; ".join(self.problems))
+
+    def __reduce__(self):
+        return (type(self), (self.problems, self.graph_name))
+
+
+class MaxIterationsError(GraphError):
+    """A node was about to be visited more than the graph's ``max_iterations`` times in one run."""
+
+    def __init__(self, node: str, limit: int):
+        self.node = node
+        self.limit = limit
+        super().__init__(f"node {node!r} would run more than max_iterations={limit} times in one run; "
+                         "fix the loop's exit condition or raise StateGraph(max_iterations=...)")
+
+    def __reduce__(self):
+        return (type(self), (self.node, self.limit))
+
+
+class NoRouteError(GraphError):
+    """No edge leaving a node could be taken: every predicate tried was false (``.tried`` names them)."""
+
+    def __init__(self, node: str, tried: list[str]):
+        self.node = node
+        self.tried = list(tried)
+        names = ", ".join(self.tried) if self.tried else "none (the node has no outgoing edges)"
+        super().__init__(f"no edge from node {node!r} holds; predicates tried: {names}; "
+                         "add an unconditional edge last as the fallback")
+
+    def __reduce__(self):
+        return (type(self), (self.node, self.tried))
+
+
+class NodeError(GraphError):
+    """A node raised, or returned something other than a mapping or None.
+
+    ``.node`` and ``.iteration`` say which visit failed; the node's own exception,
+    if any, is the ``__cause__``.
+    """
+
+    def __init__(self, node: str, iteration: int, detail: str):
+        self.node = node
+        self.iteration = iteration
+        self.detail = detail
+        super().__init__(f"node {node!r} (iteration {iteration}) {detail}")
+
+    def __reduce__(self):
+        return (type(self), (self.node, self.iteration, self.detail))

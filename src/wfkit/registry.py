@@ -1,13 +1,54 @@
-"""The workflow registry's record types.
+"""The workflow registry: names to factories, thread-safe.
 
-``WorkflowInfo`` lives here, not in ``models.py``, because listing workflows
-must stay free of SQLAlchemy: this module imports only the standard library.
+A workflow factory is ``factory(graph, runtime, params) -> initial_state``: it
+receives a pre-configured :class:`~wfkit.graph.StateGraph`, adds nodes and
+edges to it, and returns the initial state (a mapping). A workflow may declare
+its params as a pydantic model; params are then validated before the factory
+runs, and the factory receives the model instance instead of a dict.
+
+    from wfkit import registry
+
+    @registry.register("greet", description="Say hello")
+    def greet(graph, runtime, params):
+        graph.add_node("hello", lambda state: {"text": f"hello {state['who']}"})
+        graph.set_entry_point("hello").set_finish_point("hello")
+        return {"who": params.get("who", "world")}
+
+The default registry (module-level :func:`register`, :func:`get_workflow`,
+:func:`list_workflows`) loads the installed plugins (entry-point group
+``wfkit``) once, on first lookup. This module imports only the standard
+library: listing workflows never loads SQLAlchemy.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from wfkit.errors import (
+    DuplicateWorkflowError,
+    InvalidParamsError,
+    RegistrationError,
+    WfkitError,
+    WorkflowBuildError,
+    WorkflowNotFoundError,
+)
+
+if TYPE_CHECKING:
+    from wfkit.graph import StateGraph
+    from wfkit.runtime import Runtime
+
+Factory = Callable[["StateGraph", "Runtime", Any], Mapping[str, Any]]
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+MAX_NAME_LENGTH = 200
+#: ``plugin`` of workflows registered from code rather than by a plugin.
+LOCAL = "(local)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,7 +57,285 @@ class WorkflowInfo:
 
     name: str
     description: str = ""
+    plugin: str = LOCAL
 
     def to_dict(self) -> dict[str, Any]:
         """The snake_case JSON form."""
         return asdict(self)
+
+
+def check_name(name: Any) -> str:
+    """``name`` if it is a valid workflow name, else :class:`RegistrationError` saying what is allowed."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or len(name) > MAX_NAME_LENGTH:
+        raise RegistrationError(
+            f"invalid workflow name {name!r}: use lowercase letters, digits, '-', '_' and '.', "
+            f"starting with a letter or digit, at most {MAX_NAME_LENGTH} characters"
+        )
+    return name
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A registered workflow: its factory, description, params model and the plugin that registered it."""
+
+    name: str
+    factory: Factory
+    description: str = ""
+    params_model: type | str | None = None
+    plugin: str = LOCAL
+
+    def resolve_params_model(self) -> Any:
+        """The params model class; an import path (``"pkg.mod:Model"``) is imported now, on first need."""
+        model = self.params_model
+        if isinstance(model, str):
+            import importlib
+
+            module_name, _, attr = model.partition(":")
+            try:
+                obj: Any = importlib.import_module(module_name)
+                for part in attr.split("."):
+                    obj = getattr(obj, part)
+            except (ImportError, AttributeError) as err:
+                raise RegistrationError(f"params model {model!r} of workflow {self.name!r} cannot be imported: {err}") from None
+            return obj
+        return model
+
+    @property
+    def info(self) -> WorkflowInfo:
+        return WorkflowInfo(self.name, self.description, self.plugin)
+
+    def validate_params(self, params: Mapping[str, Any] | None = None) -> Any:
+        """``params`` checked against the params model (an instance of it), or as a plain dict.
+
+        Raises :class:`InvalidParamsError` naming each bad field.
+        """
+        params = {} if params is None else params
+        if not isinstance(params, Mapping):
+            raise InvalidParamsError(
+                f"params for workflow {self.name!r} must be a mapping of names to values, got {type(params).__name__}"
+            )
+        if self.params_model is None:
+            return dict(params)
+        from pydantic import ValidationError
+
+        try:
+            return self.resolve_params_model().model_validate(dict(params))
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}" for e in err.errors()
+            )
+            raise InvalidParamsError(f"invalid params for workflow {self.name!r}: {problems}") from None
+
+    def build(
+        self, params: Mapping[str, Any] | None = None, runtime: Runtime | None = None
+    ) -> tuple[StateGraph, dict[str, Any]]:
+        """Run the factory on a fresh graph: the validated graph and the initial state."""
+        from wfkit.graph import StateGraph
+        from wfkit.runtime import Runtime
+
+        checked = self.validate_params(params)
+        graph = StateGraph(self.name)
+        try:
+            state = self.factory(graph, runtime if runtime is not None else Runtime(), checked)
+        except WfkitError:
+            raise
+        except Exception as err:  # third-party code: report it as one line, keep the cause
+            raise WorkflowBuildError(
+                f"the factory of workflow {self.name!r} raised {type(err).__name__}: {err}"
+            ) from err
+        if state is None:
+            state = {}
+        if not isinstance(state, Mapping):
+            raise WorkflowBuildError(
+                f"the factory of workflow {self.name!r} returned {type(state).__name__}: "
+                "it must return the initial state, a mapping"
+            )
+        graph.validate()
+        return graph, dict(state)
+
+
+class Registry:
+    """A thread-safe map of workflow names to :class:`Workflow` s."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._workflows: dict[str, Workflow] = {}
+        self._local = threading.local()
+
+    # -- registering
+
+    def register(
+        self,
+        name: str,
+        factory: Factory | None = None,
+        description: str | None = None,
+        *,
+        params: type | str | None = None,
+        replace: bool = False,
+    ) -> Any:
+        """Register ``factory`` under ``name``; without a factory, return a decorator that does.
+
+        ``description`` defaults to the first line of the factory's docstring;
+        ``params`` is an optional pydantic model for the workflow's params, or
+        its import path (``"pkg.module:Model"``) so that merely listing
+        workflows does not import pydantic.
+        A name that is taken is an error naming both sources, unless ``replace=True``.
+        """
+        if factory is None:
+
+            def decorator(fn: Factory) -> Factory:
+                self.register(name, fn, description, params=params, replace=replace)
+                return fn
+
+            return decorator
+        check_name(name)
+        if not callable(factory):
+            raise RegistrationError(f"the factory of workflow {name!r} must be callable, got {type(factory).__name__}")
+        if params is not None and not (
+            (isinstance(params, type) and hasattr(params, "model_validate"))
+            or (isinstance(params, str) and re.match(r"^[\w.]+:[\w.]+$", params))
+        ):
+            raise RegistrationError(
+                f"params of workflow {name!r} must be a pydantic model class or its import path "
+                f"('package.module:Model'), got {params!r}"
+            )
+        plugin = getattr(self._local, "plugin", None) or LOCAL
+        workflow = Workflow(
+            name=name,
+            factory=factory,
+            description=_first_line(description if description is not None else factory.__doc__),
+            params_model=params,
+            plugin=plugin,
+        )
+        with self._lock:
+            existing = self._workflows.get(name)
+            if existing is not None and not replace:
+                raise DuplicateWorkflowError(
+                    f"workflow {name!r} is already registered by {_source(existing)}; "
+                    f"{_source(workflow)} cannot register it again (pass replace=True to replace it)"
+                )
+            self._workflows[name] = workflow
+            added = getattr(self._local, "added", None)
+            if added is not None:
+                added.append((name, existing))
+        return workflow
+
+    def unregister(self, name: str) -> None:
+        """Remove a workflow; :class:`WorkflowNotFoundError` if there is none by that name."""
+        with self._lock:
+            if self._workflows.pop(name, None) is None:
+                raise self._not_found(name)
+
+    @contextlib.contextmanager
+    def plugin_scope(self, plugin: str) -> Iterator[None]:
+        """Registrations made inside (by this thread) are attributed to ``plugin`` and undone if the block raises.
+
+        Used by the plugin loader so that a plugin whose hook fails leaves nothing half-registered.
+        """
+        added: list[tuple[str, Workflow | None]] = []
+        self._local.plugin, self._local.added = plugin, added
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                for name, previous in reversed(added):
+                    if previous is None:
+                        self._workflows.pop(name, None)
+                    else:
+                        self._workflows[name] = previous
+            raise
+        finally:
+            self._local.plugin = self._local.added = None
+
+    # -- looking up
+
+    def get(self, name: str) -> Workflow:
+        """The workflow registered as ``name``, or :class:`WorkflowNotFoundError` with close matches."""
+        with self._lock:
+            found = self._workflows.get(name)
+        if found is None:
+            raise self._not_found(name)
+        return found
+
+    def list(self) -> list[WorkflowInfo]:
+        """Every registered workflow, sorted by name."""
+        with self._lock:
+            workflows = sorted(self._workflows.values(), key=lambda w: w.name)
+        return [w.info for w in workflows]
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._workflows)
+
+    def __contains__(self, name: object) -> bool:
+        with self._lock:
+            return name in self._workflows
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._workflows)
+
+    def _not_found(self, name: str) -> WorkflowNotFoundError:
+        names = self.names()
+        close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+        if close:
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        elif names:
+            hint = f"; registered workflows: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}"
+        else:
+            hint = "; no workflows are registered (install a plugin package, see `wfkit plugins`)"
+        return WorkflowNotFoundError(f"no workflow named {name!r}{hint}")
+
+
+def _source(workflow: Workflow) -> str:
+    if workflow.plugin != LOCAL:
+        return f"plugin {workflow.plugin!r}"
+    module = getattr(workflow.factory, "__module__", None) or "?"
+    qualname = getattr(workflow.factory, "__qualname__", None) or repr(workflow.factory)
+    return f"{module}.{qualname}"
+
+
+# --------------------------------------------------------------------------- the default registry
+
+_default = Registry()
+_loaded = False
+_load_lock = threading.Lock()
+
+
+def default_registry(*, load_plugins: bool = True) -> Registry:
+    """The process-wide registry, with the installed plugins loaded (once, on first call)."""
+    global _loaded
+    if load_plugins and not _loaded:
+        with _load_lock:
+            if not _loaded:
+                from wfkit.plugins import load_default
+
+                load_default(_default)
+                _loaded = True
+    return _default
+
+
+def register(
+    name: str,
+    factory: Factory | None = None,
+    description: str | None = None,
+    *,
+    params: type | str | None = None,
+    replace: bool = False,
+) -> Any:
+    """Register a workflow in the default registry (also usable as a decorator)."""
+    return _default.register(name, factory, description, params=params, replace=replace)
+
+
+def get_workflow(name: str) -> Workflow:
+    """The workflow ``name`` from the default registry (plugins loaded)."""
+    return default_registry().get(name)
+
+
+def list_workflows() -> list[WorkflowInfo]:
+    """Every workflow in the default registry (plugins loaded), sorted by name."""
+    return default_registry().list()

@@ -1,0 +1,79 @@
+"""How fast does the command line start? `wfkit list-workflows` and `wfkit --help` against raw floors.
+
+Measures the median wall time (over --repeat runs, after a warm-up) of:
+  - python -c pass                                   (the interpreter alone)
+  - python -c "import click, pluggy" + an entry-point scan of the group 'wfkit'  (the floor)
+  - wfkit --help
+  - wfkit list-workflows                             (with whatever plugins are installed)
+and checks that list-workflows imports none of sqlalchemy, sqlmodel, alembic, pydantic.
+
+Targets: list-workflows under 0.15 s median, and within 1.5x of the floor.
+
+    python bench/bench_cli.py [--repeat 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PY = sys.executable
+WFKIT = str(Path(PY).with_name("wfkit"))
+FLOOR = "import click, pluggy\nfrom importlib.metadata import entry_points\nentry_points(group='wfkit')"
+HEAVY = ("sqlalchemy", "sqlmodel", "alembic", "pydantic")
+
+
+def median_seconds(cmd: list[str], repeat: int) -> float:
+    subprocess.run(cmd, capture_output=True, check=True)  # warm the OS caches
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def heavy_modules_loaded() -> list[str]:
+    code = (
+        "import sys\nfrom wfkit.cli import cli\n"
+        "try:\n    cli(['list-workflows'])\nexcept SystemExit:\n    pass\n"
+        f"print('HEAVY:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("HEAVY:"))
+    return [m for m in line.removeprefix("HEAVY:").split(",") if m]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=30)
+    args = parser.parse_args()
+
+    rows = [
+        ("python -c pass", median_seconds([PY, "-c", "pass"], args.repeat)),
+        ("floor: import click, pluggy + entry-point scan", median_seconds([PY, "-c", FLOOR], args.repeat)),
+        ("wfkit --help", median_seconds([WFKIT, "--help"], args.repeat)),
+        ("wfkit list-workflows", median_seconds([WFKIT, "list-workflows"], args.repeat)),
+    ]
+    floor = rows[1][1]
+    print(f"{'command':50} {'median ms':>10} {'x floor':>8}")
+    for name, seconds in rows:
+        print(f"{name:50} {seconds * 1000:10.1f} {seconds / floor:8.2f}")
+    listing = rows[3][1]
+    heavy = heavy_modules_loaded()
+    checks = [
+        ("list-workflows median under 150 ms", listing < 0.150),
+        ("list-workflows within 1.5x of the floor", listing / floor <= 1.5),
+        (f"list-workflows imports none of {', '.join(HEAVY)} (loaded: {', '.join(heavy) or 'none'})", not heavy),
+    ]
+    for text, ok in checks:
+        print(f"{'PASS' if ok else 'MISS'}  {text}")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,535 @@
+"""How fast is the read-only repository? Each query against the same SQL through the raw driver.
+
+Seeds N runs (wfkit.seed.seed_history: 20 workflows, every status, 5 stages and
+4 decisions for one run in ten) into a SQLite file and a throwaway PostgreSQL
+database, migrated with wfkit.migrations.upgrade, then measures the median
+wall time over --repeat calls of:
+
+  list_runs page 1 (50 rows): unfiltered, --status, --workflow, --workflow + --status
+  list_runs page 2,000 (50 rows, unfiltered)
+  find_run, get_stages
+
+each beside its raw baseline: the very statements the repository sent (captured
+from the engine, same SQL text and parameters) replayed through sqlite3 /
+psycopg on one open connection, rows decoded to dicts with JSON parsed; for a
+listing both the COUNT and the page. It prints the ratio wfkit / raw.
+
+Targets (meant for 1,000,000 runs): every page-1 listing within 1.5x of raw,
+and under 20 ms on SQLite; find_run and get_stages within 2x of raw. The deep
+page has no target (shown for information).
+
+It also prints the query plans (EXPLAIN QUERY PLAN / EXPLAIN) of every listing
+the CLI offers and checks them: the page must come from an index in sort order
+(no sort step, no table scan); a filtered COUNT must read only its index range.
+
+    python bench/bench_repository.py [--runs 100000] [--repeat 30]
+        [--engines sqlite,postgresql] [--postgres-url URL] [--keep | --reuse] [--strict]
+
+PostgreSQL: --postgres-url (default $WFKIT_BENCH_POSTGRES_URL, else
+postgresql://postgres@127.0.0.1:5432/postgres) is an admin URL; a database with
+a random name is created there and dropped at the end. SQLite: the file is
+bench/bench_<runs>.db (gitignored), removed at the end unless --keep or
+--reuse (--reuse also uses the file as is when it already holds N runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from wfkit import migrations
+from wfkit.db import create_engine
+from wfkit.query import PageRequest, RunFilters
+from wfkit.repository import Repository
+from wfkit.seed import WORKFLOW_NAMES, seed_history
+
+BENCH_DIR = Path(__file__).resolve().parent
+PG_URL_ENV = "WFKIT_BENCH_POSTGRES_URL"
+DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+ENGINES = ("sqlite", "postgresql")
+
+PAGE_SIZE = 50
+DEEP_PAGE = 2000
+WORKFLOW = "branching"
+STATUS = "failed"
+#: Run ids cycled through by find_run and get_stages (the same sequence on both sides).
+LOOKUP_IDS = 20
+#: The JSON columns of the tables read here; the raw SQLite side parses them.
+JSON_COLUMNS = frozenset({"params", "result", "input_snapshot", "output_snapshot", "state_data"})
+
+LISTING_TARGET_RATIO = 1.5
+LISTING_TARGET_SQLITE_MS = 20.0
+LOOKUP_TARGET_RATIO = 2.0
+
+#: The listings the CLI offers (`wfkit runs list` with no filter, --status, --workflow, both).
+CLI_LISTINGS: dict[str, RunFilters] = {
+    "default (no filter)": RunFilters(),
+    "--status": RunFilters(status=STATUS),
+    "--workflow": RunFilters(workflow_name=WORKFLOW),
+    "--workflow --status": RunFilters(workflow_name=WORKFLOW, status=STATUS),
+}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the raw side
+
+
+Statement = tuple[str, Any]  # SQL text as sent to the driver, and its parameters
+
+
+@contextlib.contextmanager
+def captured(engine: sa.Engine) -> Iterator[list[Statement]]:
+    """Every statement (text, driver-ready parameters) the engine sends while the block runs."""
+    seen: list[Statement] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+class RawSide:
+    """One open driver connection replaying captured statements, rows decoded to dicts."""
+
+    def __init__(self, backend: str, url: sa.URL):
+        self.backend = backend
+        if backend == "sqlite":
+            import sqlite3
+
+            self.conn: Any = sqlite3.connect(url.database)
+            # The same connection settings wfkit uses (they do not change reads).
+            for pragma in ("foreign_keys=ON", "busy_timeout=5000", "journal_mode=WAL", "synchronous=NORMAL"):
+                self.conn.execute(f"PRAGMA {pragma}")
+        else:
+            import psycopg
+
+            # Autocommit: at READ COMMITTED every statement takes its own snapshot
+            # anyway, so a transaction around count + page would add round trips, not meaning.
+            self.conn = psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def run(self, statements: list[Statement]) -> list[list[dict[str, Any]]]:
+        out = []
+        for sql, params in statements:
+            cur = self.conn.execute(sql, params)
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, row)) for row in cur.fetchall()]
+            if self.backend == "sqlite":  # psycopg parses JSON and JSONB itself
+                parse = [n for n in names if n in JSON_COLUMNS]
+                for row in rows:
+                    for name in parse:
+                        value = row[name]
+                        if value is not None:
+                            row[name] = json.loads(value)
+            out.append(rows)
+        return out
+
+    def version(self) -> str:
+        if self.backend == "sqlite":
+            import sqlite3
+
+            return f"SQLite {sqlite3.sqlite_version}"
+        return str(self.conn.execute("SELECT version()").fetchone()[0]).split(",")[0]
+
+    def plan(self, sql: str, params: Any) -> list[str]:
+        if self.backend == "sqlite":
+            rows = self.conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+            depth: dict[int, int] = {0: -1}
+            lines = []
+            for node, parent, _notused, detail in rows:
+                depth[node] = depth.get(parent, -1) + 1
+                lines.append("  " * depth[node] + detail)
+            return lines
+        return [r[0] for r in self.conn.execute(f"EXPLAIN {sql}", params).fetchall()]
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def plan_problems(backend: str, kind: str, filtered: bool, lines: list[str]) -> list[str]:
+    """What is wrong with a listing's plan: a sort step, a table scan, an unfiltered read of a filtered count."""
+    text = "\n".join(lines)
+    problems = []
+    if backend == "sqlite":
+        if "TEMP B-TREE" in text:
+            problems.append("sort step (USE TEMP B-TREE)")
+        for line in lines:
+            s = line.strip()
+            if s.startswith("SCAN ") and "INDEX" not in s:
+                problems.append(f"table scan ({s})")
+            if filtered and s.startswith("SCAN "):
+                problems.append(f"reads the whole index or table, not the filter's range ({s})")
+    else:
+        for line in lines:
+            s = line.strip().lstrip("-> ").strip()
+            if s.startswith(("Sort", "Incremental Sort", "Gather Merge")):
+                problems.append(f"sort step ({s.split('  ')[0]})")
+            if "Seq Scan" in s:
+                problems.append(f"table scan ({s.split('  ')[0]})")
+            if filtered and s.startswith("Filter:"):
+                # The scan walks rows outside the filter and drops them one by one: with a
+                # rare value, that is the whole index (or table) for one page.
+                problems.append(f"filter checked row by row, not an index range ({s})")
+    return sorted(set(problems))
+
+
+def print_plans(backend: str, repo: Repository, raw: RawSide) -> bool:
+    ok = True
+    print(f"\n## Query plans, {backend} ({'EXPLAIN QUERY PLAN' if backend == 'sqlite' else 'EXPLAIN'})")
+    for label, filters in CLI_LISTINGS.items():
+        with captured(repo.engine) as stmts:
+            repo.list_runs(PageRequest(page=1, page_size=PAGE_SIZE), filters)
+        filtered = filters.workflow_name is not None or bool(filters.status)
+        for kind, (sql, params) in zip(("count", "page"), stmts):
+            lines = raw.plan(sql, params)
+            problems = plan_problems(backend, kind, filtered, lines)
+            if kind == "count" and not filtered:
+                # Counting every run reads every entry of some index: unavoidable for an exact total.
+                problems = [p for p in problems if not p.startswith("reads the whole")]
+                if backend == "postgresql":
+                    problems = [p for p in problems if not p.startswith("table scan")]
+            verdict = "ok" if not problems else "PROBLEM: " + "; ".join(problems)
+            ok = ok and not problems
+            print(f"\n{label} [{kind}]: {verdict}")
+            print("    " + " ".join(sql.split()))
+            for line in lines:
+                print(f"    | {line}")
+    return ok
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Case:
+    name: str
+    wfkit: Callable[[int], Any]  # called with the iteration number
+    raw: Callable[[int], Any]
+    kind: str  # "listing", "lookup" or "info"
+
+
+@dataclass
+class Result:
+    query: str
+    engine: str
+    wfkit_ms: float
+    raw_ms: float
+    target: str
+    verdict: str
+    ratio: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ratio = self.wfkit_ms / self.raw_ms if self.raw_ms else float("inf")
+
+
+def measure(case: Case, repeat: int) -> tuple[float, float]:
+    """Median milliseconds of wfkit and raw, calls interleaved so drift hits both alike."""
+    for i in range(min(5, repeat)):  # warm caches: statement caches, prepared statements, pages
+        case.wfkit(i)
+        case.raw(i)
+    ours, theirs = [], []
+    clock = time.perf_counter_ns
+    for i in range(repeat):
+        start = clock()
+        case.wfkit(i)
+        mid = clock()
+        case.raw(i)
+        end = clock()
+        ours.append(mid - start)
+        theirs.append(end - mid)
+    return statistics.median(ours) / 1e6, statistics.median(theirs) / 1e6
+
+
+def judge(case: Case, backend: str, ours: float, ratio: float) -> tuple[str, str]:
+    if case.kind == "listing":
+        if backend == "sqlite":
+            target = f"<= {LISTING_TARGET_RATIO}x, < {LISTING_TARGET_SQLITE_MS:g} ms"
+            met = ratio <= LISTING_TARGET_RATIO and ours < LISTING_TARGET_SQLITE_MS
+        else:
+            target = f"<= {LISTING_TARGET_RATIO}x"
+            met = ratio <= LISTING_TARGET_RATIO
+        return target, "PASS" if met else "MISS"
+    if case.kind == "lookup":
+        return f"<= {LOOKUP_TARGET_RATIO}x", "PASS" if ratio <= LOOKUP_TARGET_RATIO else "MISS"
+    return "-", "info"
+
+
+def check_same(name: str, ours: Any, theirs: list[list[dict[str, Any]]]) -> None:
+    """The raw replay must return what the repository returned (else the baseline measures something else)."""
+
+    def as_uuid(value: Any) -> uuid.UUID:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+    if hasattr(ours, "total"):  # a PageResult: count, then the page
+        raw_total = next(iter(theirs[0][0].values()))
+        raw_ids = [as_uuid(r["id"]) for r in theirs[1]] if len(theirs) > 1 else []
+        same = raw_total == ours.total and raw_ids == [r.id for r in ours.data]
+    elif isinstance(ours, list):
+        same = [as_uuid(r["id"]) for r in theirs[0]] == [s.id for s in ours]
+    else:
+        same = [as_uuid(r["id"]) for r in theirs[0]] == [ours.id]
+    if not same:
+        raise SystemExit(f"the raw baseline of {name!r} does not return what the repository returns")
+
+
+def build_cases(repo: Repository, raw: RawSide, run_ids: list[uuid.UUID], staged_ids: list[uuid.UUID]) -> list[Case]:
+    cases: list[Case] = []
+
+    def listing(name: str, page: int, filters: RunFilters, kind: str) -> None:
+        def call(_i: int) -> Any:
+            return repo.list_runs(PageRequest(page=page, page_size=PAGE_SIZE), filters)
+
+        with captured(repo.engine) as stmts:
+            result = call(0)
+        check_same(name, result, raw.run(stmts))
+        cases.append(Case(name, call, lambda _i, s=list(stmts): raw.run(s), kind))
+
+    def lookup(name: str, method: Callable[[uuid.UUID], Any], ids: list[uuid.UUID]) -> None:
+        replays = []
+        for rid in ids:
+            with captured(repo.engine) as stmts:
+                result = method(rid)
+            check_same(name, result, raw.run(stmts))
+            replays.append(list(stmts))
+        cases.append(
+            Case(
+                name,
+                lambda i: method(ids[i % len(ids)]),
+                lambda i: raw.run(replays[i % len(replays)]),
+                "lookup",
+            )
+        )
+
+    listing("list_runs p1", 1, RunFilters(), "listing")
+    listing("list_runs p1 status", 1, RunFilters(status=STATUS), "listing")
+    listing("list_runs p1 workflow", 1, RunFilters(workflow_name=WORKFLOW), "listing")
+    listing("list_runs p1 workflow+status", 1, RunFilters(workflow_name=WORKFLOW, status=STATUS), "listing")
+    listing(f"list_runs p{DEEP_PAGE}", DEEP_PAGE, RunFilters(), "info")
+    lookup("find_run", repo.find_run, run_ids)
+    lookup("get_stages", repo.get_stages, staged_ids)
+    return cases
+
+
+def sample_ids(raw: RawSide) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """Run ids spread over the history, and ids of runs that have stages."""
+
+    def ids(sql: str) -> list[uuid.UUID]:
+        return [v if isinstance(v, uuid.UUID) else uuid.UUID(v) for (v,) in raw.conn.execute(sql).fetchall()]
+
+    return (
+        ids(f"SELECT id FROM runs ORDER BY id LIMIT {LOOKUP_IDS}"),
+        ids(f"SELECT DISTINCT run_id FROM stages ORDER BY run_id LIMIT {LOOKUP_IDS}"),
+    )
+
+
+# --------------------------------------------------------------------------- databases
+
+
+def count_runs(url: str) -> int | None:
+    """How many runs the database at ``url`` holds, or None if it is not a migrated wfkit database."""
+    engine = create_engine(url, create_missing=False)
+    try:
+        if migrations.current(engine) != migrations.head():
+            return None
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM runs")).scalar_one()
+    except Exception:  # noqa: BLE001 - a broken leftover file is simply re-seeded
+        return None
+    finally:
+        engine.dispose()
+
+
+def seed(url: str, runs: int, backend: str) -> None:
+    engine = create_engine(url)
+    try:
+        start = time.perf_counter()
+        migrations.upgrade(engine)
+        summary = seed_history(engine, runs)
+        seeded = time.perf_counter() - start
+        # A database in service is vacuumed and analyzed by autovacuum; a fresh
+        # bulk load is not yet. Without the visibility map the COUNTs could not
+        # be index-only scans, and without statistics the plans are guesses.
+        if backend == "postgresql":
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE")
+        log(
+            f"{backend}: seeded {summary.runs:,} runs, {summary.stages:,} stages, {summary.decisions:,} decisions, "
+            f"{summary.checkpoints:,} checkpoints in {seeded:.1f} s (migrate + seed_history)"
+            + (f", VACUUM ANALYZE {time.perf_counter() - start - seeded:.1f} s" if backend == "postgresql" else "")
+        )
+    finally:
+        engine.dispose()
+
+
+def remove_sqlite(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def sqlite_database(runs: int, keep: bool, reuse: bool) -> Iterator[str]:
+    path = BENCH_DIR / f"bench_{runs}.db"
+    url = f"sqlite:///{path}"
+    if reuse and path.exists() and count_runs(url) == runs:
+        log(f"sqlite: reusing {path} ({runs:,} runs)")
+    else:
+        remove_sqlite(path)
+        seed(url, runs, "sqlite")
+    try:
+        yield url
+    finally:
+        if keep or reuse:
+            log(f"sqlite: kept {path} (use --reuse to measure it again without seeding)")
+        else:
+            remove_sqlite(path)
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str, runs: int) -> Iterator[str]:
+    admin = sa.make_url(admin_url)
+    if admin.drivername in ("postgresql", "postgres"):
+        admin = admin.set(drivername="postgresql+psycopg")
+    name = f"wfkit_bench_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            url = admin.set(database=name).render_as_string(hide_password=False)
+            seed(url, runs, "postgresql")
+            yield url
+        finally:
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            log(f"postgresql: dropped database {name}")
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def bench_engine(backend: str, url: str, repeat: int) -> tuple[list[Result], bool]:
+    repo = Repository(url)
+    raw = RawSide(backend, repo.engine.url if backend == "postgresql" else sa.make_url(url))
+    try:
+        print(f"\n# {raw.version()}")
+        plans_ok = print_plans(backend, repo, raw)
+        run_ids, staged_ids = sample_ids(raw)
+        results = []
+        for case in build_cases(repo, raw, run_ids, staged_ids):
+            ours, theirs = measure(case, repeat)
+            target, verdict = judge(case, backend, ours, ours / theirs if theirs else float("inf"))
+            results.append(Result(case.name, backend, ours, theirs, target, verdict))
+            log(f"{backend}: {case.name}: {ours:.3f} ms vs {theirs:.3f} ms raw")
+        return results, plans_ok
+    finally:
+        raw.close()
+        repo.engine.dispose()
+
+
+def print_table(results: list[Result]) -> None:
+    header = ("query", "engine", "wfkit ms", "raw ms", "ratio", "target", "result")
+    rows = [
+        (r.query, r.engine, f"{r.wfkit_ms:.3f}", f"{r.raw_ms:.3f}", f"{r.ratio:.2f}x", r.target, r.verdict)
+        for r in results
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    right = {2, 3, 4}
+    for i, row in enumerate((header, *rows)):
+        print("  ".join(str(c).rjust(w) if k in right else str(c).ljust(w) for k, (c, w) in enumerate(zip(row, widths))).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench_repository.py", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=100_000, help="runs to seed (default 100,000)")
+    parser.add_argument("--repeat", type=int, default=30, help="timed calls per query and side (default 30)")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated: sqlite, postgresql (default both)")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(PG_URL_ENV, "").strip() or DEFAULT_PG_ADMIN_URL,
+        help=f"admin URL where a throwaway database is created (default ${PG_URL_ENV}, else {DEFAULT_PG_ADMIN_URL})",
+    )
+    keep = parser.add_mutually_exclusive_group()
+    keep.add_argument("--keep", action="store_true", help="keep the seeded SQLite file bench/bench_<runs>.db")
+    keep.add_argument("--reuse", action="store_true", help="use bench/bench_<runs>.db if it holds the runs already (seed it otherwise); keep it")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed or a plan has a problem")
+    args = parser.parse_args(argv)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        parser.error(f"--engines: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(ENGINES)}")
+    if args.runs < DEEP_PAGE * PAGE_SIZE:
+        parser.error(f"--runs must be at least {DEEP_PAGE * PAGE_SIZE:,} (the deep page is page {DEEP_PAGE} of {PAGE_SIZE})")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    args.engines = engines
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)  # unwinds through the clean-ups
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+
+    print(
+        f"# wfkit repository benchmark: {args.runs:,} runs, median of {args.repeat} calls, page size {PAGE_SIZE}; "
+        f"python {platform.python_version()}, SQLAlchemy {sa.__version__}, {os.cpu_count()} CPUs"
+    )
+    print(f"# filters: status={STATUS!r}, workflow={WORKFLOW!r}")
+    results: list[Result] = []
+    plans_ok = True
+    for backend in args.engines:
+        db = (
+            sqlite_database(args.runs, args.keep, args.reuse)
+            if backend == "sqlite"
+            else postgres_database(args.postgres_url, args.runs)
+        )
+        with db as url:
+            engine_results, engine_plans_ok = bench_engine(backend, url, args.repeat)
+            results += engine_results
+            plans_ok = plans_ok and engine_plans_ok
+    print(f"\n## Timings ({args.runs:,} runs, median of {args.repeat})\n")
+    print_table(results)
+    missed = [r for r in results if r.verdict == "MISS"]
+    print(
+        f"\n{len(missed)} of {sum(r.verdict != 'info' for r in results)} targets missed"
+        + ("" if plans_ok else "; some query plans have problems (see above)")
+    )
+    return 1 if args.strict and (missed or not plans_ok) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""My wfkit workflows."""

@@ -1,0 +1,1 @@
+"""Sample workflows for wfkit."""

@@ -1,0 +1,690 @@
+"""StateGraph: wfkit's pure workflow graph engine (nodes, edges, named predicates, validation, mermaid).
+
+It imports only the standard library and :mod:`wfkit.errors`: no database. Persistence reaches a
+walk only through the observer protocol (:class:`Observer`) and snapshots (:class:`Snapshot`).
+
+State is a JSON-serializable ``dict``. A node is a function (plain or ``async def``) that receives a
+read-only view of the state (``types.MappingProxyType``) and returns a mapping of updates or None; the
+engine merges them into a *new* dict, ``{**state, **updates}``. Only the top level is read-only:
+nodes and predicates must not mutate nested values (lists, dicts) either, since states share them.
+
+After a node, the edges leaving it are tried in the order they were added; the first whose predicate
+holds (an unconditional edge always holds) is taken, and the choice is recorded as a
+:class:`RouteDecision`. Cycles are allowed; ``max_iterations`` caps the visits of any one node::
+
+    from wfkit.graph import END, StateGraph
+
+    def draft(state):
+        return {"score": state.get("score", 0) + 40}
+
+    def good_enough(state):
+        return state["score"] >= 80
+
+    graph = (StateGraph("essay")
+             .add_node("draft", draft)
+             .add_edge("draft", END, when=good_enough)
+             .add_edge("draft", "draft")          # otherwise, draft again
+             .set_entry_point("draft"))
+    result = graph.run({})
+    result.state          # {'score': 80}
+    result.visits         # [Visit(node='draft', iteration=1), Visit(node='draft', iteration=2)]
+
+An executor drives the same walk one step at a time with a :class:`Walker`, which it can snapshot
+after every node and rebuild from that snapshot later (:meth:`Walker.from_snapshot`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from time import perf_counter
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
+
+from wfkit.errors import GraphError, GraphValidationError, MaxIterationsError, NodeError, NoRouteError
+
+__all__ = [
+    "END", "MAX_NAME_LENGTH", "Edge", "Node", "Observer", "Predicate", "RouteDecision", "RunResult",
+    "Snapshot", "StateGraph", "Visit", "Walker", "predicate",
+]
+
+#: The finish marker: ``add_edge("x", END)`` ends the walk after ``x``.
+END = "__end__"
+#: Longest node or predicate name (the database columns that record them hold 200 characters).
+MAX_NAME_LENGTH = 200
+
+State = Mapping[str, Any]
+_START = object()  # Walker(node=...) default: begin at the entry point
+
+
+def _name_problem(name: object, what: str) -> str | None:
+    """Why ``name`` cannot name a node or predicate, or None if it can."""
+    if not isinstance(name, str) or not name.strip():
+        return f"{what} name must be a non-empty string, got {name!r}"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"{what} name {name[:40]!r}... is longer than {MAX_NAME_LENGTH} characters"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Predicate:
+    """A named routing condition: ``fn(state) -> bool``. The name is what the decision log records."""
+
+    name: str
+    fn: Callable[[State], Any]
+
+    def __post_init__(self) -> None:
+        problem = _name_problem(self.name, "predicate")
+        if problem is None and self.name == "<lambda>":
+            problem = "a lambda predicate needs a name: add_edge(..., when=lambda s: ..., name='score_ok')"
+        if problem is None and not callable(self.fn):
+            problem = f"predicate {self.name!r} is not callable (got {type(self.fn).__name__})"
+        if problem is None and inspect.iscoroutinefunction(self.fn):
+            problem = f"predicate {self.name!r} is async; predicates must be plain functions of the state"
+        if problem:
+            raise GraphError(problem)
+
+    def __call__(self, state: State) -> bool:
+        return bool(self.fn(state))
+
+
+def predicate(name: str | Callable[[State], Any] | None = None) -> Any:
+    """Make a :class:`Predicate`: ``@predicate``, ``@predicate()`` or ``@predicate("score_ok")``."""
+    if callable(name):  # used bare: @predicate
+        return Predicate(getattr(name, "__name__", ""), name)
+    return lambda fn: Predicate(name if name is not None else getattr(fn, "__name__", ""), fn)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A node of a graph: its name, function, description and whether it is ``async``."""
+
+    name: str
+    fn: Callable[[State], Any]
+    description: str | None = None
+    is_async: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """An edge ``from_node -> to_node`` (``to_node`` None means END), taken when ``predicate`` holds."""
+
+    from_node: str
+    to_node: str | None
+    predicate: Predicate | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: ``from_node``, ``to_node`` (None for END), ``predicate`` (name or None)."""
+        return {"from_node": self.from_node, "to_node": self.to_node,
+                "predicate": None if self.predicate is None else self.predicate.name}
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """One routing choice after a node, in the shape of the ``decisions`` table.
+
+    ``to_node`` is None for END; ``predicate_name`` is None for an unconditional edge. The reason
+    also names the predicates tried before that did not hold.
+    """
+
+    from_node: str
+    to_node: str | None
+    predicate_name: str | None
+    predicate_result: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (snake_case keys, the same names as the fields)."""
+        return {"from_node": self.from_node, "to_node": self.to_node, "predicate_name": self.predicate_name,
+                "predicate_result": self.predicate_result, "reason": self.reason}
+
+
+class Visit(NamedTuple):
+    """One execution of a node: its name and its 1-based iteration (visit count of that node)."""
+
+    node: str
+    iteration: int
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a walk produced: the final state, the visits and the routing decisions, in order."""
+
+    state: dict[str, Any]
+    visits: list[Visit]
+    decisions: list[RouteDecision]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {"state": self.state, "visits": [v._asdict() for v in self.visits],
+                "decisions": [d.to_dict() for d in self.decisions]}
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Where a walk stands between two nodes: enough to resume it without re-running finished nodes.
+
+    ``next_node`` is None once the walk reached END; ``counters`` maps node name to visits so far.
+    The ``state`` dict is shared with the walker (which never mutates it): do not mutate it either.
+    """
+
+    state: dict[str, Any]
+    next_node: str | None
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: ``state``, ``next_node``, ``counters``."""
+        return {"state": self.state, "next_node": self.next_node, "counters": dict(self.counters)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
+        """Read back what :meth:`to_dict` wrote."""
+        return cls(dict(data["state"]), data.get("next_node"), dict(data.get("counters") or {}))
+
+
+class Observer(Protocol):
+    """What a walk reports, in order: stage start, stage end, decision (per node).
+
+    Every method is optional: a :class:`Walker` calls only those its observer has. ``state`` is a
+    read-only view: the input state at start, the new state at a successful end (the input state when
+    ``error`` is set; ``updates`` is then None). An exception raised by an observer stops the walk.
+    """
+
+    def on_stage_start(self, node: str, iteration: int, state: State) -> None: ...
+
+    def on_stage_end(self, node: str, iteration: int, state: State, updates: Mapping[str, Any] | None,
+                     duration_ms: float, error: BaseException | None) -> None: ...
+
+    def on_decision(self, decision: RouteDecision) -> None: ...
+
+
+def _run_coroutine(coro: Any, what: str) -> Any:
+    """Run ``coro`` to completion from synchronous code, or explain why that is not possible."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    coro.close()
+    raise GraphError(f"{what} is async and an event loop is already running: use the async API "
+                     "(await graph.arun(...), walker.astep(), graph.aexecute_node(...))")
+
+
+class StateGraph:
+    """A workflow graph: named nodes, ordered edges with named predicates, one entry point.
+
+    Building methods return the graph, for chaining. Mistakes in names and edges are collected,
+    not raised, and :meth:`validate` reports them all at once; :meth:`run` validates first.
+    """
+
+    def __init__(self, name: str | None = None, *, max_iterations: int = 100):
+        self.name = name
+        self._max_iterations = max_iterations
+        self._nodes: dict[str, Node] = {}
+        self._duplicates: list[str] = []
+        self._bad: list[str] = []  # problems found while building: bad names, non-callables
+        self._edges: list[Edge] = []
+        self._out: dict[str, list[Edge]] = {}
+        self._entry: str | None = None
+        self._valid = False  # validated since the last change?
+
+    # -- building ------------------------------------------------------------------------------------
+
+    def add_node(self, name: str, fn: Callable[[State], Any], *, description: str | None = None) -> StateGraph:
+        """Add node ``name`` running ``fn(state) -> mapping | None`` (plain or ``async def``)."""
+        self._valid = False
+        problem = _name_problem(name, "node")
+        if problem:
+            self._bad.append(problem)
+            return self
+        if not callable(fn):
+            self._bad.append(f"node {name!r}: fn is not callable (got {type(fn).__name__})")
+        if name in self._nodes:
+            self._duplicates.append(name)
+            return self
+        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        self._nodes[name] = Node(name, fn, description, is_async)
+        return self
+
+    def add_edge(self, src: str, dst: str, *, when: Predicate | Callable[[State], Any] | None = None,
+                 name: str | None = None) -> StateGraph:
+        """Add an edge ``src -> dst`` (``dst`` may be END), taken if ``when`` holds (always if None).
+
+        A plain function's predicate name is ``name`` or else its ``__name__``; a lambda needs ``name``.
+        Raises :class:`GraphError` at once for a bad predicate (the caller's line is in the traceback).
+        """
+        if when is None:
+            if name is not None:
+                raise GraphError(f"edge {src!r} -> {dst!r}: name={name!r} labels a predicate, but when= is missing")
+            pred = None
+        elif isinstance(when, Predicate):
+            pred = when if name is None or name == when.name else Predicate(name, when.fn)
+        else:
+            if not callable(when):
+                raise GraphError(f"edge {src!r} -> {dst!r}: when= must be a function of the state, "
+                                 f"got {type(when).__name__}")
+            pred_name = name if name is not None else getattr(when, "__name__", None)
+            if pred_name is None:
+                raise GraphError(f"edge {src!r} -> {dst!r}: give the predicate a name with name='...'")
+            pred = Predicate(pred_name, when)
+        edge = Edge(src, None if dst == END else dst, pred)
+        self._edges.append(edge)
+        self._out.setdefault(src, []).append(edge)
+        self._valid = False
+        return self
+
+    def set_entry_point(self, name: str) -> StateGraph:
+        """Make ``name`` the first node of every walk."""
+        self._entry = name
+        self._valid = False
+        return self
+
+    def set_finish_point(self, name: str) -> StateGraph:
+        """Finish the walk after ``name``: the same as ``add_edge(name, END)``."""
+        return self.add_edge(name, END)
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    @property
+    def max_iterations(self) -> int:
+        """How many times any one node may run in one walk."""
+        return self._max_iterations
+
+    @property
+    def entry_point(self) -> str | None:
+        """The first node, if set."""
+        return self._entry
+
+    @property
+    def nodes(self) -> Mapping[str, Node]:
+        """The nodes by name, in the order they were added (a read-only view)."""
+        return MappingProxyType(self._nodes)
+
+    @property
+    def edges(self) -> tuple[Edge, ...]:
+        """Every edge, in the order it was added."""
+        return tuple(self._edges)
+
+    def edges_from(self, name: str) -> tuple[Edge, ...]:
+        """The edges leaving ``name``, in the order they are tried."""
+        return tuple(self._out.get(name, ()))
+
+    @property
+    def has_async_nodes(self) -> bool:
+        """Whether any node is ``async`` (then :meth:`run` drives the walk with asyncio)."""
+        return any(node.is_async for node in self._nodes.values())
+
+    # -- validation ----------------------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Every problem of the graph, one line each, in a stable order; empty if it is valid."""
+        found: list[str] = []
+        limit = self._max_iterations
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            found.append(f"max_iterations must be an integer >= 1, got {limit!r}")
+        if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()):
+            found.append(f"graph name must be a non-empty string or None, got {self.name!r}")
+        found.extend(self._bad)
+        for name in dict.fromkeys(self._duplicates):
+            found.append(f"duplicate node name {name!r} (added {self._duplicates.count(name) + 1} times)")
+        for name in self._nodes:
+            if name == END:
+                found.append(f"node name {name!r} is reserved: it is END, the finish marker")
+            elif name.startswith("__"):
+                found.append(f"node name {name!r} is reserved: names starting with '__' belong to wfkit")
+        if not self._nodes:
+            found.append("graph has no nodes: add_node(name, fn)")
+        if self._entry is None:
+            found.append("no entry point: call set_entry_point(name)")
+        elif self._entry not in self._nodes:
+            found.append(f"entry point {self._entry!r} is not a node")
+        for edge in self._edges:
+            src, dst = edge.from_node, edge.to_node
+            label = _edge_label(edge)
+            if src == END:
+                found.append(f"edge {label} leaves END: nothing runs after END")
+            elif src not in self._nodes:
+                found.append(f"edge {label} comes from unknown node {src!r}")
+            if dst is not None and dst not in self._nodes:
+                found.append(f"edge {label} goes to unknown node {dst!r}")
+        for src, edges in self._out.items():
+            seen: dict[str, Edge] = {}
+            for i, edge in enumerate(edges):
+                if i and edges[i - 1].predicate is None:
+                    found.append(f"edge {_edge_label(edge)} can never be taken: "
+                                 f"the unconditional edge {_edge_label(edges[i - 1])} comes before it")
+                    break
+                if edge.predicate is not None:
+                    first = seen.setdefault(edge.predicate.name, edge)
+                    if first is not edge:
+                        found.append(f"node {src!r} has two edges with predicate {edge.predicate.name!r} "
+                                     f"({_edge_label(first)} and {_edge_label(edge)}): give them distinct names")
+        no_way_out = [n for n in self._nodes if n not in self._out]
+        found.extend(f"node {n!r} has no way out: add an edge from it or set_finish_point({n!r})"
+                     for n in no_way_out)
+        if self._entry in self._nodes:
+            reached = self._reachable([self._entry], forward=True)
+            found.extend(f"node {n!r} cannot be reached from entry point {self._entry!r}"
+                         for n in self._nodes if n not in reached)
+            # Reason: a loop with no edge to END can only end in MaxIterationsError.
+            finishing = self._reachable([e.from_node for e in self._live_edges() if e.to_node is None], forward=False)
+            found.extend(f"node {n!r} has no path to END: the walk could never finish from it"
+                         for n in self._nodes if n in reached and n not in finishing and n not in no_way_out)
+        return found
+
+    def _reachable(self, start: list[str], *, forward: bool) -> set[str]:
+        """Nodes reachable from ``start`` following edges forward (or backward)."""
+        links: dict[str, list[str]] = {}
+        for e in self._live_edges():
+            if e.to_node is not None:
+                a, b = (e.from_node, e.to_node) if forward else (e.to_node, e.from_node)
+                links.setdefault(a, []).append(b)
+        seen = set(start)
+        todo = list(start)
+        while todo:
+            for nxt in links.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    def _live_edges(self) -> list[Edge]:
+        """The edges that can be taken: from each node, those up to its first unconditional edge."""
+        live = []
+        for edges in self._out.values():
+            for edge in edges:
+                live.append(edge)
+                if edge.predicate is None:
+                    break
+        return live
+
+    def validate(self) -> StateGraph:
+        """Raise :class:`GraphValidationError` listing every problem (``.problems``); else return self."""
+        if not self._valid:
+            found = self.problems()
+            if found:
+                raise GraphValidationError(found, self.name if isinstance(self.name, str) else None)
+            self._valid = True
+        return self
+
+    # -- one step, in pieces an executor can drive ----------------------------------------------------
+
+    def _node(self, name: str) -> Node:
+        try:
+            return self._nodes[name]
+        except (KeyError, TypeError):
+            known = ", ".join(map(repr, self._nodes)) or "none"
+            raise GraphError(f"unknown node {name!r}; nodes: {known}") from None
+
+    def execute_node(self, name: str, state: State, *, iteration: int = 1
+                     ) -> tuple[Mapping[str, Any], dict[str, Any]]:
+        """Run node ``name`` on ``state``; return ``(updates, new_state)`` (``updates`` is ``{}`` for None).
+
+        An async node is run with ``asyncio.run`` (use :meth:`aexecute_node` inside an event loop).
+        Raises :class:`NodeError` (the node's exception as ``__cause__``) if the node fails.
+        """
+        node = self._node(name)
+        if node.is_async:
+            return _run_coroutine(self.aexecute_node(name, state, iteration=iteration), f"node {name!r}")
+        try:
+            updates = node.fn(MappingProxyType(state))
+        except Exception as exc:
+            raise NodeError(name, iteration, f"failed: {type(exc).__name__}: {exc}") from exc
+        if type(updates) is dict:  # the common case, kept short
+            return updates, {**state, **updates}
+        return _merge(name, iteration, state, updates)
+
+    async def aexecute_node(self, name: str, state: State, *, iteration: int = 1
+                            ) -> tuple[Mapping[str, Any], dict[str, Any]]:
+        """Like :meth:`execute_node`, awaiting an async node (a plain node is called directly)."""
+        node = self._node(name)
+        try:
+            updates = node.fn(MappingProxyType(state))
+            if inspect.isawaitable(updates):
+                updates = await updates
+        except Exception as exc:
+            raise NodeError(name, iteration, f"failed: {type(exc).__name__}: {exc}") from exc
+        return _merge(name, iteration, state, updates)
+
+    def route(self, name: str, state: State) -> RouteDecision:
+        """Choose the edge leaving ``name`` for ``state``: the first, in added order, whose predicate holds.
+
+        Raises :class:`NoRouteError` if none holds, :class:`GraphError` if a predicate raises.
+        """
+        edges = self._out.get(name)
+        if not edges:
+            self._node(name)  # unknown node: say so
+            raise NoRouteError(name, [])
+        view = state if type(state) is MappingProxyType else MappingProxyType(state)
+        failed: list[str] = []
+        for edge in edges:
+            pred = edge.predicate
+            if pred is None:
+                reason = "unconditional edge"
+            else:
+                try:
+                    held = pred.fn(view)
+                except Exception as exc:
+                    raise GraphError(f"predicate {pred.name!r} on edge {_edge_label(edge)} raised "
+                                     f"{type(exc).__name__}: {exc}") from exc
+                if not held:
+                    failed.append(pred.name)
+                    continue
+                reason = f"{pred.name} held"
+            if failed:
+                reason += f" ({', '.join(failed)} did not hold)"
+            return RouteDecision(name, edge.to_node, None if pred is None else pred.name, True, reason)
+        raise NoRouteError(name, failed)
+
+    # -- whole walks ---------------------------------------------------------------------------------
+
+    def walker(self, state: State, *, observer: Observer | None = None) -> Walker:
+        """A :class:`Walker` at the entry point with ``state`` (validates the graph first)."""
+        return Walker(self, state, observer=observer)
+
+    def run(self, state: State, *, observer: Observer | None = None) -> RunResult:
+        """Walk from the entry point to END and return the :class:`RunResult`.
+
+        A graph with async nodes is walked by :meth:`arun` under ``asyncio.run``.
+        """
+        walker = Walker(self, state, observer=observer)
+        if self.has_async_nodes:
+            return _run_coroutine(walker.arun(), "this graph" if self.name is None else f"graph {self.name!r}")
+        return walker.run()
+
+    async def arun(self, state: State, *, observer: Observer | None = None) -> RunResult:
+        """Walk from the entry point to END, awaiting async nodes (plain nodes are called directly)."""
+        return await Walker(self, state, observer=observer).arun()
+
+    # -- descriptions --------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON description: name, entry_point, max_iterations, nodes, edges (``to_node`` None is END)."""
+        return {
+            "name": self.name,
+            "entry_point": self._entry,
+            "max_iterations": self._max_iterations,
+            "nodes": [{"name": n.name, "description": n.description, "is_async": n.is_async}
+                      for n in self._nodes.values()],
+            "edges": [e.to_dict() for e in self._edges],
+        }
+
+    def to_mermaid(self) -> str:
+        """A mermaid ``flowchart TD``: a start marker to the entry point, END as an end marker,
+        conditional edges labelled with their predicate names."""
+        ids: dict[str, str] = {}
+
+        def node_id(name: str) -> str:
+            if name not in ids:
+                base = "n_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
+                candidate, i = base, 2
+                while candidate in ids.values():
+                    candidate, i = f"{base}_{i}", i + 1
+                ids[name] = candidate
+            return ids[name]
+
+        lines = ["flowchart TD"]
+        if self._entry is not None:
+            lines.append(f'    __start__(["start"]) --> {node_id(self._entry)}')
+        for name in self._nodes:
+            lines.append(f'    {node_id(name)}["{_mermaid_text(name)}"]')
+        if any(e.to_node is None for e in self._edges):
+            lines.append('    __end__(["end"])')
+        for e in self._edges:
+            dst = "__end__" if e.to_node is None else node_id(e.to_node)
+            arrow = "-->" if e.predicate is None else f'-->|"{_mermaid_text(e.predicate.name)}"|'
+            lines.append(f"    {node_id(e.from_node)} {arrow} {dst}")
+        return "\n".join(lines) + "\n"
+
+    def __repr__(self) -> str:
+        return f"StateGraph({self.name!r}, nodes={len(self._nodes)}, edges={len(self._edges)})"
+
+
+def _edge_label(edge: Edge) -> str:
+    dst = "END" if edge.to_node is None else repr(edge.to_node)
+    when = "" if edge.predicate is None else f" when {edge.predicate.name}"
+    return f"{edge.from_node!r} -> {dst}{when}"
+
+
+def _mermaid_text(text: str) -> str:
+    """``text`` with the characters that would end a mermaid label replaced by entity codes."""
+    return text.replace("#", "#35;").replace('"', "#quot;").replace("|", "#124;") \
+               .replace("<", "#lt;").replace(">", "#gt;")
+
+
+def _merge(name: str, iteration: int, state: State, updates: Any) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """``(updates, {**state, **updates})``, or a NodeError if the node returned something else."""
+    if type(updates) is dict:
+        return updates, {**state, **updates}
+    if updates is None:
+        return {}, state if type(state) is dict else dict(state)
+    if isinstance(updates, Mapping):
+        return updates, {**state, **updates}
+    if inspect.iscoroutine(updates):
+        updates.close()
+        raise NodeError(name, iteration, "returned a coroutine: define the node with async def")
+    raise NodeError(name, iteration, f"returned {type(updates).__name__}, expected a mapping of updates or None")
+
+
+class Walker:
+    """A walk in progress: the state, the next node, per-node visit counters, visits and decisions.
+
+    Advance it with :meth:`step` (or :meth:`astep`) one node at a time: run the node, then route.
+    A step either completes (state, counters, visits and decisions all move) or raises and leaves the
+    walker as it was, so the caller can :meth:`snapshot` after every step and resume from the last one
+    with :meth:`from_snapshot`, and can stop cooperatively between steps. ``visits`` and ``decisions``
+    hold what this walker did (not what ran before the snapshot it was resumed from).
+    """
+
+    __slots__ = ("graph", "state", "node", "counters", "visits", "decisions", "_start", "_end", "_decide")
+
+    def __init__(self, graph: StateGraph, state: State, *, node: Any = _START,
+                 counters: Mapping[str, int] | None = None, observer: Observer | None = None):
+        graph.validate()
+        if not isinstance(state, Mapping):
+            raise GraphError(f"state must be a mapping, got {type(state).__name__}")
+        self.graph = graph
+        #: the current state (a dict the walker never mutates: each step makes a new one)
+        self.state: dict[str, Any] = dict(state)
+        #: the next node to run; None once END was reached
+        self.node: str | None = graph.entry_point if node is _START else node
+        #: visits so far per node name (survives a snapshot, so iteration numbers continue)
+        self.counters: dict[str, int] = dict(counters or {})
+        self.visits: list[Visit] = []
+        self.decisions: list[RouteDecision] = []
+        problems = [] if self.node is None or self.node in graph._nodes else [f"next node {self.node!r} is not a node"]
+        problems += [f"counter {k!r}={v!r} (want a node name and a count >= 0)" for k, v in self.counters.items()
+                     if k not in graph._nodes or not isinstance(v, int) or isinstance(v, bool) or v < 0]
+        if problems:
+            raise GraphError("cannot resume the walk: " + "; ".join(problems))
+        self._start = getattr(observer, "on_stage_start", None)
+        self._end = getattr(observer, "on_stage_end", None)
+        self._decide = getattr(observer, "on_decision", None)
+
+    @classmethod
+    def from_snapshot(cls, graph: StateGraph, snapshot: Snapshot | Mapping[str, Any], *,
+                      observer: Observer | None = None) -> Walker:
+        """A walker resuming at ``snapshot`` (a :class:`Snapshot` or its ``to_dict()`` form)."""
+        if not isinstance(snapshot, Snapshot):
+            snapshot = Snapshot.from_dict(snapshot)
+        return cls(graph, snapshot.state, node=snapshot.next_node, counters=snapshot.counters, observer=observer)
+
+    @property
+    def done(self) -> bool:
+        """Whether the walk reached END."""
+        return self.node is None
+
+    def snapshot(self) -> Snapshot:
+        """Where the walk stands now (take it between steps)."""
+        return Snapshot(self.state, self.node, dict(self.counters))
+
+    def result(self) -> RunResult:
+        """The state, visits and decisions so far."""
+        return RunResult(self.state, self.visits, self.decisions)
+
+    def _begin(self) -> tuple[str, int]:
+        node = self.node
+        if node is None:
+            raise GraphError("the walk already reached END: there is no next step")
+        iteration = self.counters.get(node, 0) + 1
+        if iteration > self.graph._max_iterations:
+            raise MaxIterationsError(node, self.graph._max_iterations)
+        if self._start is not None:
+            self._start(node, iteration, MappingProxyType(self.state))
+        return node, iteration
+
+    def _fail(self, node: str, iteration: int, t0: float, exc: GraphError) -> None:
+        if self._end is not None:
+            self._end(node, iteration, MappingProxyType(self.state), None, (perf_counter() - t0) * 1000, exc)
+
+    def _finish(self, node: str, iteration: int, t0: float, updates: Mapping[str, Any],
+                new_state: dict[str, Any]) -> RouteDecision:
+        if self._end is not None:
+            self._end(node, iteration, MappingProxyType(new_state), updates, (perf_counter() - t0) * 1000, None)
+        decision = self.graph.route(node, new_state)
+        if self._decide is not None:
+            self._decide(decision)
+        self.state = new_state
+        self.counters[node] = iteration
+        self.visits.append(Visit(node, iteration))
+        self.decisions.append(decision)
+        self.node = decision.to_node
+        return decision
+
+    def step(self) -> RouteDecision:
+        """Run the next node, route, and return the decision taken (an async node runs via asyncio.run)."""
+        node, iteration = self._begin()
+        t0 = perf_counter()
+        try:
+            updates, new_state = self.graph.execute_node(node, self.state, iteration=iteration)
+        except GraphError as exc:
+            self._fail(node, iteration, t0, exc)
+            raise
+        return self._finish(node, iteration, t0, updates, new_state)
+
+    async def astep(self) -> RouteDecision:
+        """Like :meth:`step`, awaiting an async node."""
+        node, iteration = self._begin()
+        t0 = perf_counter()
+        try:
+            updates, new_state = await self.graph.aexecute_node(node, self.state, iteration=iteration)
+        except GraphError as exc:
+            self._fail(node, iteration, t0, exc)
+            raise
+        return self._finish(node, iteration, t0, updates, new_state)
+
+    def run(self) -> RunResult:
+        """Step until END; return :meth:`result`."""
+        step = self.step
+        while self.node is not None:
+            step()
+        return self.result()
+
+    async def arun(self) -> RunResult:
+        """Await steps until END; return :meth:`result`."""
+        while self.node is not None:
+            await self.astep()
+        return self.result()

@@ -1,0 +1,52 @@
+"""The hooks a wfkit plugin may implement: the contract with plugin authors.
+
+A plugin is a module named by an entry point in the group ``wfkit``, in the
+plugin package's ``pyproject.toml``::
+
+    [project.entry-points.wfkit]
+    my-workflows = "my_package.wfkit_plugin"
+
+The module implements hooks with the ``wfkit.hookimpl`` marker (or
+``pluggy.HookimplMarker("wfkit")``, which is the same thing)::
+
+    import wfkit
+
+    @wfkit.hookimpl
+    def wfkit_register_workflows(registry):
+        registry.register("my-flow", my_factory, "What my flow does")
+
+Hooks are called once per process, the first time the default registry is
+used (``wfkit list-workflows``, ``wfkit.registry.get_workflow(...)``). Each
+plugin is called on its own: if its module fails to import or one of its
+hooks raises, that plugin is skipped (its registrations undone) and the
+failure is reported by ``wfkit plugins``; the other plugins load as usual.
+The entry point's name is the plugin's name; ``WFKIT_LOAD_PLUGINS`` (a
+comma-separated list of plugin or distribution names) limits which load.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from wfkit.registry import Registry
+
+PROJECT = "wfkit"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def wfkit_register_workflows(registry: Registry) -> None:
+    """Register this plugin's workflows.
+
+    Called once, when plugins load, with the registry to fill. Call
+    ``registry.register(name, factory, description, params=Model)`` (or use
+    ``@registry.register(name)`` as a decorator) for each workflow. Names are
+    lowercase letters, digits, ``-``, ``_`` and ``.``; registering a name that
+    another plugin already registered raises ``DuplicateWorkflowError``, which
+    makes this plugin fail to load (the first plugin, by entry-point name, keeps it).
+    The return value is ignored.
+    """

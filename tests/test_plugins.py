@@ -1,0 +1,166 @@
+"""Plugin discovery through really installed distributions (pip-installed wheels on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGES = Path(__file__).parent / "plugin_packages"
+FIXTURES = ("good", "broken-import", "raising-hook", "dup-a", "dup-b", "typo")
+TEMPLATE = Path(__file__).parents[1] / "examples" / "wfkit-plugin-template"
+WFKIT = str(Path(sys.executable).with_name("wfkit"))
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> dict[str, Path]:
+    """Each fixture package built as a wheel and pip-installed into a directory of its own."""
+    tmp = tmp_path_factory.mktemp("plugins")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"),
+         *(str(PACKAGES / name) for name in FIXTURES), str(TEMPLATE)],
+        check=True, capture_output=True,
+    )
+    targets = {}
+    wheels = {name: f"wfkit_test_{name.replace('-', '_')}-*.whl" for name in FIXTURES} | {"template": "my_workflows-*.whl"}
+    for name, pattern in wheels.items():
+        wheel = next((tmp / "dist").glob(pattern))
+        target = tmp / "site" / name
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                       check=True, capture_output=True)
+        targets[name] = target
+    return targets
+
+
+def run(installed, plugins, *args, select=None, python_code=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFKIT_")}
+    env["PYTHONPATH"] = os.pathsep.join(str(installed[p]) for p in plugins)
+    if select is not None:
+        env["WFKIT_LOAD_PLUGINS"] = select
+    cmd = [sys.executable, "-c", python_code] if python_code else [WFKIT, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_good_plugin_is_discovered(installed):
+    out = run(installed, ["good"], "list-workflows", select="good")
+    assert out.returncode == 0 and out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "DESCRIPTION", "PLUGIN"]
+    assert lines[1].split()[0] == "good-count" and lines[1].split()[-1] == "good"
+    assert lines[2].startswith("good-greet") and "Greet someone by name." in lines[2]
+    doc = json.loads(run(installed, ["good"], "list-workflows", "--json", select="good").stdout)
+    assert doc == [
+        {"name": "good-count", "description": "Count to a limit", "plugin": "good"},
+        {"name": "good-greet", "description": "Greet someone by name.", "plugin": "good"},
+    ]
+
+
+def test_broken_plugins_are_skipped_and_reported(installed):
+    out = run(installed, FIXTURES, "list-workflows", "--json")
+    assert out.returncode == 0, out.stderr
+    names = {w["name"]: w["plugin"] for w in json.loads(out.stdout)}
+    assert names["good-greet"] == "good" and names["shared-name"] == "dup-a"
+    assert "raising-half" not in names  # registered before the hook raised: undone
+    assert "dup-b-own" not in names  # dup-b failed as a whole
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("Warning: ")]
+    assert len(warnings) == 4 and "Traceback" not in out.stderr
+    stderr = out.stderr
+    assert "plugin 'broken_import' (wfkit-test-broken-import 1.2.3) was skipped: failed to import wfkit_test_broken_import.plugin: ModuleNotFoundError: No module named 'wfkit_this_module_does_not_exist'" in stderr
+    assert "plugin 'raising' (wfkit-test-raising-hook 1.2.3) was skipped: hook wfkit_register_workflows raised RuntimeError: the plugin's configuration is missing" in stderr
+    assert "plugin 'dup-b' (wfkit-test-dup-b 1.2.3) was skipped: hook wfkit_register_workflows raised DuplicateWorkflowError: workflow 'shared-name' is already registered by plugin 'dup-a'; plugin 'dup-b' cannot register it again" in stderr
+    assert "plugin 'typo' (wfkit-test-typo 1.2.3) was skipped: implements unknown hook(s) wfkit_register_workflow; known hooks: wfkit_register_workflows" in stderr
+
+
+def test_plugins_command(installed):
+    doc = json.loads(run(installed, FIXTURES, "plugins", "--json").stdout)
+    by_name = {p["name"]: p for p in doc["plugins"]}
+    good = by_name["good"]
+    assert good == {
+        "name": "good", "distribution": "wfkit-test-good", "version": "1.2.3", "module": "wfkit_test_good.plugin",
+        "hooks": ["wfkit_register_workflows"], "workflows": ["good-count", "good-greet"], "loaded": True, "error": None,
+    }
+    assert by_name["raising"]["loaded"] is False and "RuntimeError" in by_name["raising"]["error"]
+    assert by_name["dup-b"]["workflows"] == []
+    text = run(installed, FIXTURES, "plugins").stdout
+    assert "good: loaded" in text and "broken_import: FAILED" in text and "wfkit-test-good 1.2.3" in text
+
+
+def test_load_plugins_selection(installed):
+    # empty: none load
+    out = run(installed, ["good"], "list-workflows", select="")
+    assert out.returncode == 0 and out.stdout.startswith("No workflows are registered.")
+    assert "pip install" in out.stdout and "wfkit_register_workflows" in out.stdout
+    # by distribution name, and unknown names are reported
+    out = run(installed, ["good", "broken-import"], "list-workflows", "--json", select="wfkit-test-good, nope")
+    assert [w["name"] for w in json.loads(out.stdout)] == ["good-count", "good-greet"]
+    assert out.stderr.strip() == "Warning: WFKIT_LOAD_PLUGINS names 'nope', but no installed plugin has that name"
+    doc = json.loads(run(installed, ["good", "broken-import"], "plugins", "--json", select="good").stdout)
+    broken = next(p for p in doc["plugins"] if p["name"] == "broken_import")
+    assert broken["loaded"] is False and broken["error"] is None  # not selected, so never imported
+
+
+def test_graph_command(installed):
+    out = run(installed, ["good"], "graph", "good-greet", "--format", "json", "-p", "who=Ann", select="good")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["entry_point"] == "hello" and [n["name"] for n in doc["nodes"]] == ["hello"]
+    out = run(installed, ["good"], "graph", "good-count", select="good")
+    assert out.returncode == 0 and out.stdout.startswith("flowchart") and "below_limit" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["graph", "good-gret"], 1, "no workflow named 'good-gret'; did you mean 'good-greet'"),
+        (["graph", "good-greet", "-p", "who="], 2, "invalid params for workflow 'good-greet': who: String should have at least 1 character"),
+        (["graph", "good-greet", "-p", "nokey"], 2, "expected key=value, got 'nokey'"),
+        (["graph", "good-greet", "--params-json", "{bad"], 2, "not valid JSON"),
+        (["graph", "good-greet", "--params-json", "[1]"], 2, "must be a JSON object, got list"),
+    ],
+)
+def test_graph_command_errors(installed, args, code, message):
+    out = run(installed, ["good"], *args, select="good")
+    assert out.returncode == code, (out.stdout, out.stderr)
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_listing_stays_light_and_loads_once_across_threads(installed):
+    code = (
+        "import sys, threading\n"
+        "import wfkit\n"
+        "from wfkit.plugins import plugin_report\n"
+        "results = []\n"
+        "threads = [threading.Thread(target=lambda: results.append([w.name for w in wfkit.list_workflows()])) for _ in range(8)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "assert all(r == results[0] for r in results), results\n"
+        "report = plugin_report()\n"
+        "print(sorted(p.name for p in report.plugins if p.loaded), [p.error for p in report.plugins if p.name == 'good'])\n"
+        "print([m for m in ('sqlalchemy', 'sqlmodel', 'alembic', 'pydantic') if m in sys.modules])\n"
+    )
+    out = run(installed, FIXTURES, python_code=code)
+    assert out.returncode == 0, out.stderr
+    loaded, heavy = out.stdout.splitlines()
+    assert "'good'" in loaded and "[None]" in loaded  # the good plugin's hook ran once (a second run would fail)
+    assert heavy == "[]"
+
+
+def test_hookimpl_from_the_top_level_package_is_pluggys_marker():
+    import pluggy
+
+    import wfkit
+
+    assert isinstance(wfkit.hookimpl, pluggy.HookimplMarker) and wfkit.hookimpl.project_name == "wfkit"
+    assert isinstance(wfkit.hookspec, pluggy.HookspecMarker)
+
+
+def test_the_plugin_template_works_as_shipped(installed):
+    out = run(installed, ["template"], "list-workflows", "--json", select="my-workflows")
+    assert json.loads(out.stdout) == [
+        {"name": "hello", "description": "Greet someone, loudly if asked.", "plugin": "my-workflows"}
+    ]
+    out = run(installed, ["template"], "graph", "hello", select="my-workflows")
+    assert '-->|"wants_shouting"|' in out.stdout
