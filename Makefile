@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml plugins/wfkit-samples/pyproject.toml
 
 demo: $(VENV)/.installed
 	rm -rf .demo
+	@echo "== wfkit list-workflows: the sample workflows, found through their plugin's entry point"
+	$(BIN)/wfkit list-workflows
+	@echo "== wfkit graph review-loop: a loop with a named predicate, as mermaid"
+	$(BIN)/wfkit graph review-loop
 	@echo "== wfkit db upgrade: create the database (a SQLite file) and its tables"
 	WFKIT_DATABASE_URL=$(DEMO_DB_URL) $(BIN)/wfkit db upgrade
 	@echo "== load example run history"
