@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from factories import T0, add, add_history, make_run
+from wfkit import migrations
 from wfkit.models import RunStatus
 
 WFKIT = str(Path(sys.executable).with_name("wfkit"))
+HEAD = migrations.head()
 
 
 def wfkit(*args: str, url: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -73,7 +75,7 @@ def test_list_json(db_url, history):
     assert (doc["total"], doc["page"], doc["page_size"], doc["total_pages"]) == (23, 2, 10, 3)
     assert [r["id"] for r in doc["data"]] == [str(r.id) for r in reversed(history)][10:20]
     assert set(doc["data"][0]) == {"id", "workflow_name", "status", "params", "result", "error_message",
-                                   "started_at", "completed_at", "created_at", "updated_at"}
+                                   "started_at", "completed_at", "created_at", "updated_at", "cancel_requested_at"}
 
 
 def test_list_filters_and_sort(db_url, history):
@@ -191,21 +193,21 @@ def test_db_commands(new_database):
     assert out.returncode == 0 and "not migrated (run `wfkit db upgrade`)" in out.stdout
     out = wfkit("db", "upgrade", url=url)
     assert out.returncode == 0, out.stderr
-    assert "from base to 0001" in out.stdout
-    assert "already at revision 0001" in wfkit("db", "upgrade", url=url).stdout
+    assert f"from base to {HEAD}" in out.stdout
+    assert f"already at revision {HEAD}" in wfkit("db", "upgrade", url=url).stdout
     doc = json.loads(wfkit("db", "current", "--json", url=url).stdout)
-    assert doc["current"] == doc["head"] == "0001" and doc["up_to_date"] is True
+    assert doc["current"] == doc["head"] == HEAD and doc["up_to_date"] is True
     assert "matches wfkit's models" in wfkit("db", "check", url=url).stdout
     assert json.loads(wfkit("runs", "list", "--json", url=url).stdout)["total"] == 0
     assert_one_line_error(wfkit("db", "upgrade", "nope", url=url), 2, "unknown revision 'nope'")
     out = wfkit("db", "downgrade", "base", url=url)
-    assert out.returncode == 0 and "from 0001 to base" in out.stdout
+    assert out.returncode == 0 and f"from {HEAD} to base" in out.stdout
     assert_one_line_error(wfkit("runs", "list", url=url), 1, "wfkit db upgrade")
 
 
 def test_db_history_and_path(tmp_path):
     doc = json.loads(wfkit("db", "history", "--json").stdout)
-    assert doc[0]["revision"] == "0001" and doc[0]["is_head"] is True
+    assert doc[0]["revision"] == "0001" and doc[-1]["revision"] == HEAD and doc[-1]["is_head"] is True
     out = wfkit("db", "path", env={"XDG_DATA_HOME": str(tmp_path)})
     assert out.stdout.strip() == f"sqlite:///{tmp_path}/wfkit/wfkit.db"
     out = wfkit("db", "path", url="postgresql://me:secret@db.example/wf")

@@ -27,7 +27,7 @@ def tables(url: str) -> set[str]:
 def test_schema_matches_the_models_after_upgrade(empty_url):
     assert migrations.current(empty_url) is None
     migrations.upgrade(empty_url)
-    assert migrations.current(empty_url) == migrations.head() == "0001"
+    assert migrations.current(empty_url) == migrations.head() == "0002"
     assert tables(empty_url) == WFKIT_TABLES
     assert migrations.check(empty_url) == []
 
@@ -51,17 +51,19 @@ def test_round_trip_upgrade_downgrade_upgrade(empty_url):
     assert tables(empty_url) == set()
     migrations.upgrade(empty_url, "0001")
     assert tables(empty_url) == WFKIT_TABLES
+    assert [d[0] for d in migrations.check(empty_url)] == ["add_column"]  # 0002's column is missing
+    migrations.upgrade(empty_url)
     assert migrations.check(empty_url) == []
 
 
 def test_unknown_revision_is_a_clear_error(empty_url):
-    with pytest.raises(ConfigurationError, match="unknown revision 'zzz': known revisions are 0001 \\(or head, base\\)"):
+    with pytest.raises(ConfigurationError, match="unknown revision 'zzz': known revisions are 0001, 0002 \\(or head, base\\)"):
         migrations.upgrade(empty_url, "zzz")
 
 
 def test_history():
     revs = migrations.history()
-    assert [r.revision for r in revs] == ["0001"]
+    assert [r.revision for r in revs] == ["0001", "0002"]
     assert revs[-1].is_head and revs[0].down_revision is None
     assert "run history tables" in revs[0].message
 
@@ -71,7 +73,7 @@ def test_alembic_cli_from_the_repository_root(empty_url):
     env = {**os.environ, "WFKIT_DATABASE_URL": empty_url}
     out = subprocess.run([str(alembic), "upgrade", "head"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert migrations.current(empty_url) == "0001"
+    assert migrations.current(empty_url) == migrations.head()
     assert migrations.check(empty_url) == []
 
 
@@ -102,9 +104,34 @@ def test_migrations_work_from_an_installed_wheel(installed_wheel, empty_url):
     out = run("db", "upgrade")
     assert out.returncode == 0, out.stderr
     assert str(site) in out.stderr  # the wheel's copy ran, not the source tree
-    assert "to 0001" in out.stdout
-    assert migrations.current(empty_url) == "0001"
+    assert f"to {migrations.head()}" in out.stdout
+    assert migrations.current(empty_url) == migrations.head()
     out = run("db", "history")
-    assert "0001 (head)" in out.stdout
+    assert f"{migrations.head()} (head)" in out.stdout
     out = run("db", "downgrade", "base")
     assert out.returncode == 0 and migrations.current(empty_url) is None
+
+
+def test_downgrade_and_upgrade_keep_history(empty_url):
+    """SQLite rebuilds tables to drop columns: that must not cascade-delete the rows that refer to them."""
+    from factories import add, add_history, count, make_run
+    from wfkit.models import Stage
+
+    migrations.upgrade(empty_url)
+    engine = create_engine(empty_url)
+    try:
+        run = make_run()
+        add(engine, run)
+        add_history(engine, run, ["a", "b", "c"])
+        migrations.downgrade(engine, "0001")
+        assert migrations.current(engine) == "0001"
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM stages").scalar() == 3
+            assert conn.exec_driver_sql("SELECT count(*) FROM runs").scalar() == 1
+        migrations.upgrade(engine)
+        assert count(engine, Stage) == 3 and migrations.check(engine) == []
+        if engine.dialect.name == "sqlite":
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        engine.dispose()

@@ -140,6 +140,28 @@ def engine_for(engine_or_url: Engine | str | None) -> Iterator[Engine]:
         engine.dispose()
 
 
+@contextlib.contextmanager
+def sqlite_foreign_keys_off(conn: sa.Connection) -> Iterator[None]:
+    """Foreign keys off on a SQLite connection for the block (a no-op on other databases).
+
+    Migrations need this: SQLite alters a table by copying it and dropping the
+    original, and dropping a table with foreign keys on would cascade-delete
+    the rows that refer to it. The pragma only takes effect outside a
+    transaction, so the connection must not have written anything yet.
+    """
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        if conn.in_transaction():
+            conn.rollback()
+        conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+        conn.commit()
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions whose objects stay readable after the session is closed."""
     return sessionmaker(engine, expire_on_commit=False, autoflush=False)

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from wfkit.db import engine_for, translate_errors
+from wfkit.db import engine_for, sqlite_foreign_keys_off, translate_errors
 from wfkit.errors import ConfigurationError
 
 SCRIPT_LOCATION = Path(__file__).with_name("alembic")
@@ -78,8 +78,10 @@ def _run_command(engine_or_url: Engine | str | None, name: str, *args: Any) -> N
     from alembic.util import CommandError
 
     try:
-        with engine_for(engine_or_url) as engine, translate_errors(engine), engine.begin() as conn:
-            getattr(command, name)(_config(conn), *args)
+        with engine_for(engine_or_url) as engine, translate_errors(engine), engine.connect() as conn:
+            with sqlite_foreign_keys_off(conn):
+                getattr(command, name)(_config(conn), *args)
+                conn.commit()
     except CommandError as err:
         raise ConfigurationError(str(err).splitlines()[0]) from None
 

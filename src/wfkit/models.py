@@ -188,6 +188,8 @@ class Run(_Record, table=True):
     completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
     created_at: datetime = _created_at()
     updated_at: datetime = _created_at()
+    #: set by ``wfkit runs cancel`` (any process); the executing process stops before its next node
+    cancel_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
 
     @property
     def duration_ms(self) -> float | None:

@@ -9,7 +9,7 @@ per-user SQLite default).
 from alembic import context
 
 from wfkit import models
-from wfkit.db import create_engine
+from wfkit.db import create_engine, sqlite_foreign_keys_off
 
 config = context.config
 target_metadata = models.metadata
@@ -51,8 +51,9 @@ def run_migrations_online() -> None:
         return
     engine = create_engine(_url())
     try:
-        with engine.connect() as conn:
+        with engine.connect() as conn, sqlite_foreign_keys_off(conn):
             _run(conn)
+            conn.commit()
     finally:
         engine.dispose()
 
