@@ -24,6 +24,7 @@ the CLI offers and checks them: the page must come from an index in sort order
 
     python bench/bench_repository.py [--runs 100000] [--repeat 30]
         [--engines sqlite,postgresql] [--postgres-url URL] [--keep | --reuse] [--strict]
+        [--engine-option KEY=VALUE ...] [--pragma NAME=VALUE ...]
 
 PostgreSQL: --postgres-url (default $WFKIT_BENCH_POSTGRES_URL, else
 postgresql://postgres@127.0.0.1:5432/postgres) is an admin URL; a database with
@@ -113,14 +114,13 @@ def captured(engine: sa.Engine) -> Iterator[list[Statement]]:
 class RawSide:
     """One open driver connection replaying captured statements, rows decoded to dicts."""
 
-    def __init__(self, backend: str, url: sa.URL):
+    def __init__(self, backend: str, url: sa.URL, pragmas: list[str] = ()):
         self.backend = backend
         if backend == "sqlite":
             import sqlite3
 
             self.conn: Any = sqlite3.connect(url.database)
-            # The same connection settings wfkit uses (they do not change reads).
-            for pragma in ("foreign_keys=ON", "busy_timeout=5000", "journal_mode=WAL", "synchronous=NORMAL"):
+            for pragma in pragmas:  # the settings of wfkit's own connections: a like-for-like baseline
                 self.conn.execute(f"PRAGMA {pragma}")
         else:
             import psycopg
@@ -167,6 +167,17 @@ class RawSide:
         return [r[0] for r in self.conn.execute(f"EXPLAIN {sql}", params).fetchall()]
 
 
+#: Connection settings that change how SQLite reads (the journal mode is kept in the file itself).
+SQLITE_PRAGMAS = ("foreign_keys", "busy_timeout", "synchronous", "cache_size", "mmap_size", "temp_store")
+
+
+def sqlite_pragmas(engine: sa.Engine) -> list[str]:
+    """The SQLite settings of a connection wfkit opens, as ``name=value``, to give the raw side the same."""
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        return [f"{name}={driver.execute(f'PRAGMA {name}').fetchone()[0]}" for name in SQLITE_PRAGMAS]
+
+
 # --------------------------------------------------------------------------- plans
 
 
@@ -197,27 +208,38 @@ def plan_problems(backend: str, kind: str, filtered: bool, lines: list[str]) -> 
     return sorted(set(problems))
 
 
-def print_plans(backend: str, repo: Repository, raw: RawSide) -> bool:
+def print_plans(backend: str, repo: Repository, raw: RawSide, run_id: uuid.UUID, staged_id: uuid.UUID) -> bool:
+    """Print and check the plan of every statement of the CLI's listings (and of find_run, get_stages)."""
     ok = True
     print(f"\n## Query plans, {backend} ({'EXPLAIN QUERY PLAN' if backend == 'sqlite' else 'EXPLAIN'})")
+
+    def show(label: str, kind: str, filtered: bool, sql: str, params: Any) -> None:
+        nonlocal ok
+        lines = raw.plan(sql, params)
+        problems = plan_problems(backend, kind, filtered, lines)
+        if kind == "count" and not filtered:
+            # Counting every run reads every entry of some index (or the table, on
+            # PostgreSQL): unavoidable for an exact total, so not a plan problem.
+            problems = [p for p in problems if not p.startswith("reads the whole")]
+            if backend == "postgresql":
+                problems = [p for p in problems if not p.startswith("table scan")]
+        ok = ok and not problems
+        print(f"\n{label} [{kind}]: {'ok' if not problems else 'PROBLEM: ' + '; '.join(problems)}")
+        print("    " + " ".join(sql.split()))
+        for line in lines:
+            print(f"    | {line}")
+
     for label, filters in CLI_LISTINGS.items():
         with captured(repo.engine) as stmts:
             repo.list_runs(PageRequest(page=1, page_size=PAGE_SIZE), filters)
         filtered = filters.workflow_name is not None or bool(filters.status)
         for kind, (sql, params) in zip(("count", "page"), stmts):
-            lines = raw.plan(sql, params)
-            problems = plan_problems(backend, kind, filtered, lines)
-            if kind == "count" and not filtered:
-                # Counting every run reads every entry of some index: unavoidable for an exact total.
-                problems = [p for p in problems if not p.startswith("reads the whole")]
-                if backend == "postgresql":
-                    problems = [p for p in problems if not p.startswith("table scan")]
-            verdict = "ok" if not problems else "PROBLEM: " + "; ".join(problems)
-            ok = ok and not problems
-            print(f"\n{label} [{kind}]: {verdict}")
-            print("    " + " ".join(sql.split()))
-            for line in lines:
-                print(f"    | {line}")
+            show(f"runs list {label}", kind, filtered, sql, params)
+    for label, call in (("find_run", lambda: repo.find_run(run_id)), ("get_stages", lambda: repo.get_stages(staged_id))):
+        with captured(repo.engine) as stmts:
+            call()
+        for sql, params in stmts:
+            show(label, "lookup", True, sql, params)
     return ok
 
 
@@ -394,15 +416,15 @@ def remove_sqlite(path: Path) -> None:
 def sqlite_database(runs: int, keep: bool, reuse: bool) -> Iterator[str]:
     path = BENCH_DIR / f"bench_{runs}.db"
     url = f"sqlite:///{path}"
-    if reuse and path.exists() and count_runs(url) == runs:
-        log(f"sqlite: reusing {path} ({runs:,} runs)")
-    else:
-        remove_sqlite(path)
-        seed(url, runs, "sqlite")
     try:
+        if reuse and path.exists() and count_runs(url) == runs:
+            log(f"sqlite: reusing {path} ({runs:,} runs)")
+        else:
+            remove_sqlite(path)
+            seed(url, runs, "sqlite")
         yield url
     finally:
-        if keep or reuse:
+        if (keep or reuse) and path.exists():
             log(f"sqlite: kept {path} (use --reuse to measure it again without seeding)")
         else:
             remove_sqlite(path)
@@ -433,13 +455,47 @@ def postgres_database(admin_url: str, runs: int) -> Iterator[str]:
 # --------------------------------------------------------------------------- main
 
 
-def bench_engine(backend: str, url: str, repeat: int) -> tuple[list[Result], bool]:
-    repo = Repository(url)
-    raw = RawSide(backend, repo.engine.url if backend == "postgresql" else sa.make_url(url))
+def option_value(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
     try:
-        print(f"\n# {raw.version()}")
-        plans_ok = print_plans(backend, repo, raw)
+        return int(text)
+    except ValueError:
+        return text.strip()
+
+
+def repository_for(backend: str, url: str, engine_options: list[str], pragmas: list[str]) -> Repository:
+    """The repository as an application makes it; --engine-option / --pragma try out a settings change."""
+    if not engine_options and not (pragmas and backend == "sqlite"):
+        return Repository(url)
+    options = {k.strip(): option_value(v) for k, v in (o.split("=", 1) for o in engine_options)}
+    engine = create_engine(url, create_missing=False, **options)
+    if backend == "sqlite" and pragmas:
+
+        def extra_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            for pragma in pragmas:
+                dbapi_conn.execute(f"PRAGMA {pragma}")
+
+        event.listen(engine, "connect", extra_pragmas)
+    return Repository(engine)
+
+
+def bench_engine(
+    backend: str, url: str, repeat: int, engine_options: list[str] = (), pragmas: list[str] = ()
+) -> tuple[list[Result], bool]:
+    repo = repository_for(backend, url, list(engine_options), list(pragmas))
+    if engine_options or pragmas:
+        print(f"\n# what-if: engine options {list(engine_options)}, SQLite pragmas {list(pragmas)}")
+    if backend == "sqlite":
+        pragmas = sqlite_pragmas(repo.engine)
+        raw = RawSide(backend, sa.make_url(url), pragmas)
+    else:
+        raw = RawSide(backend, repo.engine.url)
+    try:
+        print(f"\n# {raw.version()}" + (f" (both sides: {', '.join(pragmas)})" if backend == "sqlite" else ""))
         run_ids, staged_ids = sample_ids(raw)
+        plans_ok = print_plans(backend, repo, raw, run_ids[0], staged_ids[0])
         results = []
         for case in build_cases(repo, raw, run_ids, staged_ids):
             ours, theirs = measure(case, repeat)
@@ -482,6 +538,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     keep.add_argument("--keep", action="store_true", help="keep the seeded SQLite file bench/bench_<runs>.db")
     keep.add_argument("--reuse", action="store_true", help="use bench/bench_<runs>.db if it holds the runs already (seed it otherwise); keep it")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed or a plan has a problem")
+    parser.add_argument(
+        "--engine-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="what-if: an extra create_engine() option for wfkit's engine, e.g. pool_pre_ping=false (repeatable)",
+    )
+    parser.add_argument(
+        "--pragma",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="what-if: an extra PRAGMA on wfkit's SQLite connections (the raw side copies it), e.g. mmap_size=268435456",
+    )
     args = parser.parse_args(argv)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = [e for e in engines if e not in ENGINES]
@@ -491,6 +561,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--runs must be at least {DEEP_PAGE * PAGE_SIZE:,} (the deep page is page {DEEP_PAGE} of {PAGE_SIZE})")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    for flag, values in (("--engine-option", args.engine_option), ("--pragma", args.pragma)):
+        bad = [v for v in values if "=" not in v or not v.split("=", 1)[0].strip()]
+        if bad:
+            parser.error(f"{flag}: expected NAME=VALUE, got {bad[0]!r}")
     args.engines = engines
     return args
 
@@ -518,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             else postgres_database(args.postgres_url, args.runs)
         )
         with db as url:
-            engine_results, engine_plans_ok = bench_engine(backend, url, args.repeat)
+            engine_results, engine_plans_ok = bench_engine(backend, url, args.repeat, args.engine_option, args.pragma)
             results += engine_results
             plans_ok = plans_ok and engine_plans_ok
     print(f"\n## Timings ({args.runs:,} runs, median of {args.repeat})\n")

@@ -535,6 +535,7 @@ def test_to_dict():
         "name": "demo",
         "entry_point": "fetch-data",
         "max_iterations": 5,
+        "result_key": None,
         "nodes": [
             {"name": "fetch-data", "description": "Fetch the data", "is_async": False},
             {"name": "score.v2", "description": None, "is_async": False},

@@ -72,6 +72,10 @@ class WorkflowBuildError(WfkitError):
     """A workflow's factory failed to build its graph (it raised, or returned no initial state)."""
 
 
+class StateNotSerializableError(WfkitError):
+    """A workflow's state (or a node's output) holds a value JSON cannot represent: the message names the key."""
+
+
 class ServiceNotFoundError(WfkitError, KeyError):
     """A workflow asked the runtime for a service it was not given."""
 

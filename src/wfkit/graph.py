@@ -230,6 +230,8 @@ class StateGraph:
         self._out: dict[str, list[Edge]] = {}
         self._entry: str | None = None
         self._valid = False  # validated since the last change?
+        #: the state key holding the run's result (None: the whole final state is the result)
+        self.result_key: str | None = None
 
     # -- building ------------------------------------------------------------------------------------
 
@@ -281,6 +283,15 @@ class StateGraph:
         self._entry = name
         self._valid = False
         return self
+
+    def set_result_key(self, key: str | None) -> StateGraph:
+        """Make ``state[key]`` at the end the run's result, instead of the whole final state."""
+        self.result_key = key
+        return self
+
+    def result_of(self, state: Mapping[str, Any]) -> Any:
+        """The run's result for a final ``state``: ``state[result_key]`` if set (None if missing), else the state."""
+        return state if self.result_key is None else state.get(self.result_key)
 
     def set_finish_point(self, name: str) -> StateGraph:
         """Finish the walk after ``name``: the same as ``add_edge(name, END)``."""
@@ -507,6 +518,7 @@ class StateGraph:
             "name": self.name,
             "entry_point": self._entry,
             "max_iterations": self._max_iterations,
+            "result_key": self.result_key,
             "nodes": [{"name": n.name, "description": n.description, "is_async": n.is_async}
                       for n in self._nodes.values()],
             "edges": [e.to_dict() for e in self._edges],

@@ -26,7 +26,7 @@ comma-separated list of plugin or distribution names) limits which load.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -49,4 +49,15 @@ def wfkit_register_workflows(registry: Registry) -> None:
     another plugin already registered raises ``DuplicateWorkflowError``, which
     makes this plugin fail to load (the first plugin, by entry-point name, keeps it).
     The return value is ignored.
+    """
+
+
+@hookspec
+def wfkit_observers() -> list[Any] | None:
+    """Return observers to attach to every run an executor with the default registry executes.
+
+    Called once per executor. Return an observer (an object with
+    ``on_event(event)``, see ``wfkit.events``), a list of them, or None.
+    Observers are isolated: one that raises while handling an event is logged
+    and the run goes on. A hook that raises is logged and skipped.
     """

@@ -81,6 +81,7 @@ def review_loop(graph, runtime, params) -> dict[str, Any]:
     graph.add_edge("review", "give_up")
     graph.add_edge("revise", "review")
     graph.add_edge("publish", END).add_edge("give_up", END)
+    graph.set_result_key("result")  # the run's result: the published (or abandoned) draft, not the whole state
     return {"topic": params.topic}
 
 

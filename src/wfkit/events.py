@@ -1,0 +1,184 @@
+"""Run events and the observers that receive them.
+
+The executor reports what happens during a run as events, in order:
+``RunStarted``, then per node ``StageStarted`` and ``StageCompleted`` (or
+``StageFailed``) followed by ``DecisionMade``, and finally one of
+``RunCompleted``, ``RunFailed`` or ``RunCancelled``.
+
+An observer is any object with ``on_event(event)``. Observers given to the
+executor, and those plugins contribute through the ``wfkit_observers()``
+hook, are isolated: one that raises is logged and the run goes on. (The
+SQL recorder that writes the run's history is not isolated: if history
+cannot be written, the run fails, since history is the product.)
+
+This module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+log = logging.getLogger("wfkit.events")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened to a run."""
+
+    run_id: uuid.UUID
+
+    @property
+    def kind(self) -> str:
+        """The event's name in snake_case (``stage_completed``)."""
+        return _KINDS[type(self)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form, with ``kind`` first."""
+        data = asdict(self)
+        data["run_id"] = str(self.run_id)
+        return {"kind": self.kind, **data}
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted(Event):
+    workflow_name: str
+    params: dict[str, Any]
+    resumed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StageStarted(Event):
+    node: str
+    iteration: int
+    input_snapshot: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StageCompleted(Event):
+    node: str
+    iteration: int
+    output_snapshot: dict[str, Any]
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class StageFailed(Event):
+    node: str
+    iteration: int
+    error: str
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionMade(Event):
+    from_node: str
+    to_node: str | None
+    predicate_name: str | None
+    predicate_result: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunCompleted(Event):
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RunFailed(Event):
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunCancelled(Event):
+    reason: str = "cancel requested"
+
+
+_KINDS: dict[type, str] = {
+    RunStarted: "run_started",
+    StageStarted: "stage_started",
+    StageCompleted: "stage_completed",
+    StageFailed: "stage_failed",
+    DecisionMade: "decision",
+    RunCompleted: "run_completed",
+    RunFailed: "run_failed",
+    RunCancelled: "run_cancelled",
+}
+
+
+@runtime_checkable
+class Observer(Protocol):
+    """Receives every event of a run, in order."""
+
+    def on_event(self, event: Event) -> None: ...
+
+
+class MultiObserver:
+    """Fans each event out to several observers; one that raises is logged and skipped, never fatal."""
+
+    def __init__(self, observers: Iterable[Observer] = (), *, logger: logging.Logger | None = None):
+        self.observers: list[Observer] = list(observers)
+        self.logger = logger or log
+
+    def on_event(self, event: Event) -> None:
+        for observer in self.observers:
+            try:
+                observer.on_event(event)
+            except Exception:
+                self.logger.exception("observer %r failed on %s of run %s; the run goes on",
+                                      observer, event.kind, event.run_id)
+
+    def __bool__(self) -> bool:
+        return bool(self.observers)
+
+
+def _ms(value: float) -> str:
+    return f"{value / 1000:.2f}s" if value >= 1000 else f"{value:.1f}ms"
+
+
+def describe(event: Event) -> str:
+    """One human line for an event (used by the logging observer and the CLI)."""
+    match event:
+        case RunStarted(workflow_name=name, resumed=resumed):
+            return f"run {event.run_id} {'resumed' if resumed else 'started'}: {name}"
+        case StageStarted(node=node, iteration=it):
+            return f"  > {node} (iteration {it})"
+        case StageCompleted(node=node, iteration=it, duration_ms=ms):
+            return f"  + {node} (iteration {it}) completed in {_ms(ms)}"
+        case StageFailed(node=node, iteration=it, error=error, duration_ms=ms):
+            return f"  x {node} (iteration {it}) failed after {_ms(ms)}: {error}"
+        case DecisionMade(from_node=src, to_node=dst, predicate_name=pred, predicate_result=held):
+            via = f"{pred}={str(held).lower()}" if pred else "unconditional"
+            return f"    {src} -> {dst or 'END'} [{via}]"
+        case RunCompleted():
+            return f"run {event.run_id} completed"
+        case RunFailed(error=error):
+            return f"run {event.run_id} failed: {error}"
+        case RunCancelled(reason=reason):
+            return f"run {event.run_id} cancelled: {reason}"
+    return f"{event.kind} {event.run_id}"
+
+
+class LoggingObserver:
+    """Logs each event as one line on ``logger`` (default ``wfkit.run``) at ``level`` (INFO)."""
+
+    def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO):
+        self.logger = logger or logging.getLogger("wfkit.run")
+        self.level = level
+
+    def on_event(self, event: Event) -> None:
+        if self.logger.isEnabledFor(self.level):
+            self.logger.log(self.level, describe(event))
+
+
+class CallbackObserver:
+    """Calls ``fn(event)`` for each event: the shortest way to watch a run."""
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+
+    def on_event(self, event: Event) -> None:
+        self.fn(event)

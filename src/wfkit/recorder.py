@@ -1,0 +1,308 @@
+"""SqlRecorder: writes a run's history (run, stages, decisions, checkpoint) as it happens.
+
+This is the executor's hot path, so it talks to the database driver directly
+(sqlite3 or psycopg) with a handful of fixed SQL statements, storing values in
+exactly the form the SQLModel tables define (the repository reads them back
+through the ORM, and the tests check both agree).
+
+Writes are batched per step boundary: the completion of a stage, the decision
+that follows it, the checkpoint and the run's ``updated_at`` (whose UPDATE
+also reads the run's cancel request) are buffered, then committed in ONE
+transaction together with the start of the next stage. A process killed at
+any instant therefore leaves history and checkpoint in agreement, and the
+stage that was running when it died is visible as ``started``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from wfkit.db import translate_errors
+from wfkit.errors import DatabaseError, WfkitError
+from wfkit.models import UTC, RunStatus, StageStatus, utcnow
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    # The format SQLAlchemy's SQLite DateTime type writes (and sorts by).
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class _Dialect:
+    """How one driver wants parameters and placeholders."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.sqlite = name == "sqlite"
+
+    def sql(self, text: str) -> str:
+        """``?`` placeholders and ``{j}`` JSON placeholders, for this driver."""
+        if self.sqlite:
+            return text.replace("{j}", "?")
+        return text.replace("?", "%s").replace("{j}", "%s::jsonb")
+
+    def id(self, value: uuid.UUID) -> Any:
+        return value.hex if self.sqlite else value
+
+    def time(self, value: datetime | None) -> Any:
+        return _sqlite_time(value) if self.sqlite else value
+
+    def flag(self, value: bool) -> Any:
+        return int(value) if self.sqlite else value
+
+
+_INSERT_RUN = (
+    "INSERT INTO runs (id, workflow_name, status, params, result, error_message, started_at, completed_at, "
+    "created_at, updated_at, cancel_requested_at) VALUES (?, ?, ?, {j}, NULL, NULL, NULL, NULL, ?, ?, NULL)"
+)
+_TOUCH_RUN = "UPDATE runs SET updated_at = ? WHERE id = ? RETURNING cancel_requested_at"
+_SET_RUN_STATUS = "UPDATE runs SET status = ?, updated_at = ? WHERE id = ? AND status = ?"
+_START_RUN = (
+    "UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?), updated_at = ?, completed_at = NULL, "
+    "error_message = NULL, cancel_requested_at = NULL WHERE id = ? AND status = ?"
+)
+_FINISH_RUN = (
+    "UPDATE runs SET status = ?, result = {j}, error_message = ?, completed_at = ?, updated_at = ? "
+    "WHERE id = ? AND status = ?"
+)
+_REQUEST_CANCEL = (
+    "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, ?), updated_at = ? "
+    "WHERE id = ? AND status = ?"
+)
+_DELETE_RUN = "DELETE FROM runs WHERE id = ?"
+_INSERT_STAGE = (
+    "INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, output_snapshot, duration_ms, "
+    "error_message, created_at) VALUES (?, ?, ?, ?, ?, {j}, NULL, NULL, NULL, ?)"
+)
+_END_STAGE = "UPDATE stages SET status = ?, output_snapshot = {j}, duration_ms = ?, error_message = ? WHERE id = ?"
+_INSERT_DECISION = (
+    "INSERT INTO decisions (id, run_id, from_node, to_node, predicate_name, predicate_result, reason, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_CHECKPOINT = (
+    "INSERT INTO checkpoints (run_id, state_data, checkpoint_node, created_at, updated_at) VALUES (?, {j}, ?, ?, ?) "
+    "ON CONFLICT (run_id) DO UPDATE SET state_data = excluded.state_data, "
+    "checkpoint_node = excluded.checkpoint_node, updated_at = excluded.updated_at"
+)
+_INTERRUPT_STAGES = "UPDATE stages SET status = ?, error_message = ? WHERE run_id = ? AND status = ?"
+
+
+class SqlRecorder:
+    """One run's history writer on one database connection (use as a context manager)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.d = _Dialect(engine.dialect.name)
+        self._sql = {name: self.d.sql(text) for name, text in _STATEMENTS.items()}
+        self._conn: Any = None
+        self._cursor: Any = None
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+
+    # -- connection
+
+    def __enter__(self) -> SqlRecorder:
+        with translate_errors(self.engine):
+            self._conn = self.engine.raw_connection()
+        self._cursor = self._conn.cursor()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.rollback()  # anything not committed was not meant to be
+            except Exception:
+                pass
+            self._conn.close()
+            self._conn = self._cursor = None
+
+    def _run(self, name: str, params: tuple[Any, ...]) -> Any:
+        self._cursor.execute(self._sql[name], params)
+        return self._cursor
+
+    def commit(self) -> None:
+        """Write everything buffered, in one transaction."""
+        with self._errors():
+            for name, params in self._pending:
+                self._run(name, params)
+            self._pending.clear()
+            self._conn.commit()
+
+    def _errors(self) -> Any:
+        return _recorder_errors(self)
+
+    # -- runs
+
+    def create_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any]) -> datetime:
+        now = utcnow()
+        with self._errors():
+            self._run("insert_run", (self.d.id(run_id), workflow_name, RunStatus.PENDING.value, _dumps(params),
+                                     self.d.time(now), self.d.time(now)))
+            self._conn.commit()
+        return now
+
+    def start_run(self, run_id: uuid.UUID, from_status: RunStatus) -> bool:
+        """Move the run from ``from_status`` to running; False if its status was not that (someone else moved it)."""
+        now = utcnow()
+        with self._errors():
+            cur = self._run("start_run", (RunStatus.RUNNING.value, self.d.time(now), self.d.time(now),
+                                          self.d.id(run_id), from_status.value))
+            changed = cur.rowcount == 1
+            self._conn.commit()
+        return changed
+
+    def set_status(self, run_id: uuid.UUID, from_status: RunStatus, to_status: RunStatus) -> bool:
+        with self._errors():
+            cur = self._run("set_run_status", (to_status.value, self.d.time(utcnow()), self.d.id(run_id),
+                                               from_status.value))
+            changed = cur.rowcount == 1
+            self._conn.commit()
+        return changed
+
+    def interrupt_stages(self, run_id: uuid.UUID, message: str) -> int:
+        """Mark stages left ``started`` by a process that is gone as failed; return how many."""
+        with self._errors():
+            cur = self._run("interrupt_stages", (StageStatus.FAILED.value, message, self.d.id(run_id),
+                                                 StageStatus.STARTED.value))
+            count = cur.rowcount
+            self._conn.commit()
+        return count
+
+    def finish_run(self, run_id: uuid.UUID, status: RunStatus, result: Any = None, error: str | None = None,
+                   result_json: str | None = None, from_status: RunStatus = RunStatus.RUNNING) -> bool:
+        """Buffered writes plus the run's final status, in one transaction; False if it was not ``from_status``."""
+        now = utcnow()
+        payload = result_json if result_json is not None else (None if result is None else _dumps(result))
+        with self._errors():
+            for name, params in self._pending:
+                self._run(name, params)
+            self._pending.clear()
+            cur = self._run("finish_run", (status.value, payload, error, self.d.time(now), self.d.time(now),
+                                           self.d.id(run_id), from_status.value))
+            changed = cur.rowcount == 1
+            self._conn.commit()
+        return changed
+
+    def request_cancel(self, run_id: uuid.UUID) -> bool:
+        """Record a cancel request for a running run (its executor stops before the next node)."""
+        now = self.d.time(utcnow())
+        with self._errors():
+            cur = self._run("request_cancel", (now, now, self.d.id(run_id), RunStatus.RUNNING.value))
+            changed = cur.rowcount == 1
+            self._conn.commit()
+        return changed
+
+    def delete_run(self, run_id: uuid.UUID) -> bool:
+        """Delete a run; its stages, decisions and checkpoint go with it (ON DELETE CASCADE)."""
+        with self._errors():
+            cur = self._run("delete_run", (self.d.id(run_id),))
+            changed = cur.rowcount == 1
+            self._conn.commit()
+        return changed
+
+    # -- the step boundary
+
+    def begin_stage(self, run_id: uuid.UUID, node: str, iteration: int, input_json: str) -> tuple[uuid.UUID | None, bool]:
+        """Commit what is buffered, check for a cancel request, and (if none) record the stage's start.
+
+        Returns ``(stage_id, cancel_requested)``; the stage id is None when a cancel was requested.
+        """
+        now = utcnow()
+        with self._errors():
+            for name, params in self._pending:
+                self._run(name, params)
+            self._pending.clear()
+            row = self._run("touch_run", (self.d.time(now), self.d.id(run_id))).fetchone()
+            if row is None:
+                raise DatabaseError(f"run {run_id} disappeared from the database while it was running")
+            if row[0] is not None:
+                self._conn.commit()
+                return None, True
+            stage_id = uuid.uuid4()
+            self._run("insert_stage", (self.d.id(stage_id), self.d.id(run_id), node, iteration,
+                                       StageStatus.STARTED.value, input_json, self.d.time(now)))
+            self._conn.commit()
+        return stage_id, False
+
+    def end_stage(self, stage_id: uuid.UUID, status: StageStatus, output: Any, duration_ms: float,
+                  error: str | None = None, output_json: str | None = None) -> None:
+        """Buffer a stage's completion or failure (``output_json``: the output already as JSON text)."""
+        if output_json is None and output is not None:
+            output_json = _dumps(output)
+        self._pending.append(("end_stage", (status.value, output_json, duration_ms, error, self.d.id(stage_id))))
+
+    def decision(self, run_id: uuid.UUID, from_node: str, to_node: str | None, predicate_name: str | None,
+                 predicate_result: bool, reason: str) -> None:
+        """Buffer a routing decision."""
+        self._pending.append(("insert_decision", (self.d.id(uuid.uuid4()), self.d.id(run_id), from_node, to_node,
+                                                  predicate_name, self.d.flag(predicate_result), reason,
+                                                  self.d.time(utcnow()))))
+
+    def checkpoint(self, run_id: uuid.UUID, node: str | None, state_data_json: str) -> None:
+        """Buffer the run's checkpoint (``state_data`` already as JSON text)."""
+        now = self.d.time(utcnow())
+        self._pending.append(("upsert_checkpoint", (self.d.id(run_id), state_data_json, node, now, now)))
+
+    def save_checkpoint(self, run_id: uuid.UUID, node: str | None, state: Mapping[str, Any],
+                        meta: Mapping[str, Any]) -> None:
+        """Buffer a checkpoint given as state and meta (see :class:`wfkit.checkpoints.SavedCheckpoint`)."""
+        self.checkpoint(run_id, node, _dumps({"state": dict(state), **meta}))
+
+
+_STATEMENTS = {
+    "insert_run": _INSERT_RUN,
+    "touch_run": _TOUCH_RUN,
+    "set_run_status": _SET_RUN_STATUS,
+    "start_run": _START_RUN,
+    "finish_run": _FINISH_RUN,
+    "insert_stage": _INSERT_STAGE,
+    "end_stage": _END_STAGE,
+    "insert_decision": _INSERT_DECISION,
+    "upsert_checkpoint": _UPSERT_CHECKPOINT,
+    "interrupt_stages": _INTERRUPT_STAGES,
+    "request_cancel": _REQUEST_CANCEL,
+    "delete_run": _DELETE_RUN,
+}
+
+
+@contextlib.contextmanager
+def _recorder_errors(recorder: SqlRecorder) -> Iterator[None]:
+    """Driver errors during a write: roll back, drop the buffer, raise a wfkit error saying what failed."""
+    try:
+        yield
+    except WfkitError:
+        raise
+    except Exception as err:
+        if not type(err).__module__.startswith(("sqlite3", "psycopg")):
+            raise
+        try:
+            recorder._conn.rollback()
+        except Exception:
+            pass
+        recorder._pending.clear()
+        from sqlalchemy import exc as sa_exc
+
+        try:
+            with translate_errors(recorder.engine):  # not migrated, unreachable: say so
+                raise sa_exc.DBAPIError.instance(None, None, err, Exception) from err
+        except sa_exc.DBAPIError:
+            raise DatabaseError(f"could not record the run's history: {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
