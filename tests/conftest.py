@@ -11,6 +11,8 @@ machine and fail in CI (``CI`` set), where PostgreSQL is part of the contract.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -122,3 +124,32 @@ def repo(engine: sa.Engine) -> Repository:
 def new_database(backend: str, databases: Databases) -> Callable[[], str]:
     """Make more empty databases of the current backend."""
     return lambda: databases.new(backend)
+
+
+PLUGIN_PACKAGES = Path(__file__).parent / "plugin_packages"
+PLUGIN_TEMPLATE = Path(__file__).parents[1] / "examples" / "wfkit-plugin-template"
+
+
+@pytest.fixture(scope="session")
+def installed_plugins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The fixture plugin packages (and the plugin template), each built as a wheel and
+    pip-installed into a directory of its own: put one on PYTHONPATH to have it installed."""
+    tmp = tmp_path_factory.mktemp("plugins")
+    sources = {p.name: p for p in sorted(PLUGIN_PACKAGES.iterdir()) if (p / "pyproject.toml").exists()}
+    sources["template"] = PLUGIN_TEMPLATE
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"),
+         *map(str, sources.values())],
+        check=True, capture_output=True,
+    )
+    targets = {}
+    for name in sources:
+        pattern = "my_workflows-*.whl" if name == "template" else f"wfkit_test_{name.replace('-', '_')}-*.whl"
+        wheel = next((tmp / "dist").glob(pattern))
+        target = tmp / "site" / name
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+            check=True, capture_output=True,
+        )
+        targets[name] = target
+    return targets

@@ -10,30 +10,13 @@ from pathlib import Path
 
 import pytest
 
-PACKAGES = Path(__file__).parent / "plugin_packages"
 FIXTURES = ("good", "broken-import", "raising-hook", "dup-a", "dup-b", "typo")
-TEMPLATE = Path(__file__).parents[1] / "examples" / "wfkit-plugin-template"
 WFKIT = str(Path(sys.executable).with_name("wfkit"))
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> dict[str, Path]:
-    """Each fixture package built as a wheel and pip-installed into a directory of its own."""
-    tmp = tmp_path_factory.mktemp("plugins")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"),
-         *(str(PACKAGES / name) for name in FIXTURES), str(TEMPLATE)],
-        check=True, capture_output=True,
-    )
-    targets = {}
-    wheels = {name: f"wfkit_test_{name.replace('-', '_')}-*.whl" for name in FIXTURES} | {"template": "my_workflows-*.whl"}
-    for name, pattern in wheels.items():
-        wheel = next((tmp / "dist").glob(pattern))
-        target = tmp / "site" / name
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                       check=True, capture_output=True)
-        targets[name] = target
-    return targets
+def installed(installed_plugins):
+    return installed_plugins
 
 
 def run(installed, plugins, *args, select=None, python_code=None):
@@ -72,7 +55,7 @@ def test_broken_plugins_are_skipped_and_reported(installed):
     assert "plugin 'broken_import' (wfkit-test-broken-import 1.2.3) was skipped: failed to import wfkit_test_broken_import.plugin: ModuleNotFoundError: No module named 'wfkit_this_module_does_not_exist'" in stderr
     assert "plugin 'raising' (wfkit-test-raising-hook 1.2.3) was skipped: hook wfkit_register_workflows raised RuntimeError: the plugin's configuration is missing" in stderr
     assert "plugin 'dup-b' (wfkit-test-dup-b 1.2.3) was skipped: hook wfkit_register_workflows raised DuplicateWorkflowError: workflow 'shared-name' is already registered by plugin 'dup-a'; plugin 'dup-b' cannot register it again" in stderr
-    assert "plugin 'typo' (wfkit-test-typo 1.2.3) was skipped: implements unknown hook(s) wfkit_register_workflow; known hooks: wfkit_register_workflows" in stderr
+    assert "plugin 'typo' (wfkit-test-typo 1.2.3) was skipped: implements unknown hook(s) wfkit_register_workflow; known hooks: wfkit_observers, wfkit_register_workflows" in stderr
 
 
 def test_plugins_command(installed):

@@ -1,0 +1,80 @@
+"""Workflow ``steps``: s1 -> s2 -> s3 -> s4, each adding to ``count`` and ``log``.
+
+Param ``fail_in`` (a node) makes that node fail the first time it runs.
+Params ``pause_in`` (a node) and ``pause_after`` (a node) make the run pause
+for ``pause_seconds``, once, inside that node or just after it completed
+(in an observer, before the step is committed). Before pausing it creates
+the file ``<WFKIT_TEST_MARKERS>/<run id or node>-<where>`` so the test knows
+when to strike. A pause happens only if its marker does not exist yet, so a
+resumed run does not pause again. Pausing never changes the state.
+"""
+
+import os
+import time
+from pathlib import Path
+
+import wfkit
+
+NODES = ("s1", "s2", "s3", "s4")
+
+
+def _pause(name: str, seconds: float) -> None:
+    marker = Path(os.environ["WFKIT_TEST_MARKERS"]) / name
+    if marker.exists():
+        return
+    marker.touch()
+    time.sleep(seconds)
+
+
+def steps(graph, runtime, params):
+    """Four steps in a line, pausable for tests."""
+    pause_in, seconds = params.get("pause_in"), float(params.get("pause_seconds", 30))
+    fail_in = params.get("fail_in")
+
+    def make(node):
+        def step(state):
+            if node == pause_in:
+                _pause(f"{node}-in", seconds)
+            if node == fail_in:
+                marker = Path(os.environ["WFKIT_TEST_MARKERS"]) / f"{node}-failed"
+                if not marker.exists():  # fails once: "the author fixed it" before the resume
+                    marker.touch()
+                    raise RuntimeError(f"{node} could not reach its service")
+            return {"count": state["count"] + 1, "log": [*state["log"], f"{node}:{state['count']}"]}
+
+        return step
+
+    for node in NODES:
+        graph.add_node(node, make(node))
+    graph.set_entry_point("s1")
+    for a, b in zip(NODES, NODES[1:]):
+        graph.add_edge(a, b)
+    graph.set_finish_point("s4")
+    return {"count": 0, "log": []}
+
+
+class PauseAfter:
+    """Pauses just after a stage completed, when the run's params ask for it."""
+
+    def __init__(self):
+        self.params = {}
+
+    def on_event(self, event):
+        from wfkit.events import RunStarted, StageCompleted
+
+        if isinstance(event, RunStarted):
+            self.params[event.run_id] = event.params
+        elif isinstance(event, StageCompleted):
+            params = self.params.get(event.run_id, {})
+            if params.get("pause_after") == event.node:
+                _pause(f"{event.node}-after", float(params.get("pause_seconds", 30)))
+
+
+@wfkit.hookimpl
+def wfkit_register_workflows(registry):
+    registry.register("steps", steps)
+
+
+@wfkit.hookimpl
+def wfkit_observers():
+    return [PauseAfter()]

@@ -1,0 +1,353 @@
+"""The executor, in process, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from factories import count
+from wfkit.checkpoints import MemoryCheckpointStore, SqlCheckpointStore
+from wfkit.errors import InvalidParamsError, InvalidStatusError, NotFoundError, WorkflowNotFoundError
+from wfkit.events import CallbackObserver, Event, LoggingObserver, MultiObserver
+from wfkit.executor import Executor
+from wfkit.graph import END
+from wfkit.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus
+from wfkit.plugins import load_plugins
+from wfkit.registry import Registry
+from wfkit.repository import Repository
+from wfkit.runtime import Runtime
+
+
+@pytest.fixture(scope="module")
+def samples() -> Registry:
+    reg = Registry()
+    load_plugins(reg, environ={"WFKIT_LOAD_PLUGINS": "samples"})
+    return reg
+
+
+class Recorder:
+    """Collects events."""
+
+    def __init__(self):
+        self.events: list[Event] = []
+
+    def on_event(self, event):
+        self.events.append(event)
+
+    def kinds(self):
+        return [e.kind for e in self.events]
+
+
+# --------------------------------------------------------------------------- the samples, end to end
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("text-pipeline", {}),
+        ("review-loop", {"threshold": 0.75}),
+        ("review-loop", {"threshold": 1.0, "max_rounds": 2}),
+        ("branching", {"priority": "express"}),
+        ("branching", {}),
+    ],
+)
+def test_samples_execute_and_record_what_the_graph_does(engine, samples, name, params):
+    expected = samples.get(name)
+    graph, state = expected.build(params)
+    walk = graph.run(state)  # the same graph, in memory: what the records must say
+
+    run = Executor(engine, registry=samples).execute(name, params)
+    assert run.status is RunStatus.COMPLETED and run.error_message is None
+    assert run.result == graph.result_of(walk.state)
+    assert run.started_at <= run.completed_at and run.completed_at.tzinfo is not None
+    repo = Repository(engine)
+    stages = repo.get_stages(run.id)
+    assert [(s.node_name, s.iteration) for s in stages] == [tuple(v) for v in walk.visits]
+    assert all(s.status is StageStatus.COMPLETED and s.duration_ms >= 0 for s in stages)
+    decisions = repo.get_decisions(run.id)
+    assert [(d.from_node, d.to_node, d.predicate_name, d.predicate_result, d.reason) for d in decisions] == [
+        (d.from_node, d.to_node, d.predicate_name, d.predicate_result, d.reason) for d in walk.decisions
+    ]
+    # each stage's input is the state before it; its output the node's updates
+    assert stages[0].input_snapshot == state
+    assert stages[-1].input_snapshot | stages[-1].output_snapshot == walk.state
+    checkpoint = SqlCheckpointStore(engine).load(run.id)
+    assert checkpoint.state == walk.state and checkpoint.node == walk.visits[-1].node
+    assert checkpoint.meta["next_node"] is None
+
+
+def test_events_arrive_in_order(engine, samples):
+    rec = Recorder()
+    run = Executor(engine, registry=samples, observers=[rec]).execute("branching", {"priority": "express"})
+    assert rec.kinds() == ["run_started"] + ["stage_started", "stage_completed", "decision"] * 3 + ["run_completed"]
+    assert all(e.run_id == run.id for e in rec.events)
+    assert rec.events[-1].result == run.result
+
+
+def test_an_observer_that_raises_does_not_break_the_run(engine, samples, caplog):
+    def explode(event):
+        raise RuntimeError("observer bug")
+
+    rec = Recorder()
+    with caplog.at_level(logging.ERROR, logger="wfkit.events"):
+        run = Executor(engine, registry=samples, observers=[CallbackObserver(explode), rec]).execute("text-pipeline")
+    assert run.status is RunStatus.COMPLETED
+    assert len(rec.events) == 14  # the observer after the broken one saw everything
+    assert "observer" in caplog.text and "observer bug" in caplog.text and "the run goes on" in caplog.text
+
+
+def test_logging_observer(engine, samples, caplog):
+    with caplog.at_level(logging.INFO, logger="wfkit.run"):
+        Executor(engine, registry=samples, observers=[LoggingObserver()]).execute("branching")
+    assert "receive -> batch [unconditional]" in caplog.text and "completed" in caplog.text
+    assert not MultiObserver()
+
+
+# --------------------------------------------------------------------------- failures, resume, cancel
+
+
+def flaky_registry(calls: list[str]) -> Registry:
+    """``flaky``: a -> b -> c; b fails while the runtime's ``fixed`` service is False."""
+    reg = Registry()
+
+    def flaky(graph, runtime, params):
+        def node(name):
+            def fn(state):
+                calls.append(name)
+                if name == "b" and not runtime.service("fixed")():
+                    raise ValueError("b is broken")
+                return {"seen": [*state["seen"], name]}
+            return fn
+
+        for name in "abc":
+            graph.add_node(name, node(name))
+        graph.set_entry_point("a")
+        graph.add_edge("a", "b").add_edge("b", "c").add_edge("c", END)
+        return {"seen": []}
+
+    reg.register("flaky", flaky)
+    return reg
+
+
+def test_node_failure_then_resume_does_not_rerun_completed_nodes(engine):
+    calls: list[str] = []
+    fixed = {"value": False}
+    executor = Executor(engine, registry=flaky_registry(calls), runtime=Runtime({"fixed": lambda: fixed["value"]}))
+    run = executor.execute("flaky")
+    assert run.status is RunStatus.FAILED
+    assert run.error_message == "node 'b' (iteration 1) failed: ValueError: b is broken"
+    assert run.completed_at is not None and run.result is None
+    stages = executor.repository.get_stages(run.id)
+    assert [(s.node_name, s.status) for s in stages] == [("a", StageStatus.COMPLETED), ("b", StageStatus.FAILED)]
+    assert stages[1].error_message == run.error_message
+    assert SqlCheckpointStore(engine).load(run.id).node == "a"
+
+    fixed["value"] = True  # the author fixed the cause
+    resumed = executor.resume(run.id)
+    assert resumed.status is RunStatus.COMPLETED and resumed.error_message is None
+    assert resumed.result == {"seen": ["a", "b", "c"]}
+    assert calls == ["a", "b", "b", "c"]  # a did not run again
+    stages = executor.repository.get_stages(run.id)
+    assert [(s.node_name, s.iteration, s.status.value) for s in stages] == [
+        ("a", 1, "completed"), ("b", 1, "failed"), ("b", 1, "completed"), ("c", 1, "completed")
+    ]
+
+
+def test_transition_errors(engine, samples):
+    executor = Executor(engine, registry=samples)
+    run = executor.execute("text-pipeline")
+    with pytest.raises(InvalidStatusError, match="cannot go from completed to running"):
+        executor.resume(run.id)
+    with pytest.raises(InvalidStatusError, match="cannot go from completed to cancelled"):
+        executor.cancel(run.id)
+    with engine.begin() as conn:  # as if its process had been killed
+        conn.execute(sa.update(Run).where(Run.id == run.id).values(status=RunStatus.RUNNING))
+    with pytest.raises(InvalidStatusError, match="--force"):
+        executor.resume(run.id)
+    with pytest.raises(InvalidStatusError, match="is running: cancel it first"):
+        executor.delete(run.id)
+    with pytest.raises(NotFoundError):
+        executor.resume(uuid.uuid4())
+
+
+def test_cold_start_errors_create_no_run(engine, samples):
+    executor = Executor(engine, registry=samples)
+    with pytest.raises(WorkflowNotFoundError, match="did you mean 'branching'"):
+        executor.execute("branchin")
+    with pytest.raises(InvalidParamsError, match="threshold"):
+        executor.execute("review-loop", {"threshold": "high"})
+    assert count(engine, Run) == 0
+    with pytest.raises(InvalidParamsError, match="checkpoint_every"):
+        Executor(engine, registry=samples, checkpoint_every=0)
+
+
+def test_state_that_is_not_json_fails_the_run_naming_node_and_key(engine):
+    reg = Registry()
+
+    def bad(graph, runtime, params):
+        graph.add_node("ok", lambda s: {"n": 1})
+        graph.add_node("oops", lambda s: {"tags": {"a", "b"}})
+        graph.set_entry_point("ok")
+        graph.add_edge("ok", "oops").add_edge("oops", END)
+        return {}
+
+    reg.register("bad", bad)
+    run = Executor(engine, registry=reg).execute("bad")
+    assert run.status is RunStatus.FAILED
+    assert run.error_message.startswith("the state after node 'oops' is not JSON-serializable: key 'tags' holds set")
+    stages = Repository(engine).get_stages(run.id)
+    assert [s.status.value for s in stages] == ["completed", "failed"]
+
+
+def test_factory_failure_fails_the_run(engine):
+    reg = Registry()
+
+    def broken(graph, runtime, params):
+        raise KeyError("config")
+
+    reg.register("broken", broken)
+    run = Executor(engine, registry=reg).execute("broken")
+    assert run.status is RunStatus.FAILED and "the factory of workflow 'broken' raised KeyError" in run.error_message
+
+
+def gate_registry(gate: threading.Event, started: threading.Event, asynchronous: bool = False) -> Registry:
+    """``gated``: first -> slow -> last; ``slow`` waits for ``gate`` (or sleeps, if async)."""
+    reg = Registry()
+
+    def gated(graph, runtime, params):
+        def slow(state):
+            started.set()
+            gate.wait(10)
+            return {"slow": True}
+
+        async def aslow(state):
+            started.set()
+            await asyncio.sleep(10)
+            return {"slow": True}
+
+        graph.add_node("first", lambda s: {"first": True})
+        graph.add_node("slow", aslow if asynchronous else slow)
+        graph.add_node("last", lambda s: {"last": True})
+        graph.set_entry_point("first")
+        graph.add_edge("first", "slow").add_edge("slow", "last").add_edge("last", END)
+        return {}
+
+    reg.register("gated", gated)
+    return reg
+
+
+def test_cancel_between_nodes_then_resume(engine):
+    gate, started = threading.Event(), threading.Event()
+    executor = Executor(engine, registry=gate_registry(gate, started))
+    run_id = executor.start("gated")
+    assert started.wait(10)
+    running = executor.cancel(run_id)
+    assert running.status is RunStatus.RUNNING and running.cancel_requested_at is not None
+    gate.set()  # the node finishes; the executor stops before the next one
+    run = executor.wait(run_id, timeout=10)
+    assert run.status is RunStatus.CANCELLED
+    stages = executor.repository.get_stages(run_id)
+    assert [(s.node_name, s.status.value) for s in stages] == [("first", "completed"), ("slow", "completed")]
+    assert SqlCheckpointStore(engine).load(run_id).node == "slow"
+    resumed = executor.resume(run_id)
+    assert resumed.status is RunStatus.COMPLETED and resumed.cancel_requested_at is None
+    assert resumed.result == {"first": True, "slow": True, "last": True}
+    assert [s.node_name for s in executor.repository.get_stages(run_id)] == ["first", "slow", "last"]
+
+
+def test_cancel_a_pending_run_at_once(engine, samples):
+    executor = Executor(engine, registry=samples)
+    run_id, _, _ = executor._cold_start("branching", {})
+    run = executor.cancel(run_id)
+    assert run.status is RunStatus.CANCELLED and run.completed_at is not None
+    assert executor.resume(run_id).status is RunStatus.COMPLETED
+
+
+def test_async_cancel_cancels_the_running_node_task(engine):
+    gate, started = threading.Event(), threading.Event()
+    executor = Executor(engine, registry=gate_registry(gate, started, asynchronous=True))
+
+    async def scenario():
+        task = asyncio.create_task(executor.aexecute("gated"))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        run_id = executor.repository.list_runs().data[0].id
+        executor.cancel(run_id)
+        return await asyncio.wait_for(task, 5)
+
+    run = asyncio.run(scenario())
+    assert run.status is RunStatus.CANCELLED
+    stages = executor.repository.get_stages(run.id)
+    assert [(s.node_name, s.status.value) for s in stages] == [("first", "completed"), ("slow", "failed")]
+    assert stages[1].error_message == "cancelled: cancelled while running"
+
+    async def fast_slow(state):
+        return {"slow": "fast now"}
+
+    graph_reg = gate_registry(gate, started)  # a sync 'slow' that passes at once
+    gate.set()
+    again = asyncio.run(Executor(engine, registry=graph_reg).aresume(run.id))
+    assert again.status is RunStatus.COMPLETED
+    assert [s.node_name for s in Repository(engine).get_stages(run.id)] == ["first", "slow", "slow", "last"]
+
+
+def test_cancelling_the_awaiting_task_cancels_the_run(engine):
+    gate, started = threading.Event(), threading.Event()
+    executor = Executor(engine, registry=gate_registry(gate, started, asynchronous=True))
+
+    async def scenario():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(executor.aexecute("gated"), 0.5)
+
+    asyncio.run(scenario())
+    run = executor.repository.list_runs().data[0]
+    assert run.status is RunStatus.CANCELLED
+
+
+def test_delete_removes_the_run_and_its_history(engine, samples):
+    executor = Executor(engine, registry=samples)
+    keep = executor.execute("branching")
+    gone = executor.execute("review-loop")
+    executor.delete(str(gone.id))
+    assert [r.id for r in executor.repository.list_runs().data] == [keep.id]
+    assert count(engine, Checkpoint) == 1
+    with engine.connect() as conn:
+        for model in (Stage, Decision):
+            assert conn.execute(sa.select(sa.func.count()).select_from(model).where(model.run_id == gone.id)).scalar() == 0
+    with pytest.raises(NotFoundError):
+        executor.delete(gone.id)
+
+
+def test_checkpoint_interval(engine, samples):
+    rec_steps = []
+    executor = Executor(engine, registry=samples, checkpoint_every=3,
+                        observers=[CallbackObserver(lambda e: rec_steps.append(e.kind))])
+    run = executor.execute("text-pipeline")
+    assert run.status is RunStatus.COMPLETED
+    saved = SqlCheckpointStore(engine).load(run.id)
+    assert saved.node == "summarize" and saved.meta["counters"] == {"normalize": 1, "tokenize": 1, "count": 1,
+                                                                    "summarize": 1}
+
+
+def test_checkpoint_stores():
+    store = MemoryCheckpointStore()
+    rid = uuid.uuid4()
+    store.save(rid, "n1", {"a": 1}, {"next_node": "n2"})
+    saved = store.load(str(rid))
+    assert (saved.node, saved.state, saved.meta) == ("n1", {"a": 1}, {"next_node": "n2"})
+    assert store.list() == [rid] and store.delete(rid) and store.load(rid) is None and not store.delete(rid)
+
+
+def test_sql_checkpoint_store(engine, samples):
+    run = Executor(engine, registry=samples).execute("branching")
+    store = SqlCheckpointStore(engine)
+    store.save(run.id, "x", {"k": [1, 2]}, {"next_node": "y", "counters": {"x": 2}})
+    saved = store.load(run.id)
+    assert (saved.node, saved.state, saved.meta["counters"]) == ("x", {"k": [1, 2]}, {"x": 2})
+    assert store.list() == [run.id]
+    assert store.delete(run.id) and store.load(run.id) is None and store.list() == []

@@ -1,0 +1,205 @@
+"""`wfkit run` and `wfkit runs cancel/resume/delete` as real processes: progress, exit codes,
+Ctrl-C, cancel from another process, and crash safety under SIGKILL. On SQLite and PostgreSQL.
+
+The workflow is ``steps`` from the fixture plugin tests/plugin_packages/steps: s1 -> s2 -> s3 -> s4,
+which pauses where a test asks (inside a node, or just after one) and drops a marker file first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from wfkit.checkpoints import SqlCheckpointStore
+from wfkit.models import RunStatus, StageStatus
+from wfkit.repository import Repository
+
+WFKIT = str(Path(sys.executable).with_name("wfkit"))
+FINAL = {"count": 4, "log": ["s1:0", "s2:1", "s3:2", "s4:3"]}
+
+
+@pytest.fixture
+def env(db_url, installed_plugins, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("WFKIT_")}
+    environ.update(
+        PYTHONPATH=str(installed_plugins["steps"]),
+        WFKIT_DATABASE_URL=db_url,
+        WFKIT_LOAD_PLUGINS="steps",
+        WFKIT_TEST_MARKERS=str(markers),
+    )
+    return environ
+
+
+def wfkit(env, *args, timeout=60):
+    return subprocess.run([WFKIT, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def start(env, *args):
+    return subprocess.Popen([WFKIT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path.name} never appeared")
+        time.sleep(0.02)
+
+
+def only_run(db_url):
+    page = Repository(db_url).list_runs()
+    assert page.total == 1
+    return page.data[0]
+
+
+def test_run_prints_progress_and_the_result(env):
+    out = wfkit(env, "run", "steps")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("run ") and lines[0].endswith("started: steps")
+    assert "  > s1 (iteration 1)" in lines and "    s1 -> s2 [unconditional]" in lines
+    assert any(line.startswith("  + s4 (iteration 1) completed in ") for line in lines)
+    assert lines[-2] == "status: completed"
+    assert json.loads(lines[-1].removeprefix("result: ")) == FINAL
+
+
+def test_run_json_keeps_stdout_clean(env, db_url):
+    out = wfkit(env, "run", "steps", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["status"] == "completed" and doc["result"] == FINAL and doc["workflow_name"] == "steps"
+    assert "> s1 (iteration 1)" in out.stderr
+    assert only_run(db_url).id.hex == doc["id"].replace("-", "")
+
+
+def test_failure_then_resume_from_the_command_line(env, db_url):
+    out = wfkit(env, "run", "steps", "-p", "fail_in=s3")
+    assert out.returncode == 1
+    assert "status: failed" in out.stdout and "error: node 's3' (iteration 1) failed: RuntimeError" in out.stdout
+    run = only_run(db_url)
+    assert f"Resume it with: wfkit runs resume {run.id}" in out.stderr
+    out = wfkit(env, "runs", "resume", str(run.id), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["result"] == FINAL
+    stages = Repository(db_url).get_stages(run.id)
+    assert [(s.node_name, s.status.value) for s in stages] == [
+        ("s1", "completed"), ("s2", "completed"), ("s3", "failed"), ("s3", "completed"), ("s4", "completed")
+    ]
+    out = wfkit(env, "runs", "resume", str(run.id))
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "Error: a run cannot go from completed to running; from completed it may go to nothing (it is final)"
+    )
+
+
+def test_bad_input(env):
+    for args, code, message in [
+        (["run", "stepz"], 1, "no workflow named 'stepz'; did you mean 'steps'?"),
+        (["run", "steps", "--params-json", "[]"], 2, "must be a JSON object"),
+        (["runs", "cancel", "nope"], 2, "invalid run id 'nope'"),
+        (["runs", "resume", "00000000-0000-4000-8000-000000000000"], 1, "no run with id"),
+        (["runs", "delete", "00000000-0000-4000-8000-000000000000"], 1, "no run with id"),
+    ]:
+        out = wfkit(env, *args)
+        assert out.returncode == code, (args, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cancel_from_another_process_then_resume(env, db_url, tmp_path):
+    proc = start(env, "run", "steps", "-p", "pause_in=s2", "-p", "pause_seconds=1.5")
+    wait_for(tmp_path / "markers" / "s2-in", proc)
+    run = only_run(db_url)
+    out = wfkit(env, "runs", "cancel", str(run.id))
+    assert out.returncode == 0 and out.stdout.strip() == f"cancel requested: run {run.id} stops before its next node"
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "status: cancelled" in stdout
+    run = only_run(db_url)
+    assert run.status is RunStatus.CANCELLED
+    assert [s.node_name for s in Repository(db_url).get_stages(run.id)] == ["s1", "s2"]  # s3 never started
+    out = wfkit(env, "runs", "cancel", str(run.id))
+    assert out.returncode == 2 and "cannot go from cancelled to cancelled" in out.stderr
+    out = wfkit(env, "runs", "resume", str(run.id), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["result"] == FINAL
+    assert [s.node_name for s in Repository(db_url).get_stages(run.id)] == ["s1", "s2", "s3", "s4"]
+
+
+def test_ctrl_c_cancels_cleanly_and_says_how_to_resume(env, db_url, tmp_path):
+    proc = start(env, "run", "steps", "-p", "pause_in=s2")
+    wait_for(tmp_path / "markers" / "s2-in", proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    run = only_run(db_url)
+    assert proc.returncode == 1, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"Run {run.id} cancelled (Ctrl-C). Resume it with: wfkit runs resume {run.id}"
+    )
+    assert "Traceback" not in stderr
+    assert run.status is RunStatus.CANCELLED
+    stages = Repository(db_url).get_stages(run.id)
+    assert [(s.node_name, s.status.value) for s in stages] == [("s1", "completed"), ("s2", "failed")]
+    out = wfkit(env, "runs", "resume", str(run.id))
+    assert out.returncode == 0 and "status: completed" in out.stdout
+
+
+def test_delete(env, db_url):
+    wfkit(env, "run", "steps")
+    run = only_run(db_url)
+    out = wfkit(env, "runs", "delete", str(run.id))
+    assert out.returncode == 0 and out.stdout.strip() == f"deleted run {run.id}"
+    assert Repository(db_url).list_runs().total == 0
+    assert SqlCheckpointStore(db_url).list() == []
+
+
+@pytest.mark.parametrize("where", ["in", "after"])
+def test_sigkill_then_forced_resume(env, db_url, tmp_path, where):
+    """Kill -9 inside node s2, or just after s2 completed (before that step was committed)."""
+    proc = start(env, "run", "steps", "-p", f"pause_{where}=s2")
+    wait_for(tmp_path / "markers" / f"s2-{where}", proc)
+    proc.kill()
+    proc.communicate(timeout=30)
+
+    run = only_run(db_url)
+    assert run.status is RunStatus.RUNNING  # left so by the dead process
+    repo = Repository(db_url)
+    stages = repo.get_stages(run.id)
+    # s2 is visible as the stage that was running; its completion was never committed
+    assert [(s.node_name, s.status) for s in stages] == [("s1", StageStatus.COMPLETED), ("s2", StageStatus.STARTED)]
+    checkpoint = SqlCheckpointStore(db_url).load(run.id)
+    # history and checkpoint agree: the checkpoint is that of the last completed stage, no further
+    assert checkpoint.node == "s1" and checkpoint.meta["next_node"] == "s2"
+    assert checkpoint.state == stages[1].input_snapshot == {"count": 1, "log": ["s1:0"]}
+    assert [(d.from_node, d.to_node) for d in repo.get_decisions(run.id)] == [("s1", "s2")]
+
+    out = wfkit(env, "runs", "resume", str(run.id))
+    assert out.returncode == 2 and "--force" in out.stderr
+    out = wfkit(env, "runs", "resume", str(run.id), "--force", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["result"] == FINAL  # the same as an uninterrupted run
+
+    stages = repo.get_stages(run.id)
+    completed = [s.node_name for s in stages if s.status is StageStatus.COMPLETED]
+    assert completed == ["s1", "s2", "s3", "s4"]  # no completed stage twice
+    interrupted = [s for s in stages if s.status is StageStatus.FAILED]
+    assert [s.node_name for s in interrupted] == ["s2"] and interrupted[0].error_message.startswith("interrupted")
+    assert [(d.from_node, d.to_node) for d in repo.get_decisions(run.id)] == [
+        ("s1", "s2"), ("s2", "s3"), ("s3", "s4"), ("s4", None)
+    ]
+    engine = sa.create_engine(sa.make_url(db_url).set(drivername="postgresql+psycopg")
+                              if db_url.startswith("postgresql") else db_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM checkpoints")).scalar() == 1
+    finally:
+        engine.dispose()
