@@ -30,7 +30,14 @@ PostgreSQL: --postgres-url (default $WFKIT_BENCH_POSTGRES_URL, else
 postgresql://postgres@127.0.0.1:5432/postgres) is an admin URL; a database with
 a random name is created there and dropped at the end. SQLite: the file is
 bench/bench_<runs>.db (gitignored), removed at the end unless --keep or
---reuse (--reuse also uses the file as is when it already holds N runs).
+--reuse (--reuse also uses the file as is when it already holds N runs and is
+migrated to head). Ctrl-C or SIGTERM still drops the database and the file.
+
+What-if options, to measure a settings change before making it in wfkit.db:
+--engine-option KEY=VALUE goes to create_engine() for wfkit's engine (e.g.
+pool_pre_ping=false, isolation_level=AUTOCOMMIT); --pragma NAME=VALUE runs on
+each of wfkit's SQLite connections (e.g. mmap_size=2147418112). The raw side
+always copies the SQLite settings of wfkit's connections.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ PAGE_SIZE = 50
 DEEP_PAGE = 2000
 WORKFLOW = "branching"
 STATUS = "failed"
+assert WORKFLOW in WORKFLOW_NAMES
 #: Run ids cycled through by find_run and get_stages (the same sequence on both sides).
 LOOKUP_IDS = 20
 #: The JSON columns of the tables read here; the raw SQLite side parses them.
@@ -324,7 +332,9 @@ def check_same(name: str, ours: Any, theirs: list[list[dict[str, Any]]]) -> None
         raise SystemExit(f"the raw baseline of {name!r} does not return what the repository returns")
 
 
-def build_cases(repo: Repository, raw: RawSide, run_ids: list[uuid.UUID], staged_ids: list[uuid.UUID]) -> list[Case]:
+def build_cases(
+    repo: Repository, raw: RawSide, run_ids: list[uuid.UUID], staged_ids: list[uuid.UUID], runs: int
+) -> list[Case]:
     cases: list[Case] = []
 
     def listing(name: str, page: int, filters: RunFilters, kind: str) -> None:
@@ -356,7 +366,8 @@ def build_cases(repo: Repository, raw: RawSide, run_ids: list[uuid.UUID], staged
     listing("list_runs p1 status", 1, RunFilters(status=STATUS), "listing")
     listing("list_runs p1 workflow", 1, RunFilters(workflow_name=WORKFLOW), "listing")
     listing("list_runs p1 workflow+status", 1, RunFilters(workflow_name=WORKFLOW, status=STATUS), "listing")
-    listing(f"list_runs p{DEEP_PAGE}", DEEP_PAGE, RunFilters(), "info")
+    if runs >= DEEP_PAGE * PAGE_SIZE:
+        listing(f"list_runs p{DEEP_PAGE}", DEEP_PAGE, RunFilters(), "info")
     lookup("find_run", repo.find_run, run_ids)
     lookup("get_stages", repo.get_stages, staged_ids)
     return cases
@@ -488,7 +499,7 @@ def repository_for(backend: str, url: str, engine_options: list[str], pragmas: l
 
 
 def bench_engine(
-    backend: str, url: str, repeat: int, engine_options: list[str] = (), pragmas: list[str] = ()
+    backend: str, url: str, runs: int, repeat: int, engine_options: list[str] = (), pragmas: list[str] = ()
 ) -> tuple[list[Result], bool]:
     repo = repository_for(backend, url, list(engine_options), list(pragmas))
     if engine_options or pragmas:
@@ -503,7 +514,7 @@ def bench_engine(
         run_ids, staged_ids = sample_ids(raw)
         plans_ok = print_plans(backend, repo, raw, run_ids[0], staged_ids[0])
         results = []
-        for case in build_cases(repo, raw, run_ids, staged_ids):
+        for case in build_cases(repo, raw, run_ids, staged_ids, runs):
             ours, theirs = measure(case, repeat)
             target, verdict = judge(case, backend, ours, ours / theirs if theirs else float("inf"))
             results.append(Result(case.name, backend, ours, theirs, target, verdict))
@@ -563,8 +574,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [e for e in engines if e not in ENGINES]
     if unknown or not engines:
         parser.error(f"--engines: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(ENGINES)}")
-    if args.runs < DEEP_PAGE * PAGE_SIZE:
-        parser.error(f"--runs must be at least {DEEP_PAGE * PAGE_SIZE:,} (the deep page is page {DEEP_PAGE} of {PAGE_SIZE})")
+    if args.runs < 1000:
+        parser.error("--runs must be at least 1,000 (below 100,000 the page-2,000 query is left out)")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     for flag, values in (("--engine-option", args.engine_option), ("--pragma", args.pragma)):
@@ -598,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
             else postgres_database(args.postgres_url, args.runs)
         )
         with db as url:
-            engine_results, engine_plans_ok = bench_engine(backend, url, args.repeat, args.engine_option, args.pragma)
+            engine_results, engine_plans_ok = bench_engine(backend, url, args.runs, args.repeat, args.engine_option, args.pragma)
             results += engine_results
             plans_ok = plans_ok and engine_plans_ok
     print(f"\n## Timings ({args.runs:,} runs, median of {args.repeat})\n")

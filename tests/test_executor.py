@@ -62,6 +62,7 @@ def test_samples_execute_and_record_what_the_graph_does(engine, samples, name, p
     walk = graph.run(state)  # the same graph, in memory: what the records must say
 
     run = Executor(engine, registry=samples).execute(name, params)
+    assert run.to_dict() == Repository(engine).find_run(run.id).to_dict()  # what it returns is what it stored
     assert run.status is RunStatus.COMPLETED and run.error_message is None
     assert run.result == graph.result_of(walk.state)
     assert run.started_at <= run.completed_at and run.completed_at.tzinfo is not None
@@ -147,8 +148,11 @@ def test_node_failure_then_resume_does_not_rerun_completed_nodes(engine):
     assert stages[1].error_message == run.error_message
     assert SqlCheckpointStore(engine).load(run.id).node == "a"
 
+    assert run.to_dict() == executor.repository.find_run(run.id).to_dict()
     fixed["value"] = True  # the author fixed the cause
     resumed = executor.resume(run.id)
+    assert resumed.to_dict() == executor.repository.find_run(run.id).to_dict()
+    assert resumed.started_at == run.started_at and resumed.created_at == run.created_at
     assert resumed.status is RunStatus.COMPLETED and resumed.error_message is None
     assert resumed.result == {"seen": ["a", "b", "c"]}
     assert calls == ["a", "b", "b", "c"]  # a did not run again
@@ -262,7 +266,7 @@ def test_cancel_between_nodes_then_resume(engine):
 
 def test_cancel_a_pending_run_at_once(engine, samples):
     executor = Executor(engine, registry=samples)
-    run_id, _, _ = executor._cold_start("branching", {})
+    run_id = executor._cold_start("branching", {}).run_id
     run = executor.cancel(run_id)
     assert run.status is RunStatus.CANCELLED and run.completed_at is not None
     assert executor.resume(run_id).status is RunStatus.COMPLETED

@@ -31,6 +31,8 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -96,6 +98,22 @@ def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+@dataclass
+class _Plan:
+    """A run about to be (re)started: what the hot start needs, and what it learns on the way."""
+
+    run_id: uuid.UUID
+    workflow: Workflow
+    params: dict[str, Any]
+    from_status: RunStatus
+    snapshot: dict[str, Any] | None
+    resumed: bool
+    created_at: datetime
+    started_at: datetime | None = None
+    error: str | None = None
+    failed_at: datetime | None = None
+
+
 class _StageCapture:
     """The walker observer that keeps the last stage's updates, duration and error."""
 
@@ -125,6 +143,9 @@ class _RunLoop:
         self.iteration = 0
         self.steps = 0
         self.outcome: RunStatus | None = None
+        self.completed_at: Any = None
+        self.error: str | None = None
+        self.result: Any = None
 
     def emit(self, event: Event) -> None:
         self.ex.observers.on_event(event)
@@ -193,12 +214,12 @@ class _RunLoop:
         self.cancelled(reason)
 
     def fail(self, message: str) -> None:
-        self.rec.finish_run(self.run_id, RunStatus.FAILED, error=message)
-        self.outcome = RunStatus.FAILED
+        self.completed_at = self.rec.finish_run(self.run_id, RunStatus.FAILED, error=message)
+        self.outcome, self.error = RunStatus.FAILED, message
         self.emit(RunFailed(self.run_id, message))
 
     def cancelled(self, reason: str) -> None:
-        self.rec.finish_run(self.run_id, RunStatus.CANCELLED, error=None)
+        self.completed_at = self.rec.finish_run(self.run_id, RunStatus.CANCELLED, error=None)
         self.outcome = RunStatus.CANCELLED
         self.emit(RunCancelled(self.run_id, reason))
 
@@ -207,8 +228,8 @@ class _RunLoop:
             return
         result = self.graph.result_of(self.walker.state)
         result_json = self.state_json if self.graph.result_key is None else _dumps(result)
-        self.rec.finish_run(self.run_id, RunStatus.COMPLETED, result_json=result_json)
-        self.outcome = RunStatus.COMPLETED
+        self.completed_at = self.rec.finish_run(self.run_id, RunStatus.COMPLETED, result_json=result_json)
+        self.outcome, self.result = RunStatus.COMPLETED, result
         self.emit(RunCompleted(self.run_id, result))
 
 
@@ -244,25 +265,21 @@ class Executor:
 
     def execute(self, name: str, params: Mapping[str, Any] | None = None) -> Run:
         """Create a run of workflow ``name`` and execute it to the end; return the finished run."""
-        run_id, workflow, checked = self._cold_start(name, params)
-        return self._hot(run_id, workflow, checked, RunStatus.PENDING, snapshot=None, resumed=False)
+        return self._hot(self._cold_start(name, params))
 
     async def aexecute(self, name: str, params: Mapping[str, Any] | None = None) -> Run:
         """Like :meth:`execute`, awaiting async nodes (a cancelled task cancels the run)."""
-        run_id, workflow, checked = self._cold_start(name, params)
-        return await self._ahot(run_id, workflow, checked, RunStatus.PENDING, snapshot=None, resumed=False)
+        return await self._ahot(self._cold_start(name, params))
 
     def start(self, name: str, params: Mapping[str, Any] | None = None) -> uuid.UUID:
         """Create a run and execute it in a background thread; return its id at once (see :meth:`wait`)."""
-        run_id, workflow, checked = self._cold_start(name, params)
-        thread = threading.Thread(
-            target=self._hot_in_background, name=f"wfkit-run-{run_id}",
-            args=(run_id, workflow, checked), daemon=True,
-        )
+        plan = self._cold_start(name, params)
+        thread = threading.Thread(target=self._hot_in_background, name=f"wfkit-run-{plan.run_id}", args=(plan,),
+                                  daemon=True)
         with self._lock:
-            self._threads[run_id] = thread
+            self._threads[plan.run_id] = thread
         thread.start()
-        return run_id
+        return plan.run_id
 
     def wait(self, run_id: uuid.UUID | str, timeout: float | None = None) -> Run:
         """Wait for a run started by :meth:`start` in this executor; return it as it stands."""
@@ -283,7 +300,7 @@ class Executor:
         check_transition(run.status, RunStatus.CANCELLED)
         with SqlRecorder(self.engine) as rec:
             if run.status is RunStatus.PENDING:
-                changed = rec.finish_run(rid, RunStatus.CANCELLED, from_status=RunStatus.PENDING)
+                changed = rec.finish_run(rid, RunStatus.CANCELLED, from_status=RunStatus.PENDING) is not None
             else:
                 changed = rec.request_cancel(rid)
         with self._lock:
@@ -298,13 +315,11 @@ class Executor:
     def resume(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
         """Continue a failed or cancelled run from its checkpoint; ``force`` takes over a ``running`` run
         whose process is gone. Completed nodes are not run again."""
-        args = self._prepare_resume(run_id, force)
-        return self._hot(*args, resumed=True)
+        return self._hot(self._prepare_resume(run_id, force))
 
     async def aresume(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
         """Like :meth:`resume`, awaiting async nodes."""
-        args = self._prepare_resume(run_id, force)
-        return await self._ahot(*args, resumed=True)
+        return await self._ahot(self._prepare_resume(run_id, force))
 
     def delete(self, run_id: uuid.UUID | str, *, force: bool = False) -> None:
         """Delete a run with its stages, decisions and checkpoint. A running run needs ``force``."""
@@ -319,7 +334,7 @@ class Executor:
 
     # -- phases
 
-    def _cold_start(self, name: str, params: Mapping[str, Any] | None) -> tuple[uuid.UUID, Workflow, dict[str, Any]]:
+    def _cold_start(self, name: str, params: Mapping[str, Any] | None) -> _Plan:
         workflow = self.registry.get(name)
         checked = workflow.validate_params(params)
         stored = checked.model_dump(mode="json") if hasattr(checked, "model_dump") else dict(checked)
@@ -329,10 +344,10 @@ class Executor:
             raise InvalidParamsError(f"params of workflow {name!r} must be JSON-serializable: {err}") from None
         run_id = uuid.uuid4()
         with SqlRecorder(self.engine) as rec:
-            rec.create_run(run_id, name, stored)
-        return run_id, workflow, stored
+            created_at = rec.create_run(run_id, name, stored)
+        return _Plan(run_id, workflow, stored, RunStatus.PENDING, None, False, created_at)
 
-    def _prepare_resume(self, run_id: uuid.UUID | str, force: bool) -> tuple[Any, ...]:
+    def _prepare_resume(self, run_id: uuid.UUID | str, force: bool) -> _Plan:
         rid = parse_uuid(run_id)
         run = self.repository.find_run(rid)
         if run.status is RunStatus.RUNNING:
@@ -353,50 +368,66 @@ class Executor:
         if run.status is RunStatus.RUNNING:
             with SqlRecorder(self.engine) as rec:
                 rec.interrupt_stages(rid, INTERRUPTED)
-        return rid, workflow, run.params, run.status, snapshot
+        return _Plan(rid, workflow, run.params, run.status, snapshot, True, run.created_at, run.started_at)
 
-    def _begin(self, rec: SqlRecorder, run_id: uuid.UUID, workflow: Workflow, params: dict[str, Any],
-               from_status: RunStatus, snapshot: dict[str, Any] | None, resumed: bool) -> _RunLoop | None:
-        if not rec.start_run(run_id, from_status):
+    def _begin(self, rec: SqlRecorder, plan: _Plan) -> _RunLoop | None:
+        """Mark the run running, build its graph, and set up the walk (None if the build failed)."""
+        run_id = plan.run_id
+        started = rec.start_run(run_id, plan.from_status)
+        if started is None:
             now = self.repository.find_run(run_id)
             raise InvalidStatusError(f"run {run_id} is {now.status.value} now (it changed meanwhile); not started")
-        self.observers.on_event(RunStarted(run_id, workflow.name, params, resumed))
+        plan.started_at = plan.started_at or started
+        self.observers.on_event(RunStarted(run_id, plan.workflow.name, plan.params, plan.resumed))
         capture = _StageCapture()
-        loop: _RunLoop | None = None
         try:
-            graph, initial = workflow.build(params, self.runtime)
-            if snapshot is None:
+            graph, initial = plan.workflow.build(plan.params, self.runtime)
+            snap = plan.snapshot
+            if snap is None:
                 walker = Walker(graph, initial, observer=capture)
             else:
-                walker = Walker(graph, snapshot["state"], node=snapshot["next_node"],
-                                counters=snapshot["counters"], observer=capture)
+                walker = Walker(graph, snap["state"], node=snap["next_node"], counters=snap["counters"],
+                                observer=capture)
             with self._lock:
                 cancel = self._cancel.setdefault(run_id, threading.Event())
-            loop = _RunLoop(self, rec, run_id, graph, walker, capture, cancel)
+            return _RunLoop(self, rec, run_id, graph, walker, capture, cancel)
         except WfkitError as err:
-            message = str(err)
-            rec.finish_run(run_id, RunStatus.FAILED, error=message)
-            self.observers.on_event(RunFailed(run_id, message))
+            plan.error = str(err)
+            plan.failed_at = rec.finish_run(run_id, RunStatus.FAILED, error=plan.error)
+            self.observers.on_event(RunFailed(run_id, plan.error))
             return None
-        return loop
 
-    def _hot(self, run_id: uuid.UUID, workflow: Workflow, params: dict[str, Any], from_status: RunStatus,
-             snapshot: dict[str, Any] | None, resumed: bool) -> Run:
+    def _outcome(self, plan: _Plan, loop: _RunLoop | None) -> Run:
+        """The finished run, from what this process wrote (no read back), or as stored if unsure."""
+        completed_at = loop.completed_at if loop is not None else plan.failed_at
+        if completed_at is None or (loop is not None and loop.outcome is None):
+            return self.repository.find_run(plan.run_id)
+        return Run(
+            id=plan.run_id, workflow_name=plan.workflow.name,
+            status=loop.outcome if loop is not None else RunStatus.FAILED,
+            params=plan.params, result=loop.result if loop is not None else None,
+            error_message=loop.error if loop is not None else plan.error,
+            started_at=plan.started_at, completed_at=completed_at, created_at=plan.created_at,
+            updated_at=completed_at, cancel_requested_at=None,
+        )
+
+    def _hot(self, plan: _Plan) -> Run:
+        loop = None
         try:
             with SqlRecorder(self.engine) as rec:
-                loop = self._begin(rec, run_id, workflow, params, from_status, snapshot, resumed)
+                loop = self._begin(rec, plan)
                 if loop is not None:
                     self._guarded(loop, self._walk_sync)
         finally:
             with self._lock:
-                self._cancel.pop(run_id, None)
-        return self.repository.find_run(run_id)
+                self._cancel.pop(plan.run_id, None)
+        return self._outcome(plan, loop)
 
-    async def _ahot(self, run_id: uuid.UUID, workflow: Workflow, params: dict[str, Any], from_status: RunStatus,
-                    snapshot: dict[str, Any] | None, resumed: bool) -> Run:
+    async def _ahot(self, plan: _Plan) -> Run:
+        loop = None
         try:
             with SqlRecorder(self.engine) as rec:
-                loop = self._begin(rec, run_id, workflow, params, from_status, snapshot, resumed)
+                loop = self._begin(rec, plan)
                 if loop is not None:
                     try:
                         await self._walk_async(loop)
@@ -405,14 +436,14 @@ class Executor:
                         raise
         finally:
             with self._lock:
-                self._cancel.pop(run_id, None)
-        return self.repository.find_run(run_id)
+                self._cancel.pop(plan.run_id, None)
+        return self._outcome(plan, loop)
 
-    def _hot_in_background(self, run_id: uuid.UUID, workflow: Workflow, params: dict[str, Any]) -> None:
+    def _hot_in_background(self, plan: _Plan) -> None:
         try:
-            self._hot(run_id, workflow, params, RunStatus.PENDING, snapshot=None, resumed=False)
+            self._hot(plan)
         except Exception:  # recorded in the run where possible; never kill the thread silently
-            logging.getLogger("wfkit.executor").exception("run %s failed in the background", run_id)
+            logging.getLogger("wfkit.executor").exception("run %s failed in the background", plan.run_id)
 
     def _guarded(self, loop: _RunLoop, walk: Any) -> None:
         try:
