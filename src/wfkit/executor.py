@@ -26,6 +26,7 @@ and cancels the running task of an async node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -265,11 +266,13 @@ class Executor:
 
     def execute(self, name: str, params: Mapping[str, Any] | None = None) -> Run:
         """Create a run of workflow ``name`` and execute it to the end; return the finished run."""
-        return self._hot(self._cold_start(name, params))
+        with SqlRecorder(self.engine) as rec:
+            return self._hot(self._cold_start(name, params, rec), rec)
 
     async def aexecute(self, name: str, params: Mapping[str, Any] | None = None) -> Run:
         """Like :meth:`execute`, awaiting async nodes (a cancelled task cancels the run)."""
-        return await self._ahot(self._cold_start(name, params))
+        with SqlRecorder(self.engine) as rec:
+            return await self._ahot(self._cold_start(name, params, rec), rec)
 
     def start(self, name: str, params: Mapping[str, Any] | None = None) -> uuid.UUID:
         """Create a run and execute it in a background thread; return its id at once (see :meth:`wait`)."""
@@ -334,7 +337,7 @@ class Executor:
 
     # -- phases
 
-    def _cold_start(self, name: str, params: Mapping[str, Any] | None) -> _Plan:
+    def _cold_start(self, name: str, params: Mapping[str, Any] | None, rec: SqlRecorder | None = None) -> _Plan:
         workflow = self.registry.get(name)
         checked = workflow.validate_params(params)
         stored = checked.model_dump(mode="json") if hasattr(checked, "model_dump") else dict(checked)
@@ -343,7 +346,10 @@ class Executor:
         except (TypeError, ValueError) as err:
             raise InvalidParamsError(f"params of workflow {name!r} must be JSON-serializable: {err}") from None
         run_id = uuid.uuid4()
-        with SqlRecorder(self.engine) as rec:
+        if rec is None:
+            with SqlRecorder(self.engine) as own:
+                created_at = own.create_run(run_id, name, stored)
+        else:
             created_at = rec.create_run(run_id, name, stored)
         return _Plan(run_id, workflow, stored, RunStatus.PENDING, None, False, created_at)
 
@@ -411,10 +417,13 @@ class Executor:
             updated_at=completed_at, cancel_requested_at=None,
         )
 
-    def _hot(self, plan: _Plan) -> Run:
+    def _recorder(self, rec: SqlRecorder | None) -> Any:
+        return contextlib.nullcontext(rec) if rec is not None else SqlRecorder(self.engine)
+
+    def _hot(self, plan: _Plan, rec: SqlRecorder | None = None) -> Run:
         loop = None
         try:
-            with SqlRecorder(self.engine) as rec:
+            with self._recorder(rec) as rec:
                 loop = self._begin(rec, plan)
                 if loop is not None:
                     self._guarded(loop, self._walk_sync)
@@ -423,10 +432,10 @@ class Executor:
                 self._cancel.pop(plan.run_id, None)
         return self._outcome(plan, loop)
 
-    async def _ahot(self, plan: _Plan) -> Run:
+    async def _ahot(self, plan: _Plan, rec: SqlRecorder | None = None) -> Run:
         loop = None
         try:
-            with SqlRecorder(self.engine) as rec:
+            with self._recorder(rec) as rec:
                 loop = self._begin(rec, plan)
                 if loop is not None:
                     try:

@@ -68,7 +68,6 @@ _INSERT_RUN = (
     "created_at, updated_at, cancel_requested_at) VALUES (?, ?, ?, {j}, NULL, NULL, NULL, NULL, ?, ?, NULL)"
 )
 _TOUCH_RUN = "UPDATE runs SET updated_at = ? WHERE id = ? RETURNING cancel_requested_at"
-_SET_RUN_STATUS = "UPDATE runs SET status = ?, updated_at = ? WHERE id = ? AND status = ?"
 _START_RUN = (
     "UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?), updated_at = ?, completed_at = NULL, "
     "error_message = NULL, cancel_requested_at = NULL WHERE id = ? AND status = ?"
@@ -128,39 +127,75 @@ class SqlRecorder:
         with translate_errors(self.engine):
             self._conn = self.engine.raw_connection()
         self._cursor = self._conn.cursor()
-        self._touch = self._conn.cursor()  # its own cursor: its result is read after a pipelined batch
-        if not self.d.sqlite and self.async_commit:
+        if not self.d.sqlite:
+            # Every write is one statement (see _write), so the connection runs in autocommit:
+            # a step boundary is one round trip.
             with self._errors():
-                self._cursor.execute("SET synchronous_commit TO off")
-                self._conn.commit()
+                if self._conn.driver_connection.info.transaction_status:  # not idle (e.g. after a pre-ping)
+                    self._conn.rollback()
+                self._conn.driver_connection.autocommit = True
+                if self.async_commit:
+                    self._cursor.execute("SET synchronous_commit TO off")
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
+        if self._conn is None:
+            return
+        try:
+            if self.d.sqlite:
                 self._conn.rollback()  # anything not committed was not meant to be
-                if not self.d.sqlite and self.async_commit:
-                    self._cursor.execute("RESET synchronous_commit")  # the connection goes back to the pool
-                    self._conn.commit()
-            except Exception:
-                pass
-            self._conn.close()
-            self._conn = self._cursor = self._touch = None
+            else:  # the connection goes back to the pool as it came
+                if self.async_commit:
+                    self._cursor.execute("RESET synchronous_commit")
+                self._conn.driver_connection.autocommit = False
+        except Exception:
+            pass
+        self._conn.close()
+        self._conn = self._cursor = None
 
     def _run(self, name: str, params: tuple[Any, ...]) -> Any:
         self._cursor.execute(self._sql[name], params)
         return self._cursor
 
+    def _write(self, writes: list[tuple[str, tuple[Any, ...]]], last: tuple[str, tuple[Any, ...]],
+               returning: bool = False) -> Any:
+        """Run ``writes`` then ``last`` in one transaction; return ``last``'s first row if ``returning``,
+        else its row count.
+
+        On SQLite: the statements in turn, then COMMIT. On PostgreSQL: ONE statement, the writes as
+        data-modifying CTEs before ``last`` (``WITH w0 AS (...), w1 AS (...) UPDATE ...``), in
+        autocommit: atomic, and one round trip. All parts see the same snapshot; none of them
+        touches a row another one changes.
+        """
+        with self._errors():
+            if self.d.sqlite:
+                for name, params in writes:
+                    self._run(name, params)
+                cur = self._run(*last)
+                out = cur.fetchone() if returning else cur.rowcount  # sqlite3 cannot commit with a row unread
+                self._conn.commit()
+                return out
+            if writes:
+                sql = "WITH " + ", ".join(f"w{i} AS ({self._sql[n]})" for i, (n, _) in enumerate(writes))
+                sql += " " + self._sql[last[0]]
+                params = tuple(p for _, ps in writes for p in ps) + last[1]
+                self._cursor.execute(sql, params)
+            else:
+                self._run(*last)
+            return self._cursor.fetchone() if returning else self._cursor.rowcount
+
+    def _take_pending(self) -> list[tuple[str, tuple[Any, ...]]]:
+        pending, self._pending = self._pending, []
+        return pending
+
     def commit(self) -> None:
         """Write everything buffered, in one transaction."""
-        with self._errors():
-            for name, params in self._pending:
-                self._run(name, params)
-            self._pending.clear()
-            self._conn.commit()
+        pending = self._take_pending()
+        if pending:
+            self._write(pending[:-1], pending[-1])
 
     def _errors(self) -> Any:
         return _recorder_errors(self)
@@ -169,39 +204,22 @@ class SqlRecorder:
 
     def create_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any]) -> datetime:
         now = utcnow()
-        with self._errors():
-            self._run("insert_run", (self.d.id(run_id), workflow_name, RunStatus.PENDING.value, _dumps(params),
-                                     self.d.time(now), self.d.time(now)))
-            self._conn.commit()
+        self._write([], ("insert_run", (self.d.id(run_id), workflow_name, RunStatus.PENDING.value, _dumps(params),
+                                        self.d.time(now), self.d.time(now))))
         return now
 
     def start_run(self, run_id: uuid.UUID, from_status: RunStatus) -> datetime | None:
         """Move the run from ``from_status`` to running and return when; None if its status was not
         ``from_status`` (someone else moved it). ``started_at`` is kept if the run had started before."""
         now = utcnow()
-        with self._errors():
-            cur = self._run("start_run", (RunStatus.RUNNING.value, self.d.time(now), self.d.time(now),
-                                          self.d.id(run_id), from_status.value))
-            changed = cur.rowcount == 1
-            self._conn.commit()
-        return now if changed else None
-
-    def set_status(self, run_id: uuid.UUID, from_status: RunStatus, to_status: RunStatus) -> bool:
-        with self._errors():
-            cur = self._run("set_run_status", (to_status.value, self.d.time(utcnow()), self.d.id(run_id),
-                                               from_status.value))
-            changed = cur.rowcount == 1
-            self._conn.commit()
-        return changed
+        count = self._write([], ("start_run", (RunStatus.RUNNING.value, self.d.time(now), self.d.time(now),
+                                               self.d.id(run_id), from_status.value)))
+        return now if count == 1 else None
 
     def interrupt_stages(self, run_id: uuid.UUID, message: str) -> int:
         """Mark stages left ``started`` by a process that is gone as failed; return how many."""
-        with self._errors():
-            cur = self._run("interrupt_stages", (StageStatus.FAILED.value, message, self.d.id(run_id),
-                                                 StageStatus.STARTED.value))
-            count = cur.rowcount
-            self._conn.commit()
-        return count
+        return self._write([], ("interrupt_stages", (StageStatus.FAILED.value, message, self.d.id(run_id),
+                                                     StageStatus.STARTED.value)))
 
     def finish_run(self, run_id: uuid.UUID, status: RunStatus, result: Any = None, error: str | None = None,
                    result_json: str | None = None, from_status: RunStatus = RunStatus.RUNNING) -> datetime | None:
@@ -209,67 +227,41 @@ class SqlRecorder:
         or None if the run was not ``from_status``."""
         now = utcnow()
         payload = result_json if result_json is not None else (None if result is None else _dumps(result))
-        with self._errors(), self._batch():
-            for name, params in self._pending:
-                self._run(name, params)
-            self._pending.clear()
-            cur = self._run("finish_run", (status.value, payload, error, self.d.time(now), self.d.time(now),
-                                           self.d.id(run_id), from_status.value))
-            self._conn.commit()
-        return now if cur.rowcount == 1 else None
+        count = self._write(self._take_pending(), ("finish_run", (
+            status.value, payload, error, self.d.time(now), self.d.time(now), self.d.id(run_id), from_status.value)))
+        return now if count == 1 else None
 
     def request_cancel(self, run_id: uuid.UUID) -> bool:
         """Record a cancel request for a running run (its executor stops before the next node)."""
         now = self.d.time(utcnow())
-        with self._errors():
-            cur = self._run("request_cancel", (now, now, self.d.id(run_id), RunStatus.RUNNING.value))
-            changed = cur.rowcount == 1
-            self._conn.commit()
-        return changed
+        return self._write([], ("request_cancel", (now, now, self.d.id(run_id), RunStatus.RUNNING.value))) == 1
 
     def delete_run(self, run_id: uuid.UUID) -> bool:
         """Delete a run; its stages, decisions and checkpoint go with it (ON DELETE CASCADE)."""
-        with self._errors():
-            cur = self._run("delete_run", (self.d.id(run_id),))
-            changed = cur.rowcount == 1
-            self._conn.commit()
-        return changed
+        return self._write([], ("delete_run", (self.d.id(run_id),))) == 1
 
     # -- the step boundary
 
     def begin_stage(self, run_id: uuid.UUID, node: str, iteration: int, input_json: str) -> tuple[uuid.UUID | None, bool]:
         """Commit what is buffered, check for a cancel request, and (if none) record the stage's start.
 
-        All in one transaction, and on PostgreSQL in one round trip (psycopg's pipeline mode): the
-        stage's INSERT itself skips the row when the run has a cancel request.
-        Returns ``(stage_id, cancel_requested)``; the stage id is None when a cancel was requested.
+        One transaction (one statement on PostgreSQL): the buffered writes, the stage's INSERT (which
+        skips itself when the run has a cancel request), and the run's ``updated_at``, whose UPDATE
+        returns the cancel request. Returns ``(stage_id, cancel_requested)``; the stage id is None
+        when a cancel was requested.
         """
         now = self.d.time(utcnow())
         stage_id = uuid.uuid4()
         rid = self.d.id(run_id)
-        with self._errors(), self._batch():
-            for name, params in self._pending:
-                self._run(name, params)
-            self._pending.clear()
-            self._touch.execute(self._sql["touch_run"], (now, rid))
-            if self.d.sqlite:  # sqlite3 cannot commit while a RETURNING row is unread
-                row = self._touch.fetchone()
-            self._run("insert_stage", (self.d.id(stage_id), rid, node, iteration, StageStatus.STARTED.value,
-                                       input_json, now, rid))
-            self._conn.commit()
-        if not self.d.sqlite:  # pipelined: the row arrives with the batch's results
-            row = self._touch.fetchone()
+        writes = self._take_pending()
+        writes.append(("insert_stage", (self.d.id(stage_id), rid, node, iteration, StageStatus.STARTED.value,
+                                        input_json, now, rid)))
+        row = self._write(writes, ("touch_run", (now, rid)), returning=True)
         if row is None:
             raise DatabaseError(f"run {run_id} disappeared from the database while it was running")
         if row[0] is not None:
             return None, True
         return stage_id, False
-
-    def _batch(self) -> Any:
-        """On PostgreSQL, psycopg's pipeline mode (statements sent together); elsewhere nothing."""
-        if self.d.sqlite:
-            return contextlib.nullcontext()
-        return self._conn.driver_connection.pipeline()
 
     def end_stage(self, stage_id: uuid.UUID, status: StageStatus, output: Any, duration_ms: float,
                   error: str | None = None, output_json: str | None = None) -> None:
@@ -300,7 +292,6 @@ class SqlRecorder:
 _STATEMENTS = {
     "insert_run": _INSERT_RUN,
     "touch_run": _TOUCH_RUN,
-    "set_run_status": _SET_RUN_STATUS,
     "start_run": _START_RUN,
     "finish_run": _FINISH_RUN,
     "insert_stage": _INSERT_STAGE,
