@@ -16,24 +16,23 @@ $(VENV)/.installed: pyproject.toml plugins/wfkit-samples/pyproject.toml
 
 demo: $(VENV)/.installed
 	rm -rf .demo
-	@echo "== wfkit list-workflows: the sample workflows, found through their plugin's entry point"
-	$(BIN)/wfkit list-workflows
-	@echo "== wfkit graph review-loop: a loop with a named predicate, as mermaid"
-	$(BIN)/wfkit graph review-loop
-	@echo "== wfkit db upgrade: create the database (a SQLite file) and its tables"
-	WFKIT_DATABASE_URL=$(DEMO_DB_URL) $(BIN)/wfkit db upgrade
-	@echo "== load example run history"
-	WFKIT_DATABASE_URL=$(DEMO_DB_URL) $(BIN)/python -m wfkit.seed --runs 133
-	@echo "== wfkit runs list --page-size 5"
-	WFKIT_DATABASE_URL=$(DEMO_DB_URL) $(BIN)/wfkit runs list --page-size 5
-	@echo "== wfkit runs list --status failed --workflow text-pipeline"
-	WFKIT_DATABASE_URL=$(DEMO_DB_URL) $(BIN)/wfkit runs list --status failed --workflow text-pipeline
-	@echo "== wfkit runs show / stages / decisions, for the newest run that has stages"
-	@export WFKIT_DATABASE_URL=$(DEMO_DB_URL); \
-	  id=$$($(BIN)/python examples/newest_run_with_stages.py) && \
-	  $(BIN)/wfkit runs show $$id && echo && \
-	  $(BIN)/wfkit runs stages $$id && echo && \
-	  $(BIN)/wfkit runs decisions $$id
+	@export WFKIT_DATABASE_URL=$(DEMO_DB_URL); set -e; \
+	echo "== wfkit list-workflows: the sample workflows, found through their plugin's entry point"; \
+	$(BIN)/wfkit list-workflows; \
+	echo; echo "== wfkit graph review-loop: a loop with a named predicate, as mermaid"; \
+	$(BIN)/wfkit graph review-loop; \
+	echo; echo "== wfkit db upgrade: create the database (a SQLite file) and its tables"; \
+	$(BIN)/wfkit db upgrade; \
+	echo; echo "== wfkit run: each sample, printing stages and decisions as they happen"; \
+	$(BIN)/wfkit run text-pipeline -p "text=the cat saw the other cat"; echo; \
+	$(BIN)/wfkit run branching -p priority=express; echo; \
+	$(BIN)/wfkit run review-loop -p threshold=0.75 --json > .demo/review-loop.json; \
+	id=$$($(BIN)/python -c 'import json; print(json.load(open(".demo/review-loop.json"))["id"])'); \
+	echo; echo "== wfkit runs list: the history"; \
+	$(BIN)/wfkit runs list; \
+	echo; echo "== wfkit runs stages / decisions: what the review loop did"; \
+	$(BIN)/wfkit runs stages $$id; echo; \
+	$(BIN)/wfkit runs decisions $$id
 	@echo
 	@echo "The demo database is .demo/wfkit.db; browse it with: export WFKIT_DATABASE_URL=$(DEMO_DB_URL)"
 

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from wfkit.errors import ConfigurationError, InvalidQueryError, InvalidStatusError, WfkitError
+from wfkit.events import format_ms as fmt_ms
 
 BAD_INPUT_ERRORS = (InvalidQueryError, InvalidStatusError, ConfigurationError)
 RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
@@ -74,14 +75,6 @@ def echo_json(data: Any) -> None:
 
 def fmt_time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
-
-
-def fmt_ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 1000:
-        return f"{value / 1000:.2f}s"
-    return f"{value:.1f}ms"
 
 
 def fmt_value(value: Any, width: int = 60) -> str:

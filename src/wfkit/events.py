@@ -135,8 +135,15 @@ class MultiObserver:
         return bool(self.observers)
 
 
-def _ms(value: float) -> str:
-    return f"{value / 1000:.2f}s" if value >= 1000 else f"{value:.1f}ms"
+def format_ms(value: float | None) -> str:
+    """A duration in milliseconds for people: ``"-"``, ``"85us"``, ``"12.3ms"``, ``"4.20s"``."""
+    if value is None:
+        return "-"
+    if value >= 1000:
+        return f"{value / 1000:.2f}s"
+    if value < 1:
+        return f"{value * 1000:.0f}us"
+    return f"{value:.1f}ms"
 
 
 def describe(event: Event) -> str:
@@ -147,9 +154,9 @@ def describe(event: Event) -> str:
         case StageStarted(node=node, iteration=it):
             return f"  > {node} (iteration {it})"
         case StageCompleted(node=node, iteration=it, duration_ms=ms):
-            return f"  + {node} (iteration {it}) completed in {_ms(ms)}"
+            return f"  + {node} (iteration {it}) completed in {format_ms(ms)}"
         case StageFailed(node=node, iteration=it, error=error, duration_ms=ms):
-            return f"  x {node} (iteration {it}) failed after {_ms(ms)}: {error}"
+            return f"  x {node} (iteration {it}) failed after {format_ms(ms)}: {error}"
         case DecisionMade(from_node=src, to_node=dst, predicate_name=pred, predicate_result=held):
             via = f"{pred}={str(held).lower()}" if pred else "unconditional"
             return f"    {src} -> {dst or 'END'} [{via}]"
