@@ -5,8 +5,8 @@ The URL comes from (first that is set): an explicit argument (the CLI's
 SQLite file in the per-user data directory (:func:`default_database_path`).
 
 SQLite connections get foreign keys on, WAL journaling, ``synchronous=NORMAL``
-(committed data survives a killed process) and a busy timeout, so several
-processes can share one file. ``postgresql://`` URLs use psycopg 3.
+(committed data survives a killed process), a busy timeout, so several
+processes can share one file, and a 64 MiB page cache. ``postgresql://`` URLs use psycopg 3.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from wfkit.errors import ConfigurationError, DatabaseError, DatabaseNotMigratedE
 DATABASE_URL_ENV = "WFKIT_DATABASE_URL"
 #: Milliseconds a SQLite connection waits for another writer before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 5000
+#: Upper bound of each SQLite connection's page cache, in KiB (filled only as pages are read).
+SQLITE_CACHE_KIB = 65536
 
 
 def default_database_path() -> Path:
@@ -85,6 +87,9 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # A 64 MiB page cache (the default is 2 MiB): counting a million runs re-reads an index
+        # of tens of MiB; with it cached, the count takes a millisecond instead of fifteen.
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     finally:
         cursor.close()
 
