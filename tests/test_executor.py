@@ -355,3 +355,27 @@ def test_sql_checkpoint_store(engine, samples):
     assert (saved.node, saved.state, saved.meta["counters"]) == ("x", {"k": [1, 2]}, {"x": 2})
     assert store.list() == [run.id]
     assert store.delete(run.id) and store.load(run.id) is None and store.list() == []
+
+
+def test_history_that_cannot_be_written_fails_the_run_cleanly(engine, samples):
+    """The SQL recorder is not isolated like other observers: no history, no run."""
+    from wfkit.errors import DatabaseError
+    from wfkit.events import DecisionMade
+
+    def break_history(event):
+        if isinstance(event, DecisionMade) and event.from_node == "receive":
+            with engine.begin() as conn:  # another connection takes the decisions table away
+                conn.exec_driver_sql("ALTER TABLE decisions RENAME TO decisions_gone")
+
+    try:
+        with pytest.raises(DatabaseError, match="has no wfkit tables") as info:
+            Executor(engine, registry=samples, observers=[CallbackObserver(break_history)]).execute("branching")
+        run = Repository(engine).list_runs().data[0]
+        assert run.status is RunStatus.FAILED
+        assert run.error_message == f"the run stopped: DatabaseNotMigratedError: {info.value}"
+        # the step whose history failed was not half-written: no decision, no next stage; its stage failed
+        stages = Repository(engine).get_stages(run.id)
+        assert [(s.node_name, s.status.value) for s in stages] == [("receive", "failed")]
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE decisions_gone RENAME TO decisions")
