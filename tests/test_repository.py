@@ -255,3 +255,21 @@ def test_unreachable_postgresql_is_a_database_error():
     repo = Repository("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
     with pytest.raises(DatabaseError, match=r"cannot use the database at postgresql\+psycopg://nobody@127.0.0.1:1/none"):
         repo.find_run(uuid.uuid4())
+
+
+def test_loaded_objects_equal_what_the_orm_loads(repo, engine):
+    from sqlalchemy.orm import Session
+
+    from wfkit.models import Stage
+
+    run = add_runs(engine, 1, params={"nested": {"x": [1, None]}}, status=RunStatus.FAILED, error_message="e")[0]
+    stages, _ = add_history(engine, run, ["a", "b"])
+    with Session(engine) as session:
+        orm_run = session.get(Run, run.id)
+        orm_stages = [session.get(Stage, s.id) for s in stages]
+        assert repo.find_run(run.id).to_dict() == orm_run.to_dict()
+        assert repo.list_runs().data[0].to_dict() == orm_run.to_dict()
+        assert [s.to_dict() for s in repo.get_stages(run.id)] == [s.to_dict() for s in orm_stages]
+    found = repo.find_run(run.id)
+    assert found.status is RunStatus.FAILED and found.created_at.tzinfo is not None
+    assert isinstance(found.id, uuid.UUID) and found.duration_ms is None

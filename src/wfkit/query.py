@@ -142,9 +142,16 @@ class Projection:
             clauses.append(clause)
         return clauses
 
-    def select_all(self, *where: Any, sort: Sequence[SortField] | str | None = None) -> sa.Select[Any]:
-        """An unbounded, ordered select of every row matching ``where`` (for bounded related rows)."""
-        return sa.select(self.model).where(*where).order_by(*self.order_by(sort))
+    def select_all(self, *where: Any, sort: Sequence[SortField] | str | None = ()) -> sa.Select[Any]:
+        """A select of every public column of the table's rows matching ``where``, unbounded.
+
+        Ordered by ``sort`` (None: the default sort plus tie-breaker; an empty tuple, the
+        default: no ORDER BY, for callers that add their own).
+        """
+        stmt = sa.select(*self.model.__table__.columns).where(*where)
+        if sort == ():
+            return stmt
+        return stmt.order_by(*self.order_by(sort))
 
 
 def _columns(model: type[Any], *names: str) -> dict[str, Any]:
