@@ -28,7 +28,6 @@ from wfkit.query import (
     PageRequest,
     PageResult,
     PaginationConfig,
-    Projection,
     RunFilters,
     parse_uuid,
 )
@@ -70,6 +69,14 @@ class Repository:
         # BEGIN and ROLLBACK round trips on PostgreSQL.
         self._reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._load = {model: _loader(model) for model in (Run, Stage, Decision)}
+        # Lookups are built once, with a bound parameter: building a select costs more than running it.
+        rid = sa.bindparam("rid", type_=sa.Uuid())
+        self._find_run = RUNS.select_all(Run.id == rid)
+        self._run_exists = sa.select(Run.id).where(Run.id == rid)
+        self._related_stmt = {
+            Stage: STAGES.select_all(Stage.run_id == rid, sort=STAGES.default_sort),
+            Decision: DECISIONS.select_all(Decision.run_id == rid, sort=DECISIONS.default_sort),
+        }
 
     def __repr__(self) -> str:
         return f"Repository({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -102,26 +109,25 @@ class Repository:
         """The run with this id (a UUID or its string form), or :class:`NotFoundError`."""
         rid = parse_uuid(run_id)
         with translate_errors(self.engine), self._connect() as conn:
-            row = conn.execute(RUNS.select_all(Run.id == rid)).mappings().first()
+            row = conn.execute(self._find_run, {"rid": rid}).mappings().first()
         if row is None:
             raise NotFoundError(f"no run with id {rid}")
         return self._load[Run](row)
 
     def get_stages(self, run_id: uuid.UUID | str) -> list[Stage]:
         """Every stage of a run, oldest first; :class:`NotFoundError` if the run does not exist."""
-        return self._related(run_id, STAGES, Stage)
+        return self._related(run_id, Stage)
 
     def get_decisions(self, run_id: uuid.UUID | str) -> list[Decision]:
         """Every decision of a run, oldest first; :class:`NotFoundError` if the run does not exist."""
-        return self._related(run_id, DECISIONS, Decision)
+        return self._related(run_id, Decision)
 
-    def _related(self, run_id: uuid.UUID | str, projection: Projection, model: type[Any]) -> list[Any]:
-        rid = parse_uuid(run_id)
-        stmt = projection.select_all(model.run_id == rid, sort=projection.default_sort)
+    def _related(self, run_id: uuid.UUID | str, model: type[Any]) -> list[Any]:
+        params = {"rid": parse_uuid(run_id)}
         load = self._load[model]
         with translate_errors(self.engine), self._connect() as conn:
-            rows = [load(row) for row in conn.execute(stmt).mappings()]
+            rows = [load(row) for row in conn.execute(self._related_stmt[model], params).mappings()]
             # Only an empty answer needs the existence check: rows imply the run.
-            if not rows and conn.execute(sa.select(Run.id).where(Run.id == rid)).first() is None:
-                raise NotFoundError(f"no run with id {rid}")
+            if not rows and conn.execute(self._run_exists, params).first() is None:
+                raise NotFoundError(f"no run with id {params['rid']}")
         return rows
