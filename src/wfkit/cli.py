@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from wfkit.errors import ConfigurationError, InvalidQueryError, InvalidStatusError, WfkitError
-from wfkit.events import format_ms as fmt_ms
+from wfkit.formatting import format_ms as fmt_ms
 
 BAD_INPUT_ERRORS = (InvalidQueryError, InvalidStatusError, ConfigurationError)
 RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from wfkit.formatting import format_ms
+
 log = logging.getLogger("wfkit.events")
 
 
@@ -133,17 +135,6 @@ class MultiObserver:
 
     def __bool__(self) -> bool:
         return bool(self.observers)
-
-
-def format_ms(value: float | None) -> str:
-    """A duration in milliseconds for people: ``"-"``, ``"85us"``, ``"12.3ms"``, ``"4.20s"``."""
-    if value is None:
-        return "-"
-    if value >= 1000:
-        return f"{value / 1000:.2f}s"
-    if value < 1:
-        return f"{value * 1000:.0f}us"
-    return f"{value:.1f}ms"
 
 
 def describe(event: Event) -> str:
