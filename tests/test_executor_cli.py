@@ -203,3 +203,14 @@ def test_sigkill_then_forced_resume(env, db_url, tmp_path, where):
             assert conn.execute(sa.text("SELECT count(*) FROM checkpoints")).scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_run_against_a_missing_or_unreachable_database(env, tmp_path):
+    missing = tmp_path / "nothing.db"
+    out = wfkit({**env, "WFKIT_DATABASE_URL": f"sqlite:///{missing}"}, "run", "steps")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"there is no database at {missing}: run `wfkit db upgrade`" in out.stderr
+    assert not missing.exists()  # running does not leave an empty database behind
+    out = wfkit({**env, "WFKIT_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"}, "run", "steps")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("Error: cannot use the database at postgresql+psycopg://nobody@127.0.0.1:1/none")

@@ -249,7 +249,7 @@ class Executor:
                  runtime: Runtime | None = None, observers: Iterable[Observer] = (), *, checkpoint_every: int = 1):
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise InvalidParamsError(f"checkpoint_every must be a whole number of at least 1, got {checkpoint_every!r}")
-        self.engine = as_engine(database)
+        self.engine = as_engine(database, create_missing=False)  # it must exist, migrated
         self.registry = registry if registry is not None else default_registry()
         self.runtime = runtime if runtime is not None else Runtime()
         extra = list(observers)

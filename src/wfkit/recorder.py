@@ -124,7 +124,7 @@ class SqlRecorder:
     # -- connection
 
     def __enter__(self) -> SqlRecorder:
-        with translate_errors(self.engine):
+        with self._errors():  # the pool hands out the driver's own connect errors
             self._conn = self.engine.raw_connection()
         self._cursor = self._conn.cursor()
         if not self.d.sqlite:
@@ -314,10 +314,11 @@ def _recorder_errors(recorder: SqlRecorder) -> Iterator[None]:
     except Exception as err:
         if not type(err).__module__.startswith(("sqlite3", "psycopg")):
             raise
-        try:
-            recorder._conn.rollback()
-        except Exception:
-            pass
+        if recorder._conn is not None:
+            try:
+                recorder._conn.rollback()
+            except Exception:
+                pass
         recorder._pending.clear()
         from sqlalchemy import exc as sa_exc
 
