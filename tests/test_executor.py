@@ -327,15 +327,36 @@ def test_delete_removes_the_run_and_its_history(engine, samples):
         executor.delete(gone.id)
 
 
-def test_checkpoint_interval(engine, samples):
-    rec_steps = []
-    executor = Executor(engine, registry=samples, checkpoint_every=3,
-                        observers=[CallbackObserver(lambda e: rec_steps.append(e.kind))])
-    run = executor.execute("text-pipeline")
-    assert run.status is RunStatus.COMPLETED
+def test_checkpoint_interval(engine):
+    """With checkpoint_every=2, a failure at the 4th node resumes from the 2nd: the 3rd runs again."""
+    calls: list[str] = []
+    fixed = {"value": False}
+    reg = Registry()
+
+    def four(graph, runtime, params):
+        def node(name):
+            def fn(state):
+                calls.append(name)
+                if name == "d" and not fixed["value"]:
+                    raise ValueError("d is broken")
+                return {"seen": [*state["seen"], name]}
+            return fn
+
+        for name in "abcd":
+            graph.add_node(name, node(name))
+        graph.set_entry_point("a")
+        graph.add_edge("a", "b").add_edge("b", "c").add_edge("c", "d").add_edge("d", END)
+        return {"seen": []}
+
+    reg.register("four", four)
+    executor = Executor(engine, registry=reg, checkpoint_every=2)
+    run = executor.execute("four")
+    assert run.status is RunStatus.FAILED
     saved = SqlCheckpointStore(engine).load(run.id)
-    assert saved.node == "summarize" and saved.meta["counters"] == {"normalize": 1, "tokenize": 1, "count": 1,
-                                                                    "summarize": 1}
+    assert saved.node == "b" and saved.meta["next_node"] == "c"  # none after c: the interval skipped it
+    fixed["value"] = True
+    assert executor.resume(run.id).result == {"seen": ["a", "b", "c", "d"]}
+    assert calls == ["a", "b", "c", "d", "c", "d"]
 
 
 def test_checkpoint_stores():
@@ -379,3 +400,49 @@ def test_history_that_cannot_be_written_fails_the_run_cleanly(engine, samples):
     finally:
         with engine.begin() as conn:
             conn.exec_driver_sql("ALTER TABLE decisions_gone RENAME TO decisions")
+
+
+@pytest.mark.parametrize(
+    "value, holds",
+    [({"a", "b"}, "set"), (float("nan"), "float"), ("nul \x00 char", "str"), ("lone \ud800 surrogate", "str")],
+)
+def test_state_values_no_backend_can_store_fail_the_run(engine, value, holds):
+    reg = Registry()
+
+    def bad(graph, runtime, params):
+        graph.add_node("ok", lambda s: {"n": 1})
+        graph.add_node("oops", lambda s: {"bad": value})
+        graph.set_entry_point("ok")
+        graph.add_edge("ok", "oops").add_edge("oops", END)
+        return {}
+
+    reg.register("bad", bad)
+    run = Executor(engine, registry=reg).execute("bad")
+    assert run.status is RunStatus.FAILED
+    assert run.error_message.startswith(f"the state after node 'oops' is not JSON-serializable: key 'bad' holds {holds}")
+
+
+def test_ctrl_c_while_the_graph_is_built_cancels_the_run(engine):
+    reg = Registry()
+
+    def interrupted(graph, runtime, params):
+        raise KeyboardInterrupt
+
+    reg.register("interrupted", interrupted)
+    executor = Executor(engine, registry=reg)
+    with pytest.raises(KeyboardInterrupt):
+        executor.execute("interrupted")
+    assert executor.repository.list_runs().data[0].status is RunStatus.CANCELLED
+
+
+def test_a_cancel_request_stops_the_next_stage_from_starting(engine, samples):
+    from wfkit.recorder import SqlRecorder
+
+    executor = Executor(engine, registry=samples)
+    plan = executor._cold_start("branching", {})
+    with SqlRecorder(engine) as rec:
+        rec.start_run(plan.run_id, RunStatus.PENDING)
+        assert rec.begin_stage(plan.run_id, "receive", 1, "{}")[1] is False
+        assert rec.request_cancel(plan.run_id)
+        assert rec.begin_stage(plan.run_id, "batch", 1, "{}") == (None, True)
+    assert [s.node_name for s in executor.repository.get_stages(plan.run_id)] == ["receive"]

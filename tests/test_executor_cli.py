@@ -136,6 +136,7 @@ def test_cancel_from_another_process_then_resume(env, db_url, tmp_path):
 
 
 def test_ctrl_c_cancels_cleanly_and_says_how_to_resume(env, db_url, tmp_path):
+    """Ctrl-C inside node s2: s2 is cancelled (failed), and runs again on resume."""
     proc = start(env, "run", "steps", "-p", "pause_in=s2")
     wait_for(tmp_path / "markers" / "s2-in", proc)
     proc.send_signal(signal.SIGINT)
@@ -214,3 +215,22 @@ def test_run_against_a_missing_or_unreachable_database(env, tmp_path):
     out = wfkit({**env, "WFKIT_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"}, "run", "steps")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("Error: cannot use the database at postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def test_ctrl_c_between_nodes_keeps_the_completed_node(env, db_url, tmp_path):
+    """Ctrl-C just after s2 completed (before that step was committed): s2 stays completed, with its
+    decision and checkpoint, and resume goes on with s3 without running s2 again."""
+    proc = start(env, "run", "steps", "-p", "pause_after=s2")
+    wait_for(tmp_path / "markers" / "s2-after", proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    run = only_run(db_url)
+    assert run.status is RunStatus.CANCELLED
+    repo = Repository(db_url)
+    assert [(s.node_name, s.status.value) for s in repo.get_stages(run.id)] == [("s1", "completed"), ("s2", "completed")]
+    assert [(d.from_node, d.to_node) for d in repo.get_decisions(run.id)] == [("s1", "s2"), ("s2", "s3")]
+    assert SqlCheckpointStore(db_url).load(run.id).meta["next_node"] == "s3"
+    out = wfkit(env, "runs", "resume", str(run.id), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["result"] == FINAL
+    assert [s.node_name for s in repo.get_stages(run.id)] == ["s1", "s2", "s3", "s4"]

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -44,6 +44,7 @@ from wfkit.errors import (
     GraphError,
     InvalidParamsError,
     InvalidStatusError,
+    MaxIterationsError,
     StateNotSerializableError,
     WfkitError,
 )
@@ -63,7 +64,7 @@ from wfkit.events import (
 from wfkit.graph import RouteDecision, StateGraph, Walker
 from wfkit.models import Run, RunStatus, StageStatus, check_transition
 from wfkit.query import parse_uuid
-from wfkit.recorder import SqlRecorder
+from wfkit.recorder import SqlRecorder, dumps
 from wfkit.registry import Registry, Workflow, default_registry
 from wfkit.repository import Repository
 from wfkit.runtime import Runtime
@@ -74,19 +75,24 @@ INTERRUPTED = "interrupted: the process executing this stage stopped before it f
 CHECKPOINT_FORMAT = 1
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+def _check_json(value: Any) -> str:
+    """``value`` as JSON text that every backend stores: no NaN, valid UTF-8, no NUL character."""
+    text = dumps(value)
+    text.encode("utf-8")  # lone surrogates raise UnicodeEncodeError (a ValueError)
+    if "\\u0000" in text:
+        raise ValueError("the NUL character (\\u0000) cannot be stored")
+    return text
 
 
 def dumps_state(state: Mapping[str, Any], where: str) -> str:
     """``state`` as JSON text, or :class:`StateNotSerializableError` naming ``where`` and the key."""
     try:
-        return _dumps(state)
+        return _check_json(state)
     except (TypeError, ValueError):
         pass
     for key, value in state.items():
         try:
-            _dumps(value)
+            _check_json(value)
         except (TypeError, ValueError) as err:
             raise StateNotSerializableError(
                 f"{where} is not JSON-serializable: key {key!r} holds {type(value).__name__} ({err})"
@@ -160,8 +166,7 @@ class _RunLoop:
         assert node is not None
         iteration = walker.counters.get(node, 0) + 1
         if iteration > self.graph.max_iterations:
-            self.fail(f"node {node!r} would run more than max_iterations={self.graph.max_iterations} times "
-                      "in one run; fix the loop's exit condition or raise StateGraph(max_iterations=...)")
+            self.fail(str(MaxIterationsError(node, self.graph.max_iterations)))
             return False
         if self.cancel.is_set():
             self.cancelled("cancel requested")
@@ -171,7 +176,7 @@ class _RunLoop:
             self.cancelled("cancel requested")
             return False
         self.stage_id, self.node, self.iteration = stage_id, node, iteration
-        self.emit(StageStarted(self.run_id, node, iteration, walker.state))
+        self.emit(StageStarted(self.run_id, node, iteration, MappingProxyType(walker.state)))
         return True
 
     def after_step(self, decision: RouteDecision) -> None:
@@ -185,21 +190,23 @@ class _RunLoop:
             self.stage_failed(str(err), cap.duration_ms)
             self.fail(str(err))
             return
-        self.rec.end_stage(self.stage_id, StageStatus.COMPLETED, None, cap.duration_ms,
-                           output_json=updates_json)
+        self.rec.end_stage(self.stage_id, StageStatus.COMPLETED, output_json=updates_json,
+                           duration_ms=cap.duration_ms)
+        self.stage_id = None  # completed: nothing after this may mark it failed
         self.rec.decision(self.run_id, decision.from_node, decision.to_node, decision.predicate_name,
                           decision.predicate_result, decision.reason)
         self.steps += 1
         if walker.done or self.steps % self.ex.checkpoint_every == 0:
-            meta = _dumps({"next_node": walker.node, "counters": walker.counters, "format": CHECKPOINT_FORMAT})
+            meta = dumps({"next_node": walker.node, "counters": walker.counters, "format": CHECKPOINT_FORMAT})
             self.rec.checkpoint(self.run_id, self.node, f'{{"state":{self.state_json},{meta[1:]}')
-        self.emit(StageCompleted(self.run_id, self.node, self.iteration, dict(cap.updates or {}), cap.duration_ms))
+        self.emit(StageCompleted(self.run_id, self.node, self.iteration, MappingProxyType(dict(cap.updates or {})),
+                                 cap.duration_ms))
         self.emit(DecisionMade(self.run_id, decision.from_node, decision.to_node, decision.predicate_name,
                                decision.predicate_result, decision.reason))
 
     def stage_failed(self, error: str, duration_ms: float) -> None:
         if self.stage_id is not None:
-            self.rec.end_stage(self.stage_id, StageStatus.FAILED, None, duration_ms, error=error)
+            self.rec.end_stage(self.stage_id, StageStatus.FAILED, duration_ms=duration_ms, error=error)
             self.emit(StageFailed(self.run_id, self.node, self.iteration, error, duration_ms))
             self.stage_id = None
 
@@ -228,7 +235,7 @@ class _RunLoop:
         if self.outcome is not None:
             return
         result = self.graph.result_of(self.walker.state)
-        result_json = self.state_json if self.graph.result_key is None else _dumps(result)
+        result_json = self.state_json if self.graph.result_key is None else dumps(result)
         self.completed_at = self.rec.finish_run(self.run_id, RunStatus.COMPLETED, result_json=result_json)
         self.outcome, self.result = RunStatus.COMPLETED, result
         self.emit(RunCompleted(self.run_id, result))
@@ -291,6 +298,9 @@ class Executor:
             thread = self._threads.get(rid)
         if thread is not None:
             thread.join(timeout)
+            if not thread.is_alive():
+                with self._lock:
+                    self._threads.pop(rid, None)
         return self.repository.find_run(rid)
 
     def cancel(self, run_id: uuid.UUID | str) -> Run:
@@ -342,7 +352,7 @@ class Executor:
         checked = workflow.validate_params(params)
         stored = checked.model_dump(mode="json") if hasattr(checked, "model_dump") else dict(checked)
         try:
-            _dumps(stored)
+            _check_json(stored)
         except (TypeError, ValueError) as err:
             raise InvalidParamsError(f"params of workflow {name!r} must be JSON-serializable: {err}") from None
         run_id = uuid.uuid4()
@@ -371,9 +381,8 @@ class Executor:
         snapshot = None if saved is None else {
             "state": saved.state, "next_node": saved.meta.get("next_node"), "counters": saved.meta.get("counters", {})
         }
-        if run.status is RunStatus.RUNNING:
-            with SqlRecorder(self.engine) as rec:
-                rec.interrupt_stages(rid, INTERRUPTED)
+        with SqlRecorder(self.engine) as rec:  # stages a dead process (or a lost write) left 'started'
+            rec.interrupt_stages(rid, INTERRUPTED)
         return _Plan(rid, workflow, run.params, run.status, snapshot, True, run.created_at, run.started_at)
 
     def _begin(self, rec: SqlRecorder, plan: _Plan) -> _RunLoop | None:
@@ -402,6 +411,13 @@ class Executor:
             plan.failed_at = rec.finish_run(run_id, RunStatus.FAILED, error=plan.error)
             self.observers.on_event(RunFailed(run_id, plan.error))
             return None
+        except BaseException as err:  # Ctrl-C, or a factory bug: the run must not stay 'running'
+            if isinstance(err, (KeyboardInterrupt, asyncio.CancelledError)):
+                rec.finish_run(run_id, RunStatus.CANCELLED)
+                self.observers.on_event(RunCancelled(run_id, "interrupted while building the graph"))
+            else:
+                rec.finish_run(run_id, RunStatus.FAILED, error=f"building the graph failed: {_error_text(err)}")
+            raise
 
     def _outcome(self, plan: _Plan, loop: _RunLoop | None) -> Run:
         """The finished run, from what this process wrote (no read back), or as stored if unsure."""
@@ -470,6 +486,8 @@ class Executor:
                 loop.interrupted(err)
             else:
                 loop.stage_failed(_error_text(err), loop.capture.duration_ms)
+                # a stage whose completion was rolled back with the failed write is not left 'started'
+                loop.rec.interrupt_stages(loop.run_id, f"its end was not recorded: {_error_text(err)}")
                 loop.fail(f"the run stopped: {_error_text(err)}")
         except DatabaseError:
             pass  # the database is what failed: the run stays as last committed, resumable with --force

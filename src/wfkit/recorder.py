@@ -36,8 +36,9 @@ def _sqlite_time(value: datetime | None) -> str | None:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+def dumps(value: Any) -> str:
+    """Compact JSON as wfkit stores it (NaN and infinities are errors: PostgreSQL's jsonb rejects them)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 class _Dialect:
@@ -81,10 +82,17 @@ _REQUEST_CANCEL = (
     "WHERE id = ? AND status = ?"
 )
 _DELETE_RUN = "DELETE FROM runs WHERE id = ?"
-_INSERT_STAGE = (  # no row when the run has a cancel request: the executor stops instead
+_INSERT_STAGE = (
     "INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, output_snapshot, duration_ms, "
-    "error_message, created_at) SELECT ?, ?, ?, ?, ?, {j}, NULL, NULL, NULL, ? "
-    "WHERE NOT EXISTS (SELECT 1 FROM runs WHERE id = ? AND cancel_requested_at IS NOT NULL)"
+    "error_message, created_at) VALUES (?, ?, ?, ?, ?, {j}, NULL, NULL, NULL, ?)"
+)
+# PostgreSQL, in one statement: touch the run (reading its cancel request under the row lock), and
+# start the stage only if the touch found no cancel request. Buffered writes go before, as CTEs.
+_TOUCH_AND_START_STAGE = (
+    "t AS (UPDATE runs SET updated_at = ? WHERE id = ? RETURNING cancel_requested_at), "
+    "s AS (INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, output_snapshot, "
+    "duration_ms, error_message, created_at) SELECT ?, ?, ?, ?, ?, {j}, NULL, NULL, NULL, ? FROM t "
+    "WHERE t.cancel_requested_at IS NULL) SELECT cancel_requested_at FROM t"
 )
 _END_STAGE = "UPDATE stages SET status = ?, output_snapshot = {j}, duration_ms = ?, error_message = ? WHERE id = ?"
 _INSERT_DECISION = (
@@ -204,7 +212,7 @@ class SqlRecorder:
 
     def create_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any]) -> datetime:
         now = utcnow()
-        self._write([], ("insert_run", (self.d.id(run_id), workflow_name, RunStatus.PENDING.value, _dumps(params),
+        self._write([], ("insert_run", (self.d.id(run_id), workflow_name, RunStatus.PENDING.value, dumps(params),
                                         self.d.time(now), self.d.time(now))))
         return now
 
@@ -221,12 +229,12 @@ class SqlRecorder:
         return self._write([], ("interrupt_stages", (StageStatus.FAILED.value, message, self.d.id(run_id),
                                                      StageStatus.STARTED.value)))
 
-    def finish_run(self, run_id: uuid.UUID, status: RunStatus, result: Any = None, error: str | None = None,
+    def finish_run(self, run_id: uuid.UUID, status: RunStatus, *, error: str | None = None,
                    result_json: str | None = None, from_status: RunStatus = RunStatus.RUNNING) -> datetime | None:
-        """Buffered writes plus the run's final status, in one transaction; return when (``completed_at``),
-        or None if the run was not ``from_status``."""
+        """Buffered writes plus the run's final status (and result, as JSON text), in one transaction;
+        return when (``completed_at``), or None if the run was not ``from_status``."""
         now = utcnow()
-        payload = result_json if result_json is not None else (None if result is None else _dumps(result))
+        payload = result_json
         count = self._write(self._take_pending(), ("finish_run", (
             status.value, payload, error, self.d.time(now), self.d.time(now), self.d.id(run_id), from_status.value)))
         return now if count == 1 else None
@@ -245,29 +253,38 @@ class SqlRecorder:
     def begin_stage(self, run_id: uuid.UUID, node: str, iteration: int, input_json: str) -> tuple[uuid.UUID | None, bool]:
         """Commit what is buffered, check for a cancel request, and (if none) record the stage's start.
 
-        One transaction (one statement on PostgreSQL): the buffered writes, the stage's INSERT (which
-        skips itself when the run has a cancel request), and the run's ``updated_at``, whose UPDATE
-        returns the cancel request. Returns ``(stage_id, cancel_requested)``; the stage id is None
+        One transaction (one statement on PostgreSQL): the buffered writes, the run's ``updated_at``
+        (whose UPDATE returns the cancel request, read under the row's lock), and the stage's INSERT
+        unless a cancel was requested. Returns ``(stage_id, cancel_requested)``; the stage id is None
         when a cancel was requested.
         """
         now = self.d.time(utcnow())
         stage_id = uuid.uuid4()
         rid = self.d.id(run_id)
+        stage = (self.d.id(stage_id), rid, node, iteration, StageStatus.STARTED.value, input_json, now)
         writes = self._take_pending()
-        writes.append(("insert_stage", (self.d.id(stage_id), rid, node, iteration, StageStatus.STARTED.value,
-                                        input_json, now, rid)))
-        row = self._write(writes, ("touch_run", (now, rid)), returning=True)
+        with self._errors():
+            if self.d.sqlite:  # one writer at a time holds the database: the steps cannot interleave
+                for name, params in writes:
+                    self._run(name, params)
+                row = self._run("touch_run", (now, rid)).fetchone()
+                if row is not None and row[0] is None:
+                    self._run("insert_stage", stage)
+                self._conn.commit()
+            else:
+                ctes = "".join(f"w{i} AS ({self._sql[n]}), " for i, (n, _) in enumerate(writes))
+                params = tuple(p for _, ps in writes for p in ps) + (now, rid) + stage
+                self._cursor.execute("WITH " + ctes + self._sql["touch_and_start_stage"], params)
+                row = self._cursor.fetchone()
         if row is None:
             raise DatabaseError(f"run {run_id} disappeared from the database while it was running")
         if row[0] is not None:
             return None, True
         return stage_id, False
 
-    def end_stage(self, stage_id: uuid.UUID, status: StageStatus, output: Any, duration_ms: float,
+    def end_stage(self, stage_id: uuid.UUID, status: StageStatus, *, duration_ms: float,
                   error: str | None = None, output_json: str | None = None) -> None:
-        """Buffer a stage's completion or failure (``output_json``: the output already as JSON text)."""
-        if output_json is None and output is not None:
-            output_json = _dumps(output)
+        """Buffer a stage's completion or failure (``output_json``: the node's updates as JSON text)."""
         self._step_time = self.d.time(utcnow())
         self._pending.append(("end_stage", (status.value, output_json, duration_ms, error, self.d.id(stage_id))))
 
@@ -286,7 +303,7 @@ class SqlRecorder:
     def save_checkpoint(self, run_id: uuid.UUID, node: str | None, state: Mapping[str, Any],
                         meta: Mapping[str, Any]) -> None:
         """Buffer a checkpoint given as state and meta (see :class:`wfkit.checkpoints.SavedCheckpoint`)."""
-        self.checkpoint(run_id, node, _dumps({"state": dict(state), **meta}))
+        self.checkpoint(run_id, node, dumps({"state": dict(state), **meta}))
 
 
 _STATEMENTS = {
@@ -295,6 +312,7 @@ _STATEMENTS = {
     "start_run": _START_RUN,
     "finish_run": _FINISH_RUN,
     "insert_stage": _INSERT_STAGE,
+    "touch_and_start_stage": _TOUCH_AND_START_STAGE,
     "end_stage": _END_STAGE,
     "insert_decision": _INSERT_DECISION,
     "upsert_checkpoint": _UPSERT_CHECKPOINT,
