@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from wfkit import migrations
 from wfkit.db import create_engine
-from wfkit.errors import ConfigurationError
+from wfkit.errors import ConfigurationError, DatabaseError
 
 ROOT = Path(__file__).resolve().parents[1]
 WFKIT_TABLES = {"runs", "stages", "decisions", "checkpoints"}
@@ -135,3 +135,37 @@ def test_downgrade_and_upgrade_keep_history(empty_url):
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_a_failed_upgrade_leaves_nothing_half_built(empty_url):
+    engine = create_engine(empty_url)
+    try:
+        with engine.begin() as conn:  # something already in the way of the last table 0001 creates
+            conn.exec_driver_sql("CREATE TABLE checkpoints (x INTEGER)")
+        with pytest.raises(DatabaseError, match="checkpoints"):
+            migrations.upgrade(engine)
+        assert set(sa.inspect(engine).get_table_names()) == {"checkpoints"}
+        assert migrations.current(engine) is None
+    finally:
+        engine.dispose()
+
+
+def test_reading_a_database_older_than_the_code_says_upgrade(empty_url):
+    from wfkit.errors import DatabaseNotMigratedError
+    from wfkit.repository import Repository
+
+    import uuid
+
+    migrations.upgrade(empty_url, "0001")
+    engine = create_engine(empty_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO runs (id, workflow_name, status, params, created_at, updated_at) "
+                "VALUES (:id, 'old', 'completed', '{}', :t, :t)"
+            ), {"id": uuid.uuid4().hex if engine.dialect.name == "sqlite" else uuid.uuid4(),
+                "t": "2026-01-01 00:00:00.000000" if engine.dialect.name == "sqlite" else "2026-01-01T00:00:00Z"})
+    finally:
+        engine.dispose()
+    with pytest.raises(DatabaseNotMigratedError, match="is older than this wfkit .* run `wfkit db upgrade`"):
+        Repository(empty_url).list_runs()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,10 +96,26 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_file(parsed: sa.URL) -> Path | None:
+    """The file a SQLite URL names (None for memory or URI databases)."""
     database = parsed.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database).expanduser()
+
+
+def _open_existing_only(path: Path) -> Any:
+    """A ``do_connect`` hook: open the SQLite file read-write through a URI with mode=rw, so a
+    missing file is an error instead of a new empty database (the engine's URL stays as given)."""
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=rw"
+
+    def do_connect(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        if cargs:
+            cargs[0] = uri
+        else:
+            cparams["database"] = uri
+        cparams["uri"] = True
+
+    return do_connect
 
 
 def create_engine(url: str | None = None, *, create_missing: bool = True, **kwargs: Any) -> Engine:
@@ -113,12 +130,11 @@ def create_engine(url: str | None = None, *, create_missing: bool = True, **kwar
     parsed = normalize_url(resolve_database_url(url))
     if parsed.get_backend_name() == "sqlite":
         path = _sqlite_file(parsed)
+        engine = sa.create_engine(parsed, **kwargs)
         if path is not None and create_missing:
             path.parent.mkdir(parents=True, exist_ok=True)
         elif path is not None:
-            # mode=rw: open an existing file read-write, never create one.
-            parsed = parsed.set(database=f"file:{path}?mode=rw", query={**parsed.query, "uri": "true"})
-        engine = sa.create_engine(parsed, **kwargs)
+            event.listen(engine, "do_connect", _open_existing_only(path))
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
@@ -133,12 +149,12 @@ def as_engine(engine_or_url: Engine | str | None, *, create_missing: bool = True
 
 
 @contextlib.contextmanager
-def engine_for(engine_or_url: Engine | str | None) -> Iterator[Engine]:
+def engine_for(engine_or_url: Engine | str | None, *, create_missing: bool = True) -> Iterator[Engine]:
     """An engine for one piece of work: a given engine is used as is; one made from a URL is disposed after."""
     if isinstance(engine_or_url, Engine):
         yield engine_or_url
         return
-    engine = create_engine(engine_or_url)
+    engine = create_engine(engine_or_url, create_missing=create_missing)
     try:
         yield engine
     finally:
@@ -146,23 +162,35 @@ def engine_for(engine_or_url: Engine | str | None) -> Iterator[Engine]:
 
 
 @contextlib.contextmanager
-def sqlite_foreign_keys_off(conn: sa.Connection) -> Iterator[None]:
-    """Foreign keys off on a SQLite connection for the block (a no-op on other databases).
+def migration_connection(conn: sa.Connection) -> Iterator[None]:
+    """Prepare a connection for running migrations (a no-op on PostgreSQL, whose DDL is transactional).
 
-    Migrations need this: SQLite alters a table by copying it and dropping the
-    original, and dropping a table with foreign keys on would cascade-delete
-    the rows that refer to it. The pragma only takes effect outside a
-    transaction, so the connection must not have written anything yet.
+    On SQLite: foreign keys off (SQLite alters a table by copying it and dropping the original,
+    and dropping a table with foreign keys on would cascade-delete the rows that refer to it), and
+    one explicit transaction around everything (the sqlite3 module would otherwise commit each DDL
+    statement on its own, so a failure halfway would leave a half-built schema). The caller
+    commits; an exception rolls everything back.
     """
     if conn.dialect.name != "sqlite":
         yield
         return
+    driver = conn.connection.driver_connection
+    if conn.in_transaction():
+        conn.rollback()
     conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    conn.commit()
+    previous = driver.isolation_level
+    driver.isolation_level = None  # the driver issues no BEGIN/COMMIT of its own: ours hold
     try:
+        conn.exec_driver_sql("BEGIN")
         yield
+    except BaseException:
+        conn.rollback()
+        raise
     finally:
         if conn.in_transaction():
             conn.rollback()
+        driver.isolation_level = previous
         conn.exec_driver_sql("PRAGMA foreign_keys=ON")
         conn.commit()
 
@@ -172,34 +200,42 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-_MISSING_TABLE_MARKERS = ("no such table", "undefinedtable", "does not exist")
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 @contextlib.contextmanager
 def translate_errors(engine: Engine) -> Iterator[None]:
     """Turn driver errors into wfkit errors that say what to do.
 
-    A missing table becomes :class:`DatabaseNotMigratedError`; a database that
-    cannot be reached becomes :class:`DatabaseError` naming the URL.
+    A missing table or column becomes :class:`DatabaseNotMigratedError` (run
+    ``wfkit db upgrade``); anything else the database says, including that it
+    cannot be reached, becomes :class:`DatabaseError` naming the URL.
     """
     try:
         yield
     except exc.DBAPIError as err:
         text = f"{type(err.orig).__name__} {err.orig}".lower()
         where = display_url(engine.url)
-        if any(marker in text for marker in _MISSING_TABLE_MARKERS) and (
-            "table" in text or "relation" in text
-        ):
+        if "no such column" in text or "undefinedcolumn" in text:
+            raise DatabaseNotMigratedError(
+                f"the database at {where} is older than this wfkit (a column is missing): "
+                "run `wfkit db upgrade`"
+            ) from err
+        if "no such table" in text or "undefinedtable" in text:
             raise DatabaseNotMigratedError(
                 f"the database at {where} has no wfkit tables: run `wfkit db upgrade` first"
             ) from err
-        if "unable to open database file" in text and engine.url.get_backend_name() == "sqlite":
-            path = str(engine.url.database or "").removeprefix("file:").split("?")[0]
-            if not Path(path).exists():
-                raise DatabaseNotMigratedError(
-                    f"there is no database at {path}: run `wfkit db upgrade` to create it"
-                ) from err
+        path = _sqlite_file(engine.url) if engine.url.get_backend_name() == "sqlite" else None
+        if "unable to open database file" in text and path is not None and not path.exists():
+            raise DatabaseNotMigratedError(
+                f"there is no database at {path}: run `wfkit db upgrade` to create it"
+            ) from err
         if isinstance(err, (exc.OperationalError, exc.InterfaceError)):
-            first_line = str(err.orig).strip().splitlines()[0] if str(err.orig).strip() else type(err.orig).__name__
-            raise DatabaseError(f"cannot use the database at {where}: {first_line}") from err
-        raise
+            raise DatabaseError(f"cannot use the database at {where}: {_first_line(err.orig)}") from err
+        raise DatabaseError(f"the database at {where} answered: {_first_line(err.orig)}") from err
+    except exc.TimeoutError as err:
+        raise DatabaseError(
+            f"no free connection to the database at {display_url(engine.url)} (all are in use): {_first_line(err)}"
+        ) from err

@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from wfkit.db import engine_for, sqlite_foreign_keys_off, translate_errors
-from wfkit.errors import ConfigurationError
+from wfkit.db import engine_for, migration_connection, translate_errors
+from wfkit.errors import ConfigurationError, DatabaseNotMigratedError
 
 SCRIPT_LOCATION = Path(__file__).with_name("alembic")
 
@@ -79,7 +79,7 @@ def _run_command(engine_or_url: Engine | str | None, name: str, *args: Any) -> N
 
     try:
         with engine_for(engine_or_url) as engine, translate_errors(engine), engine.connect() as conn:
-            with sqlite_foreign_keys_off(conn):
+            with migration_connection(conn):
                 getattr(command, name)(_config(conn), *args)
                 conn.commit()
     except CommandError as err:
@@ -97,11 +97,16 @@ def downgrade(engine_or_url: Engine | str | None = None, revision: str = "-1") -
 
 
 def current(engine_or_url: Engine | str | None = None) -> str | None:
-    """The revision the database is at, or None if it was never migrated."""
+    """The revision the database is at, or None if it was never migrated (or its SQLite file does
+    not exist yet: asking does not create it)."""
     from alembic.runtime.migration import MigrationContext
 
-    with engine_for(engine_or_url) as engine, translate_errors(engine), engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    try:
+        with engine_for(engine_or_url, create_missing=False) as engine, translate_errors(engine), \
+                engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except DatabaseNotMigratedError:
+        return None
 
 
 def head() -> str:
@@ -132,7 +137,7 @@ def check(engine_or_url: Engine | str | None = None) -> list[Any]:
 
     from wfkit.models import metadata
 
-    with engine_for(engine_or_url) as engine, translate_errors(engine), engine.connect() as conn:
+    with engine_for(engine_or_url, create_missing=False) as engine, translate_errors(engine), engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         diffs = compare_metadata(ctx, metadata)
     # alembic's own bookkeeping table is not one of ours.

@@ -9,7 +9,7 @@ per-user SQLite default).
 from alembic import context
 
 from wfkit import models
-from wfkit.db import create_engine, sqlite_foreign_keys_off
+from wfkit.db import create_engine, migration_connection
 
 config = context.config
 target_metadata = models.metadata
@@ -51,7 +51,7 @@ def run_migrations_online() -> None:
         return
     engine = create_engine(_url())
     try:
-        with engine.connect() as conn, sqlite_foreign_keys_off(conn):
+        with engine.connect() as conn, migration_connection(conn):
             _run(conn)
             conn.commit()
     finally:
