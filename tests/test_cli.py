@@ -242,3 +242,30 @@ def test_help_and_import_do_not_load_sqlalchemy():
 def test_version():
     out = wfkit("--version")
     assert out.returncode == 0 and out.stdout.startswith("wfkit, version ")
+
+
+def test_db_check_names_each_difference(new_database):
+    url = new_database()
+    out = wfkit("db", "check", url=url)
+    assert out.returncode == 1 and "not migrated (run `wfkit db upgrade`)" in out.stderr
+    wfkit("db", "upgrade", url=url)
+    from wfkit.db import create_engine
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_stages_node_name")
+    engine.dispose()
+    out = wfkit("db", "check", url=url)
+    assert out.returncode == 1 and out.stderr.splitlines()[-1].strip() == "add_index ix_stages_node_name on stages"
+
+
+def test_list_workflows_command_does_not_load_sqlalchemy():
+    code = (
+        "import sys\nfrom wfkit.cli import cli\n"
+        "try:\n    cli(['list-workflows'])\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY', [m for m in ('sqlalchemy', 'sqlmodel', 'alembic', 'pydantic') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []"
+    assert "review-loop" in out.stdout  # with the samples plugin installed, as make test does

@@ -233,3 +233,24 @@ def test_build_reports_factory_failures_in_one_line():
         reg.get("broken-graph").build()
     with pytest.raises(ServiceNotFoundError, match="no service named 'mailer'"):
         reg.get("needs-service").build()
+
+
+def test_params_model_paths_that_are_not_models():
+    reg = Registry()
+    reg.register("not-a-model", one_node, params="os:path")
+    with pytest.raises(RegistrationError, match="'os:path' of workflow 'not-a-model' is not a pydantic model class"):
+        reg.get("not-a-model").validate_params({})
+
+
+def test_the_default_registry_is_not_reentrant_while_plugins_load():
+    from wfkit import registry as registry_module
+
+    registry_module._loading.active = True
+    loaded = registry_module._loaded
+    registry_module._loaded = False
+    try:
+        with pytest.raises(RegistrationError, match="while plugins were loading"):
+            registry_module.default_registry()
+    finally:
+        registry_module._loading.active = False
+        registry_module._loaded = loaded

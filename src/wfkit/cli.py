@@ -595,13 +595,16 @@ def db_check() -> None:
     """Compare the database's schema with wfkit's models; exit 1 if they differ."""
     from wfkit import migrations
 
+    if migrations.current(_database_url()) is None:
+        click.echo(f"{_where()}: not migrated (run `wfkit db upgrade`)", err=True)
+        sys.exit(1)
     diffs = migrations.check(_database_url())
     if not diffs:
         click.echo(f"{_where()} matches wfkit's models")
         return
     click.echo(f"{_where()} differs from wfkit's models:", err=True)
     for diff in diffs:
-        click.echo(f"  {diff}", err=True)
+        click.echo(f"  {migrations.describe_diff(diff)}", err=True)
     sys.exit(1)
 
 

@@ -40,6 +40,12 @@ class DatabaseNotMigratedError(DatabaseError):
     """The database exists but its tables have not been created by ``wfkit db upgrade``."""
 
 
+def error_text(err: BaseException) -> str:
+    """``"TypeName: first line of the message"`` (just the type name if there is no message)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
 _HTTP_STATUS: tuple[tuple[type[WfkitError], int], ...] = (
     (NotFoundError, 404),  # WorkflowNotFoundError is a NotFoundError
     (InvalidStatusError, 400),

@@ -47,6 +47,7 @@ from wfkit.errors import (
     MaxIterationsError,
     StateNotSerializableError,
     WfkitError,
+    error_text,
 )
 from wfkit.events import (
     DecisionMade,
@@ -98,11 +99,6 @@ def dumps_state(state: Mapping[str, Any], where: str) -> str:
                 f"{where} is not JSON-serializable: key {key!r} holds {type(value).__name__} ({err})"
             ) from None
     raise StateNotSerializableError(f"{where} is not JSON-serializable")  # e.g. a non-string key
-
-
-def _error_text(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 @dataclass
@@ -337,13 +333,13 @@ class Executor:
     def delete(self, run_id: uuid.UUID | str, *, force: bool = False) -> None:
         """Delete a run with its stages, decisions and checkpoint. A running run needs ``force``."""
         rid = parse_uuid(run_id)
-        run = self.repository.find_run(rid)
-        if run.status is RunStatus.RUNNING and not force:
+        self.repository.find_run(rid)  # NotFoundError if there is none
+        with SqlRecorder(self.engine) as rec:
+            deleted = rec.delete_run(rid, force=force)
+        if not deleted:  # it is running (the check and the delete are one statement)
             raise InvalidStatusError(
                 f"run {rid} is running: cancel it first, or force the deletion (--force) if its process is gone"
             )
-        with SqlRecorder(self.engine) as rec:
-            rec.delete_run(rid)
 
     # -- phases
 
@@ -416,7 +412,7 @@ class Executor:
                 rec.finish_run(run_id, RunStatus.CANCELLED)
                 self.observers.on_event(RunCancelled(run_id, "interrupted while building the graph"))
             else:
-                rec.finish_run(run_id, RunStatus.FAILED, error=f"building the graph failed: {_error_text(err)}")
+                rec.finish_run(run_id, RunStatus.FAILED, error=f"building the graph failed: {error_text(err)}")
             raise
 
     def _outcome(self, plan: _Plan, loop: _RunLoop | None) -> Run:
@@ -485,10 +481,10 @@ class Executor:
             if isinstance(err, (KeyboardInterrupt, asyncio.CancelledError)):
                 loop.interrupted(err)
             else:
-                loop.stage_failed(_error_text(err), loop.capture.duration_ms)
+                loop.stage_failed(error_text(err), loop.capture.duration_ms)
                 # a stage whose completion was rolled back with the failed write is not left 'started'
-                loop.rec.interrupt_stages(loop.run_id, f"its end was not recorded: {_error_text(err)}")
-                loop.fail(f"the run stopped: {_error_text(err)}")
+                loop.rec.interrupt_stages(loop.run_id, f"its end was not recorded: {error_text(err)}")
+                loop.fail(f"the run stopped: {error_text(err)}")
         except DatabaseError:
             pass  # the database is what failed: the run stays as last committed, resumable with --force
 

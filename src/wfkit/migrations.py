@@ -147,3 +147,19 @@ def check(engine_or_url: Engine | str | None = None) -> list[Any]:
 def _is_alembic_version(diff: Any) -> bool:
     item = diff[0] if isinstance(diff, list) else diff
     return any(getattr(part, "name", None) == "alembic_version" for part in item[1:2])
+
+
+def describe_diff(diff: Any) -> str:
+    """One line for one difference :func:`check` found (``add_index ix_runs_status_created_at on runs``)."""
+    if isinstance(diff, list):
+        return "; ".join(describe_diff(d) for d in diff)
+    kind = diff[0]
+    if kind in ("add_table", "remove_table"):
+        return f"{kind} {diff[1].name}"
+    if kind in ("add_index", "remove_index", "add_constraint", "remove_constraint"):
+        return f"{kind} {diff[1].name} on {diff[1].table.name}"
+    if kind in ("add_column", "remove_column"):
+        return f"{kind} {diff[2]}.{diff[3].name}"
+    if kind.startswith("modify_"):
+        return f"{kind} {diff[2]}.{diff[3]}: {diff[5]!r} -> {diff[6]!r}"
+    return str(kind)

@@ -24,6 +24,7 @@ from typing import Any
 import pluggy
 
 from wfkit import hookspecs
+from wfkit.errors import error_text
 from wfkit.registry import Registry, default_registry
 
 GROUP = "wfkit"
@@ -82,11 +83,6 @@ def selected_plugins(environ: Mapping[str, str] | None = None) -> set[str] | Non
     return {_normalize(part.strip()) for part in raw.split(",") if part.strip()}
 
 
-def _error_text(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
 def _info(ep: EntryPoint) -> PluginInfo:
     dist = getattr(ep, "dist", None)
     return PluginInfo(
@@ -137,12 +133,12 @@ def _load_one(pm: pluggy.PluginManager, registry: Registry, ep: EntryPoint, info
     except BaseException as err:  # a plugin must never take the host down, whatever it raises
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise
-        info.error = f"failed to import {ep.value}: {_error_text(err)}"
+        info.error = f"failed to import {ep.value}: {error_text(err)}"
         return
     try:
         pm.register(plugin, name=ep.name)
     except Exception as err:
-        info.error = f"invalid plugin: {_error_text(err)}"
+        info.error = f"invalid plugin: {error_text(err)}"
         return
     callers = pm.get_hookcallers(plugin) or []
     info.hooks = sorted(c.name for c in callers)
@@ -158,7 +154,7 @@ def _load_one(pm: pluggy.PluginManager, registry: Registry, ep: EntryPoint, info
                 impl.function(**{arg: registry for arg in impl.argnames})
     except Exception as err:
         pm.unregister(plugin)
-        info.error = f"hook wfkit_register_workflows raised {_error_text(err)}"
+        info.error = f"hook wfkit_register_workflows raised {error_text(err)}"
         return
     info.workflows = [w.name for w in registry.list() if w.plugin == ep.name]
     info.loaded = True

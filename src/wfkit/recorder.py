@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from wfkit.db import translate_errors
-from wfkit.errors import DatabaseError, WfkitError
+from wfkit.errors import DatabaseError, WfkitError, error_text
 from wfkit.models import UTC, RunStatus, StageStatus, utcnow
 
 
@@ -81,7 +81,8 @@ _REQUEST_CANCEL = (
     "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, ?), updated_at = ? "
     "WHERE id = ? AND status = ?"
 )
-_DELETE_RUN = "DELETE FROM runs WHERE id = ?"
+_DELETE_RUN = "DELETE FROM runs WHERE id = ? AND status <> ?"
+_DELETE_RUN_ANY = "DELETE FROM runs WHERE id = ?"
 _INSERT_STAGE = (
     "INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, output_snapshot, duration_ms, "
     "error_message, created_at) VALUES (?, ?, ?, ?, ?, {j}, NULL, NULL, NULL, ?)"
@@ -244,9 +245,12 @@ class SqlRecorder:
         now = self.d.time(utcnow())
         return self._write([], ("request_cancel", (now, now, self.d.id(run_id), RunStatus.RUNNING.value))) == 1
 
-    def delete_run(self, run_id: uuid.UUID) -> bool:
-        """Delete a run; its stages, decisions and checkpoint go with it (ON DELETE CASCADE)."""
-        return self._write([], ("delete_run", (self.d.id(run_id),))) == 1
+    def delete_run(self, run_id: uuid.UUID, *, force: bool = False) -> bool:
+        """Delete a run unless it is running (or even then, with ``force``); its stages, decisions
+        and checkpoint go with it (ON DELETE CASCADE). False if nothing was deleted."""
+        if force:
+            return self._write([], ("delete_run_any", (self.d.id(run_id),))) == 1
+        return self._write([], ("delete_run", (self.d.id(run_id), RunStatus.RUNNING.value))) == 1
 
     # -- the step boundary
 
@@ -319,6 +323,7 @@ _STATEMENTS = {
     "interrupt_stages": _INTERRUPT_STAGES,
     "request_cancel": _REQUEST_CANCEL,
     "delete_run": _DELETE_RUN,
+    "delete_run_any": _DELETE_RUN_ANY,
 }
 
 
@@ -344,9 +349,5 @@ def _recorder_errors(recorder: SqlRecorder) -> Iterator[None]:
             with translate_errors(recorder.engine):  # not migrated, unreachable: say so
                 raise sa_exc.DBAPIError.instance(None, None, err, Exception) from err
         except sa_exc.DBAPIError:
-            raise DatabaseError(f"could not record the run's history: {_first_line(err)}") from err
+            raise DatabaseError(f"could not record the run's history: {error_text(err)}") from err
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__

@@ -99,8 +99,15 @@ class Workflow:
                 obj: Any = importlib.import_module(module_name)
                 for part in attr.split("."):
                     obj = getattr(obj, part)
-            except (ImportError, AttributeError) as err:
-                raise RegistrationError(f"params model {model!r} of workflow {self.name!r} cannot be imported: {err}") from None
+            except Exception as err:  # a plugin's module may raise anything while importing
+                raise RegistrationError(
+                    f"params model {model!r} of workflow {self.name!r} cannot be imported: "
+                    f"{type(err).__name__}: {err}"
+                ) from None
+            if not (isinstance(obj, type) and hasattr(obj, "model_validate")):
+                raise RegistrationError(
+                    f"params model {model!r} of workflow {self.name!r} is not a pydantic model class"
+                )
             return obj
         return model
 
@@ -303,18 +310,32 @@ def _source(workflow: Workflow) -> str:
 
 _default = Registry()
 _loaded = False
+_loading = threading.local()
 _load_lock = threading.Lock()
 
 
 def default_registry(*, load_plugins: bool = True) -> Registry:
-    """The process-wide registry, with the installed plugins loaded (once, on first call)."""
+    """The process-wide registry, with the installed plugins loaded (once, on first call).
+
+    (The loading itself lives in :mod:`wfkit.plugins`, imported here on first use: the registry
+    is what plugins fill, so the default one is where loading them is triggered.)
+    """
     global _loaded
     if load_plugins and not _loaded:
+        if getattr(_loading, "active", False):
+            raise RegistrationError(
+                "a plugin used the default registry while plugins were loading; "
+                "register through the `registry` argument of wfkit_register_workflows instead"
+            )
         with _load_lock:
             if not _loaded:
                 from wfkit.plugins import load_default
 
-                load_default(_default)
+                _loading.active = True
+                try:
+                    load_default(_default)
+                finally:
+                    _loading.active = False
                 _loaded = True
     return _default
 
