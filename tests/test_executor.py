@@ -446,3 +446,15 @@ def test_a_cancel_request_stops_the_next_stage_from_starting(engine, samples):
         assert rec.request_cancel(plan.run_id)
         assert rec.begin_stage(plan.run_id, "batch", 1, "{}") == (None, True)
     assert [s.node_name for s in executor.repository.get_stages(plan.run_id)] == ["receive"]
+
+
+def test_the_memory_checkpoint_store_needs_no_database_library():
+    import subprocess
+    import sys
+
+    code = ("import sys, uuid\nfrom wfkit.checkpoints import MemoryCheckpointStore\n"
+            "s = MemoryCheckpointStore(); rid = uuid.uuid4(); s.save(rid, 'n', {'a': 1}); assert s.load(rid).state\n"
+            "print([m for m in ('sqlalchemy', 'pydantic') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

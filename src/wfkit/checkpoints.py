@@ -18,10 +18,10 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 
-from wfkit.query import parse_uuid
+from wfkit.ids import parse_uuid
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +69,9 @@ class MemoryCheckpointStore:
 
     def save(self, run_id: uuid.UUID | str, node: str | None, state: Mapping[str, Any],
              meta: Mapping[str, Any] | None = None) -> None:
-        from wfkit.models import utcnow
-
         rid = parse_uuid(run_id)
         with self._lock:
-            self._data[rid] = SavedCheckpoint(rid, node, dict(state), dict(meta or {}), utcnow())
+            self._data[rid] = SavedCheckpoint(rid, node, dict(state), dict(meta or {}), datetime.now(timezone.utc))
 
     def load(self, run_id: uuid.UUID | str) -> SavedCheckpoint | None:
         with self._lock:

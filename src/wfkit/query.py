@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
 from wfkit.errors import ConfigurationError, InvalidQueryError
+from wfkit.ids import parse_uuid  # noqa: F401  (re-exported: part of the query API)
 from wfkit.models import Decision, Run, RunStatus, Stage
 
 T = TypeVar("T")
@@ -372,15 +373,3 @@ class RunFilters:
         elif self.status:
             stmt = stmt.where(RUNS.column("status", purpose="filter").in_(self.status))
         return stmt
-
-
-def parse_uuid(value: uuid.UUID | str, what: str = "run id") -> uuid.UUID:
-    """``value`` as a UUID, or :class:`InvalidQueryError` naming it."""
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value).strip())
-    except (ValueError, AttributeError, TypeError):
-        raise InvalidQueryError(
-            f"invalid {what} {value!r}: expected a UUID such as 123e4567-e89b-12d3-a456-426614174000"
-        ) from None
