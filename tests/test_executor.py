@@ -112,33 +112,36 @@ def test_logging_observer(engine, samples, caplog):
 # --------------------------------------------------------------------------- failures, resume, cancel
 
 
-def flaky_registry(calls: list[str]) -> Registry:
-    """``flaky``: a -> b -> c; b fails while the runtime's ``fixed`` service is False."""
+def chain_registry(name: str, nodes: str, calls: list[str], broken: str, is_fixed) -> Registry:
+    """``name``: the nodes in a line; node ``broken`` raises until ``is_fixed()`` says otherwise."""
     reg = Registry()
 
-    def flaky(graph, runtime, params):
-        def node(name):
+    def factory(graph, runtime, params):
+        def node(n):
             def fn(state):
-                calls.append(name)
-                if name == "b" and not runtime.service("fixed")():
-                    raise ValueError("b is broken")
-                return {"seen": [*state["seen"], name]}
+                calls.append(n)
+                if n == broken and not is_fixed():
+                    raise ValueError(f"{n} is broken")
+                return {"seen": [*state["seen"], n]}
             return fn
 
-        for name in "abc":
-            graph.add_node(name, node(name))
-        graph.set_entry_point("a")
-        graph.add_edge("a", "b").add_edge("b", "c").add_edge("c", END)
+        for n in nodes:
+            graph.add_node(n, node(n))
+        graph.set_entry_point(nodes[0])
+        for a, b in zip(nodes, nodes[1:]):
+            graph.add_edge(a, b)
+        graph.add_edge(nodes[-1], END)
         return {"seen": []}
 
-    reg.register("flaky", flaky)
+    reg.register(name, factory)
     return reg
 
 
 def test_node_failure_then_resume_does_not_rerun_completed_nodes(engine):
     calls: list[str] = []
     fixed = {"value": False}
-    executor = Executor(engine, registry=flaky_registry(calls), runtime=Runtime({"fixed": lambda: fixed["value"]}))
+    executor = Executor(engine, registry=chain_registry("flaky", "abc", calls, "b", lambda: fixed["value"]),
+                        runtime=Runtime({"unused": object()}))
     run = executor.execute("flaky")
     assert run.status is RunStatus.FAILED
     assert run.error_message == "node 'b' (iteration 1) failed: ValueError: b is broken"
@@ -331,24 +334,7 @@ def test_checkpoint_interval(engine):
     """With checkpoint_every=2, a failure at the 4th node resumes from the 2nd: the 3rd runs again."""
     calls: list[str] = []
     fixed = {"value": False}
-    reg = Registry()
-
-    def four(graph, runtime, params):
-        def node(name):
-            def fn(state):
-                calls.append(name)
-                if name == "d" and not fixed["value"]:
-                    raise ValueError("d is broken")
-                return {"seen": [*state["seen"], name]}
-            return fn
-
-        for name in "abcd":
-            graph.add_node(name, node(name))
-        graph.set_entry_point("a")
-        graph.add_edge("a", "b").add_edge("b", "c").add_edge("c", "d").add_edge("d", END)
-        return {"seen": []}
-
-    reg.register("four", four)
+    reg = chain_registry("four", "abcd", calls, "d", lambda: fixed["value"])
     executor = Executor(engine, registry=reg, checkpoint_every=2)
     run = executor.execute("four")
     assert run.status is RunStatus.FAILED

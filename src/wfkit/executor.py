@@ -200,6 +200,11 @@ class _RunLoop:
         self.emit(DecisionMade(self.run_id, decision.from_node, decision.to_node, decision.predicate_name,
                                decision.predicate_result, decision.reason))
 
+    def stepped(self, decision: RouteDecision) -> bool:
+        """After a successful step: record it; whether the walk may go on."""
+        self.after_step(decision)
+        return self.outcome is None
+
     def stage_failed(self, error: str, duration_ms: float) -> None:
         if self.stage_id is not None:
             self.rec.end_stage(self.stage_id, StageStatus.FAILED, duration_ms=duration_ms, error=error)
@@ -497,8 +502,7 @@ class Executor:
             except GraphError as err:
                 loop.node_failed(err)
                 return
-            loop.after_step(decision)
-            if loop.outcome is not None:
+            if not loop.stepped(decision):
                 return
         loop.finish()
 
@@ -527,8 +531,7 @@ class Executor:
             except GraphError as err:
                 loop.node_failed(err)
                 return
-            loop.after_step(decision)
-            if loop.outcome is not None:
+            if not loop.stepped(decision):
                 return
         loop.finish()
 
