@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from wfkit.db import translate_errors
+from wfkit.db import ASYNC_COMMIT_ENGINES, translate_errors
 from wfkit.errors import DatabaseError, WfkitError, error_text
 from wfkit.models import UTC, RunStatus, StageStatus, utcnow
 
@@ -123,6 +123,8 @@ class SqlRecorder:
     def __init__(self, engine: Engine, *, async_commit: bool = True):
         self.engine = engine
         self.async_commit = async_commit
+        # engines made by wfkit.db.create_engine set it for the whole connection already
+        self._set_async = async_commit and engine not in ASYNC_COMMIT_ENGINES
         self.d = _Dialect(engine.dialect.name)
         self._sql = {name: self.d.sql(text) for name, text in _STATEMENTS.items()}
         self._conn: Any = None
@@ -143,8 +145,10 @@ class SqlRecorder:
                 if self._conn.driver_connection.info.transaction_status:  # not idle (e.g. after a pre-ping)
                     self._conn.rollback()
                 self._conn.driver_connection.autocommit = True
-                if self.async_commit:
+                if self._set_async:
                     self._cursor.execute("SET synchronous_commit TO off")
+                elif not self.async_commit and self.engine in ASYNC_COMMIT_ENGINES:
+                    self._cursor.execute("SET synchronous_commit TO on")
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -157,7 +161,7 @@ class SqlRecorder:
             if self.d.sqlite:
                 self._conn.rollback()  # anything not committed was not meant to be
             else:  # the connection goes back to the pool as it came
-                if self.async_commit:
+                if self._set_async or not self.async_commit:
                     self._cursor.execute("RESET synchronous_commit")
                 self._conn.driver_connection.autocommit = False
         except Exception:
