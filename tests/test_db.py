@@ -54,3 +54,13 @@ def test_readers_do_not_create_sqlite_files(tmp_path):
     finally:
         engine.dispose()
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_durability_settings(engine):
+    """What the README promises: WAL + synchronous=NORMAL on SQLite, asynchronous commit on PostgreSQL."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+        else:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
