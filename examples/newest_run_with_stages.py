@@ -8,7 +8,7 @@ recent failures. Uses WFKIT_DATABASE_URL (or the per-user default database).
 
 import sys
 
-from wfkit import PageRequest, Repository, RunFilters
+from wfkit import PageRequest, Repository, RunFilters, WfkitError
 
 
 def main() -> None:
@@ -32,4 +32,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except WfkitError as err:  # not migrated, unreachable...: one line, as the CLI does
+        sys.exit(f"Error: {err}")

@@ -169,3 +169,16 @@ def test_reading_a_database_older_than_the_code_says_upgrade(empty_url):
         engine.dispose()
     with pytest.raises(DatabaseNotMigratedError, match="is older than this wfkit .* run `wfkit db upgrade`"):
         Repository(empty_url).list_runs()
+
+
+def test_running_on_a_database_older_than_the_code_says_upgrade(empty_url):
+    from wfkit.errors import DatabaseNotMigratedError
+    from wfkit.executor import Executor
+    from wfkit.registry import Registry
+
+    migrations.upgrade(empty_url, "0001")
+    reg = Registry()
+    reg.register("one", lambda graph, runtime, params: graph.add_node("a", lambda s: None).set_entry_point("a")
+                 .set_finish_point("a") and {})
+    with pytest.raises(DatabaseNotMigratedError, match="older than this wfkit .* run `wfkit db upgrade`"):
+        Executor(empty_url, registry=reg).execute("one")

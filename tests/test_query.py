@@ -70,14 +70,18 @@ def test_pagination_config_defaults_and_env():
     assert PaginationConfig.from_env({}) == PaginationConfig(20, 100)
     assert PaginationConfig.from_env({"WFKIT_DEFAULT_PAGE_SIZE": "50", "WFKIT_MAX_PAGE_SIZE": "500"}) == PaginationConfig(50, 500)
     assert PaginationConfig.from_env({"WFKIT_DEFAULT_PAGE_SIZE": " "}) == PaginationConfig(20, 100)
+    # one set alone: the other follows
+    assert PaginationConfig.from_env({"WFKIT_MAX_PAGE_SIZE": "5"}) == PaginationConfig(5, 5)
+    assert PaginationConfig.from_env({"WFKIT_DEFAULT_PAGE_SIZE": "500"}) == PaginationConfig(500, 500)
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
         ({"WFKIT_DEFAULT_PAGE_SIZE": "abc"}, "WFKIT_DEFAULT_PAGE_SIZE must be a whole number, got 'abc'"),
-        ({"WFKIT_MAX_PAGE_SIZE": "0"}, "max_page_size must be a whole number of at least 1, got 0"),
-        ({"WFKIT_DEFAULT_PAGE_SIZE": "200"}, r"default_page_size \(200\) must not exceed max_page_size \(100\)"),
+        ({"WFKIT_MAX_PAGE_SIZE": "0"}, "WFKIT_MAX_PAGE_SIZE must be a whole number of at least 1, got '0'"),
+        ({"WFKIT_DEFAULT_PAGE_SIZE": "200", "WFKIT_MAX_PAGE_SIZE": "100"},
+         r"default_page_size \(200\) must not exceed max_page_size \(100\)"),
     ],
 )
 def test_invalid_pagination_config(env, message):

@@ -54,3 +54,12 @@ def test_seed_command_line(db_url):
     env = {**os.environ, "WFKIT_DATABASE_URL": db_url}
     out = subprocess.run([sys.executable, "-m", "wfkit.seed", "--runs", "12"], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.startswith("added 12 runs")
+
+
+def test_seed_command_line_on_a_database_that_is_not_migrated(tmp_path):
+    missing = tmp_path / "none.db"
+    out = subprocess.run([sys.executable, "-m", "wfkit.seed", "--database-url", f"sqlite:///{missing}"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == "Error: the database is not migrated to the newest revision: run `wfkit db upgrade` first"
+    assert not missing.exists()

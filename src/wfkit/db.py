@@ -230,7 +230,7 @@ def translate_errors(engine: Engine) -> Iterator[None]:
     except exc.DBAPIError as err:
         text = f"{type(err.orig).__name__} {err.orig}".lower()
         where = display_url(engine.url)
-        if "no such column" in text or "undefinedcolumn" in text:
+        if "no such column" in text or "undefinedcolumn" in text or "has no column named" in text:
             raise DatabaseNotMigratedError(
                 f"the database at {where} is older than this wfkit (a column is missing): "
                 "run `wfkit db upgrade`"

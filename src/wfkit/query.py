@@ -221,6 +221,14 @@ class PaginationConfig:
             raw = env.get(var, "").strip()
             if raw:
                 values[key] = _positive_int(raw, var, error=ConfigurationError)
+                if values[key] < 1:
+                    raise ConfigurationError(f"{var} must be a whole number of at least 1, got {raw!r}")
+        # One of the two set alone: the other follows it (a small maximum lowers the default, a large
+        # default raises the maximum). Both set and contradicting each other is an error.
+        if "max_page_size" not in values and values.get("default_page_size", 0) > MAX_PAGE_SIZE:
+            values["max_page_size"] = values["default_page_size"]
+        if "default_page_size" not in values and values.get("max_page_size", DEFAULT_PAGE_SIZE) < DEFAULT_PAGE_SIZE:
+            values["default_page_size"] = values["max_page_size"]
         try:
             return cls(**values)
         except ConfigurationError as err:

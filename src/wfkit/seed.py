@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from wfkit.db import engine_for, translate_errors
-from wfkit.errors import WfkitError
+from wfkit.errors import DatabaseNotMigratedError, WfkitError
 from wfkit.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus, utcnow
 
 WORKFLOW_NAMES = (
@@ -270,7 +270,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.runs < 0:
         parser.error(f"--runs must be at least 0, got {args.runs}")
+    from wfkit import migrations
+
     try:
+        if migrations.current(args.database_url) != migrations.head():
+            raise DatabaseNotMigratedError(
+                "the database is not migrated to the newest revision: run `wfkit db upgrade` first"
+            )
         summary = seed_history(args.database_url, args.runs, seed=args.seed)
     except WfkitError as err:
         sys.exit(f"Error: {err}")
