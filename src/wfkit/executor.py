@@ -115,6 +115,7 @@ class _Plan:
     started_at: datetime | None = None
     error: str | None = None
     failed_at: datetime | None = None
+    started: bool = False  # already moved to running (together with its creation)
 
 
 class _StageCapture:
@@ -275,12 +276,12 @@ class Executor:
     def execute(self, name: str, params: Mapping[str, Any] | None = None) -> Run:
         """Create a run of workflow ``name`` and execute it to the end; return the finished run."""
         with SqlRecorder(self.engine) as rec:
-            return self._hot(self._cold_start(name, params, rec), rec)
+            return self._hot(self._cold_start(name, params, rec, start=True), rec)
 
     async def aexecute(self, name: str, params: Mapping[str, Any] | None = None) -> Run:
         """Like :meth:`execute`, awaiting async nodes (a cancelled task cancels the run)."""
         with SqlRecorder(self.engine) as rec:
-            return await self._ahot(self._cold_start(name, params, rec), rec)
+            return await self._ahot(self._cold_start(name, params, rec, start=True), rec)
 
     def start(self, name: str, params: Mapping[str, Any] | None = None) -> uuid.UUID:
         """Create a run and execute it in a background thread; return its id at once (see :meth:`wait`)."""
@@ -348,7 +349,10 @@ class Executor:
 
     # -- phases
 
-    def _cold_start(self, name: str, params: Mapping[str, Any] | None, rec: SqlRecorder | None = None) -> _Plan:
+    def _cold_start(self, name: str, params: Mapping[str, Any] | None, rec: SqlRecorder | None = None,
+                    *, start: bool = False) -> _Plan:
+        """Resolve the workflow, check its params, create the run as pending. With ``start`` (and
+        the hot start's recorder), also move it to running in the same round trip."""
         workflow = self.registry.get(name)
         checked = workflow.validate_params(params)
         stored = checked.model_dump(mode="json") if hasattr(checked, "model_dump") else dict(checked)
@@ -357,6 +361,10 @@ class Executor:
         except (TypeError, ValueError) as err:
             raise InvalidParamsError(f"params of workflow {name!r} must be JSON-serializable: {err}") from None
         run_id = uuid.uuid4()
+        if rec is not None and start:
+            created_at, started_at = rec.create_and_start_run(run_id, name, stored)
+            return _Plan(run_id, workflow, stored, RunStatus.RUNNING, None, False, created_at, started_at,
+                         started=True)
         if rec is None:
             with SqlRecorder(self.engine) as own:
                 created_at = own.create_run(run_id, name, stored)
@@ -389,11 +397,12 @@ class Executor:
     def _begin(self, rec: SqlRecorder, plan: _Plan) -> _RunLoop | None:
         """Mark the run running, build its graph, and set up the walk (None if the build failed)."""
         run_id = plan.run_id
-        started = rec.start_run(run_id, plan.from_status)
-        if started is None:
-            now = self.repository.find_run(run_id)
-            raise InvalidStatusError(f"run {run_id} is {now.status.value} now (it changed meanwhile); not started")
-        plan.started_at = plan.started_at or started
+        if not plan.started:
+            started = rec.start_run(run_id, plan.from_status)
+            if started is None:
+                now = self.repository.find_run(run_id)
+                raise InvalidStatusError(f"run {run_id} is {now.status.value} now (it changed meanwhile); not started")
+            plan.started_at = plan.started_at or started
         self.observers.on_event(RunStarted(run_id, plan.workflow.name, plan.params, plan.resumed))
         capture = _StageCapture()
         try:

@@ -221,6 +221,23 @@ class SqlRecorder:
                                         self.d.time(now), self.d.time(now))))
         return now
 
+    def create_and_start_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any]
+                             ) -> tuple[datetime, datetime]:
+        """:meth:`create_run` then :meth:`start_run`: two transactions (the run is pending, then
+        running), sent together on PostgreSQL (psycopg's pipeline mode: one round trip)."""
+        if self.d.sqlite:
+            created = self.create_run(run_id, workflow_name, params)
+            started = self.start_run(run_id, RunStatus.PENDING)
+        else:
+            created = started = utcnow()
+            now, rid = self.d.time(created), self.d.id(run_id)
+            with self._errors(), self._conn.driver_connection.pipeline():
+                self._run("insert_run", (rid, workflow_name, RunStatus.PENDING.value, dumps(params), now, now))
+                self._run("start_run", (RunStatus.RUNNING.value, now, now, rid, RunStatus.PENDING.value))
+        if started is None:  # nobody else can know the run yet: it was just created
+            raise DatabaseError(f"run {run_id} could not be started right after it was created")
+        return created, started
+
     def start_run(self, run_id: uuid.UUID, from_status: RunStatus) -> datetime | None:
         """Move the run from ``from_status`` to running and return when; None if its status was not
         ``from_status`` (someone else moved it). ``started_at`` is kept if the run had started before."""
