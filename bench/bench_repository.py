@@ -10,7 +10,7 @@ wall time over --repeat calls of:
   find_run, get_stages
 
 each beside its raw baseline: the very statements the repository sent (captured
-from the engine, same SQL text and parameters) replayed through sqlite3 /
+as it sends them: same SQL text and parameters) replayed through sqlite3 /
 psycopg on one open connection, rows decoded to dicts with JSON parsed; for a
 listing both the COUNT and the page. It prints the ratio wfkit / raw.
 
@@ -35,7 +35,7 @@ migrated to head). Ctrl-C or SIGTERM still drops the database and the file.
 
 What-if options, to measure a settings change before making it in wfkit.db:
 --engine-option KEY=VALUE goes to create_engine() for wfkit's engine (e.g.
-pool_pre_ping=false, isolation_level=AUTOCOMMIT); --pragma NAME=VALUE runs on
+pool_pre_ping=true, pool_size=10); --pragma NAME=VALUE runs on
 each of wfkit's SQLite connections (e.g. mmap_size=2147418112). The raw side
 always copies the SQLite settings of wfkit's connections.
 """
@@ -105,18 +105,20 @@ Statement = tuple[str, Any]  # SQL text as sent to the driver, and its parameter
 
 
 @contextlib.contextmanager
-def captured(engine: sa.Engine) -> Iterator[list[Statement]]:
-    """Every statement (text, driver-ready parameters) the engine sends while the block runs."""
+def captured(repo: Repository) -> Iterator[list[Statement]]:
+    """Every statement (text, driver-ready parameters) the repository sends while the block runs."""
     seen: list[Statement] = []
+    send = repo._execute
 
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        seen.append((statement, parameters))
+    def record(cursor: Any, statement: Any, values: Any) -> Any:
+        seen.append((statement.text, statement.params(values)))
+        return send(cursor, statement, values)
 
-    event.listen(engine, "before_cursor_execute", record)
+    repo._execute = record  # type: ignore[method-assign]
     try:
         yield seen
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        del repo._execute
 
 
 class RawSide:
@@ -255,13 +257,13 @@ def print_plans(backend: str, repo: Repository, raw: RawSide, run_id: uuid.UUID,
             print(f"    | {line}")
 
     for label, filters in CLI_LISTINGS.items():
-        with captured(repo.engine) as stmts:
+        with captured(repo) as stmts:
             repo.list_runs(PageRequest(page=1, page_size=PAGE_SIZE), filters)
         filtered = filters.workflow_name is not None or bool(filters.status)
         for kind, (sql, params) in zip(("count", "page"), stmts):
             show(f"runs list {label}", kind, filtered, sql, params)
     for label, call in (("find_run", lambda: repo.find_run(run_id)), ("get_stages", lambda: repo.get_stages(staged_id))):
-        with captured(repo.engine) as stmts:
+        with captured(repo) as stmts:
             call()
         for sql, params in stmts:
             show(label, "lookup", True, sql, params)
@@ -352,7 +354,7 @@ def build_cases(
         def call(_i: int) -> Any:
             return repo.list_runs(PageRequest(page=page, page_size=PAGE_SIZE), filters)
 
-        with captured(repo.engine) as stmts:
+        with captured(repo) as stmts:
             result = call(0)
         check_same(name, result, raw.run(stmts))
         cases.append(Case(name, call, lambda _i, s=list(stmts): raw.run(s), kind))
@@ -360,7 +362,7 @@ def build_cases(
     def lookup(name: str, method: Callable[[uuid.UUID], Any], ids: list[uuid.UUID]) -> None:
         replays = []
         for rid in ids:
-            with captured(repo.engine) as stmts:
+            with captured(repo) as stmts:
                 result = method(rid)
             check_same(name, result, raw.run(stmts))
             replays.append(list(stmts))

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
-import sqlalchemy as sa
-import pytest
+import time
+import uuid
 
+import pytest
+import sqlalchemy as sa
+
+import wfkit.db
+from wfkit import migrations
 from wfkit.db import create_engine, default_database_path, normalize_url, resolve_database_url
-from wfkit.errors import ConfigurationError
+from wfkit.errors import ConfigurationError, NotFoundError
+from wfkit.repository import Repository
 
 
 def test_url_precedence(monkeypatch, tmp_path):
@@ -64,3 +70,123 @@ def test_durability_settings(engine):
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
         else:
             assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+
+
+# --------------------------------------------------------------------------- PostgreSQL connections that died
+
+
+@pytest.fixture
+def pg_url(databases):
+    url = databases.new("postgresql")
+    migrations.upgrade(url)
+    return url
+
+
+def _backend_pid(engine):
+    conn = engine.raw_connection()
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT pg_backend_pid()")
+        return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _terminate_others(url):
+    """Kill every other session on the database (as a server restart would), return how many."""
+    import psycopg
+
+    dsn = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        killed = conn.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+    time.sleep(0.05)  # let the server finish closing them
+    return killed
+
+
+def test_an_idle_pooled_connection_is_pinged_before_reuse(pg_url, monkeypatch):
+    monkeypatch.setattr(wfkit.db, "PING_AFTER_IDLE_S", 0.0)
+    engine = create_engine(pg_url)
+    try:
+        before = _backend_pid(engine)
+        assert _terminate_others(pg_url) == 1
+        with engine.connect() as conn:  # a plain connection: no retry, only the ping saves it
+            assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+        assert _backend_pid(engine) != before
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(("idle_s", "pinged"), [(60.0, False), (0.0, True)])
+def test_a_connection_is_pinged_only_after_sitting_idle(pg_url, monkeypatch, idle_s, pinged):
+    monkeypatch.setattr(wfkit.db, "PING_AFTER_IDLE_S", idle_s)
+    engine = create_engine(pg_url)
+    pings = []
+    original = engine.dialect.do_ping
+    monkeypatch.setattr(engine.dialect, "do_ping", lambda conn: pings.append(1) or original(conn))
+    try:
+        for _ in range(3):
+            _backend_pid(engine)
+    finally:
+        engine.dispose()
+    assert len(pings) == (2 if pinged else 0)  # the first check-out is a new connection: never pinged
+
+
+def test_repository_reads_survive_a_server_side_disconnect(pg_url):
+    """Within the no-ping window a dropped connection fails its first use: the repository retries once."""
+    engine = create_engine(pg_url)
+    repo = Repository(engine)
+    try:
+        assert repo.list_runs().total == 0
+        before = _backend_pid(engine)
+        assert _terminate_others(pg_url) == 1
+        with pytest.raises(NotFoundError):
+            repo.find_run(uuid.uuid4())  # not a DatabaseError: read again on a fresh connection
+        assert repo.list_runs().total == 0
+        assert _backend_pid(engine) != before
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- SQLite connections kept per thread
+
+
+def test_thread_connections_one_per_thread_reused_and_closed(tmp_path):
+    import gc
+    import threading
+
+    from wfkit.db import ThreadConnections
+
+    engine = create_engine(f"sqlite:///{tmp_path}/t.db")
+    kept = ThreadConnections(engine)
+    try:
+        mine = kept.get()
+        assert kept.get() is mine
+        assert mine.execute("PRAGMA foreign_keys").fetchone()[0] == 1  # made by the engine: its settings
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(kept.get()))
+        worker.start()
+        worker.join()
+        assert seen[0] is not mine
+        del seen[:]
+        worker = None
+        gc.collect()
+        assert len(kept._open) == 1  # the finished thread's connection is gone with it
+        assert engine.pool.checkedout() == 0  # kept connections do not hold the pool's slots
+        kept.close()
+        with pytest.raises(Exception, match="closed"):
+            mine.execute("SELECT 1")
+        assert kept.get() is not mine and kept.get().execute("SELECT 1").fetchone() == (1,)
+    finally:
+        kept.close()
+        engine.dispose()
+
+
+def test_a_closed_repository_reads_again(db_url):
+    repo = Repository(db_url)
+    assert repo.list_runs().total == 0
+    repo.close()
+    assert repo.list_runs().total == 0
+    with Repository(db_url) as again:
+        assert again.list_runs().total == 0

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -273,3 +273,58 @@ def test_loaded_objects_equal_what_the_orm_loads(repo, engine):
     found = repo.find_run(run.id)
     assert found.status is RunStatus.FAILED and found.created_at.tzinfo is not None
     assert isinstance(found.id, uuid.UUID) and found.duration_ms is None
+
+
+def test_every_column_type_reads_back_as_the_orm_reads_it(repo, engine):
+    """The repository types driver rows itself (wfkit.storage): every column kind must agree with
+    SQLAlchemy's own types, on both engines (times with microseconds, given in another zone)."""
+    from sqlalchemy.orm import Session
+
+    from wfkit.models import Decision
+
+    elsewhere = timezone(timedelta(hours=-5, minutes=-30))
+    run = make_run(status=RunStatus.CANCELLED, params={"ü": ["x", 1.5, None, True]}, result=[{"deep": {}}],
+                   error_message="boom\nsecond line", created_at=datetime(2026, 3, 1, 1, 2, 3, 456789, elsewhere),
+                   started_at=T0, completed_at=T0 + timedelta(microseconds=1),
+                   cancel_requested_at=T0 + timedelta(seconds=1))
+    add(engine, run)
+    add(engine, Decision(run_id=run.id, from_node="a", to_node=None, predicate_name=None, predicate_result=False,
+                         reason="no edge", created_at=T0))
+    with Session(engine) as session:
+        orm_run = session.get(Run, run.id)
+        orm_decision = session.scalars(sa.select(Decision).where(Decision.run_id == run.id)).one()
+        expected_run, expected_decision = orm_run.to_dict(), orm_decision.to_dict()
+        expected_values = dict(orm_run.__dict__)
+    found = repo.find_run(run.id)
+    assert found.to_dict() == expected_run
+    for name in Run.model_fields:  # the Python values themselves, not only their JSON
+        assert getattr(found, name) == expected_values[name], name
+        assert type(getattr(found, name)) is type(expected_values[name]), name
+    assert found.created_at.utcoffset() == timedelta(0) and found.created_at.microsecond == 456789
+    [decision] = repo.get_decisions(run.id)
+    assert decision.to_dict() == expected_decision and decision.predicate_result is False
+
+
+def test_filters_apply_to_a_select_like_the_listing(repo, mixed, engine):
+    filters = RunFilters(workflow_name="alpha", status="failed,cancelled")
+    with engine.connect() as conn:
+        via_select = conn.execute(filters.apply(sa.select(sa.func.count()).select_from(Run))).scalar_one()
+    assert via_select == repo.list_runs(filters=filters).total > 0
+
+
+def test_many_listing_shapes_stay_correct(repo, mixed, monkeypatch):
+    """Statements are cached per shape (filters x sort); past the cache's bound, still right."""
+    monkeypatch.setattr(Repository, "MAX_CACHED_LISTINGS", 8)
+    fields = ["created_at", "-created_at", "workflow_name", "-status", "started_at", "-updated_at", "id"]
+    expected = {}
+    for first in fields:
+        for second in fields:
+            if first.lstrip("-") == second.lstrip("-"):
+                continue
+            for status in ("failed", "failed,completed", None):
+                sort = f"{first},{second}"
+                page = repo.list_runs(PageRequest(page_size=100, sort=sort), RunFilters(status=status))
+                expected[(sort, status)] = ids(page.data)
+    assert len(expected) > 100 and len(repo._listings) <= 8
+    for (sort, status), want in list(expected.items())[:20]:  # again, after the cache turned over
+        assert ids(repo.list_runs(PageRequest(page_size=100, sort=sort), RunFilters(status=status)).data) == want

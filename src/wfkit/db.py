@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import time
 import urllib.parse
 import weakref
 from collections.abc import Iterator
@@ -33,6 +35,8 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 ASYNC_COMMIT_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 #: Upper bound of each SQLite connection's page cache, in KiB (filled only as pages are read).
 SQLITE_CACHE_KIB = 65536
+#: A pooled PostgreSQL connection idle for longer than this many seconds is pinged before reuse.
+PING_AFTER_IDLE_S = 1.0
 
 
 def default_database_path() -> Path:
@@ -140,7 +144,7 @@ def create_engine(url: str | None = None, *, create_missing: bool = True, **kwar
             event.listen(engine, "do_connect", _open_existing_only(path))
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    ping_idle = "pool_pre_ping" not in kwargs
     # wfkit's own PostgreSQL connections commit without waiting for the WAL to reach the disk:
     # a killed process or server loses no commit, an OS crash may lose the last fraction of a
     # second (never half a transaction). The same guarantee as SQLite's WAL with synchronous=NORMAL.
@@ -149,8 +153,39 @@ def create_engine(url: str | None = None, *, create_missing: bool = True, **kwar
     if "synchronous_commit" not in options:
         connect_args["options"] = f"{options} -c synchronous_commit=off".strip()
     engine = sa.create_engine(parsed, connect_args=connect_args, **kwargs)
+    if ping_idle:
+        _ping_when_idle(engine, PING_AFTER_IDLE_S)
     ASYNC_COMMIT_ENGINES.add(engine)
     return engine
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Check a pooled connection before reuse only if it sat idle for more than ``idle_seconds``.
+
+    SQLAlchemy's ``pool_pre_ping`` costs a round trip on every check-out, which doubles the
+    time of a short read. Connections die of idleness (server or firewall timeouts) and of
+    server restarts: the first is caught here, the second costs one failed call (after which
+    the pool replaces all its connections; the repository retries a read once). A failed ping
+    raises ``DisconnectionError``, on which the pool discards the connection and connects anew.
+    """
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:  # ``info`` belongs to this DBAPI connection: a new one starts empty
+            record.info["wfkit_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("wfkit_idle_since")
+        if since is None or time.monotonic() - since <= idle_seconds:
+            return
+        try:
+            dialect.do_ping(dbapi_conn)
+        except dialect.loaded_dbapi.Error as err:
+            if dialect.is_disconnect(err, dbapi_conn, None):
+                raise exc.DisconnectionError(f"stale connection: {_first_line(err)}") from err
+            raise
 
 
 def as_engine(engine_or_url: Engine | str | None, *, create_missing: bool = True) -> Engine:
@@ -207,6 +242,60 @@ def migration_connection(conn: sa.Connection) -> Iterator[None]:
         conn.commit()
 
 
+class ThreadConnections:
+    """Driver connections made by ``engine`` and kept, one per thread, for reuse (SQLite reads).
+
+    A SQLite connection is a handle on a local file: keeping one per thread costs nothing
+    while idle (no statement open means no snapshot held) and saves the pool's check-out and
+    reset on every read, which cost more than a lookup by primary key. Each connection comes
+    from the engine (so its connect-time settings apply) and is then detached from the pool,
+    which it no longer counts against. A thread's connection closes when the thread ends,
+    on :meth:`close`, or in a forked child (which opens its own).
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        # the pool's wrappers (a sqlite3 connection has no weak reference), with the process they belong to
+        self._open: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._generation = 0
+
+    def get(self) -> Any:
+        """This thread's driver connection (made on first use)."""
+        local = self._local
+        if getattr(local, "key", None) != (os.getpid(), self._generation):
+            fairy = self.engine.raw_connection()
+            fairy.detach()
+            with self._lock:
+                self._open[fairy] = os.getpid()
+                local.key, local.fairy = (os.getpid(), self._generation), fairy
+        return local.fairy.dbapi_connection
+
+    def discard(self) -> None:
+        """Close this thread's connection (after an error that may have broken it)."""
+        fairy = getattr(self._local, "fairy", None)
+        self._local.key = self._local.fairy = None
+        if fairy is not None:
+            with self._lock:
+                self._open.pop(fairy, None)
+            _close_quietly(fairy)
+
+    def close(self) -> None:
+        """Close every thread's connection; threads open new ones if they read again."""
+        with self._lock:
+            self._generation += 1
+            fairies, self._open = list(self._open.items()), weakref.WeakKeyDictionary()
+        for fairy, pid in fairies:
+            if pid == os.getpid():  # a forked child leaves its parent's connections alone
+                _close_quietly(fairy)
+
+
+def _close_quietly(fairy: Any) -> None:
+    with contextlib.suppress(Exception):
+        fairy.dbapi_connection.close()
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions whose objects stay readable after the session is closed."""
     return sessionmaker(engine, expire_on_commit=False, autoflush=False)
@@ -217,9 +306,14 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def is_driver_error(err: BaseException) -> bool:
+    """Whether ``err`` comes from a database driver wfkit uses (sqlite3 or psycopg), raw or wrapped."""
+    return isinstance(err, exc.DBAPIError) or type(err).__module__.startswith(("sqlite3", "psycopg"))
+
+
 @contextlib.contextmanager
 def translate_errors(engine: Engine) -> Iterator[None]:
-    """Turn driver errors into wfkit errors that say what to do.
+    """Turn driver errors (SQLAlchemy's, or the driver's own) into wfkit errors that say what to do.
 
     A missing table or column becomes :class:`DatabaseNotMigratedError` (run
     ``wfkit db upgrade``); anything else the database says, including that it
@@ -227,27 +321,29 @@ def translate_errors(engine: Engine) -> Iterator[None]:
     """
     try:
         yield
-    except exc.DBAPIError as err:
-        text = f"{type(err.orig).__name__} {err.orig}".lower()
-        where = display_url(engine.url)
-        if "no such column" in text or "undefinedcolumn" in text or "has no column named" in text:
-            raise DatabaseNotMigratedError(
-                f"the database at {where} is older than this wfkit (a column is missing): "
-                "run `wfkit db upgrade`"
-            ) from err
-        if "no such table" in text or "undefinedtable" in text:
-            raise DatabaseNotMigratedError(
-                f"the database at {where} has no wfkit tables: run `wfkit db upgrade` first"
-            ) from err
-        path = _sqlite_file(engine.url) if engine.url.get_backend_name() == "sqlite" else None
-        if "unable to open database file" in text and path is not None and not path.exists():
-            raise DatabaseNotMigratedError(
-                f"there is no database at {path}: run `wfkit db upgrade` to create it"
-            ) from err
-        if isinstance(err, (exc.OperationalError, exc.InterfaceError)):
-            raise DatabaseError(f"cannot use the database at {where}: {_first_line(err.orig)}") from err
-        raise DatabaseError(f"the database at {where} answered: {_first_line(err.orig)}") from err
     except exc.TimeoutError as err:
         raise DatabaseError(
             f"no free connection to the database at {display_url(engine.url)} (all are in use): {_first_line(err)}"
         ) from err
+    except Exception as err:
+        if not is_driver_error(err):
+            raise
+        orig = err.orig if isinstance(err, exc.DBAPIError) else err
+        raise _translated(engine, orig) from err
+
+
+def _translated(engine: Engine, orig: BaseException) -> DatabaseError:
+    text = f"{type(orig).__name__} {orig}".lower()
+    where = display_url(engine.url)
+    if "no such column" in text or "undefinedcolumn" in text or "has no column named" in text:
+        return DatabaseNotMigratedError(
+            f"the database at {where} is older than this wfkit (a column is missing): run `wfkit db upgrade`"
+        )
+    if "no such table" in text or "undefinedtable" in text:
+        return DatabaseNotMigratedError(f"the database at {where} has no wfkit tables: run `wfkit db upgrade` first")
+    path = _sqlite_file(engine.url) if engine.url.get_backend_name() == "sqlite" else None
+    if "unable to open database file" in text and path is not None and not path.exists():
+        return DatabaseNotMigratedError(f"there is no database at {path}: run `wfkit db upgrade` to create it")
+    if any(cls.__name__ in ("OperationalError", "InterfaceError") for cls in type(orig).__mro__):
+        return DatabaseError(f"cannot use the database at {where}: {_first_line(orig)}")
+    return DatabaseError(f"the database at {where} answered: {_first_line(orig)}")

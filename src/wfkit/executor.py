@@ -63,9 +63,10 @@ from wfkit.events import (
     StageStarted,
 )
 from wfkit.graph import RouteDecision, StateGraph, Walker
-from wfkit.models import Run, RunStatus, StageStatus, check_transition
+from wfkit.models import Run, RunStatus, StageStatus, check_transition, row_loader
 from wfkit.query import parse_uuid
-from wfkit.recorder import SqlRecorder, dumps
+from wfkit.recorder import SqlRecorder
+from wfkit.storage import dumps
 from wfkit.registry import Registry, Workflow, default_registry
 from wfkit.repository import Repository
 from wfkit.runtime import Runtime
@@ -74,6 +75,8 @@ from wfkit.runtime import Runtime
 INTERRUPTED = "interrupted: the process executing this stage stopped before it finished"
 #: Checkpoint format written into ``checkpoints.state_data``.
 CHECKPOINT_FORMAT = 1
+#: A finished run from values this process wrote itself (typed already: no validation needed).
+_new_run = row_loader(Run)
 
 
 def _check_json(value: Any) -> str:
@@ -154,6 +157,11 @@ class _RunLoop:
     def emit(self, event: Event) -> None:
         self.ex.observers.on_event(event)
 
+    @property
+    def observed(self) -> bool:
+        """Whether any observer listens (events are only built for someone)."""
+        return bool(self.ex.observers)
+
     def before_step(self) -> bool:
         """Commit the last step, check for a cancel request, record the next stage's start."""
         walker = self.walker
@@ -173,7 +181,8 @@ class _RunLoop:
             self.cancelled("cancel requested")
             return False
         self.stage_id, self.node, self.iteration = stage_id, node, iteration
-        self.emit(StageStarted(self.run_id, node, iteration, MappingProxyType(walker.state)))
+        if self.observed:
+            self.emit(StageStarted(self.run_id, node, iteration, MappingProxyType(walker.state)))
         return True
 
     def after_step(self, decision: RouteDecision) -> None:
@@ -196,6 +205,8 @@ class _RunLoop:
         if walker.done or self.steps % self.ex.checkpoint_every == 0:
             meta = dumps({"next_node": walker.node, "counters": walker.counters, "format": CHECKPOINT_FORMAT})
             self.rec.checkpoint(self.run_id, self.node, f'{{"state":{self.state_json},{meta[1:]}')
+        if not self.observed:
+            return
         self.emit(StageCompleted(self.run_id, self.node, self.iteration, MappingProxyType(dict(cap.updates or {})),
                                  cap.duration_ms))
         self.emit(DecisionMade(self.run_id, decision.from_node, decision.to_node, decision.predicate_name,
@@ -434,14 +445,14 @@ class Executor:
         completed_at = loop.completed_at if loop is not None else plan.failed_at
         if completed_at is None or (loop is not None and loop.outcome is None):
             return self.repository.find_run(plan.run_id)
-        return Run(
+        return _new_run(dict(
             id=plan.run_id, workflow_name=plan.workflow.name,
             status=loop.outcome if loop is not None else RunStatus.FAILED,
             params=plan.params, result=loop.result if loop is not None else None,
             error_message=loop.error if loop is not None else plan.error,
             started_at=plan.started_at, completed_at=completed_at, created_at=plan.created_at,
             updated_at=completed_at, cancel_requested_at=None,
-        )
+        ))
 
     def _recorder(self, rec: SqlRecorder | None) -> Any:
         return contextlib.nullcontext(rec) if rec is not None else SqlRecorder(self.engine)

@@ -374,10 +374,31 @@ class RunFilters:
 
     def apply(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
         """``stmt`` with these filters added as bound-parameter WHERE clauses."""
+        clauses = self.clauses()
+        return stmt.where(*clauses).params(self.values()) if clauses else stmt
+
+    @property
+    def shape(self) -> tuple[bool, int]:
+        """What the SQL of these filters depends on (not their values): statements are cached by it."""
+        return self.workflow_name is not None, len(self.status)
+
+    def clauses(self) -> list[Any]:
+        """The WHERE clauses, with bound parameters named as :meth:`values` names them."""
+        clauses: list[Any] = []
         if self.workflow_name is not None:
-            stmt = stmt.where(RUNS.column("workflow_name", purpose="filter") == self.workflow_name)
+            column = RUNS.column("workflow_name", purpose="filter")
+            clauses.append(column == sa.bindparam("f_workflow_name", type_=sa.String()))
+        column = RUNS.column("status", purpose="filter")
         if len(self.status) == 1:
-            stmt = stmt.where(RUNS.column("status", purpose="filter") == self.status[0])
+            clauses.append(column == sa.bindparam("f_status_0", type_=sa.String()))
         elif self.status:
-            stmt = stmt.where(RUNS.column("status", purpose="filter").in_(self.status))
-        return stmt
+            clauses.append(column.in_([sa.bindparam(f"f_status_{i}", type_=sa.String())
+                                       for i in range(len(self.status))]))
+        return clauses
+
+    def values(self) -> dict[str, Any]:
+        """The bound parameters' values (plain strings)."""
+        values: dict[str, Any] = {f"f_status_{i}": status.value for i, status in enumerate(self.status)}
+        if self.workflow_name is not None:
+            values["f_workflow_name"] = self.workflow_name
+        return values

@@ -16,7 +16,6 @@ stage that was running when it died is visible as ``started``.
 from __future__ import annotations
 
 import contextlib
-import json
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import datetime
@@ -24,44 +23,10 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from wfkit.db import ASYNC_COMMIT_ENGINES, translate_errors
+from wfkit.db import ASYNC_COMMIT_ENGINES, is_driver_error, translate_errors
 from wfkit.errors import DatabaseError, WfkitError, error_text
-from wfkit.models import UTC, RunStatus, StageStatus, utcnow
-
-
-def _sqlite_time(value: datetime | None) -> str | None:
-    # The format SQLAlchemy's SQLite DateTime type writes (and sorts by): "2026-01-02 03:04:05.000006".
-    if value is None:
-        return None
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON as wfkit stores it (NaN and infinities are errors: PostgreSQL's jsonb rejects them)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-class _Dialect:
-    """How one driver wants parameters and placeholders."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.sqlite = name == "sqlite"
-
-    def sql(self, text: str) -> str:
-        """``?`` placeholders and ``{j}`` JSON placeholders, for this driver."""
-        if self.sqlite:
-            return text.replace("{j}", "?")
-        return text.replace("?", "%s").replace("{j}", "%s::jsonb")
-
-    def id(self, value: uuid.UUID) -> Any:
-        return value.hex if self.sqlite else value
-
-    def time(self, value: datetime | None) -> Any:
-        return _sqlite_time(value) if self.sqlite else value
-
-    def flag(self, value: bool) -> Any:
-        return int(value) if self.sqlite else value
+from wfkit.models import RunStatus, StageStatus, utcnow
+from wfkit.storage import codec_for, dumps
 
 
 _INSERT_RUN = (
@@ -125,11 +90,12 @@ class SqlRecorder:
         self.async_commit = async_commit
         # engines made by wfkit.db.create_engine set it for the whole connection already
         self._set_async = async_commit and engine not in ASYNC_COMMIT_ENGINES
-        self.d = _Dialect(engine.dialect.name)
+        self.d = codec_for(engine.dialect.name)
         self._sql = {name: self.d.sql(text) for name, text in _STATEMENTS.items()}
         self._conn: Any = None
         self._cursor: Any = None
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self._ctes: dict[tuple[Any, ...], str] = {}  # buffered writes' names -> the WITH ... prefix
         self._step_time: Any = None  # when the last stage ended: its decision and checkpoint share it
 
     # -- connection
@@ -192,13 +158,29 @@ class SqlRecorder:
                 self._conn.commit()
                 return out
             if writes:
-                sql = "WITH " + ", ".join(f"w{i} AS ({self._sql[n]})" for i, (n, _) in enumerate(writes))
-                sql += " " + self._sql[last[0]]
-                params = tuple(p for _, ps in writes for p in ps) + last[1]
-                self._cursor.execute(sql, params)
+                self._cursor.execute(self._with(writes) + self._sql[last[0]], self._params(writes, last[1]))
             else:
                 self._run(*last)
             return self._cursor.fetchone() if returning else self._cursor.rowcount
+
+    def _with(self, writes: list[tuple[str, tuple[Any, ...]]], more: bool = False) -> str:
+        """``WITH w0 AS (...), w1 AS (...) `` for these buffered writes (PostgreSQL; built once per
+        shape); with ``more``, ready for further CTEs (a trailing comma)."""
+        shape = (more, *(name for name, _ in writes))
+        prefix = self._ctes.get(shape)
+        if prefix is None:
+            ctes = [f"w{i} AS ({self._sql[name]})" for i, (name, _) in enumerate(writes)]
+            prefix = self._ctes[shape] = "WITH " + "".join(c + ", " for c in ctes) if more else \
+                "WITH " + ", ".join(ctes) + " "
+        return prefix
+
+    @staticmethod
+    def _params(writes: list[tuple[str, tuple[Any, ...]]], last: tuple[Any, ...]) -> list[Any]:
+        params: list[Any] = []
+        for _, part in writes:
+            params.extend(part)
+        params.extend(last)
+        return params
 
     def _take_pending(self) -> list[tuple[str, tuple[Any, ...]]]:
         pending, self._pending = self._pending, []
@@ -297,9 +279,8 @@ class SqlRecorder:
                     self._run("insert_stage", stage)
                 self._conn.commit()
             else:
-                ctes = "".join(f"w{i} AS ({self._sql[n]}), " for i, (n, _) in enumerate(writes))
-                params = tuple(p for _, ps in writes for p in ps) + (now, rid) + stage
-                self._cursor.execute("WITH " + ctes + self._sql["touch_and_start_stage"], params)
+                self._cursor.execute(self._with(writes, more=True) + self._sql["touch_and_start_stage"],
+                                     self._params(writes, (now, rid, *stage)))
                 row = self._cursor.fetchone()
         if row is None:
             raise DatabaseError(f"run {run_id} disappeared from the database while it was running")
@@ -356,7 +337,7 @@ def _recorder_errors(recorder: SqlRecorder) -> Iterator[None]:
     except WfkitError:
         raise
     except Exception as err:
-        if not type(err).__module__.startswith(("sqlite3", "psycopg")):
+        if not is_driver_error(err):
             raise
         if recorder._conn is not None:
             try:
@@ -364,11 +345,5 @@ def _recorder_errors(recorder: SqlRecorder) -> Iterator[None]:
             except Exception:
                 pass
         recorder._pending.clear()
-        from sqlalchemy import exc as sa_exc
-
-        try:
-            with translate_errors(recorder.engine):  # not migrated, unreachable: say so
-                raise sa_exc.DBAPIError.instance(None, None, err, Exception) from err
-        except sa_exc.DBAPIError:
-            raise DatabaseError(f"could not record the run's history: {error_text(err)}") from err
-
+        with translate_errors(recorder.engine):  # not migrated, unreachable, refused: say which
+            raise err

@@ -5,22 +5,33 @@
 >>> repo = Repository("sqlite:///runs.db")                          # doctest: +SKIP
 >>> page = repo.list_runs(PageRequest(page=1, page_size=50), RunFilters(status="failed"))  # doctest: +SKIP
 
-The repository writes nothing. Each call opens and closes its own session,
-so one instance is safe to share between the threads of a web service.
-Returned objects are detached: plain data, readable after the call.
+The repository writes nothing. It is safe to share between the threads of a
+web service: on PostgreSQL each call borrows a connection from the engine's
+pool and gives it back; on SQLite each thread keeps a connection of its own
+(closed when the thread ends, or by :meth:`Repository.close`). Returned
+objects are detached: plain data, readable after the call.
+
+Reads are short and frequent, so they skip SQLAlchemy's per-call machinery:
+each statement is built with SQLAlchemy once per shape (which filters, which
+sort), compiled for the engine's dialect, and then run on the driver
+connection, its rows typed by :mod:`wfkit.storage` into the SQLModel classes.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from wfkit.db import as_engine, translate_errors
+from wfkit.db import ThreadConnections, as_engine, translate_errors
 from wfkit.errors import NotFoundError
 from wfkit.models import Decision, Run, Stage
+from wfkit.storage import codec_for
 from wfkit.query import (
     DECISIONS,
     RUNS,
@@ -32,25 +43,23 @@ from wfkit.query import (
     parse_uuid,
 )
 
-M = TypeVar("M")
+@dataclass(frozen=True)
+class Statement:
+    """A select compiled for one driver: its text, and how to pass its named parameters."""
 
+    text: str
+    positions: tuple[str, ...] | None  # parameter names in order (positional drivers), else None
 
-def _loader(model: type[M]) -> Any:
-    """Rows (mappings of column name to typed value) to detached ``model`` instances, cheaply.
+    @classmethod
+    def compile(cls, stmt: sa.ClauseElement, dialect: sa.Dialect) -> Statement:
+        compiled = stmt.compile(dialect=dialect)
+        positions = tuple(compiled.positiontup or ()) if dialect.positional else None
+        return cls(compiled.string, positions)
 
-    This is what the ORM's loader does for each row, without a session, identity map or
-    validation: the values come from the database through the columns' own types, so they
-    are already what the model holds. (A validated ``model(**row)`` costs ~15x more.)
-    """
-    sa.orm.configure_mappers()
-    new = model._sa_class_manager.new_instance  # type: ignore[attr-defined]
-
-    def load(row: Any) -> M:
-        obj = new()
-        obj.__dict__.update(row)
-        return obj
-
-    return load
+    def params(self, values: Mapping[str, Any]) -> Any:
+        if self.positions is None:
+            return values
+        return tuple(values[name] for name in self.positions)
 
 
 class Repository:
@@ -62,27 +71,35 @@ class Repository:
     (``WFKIT_DEFAULT_PAGE_SIZE``, ``WFKIT_MAX_PAGE_SIZE``).
     """
 
+    #: Compiled listings kept (one per filters-and-sort shape); sorts are user input, so it is bounded.
+    MAX_CACHED_LISTINGS = 256
+
     def __init__(self, engine_or_url: Engine | str | None = None, pagination: PaginationConfig | None = None):
         self.engine: Engine = as_engine(engine_or_url, create_missing=False)
         self.pagination = pagination if pagination is not None else PaginationConfig.from_env()
-        # Reads need no transaction (each statement sees committed data): autocommit saves the
-        # BEGIN and ROLLBACK round trips on PostgreSQL.
-        self._reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._load = {model: _loader(model) for model in (Run, Stage, Decision)}
-        # Lookups are built once, with a bound parameter: building a select costs more than running it.
+        dialect = self.engine.dialect
+        self._codec = codec_for(dialect.name)
+        self._own_engine = not isinstance(engine_or_url, Engine)
+        # SQLite: each thread keeps a connection (see ThreadConnections). PostgreSQL: pooled
+        # connections, reading in autocommit (each statement sees committed data anyway), which
+        # saves the BEGIN and ROLLBACK round trips. sqlite3 opens no transaction for a SELECT.
+        self._kept = ThreadConnections(self.engine) if dialect.name == "sqlite" else None
+        self._decode = {model: self._codec.decoder(model) for model in (Run, Stage, Decision)}
+        self._lock = threading.Lock()
+        self._listings: dict[Any, tuple[Statement, Statement]] = {}
         rid = sa.bindparam("rid", type_=sa.Uuid())
-        self._find_run = RUNS.select_all(Run.id == rid)
-        self._run_exists = sa.select(Run.id).where(Run.id == rid)
+        self._find_run = Statement.compile(RUNS.select_all(Run.id == rid), dialect)
+        self._run_exists = Statement.compile(sa.select(Run.id).where(Run.id == rid), dialect)
         self._related_stmt = {
-            Stage: STAGES.select_all(Stage.run_id == rid, sort=STAGES.default_sort),
-            Decision: DECISIONS.select_all(Decision.run_id == rid, sort=DECISIONS.default_sort),
+            Stage: Statement.compile(STAGES.select_all(Stage.run_id == rid, sort=STAGES.default_sort), dialect),
+            Decision: Statement.compile(
+                DECISIONS.select_all(Decision.run_id == rid, sort=DECISIONS.default_sort), dialect),
         }
 
     def __repr__(self) -> str:
         return f"Repository({self.engine.url.render_as_string(hide_password=True)!r})"
 
-    def _connect(self) -> Any:
-        return self._reader.connect()
+    # -- the public reads
 
     def list_runs(self, page: PageRequest | None = None, filters: RunFilters | None = None) -> PageResult[Run]:
         """One page of runs, newest first unless ``page.sort`` says otherwise.
@@ -92,27 +109,29 @@ class Repository:
         """
         request = (page or PageRequest()).normalized(self.pagination)
         filters = filters or RunFilters()
-        order = RUNS.order_by(request.sort)
+        sort = RUNS.resolve_sort(request.sort)
         size = request.page_size or self.pagination.default_page_size
-        count_stmt = filters.apply(sa.select(sa.func.count()).select_from(Run))
-        # A deferred join: the page's ids come from the index alone (an index-only scan in the order
-        # of the listing, skipping the offset there), then only those rows are fetched.
-        page_ids = filters.apply(sa.select(Run.id)).order_by(*order).limit(size).offset(request.offset).subquery()
-        rows_stmt = RUNS.select_all().join(page_ids, Run.id == page_ids.c.id).order_by(*order)
-        load = self._load[Run]
-        with translate_errors(self.engine), self._connect() as conn:
-            total = conn.execute(count_stmt).scalar_one()
-            data = [load(row) for row in conn.execute(rows_stmt).mappings()] if request.offset < total else []
+        count, rows = self._listing(filters, sort)
+        values = {**filters.values(), "limit": size, "offset": request.offset}
+        decode = self._decode[Run]
+
+        def read(cursor: Any) -> tuple[int, list[Run]]:
+            total = self._execute(cursor, count, values).fetchone()[0]
+            if request.offset >= total:
+                return total, []
+            return total, [decode(row) for row in self._execute(cursor, rows, values).fetchall()]
+
+        total, data = self._read(read)
         return PageResult[Run].build(data, total=total, page=request.page, page_size=size)
 
     def find_run(self, run_id: uuid.UUID | str) -> Run:
         """The run with this id (a UUID or its string form), or :class:`NotFoundError`."""
         rid = parse_uuid(run_id)
-        with translate_errors(self.engine), self._connect() as conn:
-            row = conn.execute(self._find_run, {"rid": rid}).mappings().first()
+        values = {"rid": self._codec.id(rid)}
+        row = self._read(lambda cursor: self._execute(cursor, self._find_run, values).fetchone())
         if row is None:
             raise NotFoundError(f"no run with id {rid}")
-        return self._load[Run](row)
+        return self._decode[Run](row)
 
     def get_stages(self, run_id: uuid.UUID | str) -> list[Stage]:
         """Every stage of a run, oldest first; :class:`NotFoundError` if the run does not exist."""
@@ -122,12 +141,102 @@ class Repository:
         """Every decision of a run, oldest first; :class:`NotFoundError` if the run does not exist."""
         return self._related(run_id, Decision)
 
+    # -- how
+
     def _related(self, run_id: uuid.UUID | str, model: type[Any]) -> list[Any]:
-        params = {"rid": parse_uuid(run_id)}
-        load = self._load[model]
-        with translate_errors(self.engine), self._connect() as conn:
-            rows = [load(row) for row in conn.execute(self._related_stmt[model], params).mappings()]
+        rid = parse_uuid(run_id)
+        values = {"rid": self._codec.id(rid)}
+
+        def read(cursor: Any) -> list[Any] | None:
+            rows = self._execute(cursor, self._related_stmt[model], values).fetchall()
             # Only an empty answer needs the existence check: rows imply the run.
-            if not rows and conn.execute(self._run_exists, params).first() is None:
-                raise NotFoundError(f"no run with id {params['rid']}")
-        return rows
+            if not rows and self._execute(cursor, self._run_exists, values).fetchone() is None:
+                return None
+            return rows
+
+        rows = self._read(read)
+        if rows is None:
+            raise NotFoundError(f"no run with id {rid}")
+        decode = self._decode[model]
+        return [decode(row) for row in rows]
+
+    def _listing(self, filters: RunFilters, sort: Sequence[Any]) -> tuple[Statement, Statement]:
+        """The COUNT and the page of a listing of this shape (built and compiled on first use)."""
+        key = (filters.shape, tuple(sort))
+        found = self._listings.get(key)
+        if found is not None:
+            return found
+        order = RUNS.order_by(sort)
+        where = filters.clauses()
+        count = sa.select(sa.func.count()).select_from(Run).where(*where)
+        # A deferred join: the page's ids come from the index alone (an index-only scan in the order
+        # of the listing, skipping the offset there), then only those rows are fetched.
+        page_ids = (sa.select(Run.id).where(*where).order_by(*order)
+                    .limit(sa.bindparam("limit", type_=sa.Integer()))
+                    .offset(sa.bindparam("offset", type_=sa.Integer())).subquery())
+        rows = RUNS.select_all().join(page_ids, Run.id == page_ids.c.id).order_by(*order)
+        dialect = self.engine.dialect
+        found = (Statement.compile(count, dialect), Statement.compile(rows, dialect))
+        with self._lock:
+            if len(self._listings) >= self.MAX_CACHED_LISTINGS:
+                self._listings.clear()
+            self._listings[key] = found
+        return found
+
+    def _execute(self, cursor: Any, statement: Statement, values: Mapping[str, Any]) -> Any:
+        cursor.execute(statement.text, statement.params(values))
+        return cursor
+
+    def _read(self, work: Callable[[Any], Any]) -> Any:
+        """``work(cursor)`` on a driver connection: on SQLite this thread's own, kept between
+        calls; on PostgreSQL one from the engine's pool (a connection the server dropped, as in
+        a restart, is discarded and the read tried once more on a fresh one)."""
+        if self._kept is not None:
+            with translate_errors(self.engine):
+                cursor = self._kept.get().cursor()
+                try:
+                    return work(cursor)
+                except self.engine.dialect.loaded_dbapi.ProgrammingError:
+                    self._kept.discard()  # e.g. closed under us: the next read opens a new one
+                    raise
+                finally:
+                    cursor.close()
+        for attempt in (1, 2):
+            with translate_errors(self.engine):
+                conn = self.engine.raw_connection()
+                driver = conn.driver_connection
+                try:
+                    driver.autocommit = True
+                    cursor = conn.cursor()
+                    try:
+                        return work(cursor)
+                    finally:
+                        cursor.close()
+                except self.engine.dialect.loaded_dbapi.Error as err:
+                    if attempt == 1 and self.engine.dialect.is_disconnect(err, driver, None):
+                        conn.invalidate(err)
+                        self.engine.pool.dispose()  # its other idle connections are as dead
+                        continue
+                    raise
+                finally:
+                    if conn.dbapi_connection is not None:  # not invalidated
+                        try:
+                            if not driver.closed:
+                                driver.autocommit = False
+                        finally:
+                            conn.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close the connections this repository keeps (and its engine, if it made it from a URL).
+        Optional: they also close when their threads end. A closed repository may read again."""
+        if self._kept is not None:
+            self._kept.close()
+        if self._own_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

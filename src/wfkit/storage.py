@@ -1,0 +1,158 @@
+"""How wfkit's values look to each database driver, both ways.
+
+wfkit's hot paths talk to the driver (sqlite3 or psycopg) directly: the
+recorder writes a run's history with fixed statements, and the repository
+reads runs, stages and decisions back. Both must agree, value for value, with
+what the SQLModel tables define (the tests check it against SQLAlchemy's own
+types). This module is that agreement:
+
+============  ================================  ===============================
+column type   SQLite (sqlite3)                  PostgreSQL (psycopg)
+============  ================================  ===============================
+UUID          32 hex digits (CHAR(32))          ``uuid`` (psycopg: ``UUID``)
+UTC time      ``"2026-01-02 03:04:05.000006"``  ``timestamptz`` (aware datetime)
+              (UTC, no offset: sorts as text)
+JSON          JSON text                         ``jsonb`` (psycopg parses it)
+status enum   its lower-case value              its lower-case value
+boolean       0 or 1                            ``boolean``
+============  ================================  ===============================
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from wfkit.models import UTC, UTCDateTime, row_loader
+
+M = TypeVar("M")
+
+# One encoder for every call: ``json.dumps`` with options builds a new encoder each time.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON as wfkit stores it (NaN and infinities are errors: PostgreSQL's jsonb rejects them)."""
+    return _ENCODE(value)
+
+
+def sqlite_time(value: datetime | None) -> str | None:
+    """A time as SQLAlchemy's SQLite ``DateTime`` stores it (in UTC): ``"2026-01-02 03:04:05.000006"``."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
+
+
+_SCAN_JSON = json.JSONDecoder().raw_decode
+
+
+def _json_in(text: str) -> Any:
+    # Stored JSON is compact (no surrounding whitespace): scanning it directly is twice as fast as
+    # ``json.loads``, which is still the judge of anything else.
+    try:
+        value, end = _SCAN_JSON(text)
+        if end == len(text):
+            return value
+    except ValueError:
+        pass
+    return json.loads(text)
+
+
+def _sqlite_time_in(text: str) -> datetime:
+    # Parsing the offset is several times faster than ``.replace(tzinfo=UTC)`` afterwards, and gives
+    # the same ``timezone.utc``.
+    return datetime.fromisoformat(text + "+00:00")
+
+
+def _aware_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _enum_in(enum_cls: type[Any]) -> Callable[[str], Any]:
+    members = {member.value: member for member in enum_cls}
+
+    def decode(value: str) -> Any:
+        member = members.get(value)
+        return member if member is not None else enum_cls(value)  # unknown: ValueError naming it
+
+    return decode
+
+
+class Codec:
+    """Values to and from one driver (``"sqlite"`` or ``"postgresql"``)."""
+
+    def __init__(self, dialect_name: str):
+        self.name = dialect_name
+        self.sqlite = dialect_name == "sqlite"
+
+    # -- writing
+
+    def sql(self, text: str) -> str:
+        """Statement text with ``?`` placeholders (and ``{j}`` for JSON ones), for this driver."""
+        if self.sqlite:
+            return text.replace("{j}", "?")
+        return text.replace("?", "%s").replace("{j}", "%s::jsonb")
+
+    def id(self, value: uuid.UUID) -> Any:
+        return value.hex if self.sqlite else value
+
+    def time(self, value: datetime | None) -> Any:
+        return sqlite_time(value) if self.sqlite else value
+
+    def flag(self, value: bool) -> Any:
+        return int(value) if self.sqlite else value
+
+    # -- reading
+
+    def converter(self, column_type: sa.types.TypeEngine[Any]) -> Callable[[Any], Any] | None:
+        """How a non-NULL value of this column type comes back from the driver (None: as it is)."""
+        if isinstance(column_type, UTCDateTime):
+            return _sqlite_time_in if self.sqlite else _aware_utc
+        if isinstance(column_type, sa.Enum) and column_type.enum_class is not None:
+            return _enum_in(column_type.enum_class)
+        if isinstance(column_type, sa.Uuid):
+            return uuid.UUID if self.sqlite else None
+        if isinstance(column_type, sa.JSON):
+            return _json_in if self.sqlite else None
+        if isinstance(column_type, sa.Boolean):
+            return bool if self.sqlite else None
+        return None
+
+    def decoder(self, model: type[M], columns: Sequence[sa.Column[Any]] | None = None
+                ) -> Callable[[Sequence[Any]], M]:
+        """A function from a driver row (``columns`` in order: by default all of the table's) to a
+        detached ``model`` instance.
+
+        Listings decode thousands of rows, so the function is generated for the columns (as
+        :mod:`dataclasses` generates ``__init__``): one unpacking and one dict display, no loop.
+        """
+        cols = list(model.__table__.columns if columns is None else columns)  # type: ignore[attr-defined]
+        namespace: dict[str, Any] = {"load": row_loader(model)}
+        items = []
+        for i, col in enumerate(cols):
+            conv = self.converter(col.type)
+            if conv is None:
+                items.append(f"{col.key!r}: v{i}")
+            else:
+                namespace[f"c{i}"] = conv
+                items.append(f"{col.key!r}: None if v{i} is None else c{i}(v{i})")
+        names = "".join(f"v{i}, " for i in range(len(cols)))
+        source = f"def decode(row):\n    {names}= row\n    return load({{{', '.join(items)}}})\n"
+        exec(source, namespace)  # noqa: S102 - the text is made of column keys and indexes only
+        decode: Callable[[Sequence[Any]], M] = namespace["decode"]
+        return decode
+
+
+CODECS = {name: Codec(name) for name in ("sqlite", "postgresql")}
+
+
+def codec_for(dialect_name: str) -> Codec:
+    """The codec of a SQLAlchemy dialect name."""
+    return CODECS[dialect_name]
