@@ -43,6 +43,7 @@ from wfkit.query import (
     parse_uuid,
 )
 
+
 @dataclass(frozen=True)
 class Statement:
     """A select compiled for one driver: its text, and how to pass its named parameters."""

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from wfkit.models import UTC, UTCDateTime, row_loader
+from wfkit.models import UTC, UTCDateTime
 
 M = TypeVar("M")
 
@@ -131,21 +131,24 @@ class Codec:
         detached ``model`` instance.
 
         Listings decode thousands of rows, so the function is generated for the columns (as
-        :mod:`dataclasses` generates ``__init__``): one unpacking and one dict display, no loop.
+        :mod:`dataclasses` generates ``__init__``), doing what the ORM's loader does for a row
+        without a session, identity map or validation: a new instance (``new_instance``), then
+        the typed values straight into its ``__dict__``.
         """
         cols = list(model.__table__.columns if columns is None else columns)  # type: ignore[attr-defined]
-        namespace: dict[str, Any] = {"load": row_loader(model)}
-        items = []
+        sa.orm.configure_mappers()
+        namespace: dict[str, Any] = {"new": model._sa_class_manager.new_instance}  # type: ignore[attr-defined]
+        lines = ["def decode(row):", f"    {''.join(f'v{i}, ' for i in range(len(cols)))}= row",
+                 "    obj = new()", "    d = obj.__dict__"]
         for i, col in enumerate(cols):
             conv = self.converter(col.type)
             if conv is None:
-                items.append(f"{col.key!r}: v{i}")
+                lines.append(f"    d[{col.key!r}] = v{i}")
             else:
                 namespace[f"c{i}"] = conv
-                items.append(f"{col.key!r}: None if v{i} is None else c{i}(v{i})")
-        names = "".join(f"v{i}, " for i in range(len(cols)))
-        source = f"def decode(row):\n    {names}= row\n    return load({{{', '.join(items)}}})\n"
-        exec(source, namespace)  # noqa: S102 - the text is made of column keys and indexes only
+                lines.append(f"    d[{col.key!r}] = None if v{i} is None else c{i}(v{i})")
+        lines.append("    return obj")
+        exec("\n".join(lines), namespace)  # noqa: S102 - the text is made of column keys and indexes only
         decode: Callable[[Sequence[Any]], M] = namespace["decode"]
         return decode
 

@@ -1,216 +1,27 @@
-"""StateGraph: wfkit's pure workflow graph engine (nodes, edges, named predicates, validation, mermaid).
-
-It imports only the standard library and :mod:`wfkit.errors`: no database. Persistence reaches a
-walk only through the observer protocol (:class:`Observer`) and snapshots (:class:`Snapshot`).
-
-State is a JSON-serializable ``dict``. A node is a function (plain or ``async def``) that receives a
-read-only view of the state (``types.MappingProxyType``) and returns a mapping of updates or None; the
-engine merges them into a *new* dict, ``{**state, **updates}``. Only the top level is read-only:
-nodes and predicates must not mutate nested values (lists, dicts) either, since states share them.
-
-After a node, the edges leaving it are tried in the order they were added; the first whose predicate
-holds (an unconditional edge always holds) is taken, and the choice is recorded as a
-:class:`RouteDecision`. Cycles are allowed; ``max_iterations`` caps the visits of any one node::
-
-    from wfkit.graph import END, StateGraph
-
-    def draft(state):
-        return {"score": state.get("score", 0) + 40}
-
-    def good_enough(state):
-        return state["score"] >= 80
-
-    graph = (StateGraph("essay")
-             .add_node("draft", draft)
-             .add_edge("draft", END, when=good_enough)
-             .add_edge("draft", "draft")          # otherwise, draft again
-             .set_entry_point("draft"))
-    result = graph.run({})
-    result.state          # {'score': 80}
-    result.visits         # [Visit(node='draft', iteration=1), Visit(node='draft', iteration=2)]
-
-An executor drives the same walk one step at a time with a :class:`Walker`, which it can snapshot
-after every node and rebuild from that snapshot later (:meth:`Walker.from_snapshot`).
-"""
+"""StateGraph: nodes, edges with named predicates, validation, running and mermaid rendering."""
 
 from __future__ import annotations
 
 import inspect
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from time import perf_counter
 from types import MappingProxyType
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
-from wfkit.errors import GraphError, GraphValidationError, MaxIterationsError, NodeError, NoRouteError
-
-__all__ = [
-    "END", "MAX_NAME_LENGTH", "Edge", "Node", "Observer", "Predicate", "RouteDecision", "RunResult",
-    "Snapshot", "StateGraph", "Visit", "Walker", "predicate",
-]
-
-#: The finish marker: ``add_edge("x", END)`` ends the walk after ``x``.
-END = "__end__"
-#: Longest node or predicate name (the database columns that record them hold 200 characters).
-MAX_NAME_LENGTH = 200
-
-State = Mapping[str, Any]
-_START = object()  # Walker(node=...) default: begin at the entry point
-
-
-def _name_problem(name: object, what: str) -> str | None:
-    """Why ``name`` cannot name a node or predicate, or None if it can."""
-    if not isinstance(name, str) or not name.strip():
-        return f"{what} name must be a non-empty string, got {name!r}"
-    if len(name) > MAX_NAME_LENGTH:
-        return f"{what} name {name[:40]!r}... is longer than {MAX_NAME_LENGTH} characters"
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Predicate:
-    """A named routing condition: ``fn(state) -> bool``. The name is what the decision log records."""
-
-    name: str
-    fn: Callable[[State], Any]
-
-    def __post_init__(self) -> None:
-        problem = _name_problem(self.name, "predicate")
-        if problem is None and self.name == "<lambda>":
-            problem = "a lambda predicate needs a name: add_edge(..., when=lambda s: ..., name='score_ok')"
-        if problem is None and not callable(self.fn):
-            problem = f"predicate {self.name!r} is not callable (got {type(self.fn).__name__})"
-        if problem is None and inspect.iscoroutinefunction(self.fn):
-            problem = f"predicate {self.name!r} is async; predicates must be plain functions of the state"
-        if problem:
-            raise GraphError(problem)
-
-    def __call__(self, state: State) -> bool:
-        return bool(self.fn(state))
-
-
-def predicate(name: str | Callable[[State], Any] | None = None) -> Any:
-    """Make a :class:`Predicate`: ``@predicate``, ``@predicate()`` or ``@predicate("score_ok")``."""
-    if callable(name):  # used bare: @predicate
-        return Predicate(getattr(name, "__name__", ""), name)
-    return lambda fn: Predicate(name if name is not None else getattr(fn, "__name__", ""), fn)
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    """A node of a graph: its name, function, description and whether it is ``async``."""
-
-    name: str
-    fn: Callable[[State], Any]
-    description: str | None = None
-    is_async: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Edge:
-    """An edge ``from_node -> to_node`` (``to_node`` None means END), taken when ``predicate`` holds."""
-
-    from_node: str
-    to_node: str | None
-    predicate: Predicate | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form: ``from_node``, ``to_node`` (None for END), ``predicate`` (name or None)."""
-        return {"from_node": self.from_node, "to_node": self.to_node,
-                "predicate": None if self.predicate is None else self.predicate.name}
-
-
-@dataclass(frozen=True, slots=True)
-class RouteDecision:
-    """One routing choice after a node, in the shape of the ``decisions`` table.
-
-    ``to_node`` is None for END; ``predicate_name`` is None for an unconditional edge. The reason
-    also names the predicates tried before that did not hold.
-    """
-
-    from_node: str
-    to_node: str | None
-    predicate_name: str | None
-    predicate_result: bool
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (snake_case keys, the same names as the fields)."""
-        return {"from_node": self.from_node, "to_node": self.to_node, "predicate_name": self.predicate_name,
-                "predicate_result": self.predicate_result, "reason": self.reason}
-
-
-class Visit(NamedTuple):
-    """One execution of a node: its name and its 1-based iteration (visit count of that node)."""
-
-    node: str
-    iteration: int
-
-
-@dataclass(slots=True)
-class RunResult:
-    """What a walk produced: the final state, the visits and the routing decisions, in order."""
-
-    state: dict[str, Any]
-    visits: list[Visit]
-    decisions: list[RouteDecision]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form."""
-        return {"state": self.state, "visits": [v._asdict() for v in self.visits],
-                "decisions": [d.to_dict() for d in self.decisions]}
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """Where a walk stands between two nodes: enough to resume it without re-running finished nodes.
-
-    ``next_node`` is None once the walk reached END; ``counters`` maps node name to visits so far.
-    The ``state`` dict is shared with the walker (which never mutates it): do not mutate it either.
-    """
-
-    state: dict[str, Any]
-    next_node: str | None
-    counters: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form: ``state``, ``next_node``, ``counters``."""
-        return {"state": self.state, "next_node": self.next_node, "counters": dict(self.counters)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
-        """Read back what :meth:`to_dict` wrote."""
-        return cls(dict(data["state"]), data.get("next_node"), dict(data.get("counters") or {}))
-
-
-class Observer(Protocol):
-    """What a walk reports, in order: stage start, stage end, decision (per node).
-
-    Every method is optional: a :class:`Walker` calls only those its observer has. ``state`` is a
-    read-only view: the input state at start, the new state at a successful end (the input state when
-    ``error`` is set; ``updates`` is then None). An exception raised by an observer stops the walk.
-    """
-
-    def on_stage_start(self, node: str, iteration: int, state: State) -> None: ...
-
-    def on_stage_end(self, node: str, iteration: int, state: State, updates: Mapping[str, Any] | None,
-                     duration_ms: float, error: BaseException | None) -> None: ...
-
-    def on_decision(self, decision: RouteDecision) -> None: ...
-
-
-def _run_coroutine(coro: Any, what: str) -> Any:
-    """Run ``coro`` to completion from synchronous code, or explain why that is not possible."""
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    coro.close()
-    raise GraphError(f"{what} is async and an event loop is already running: use the async API "
-                     "(await graph.arun(...), walker.astep(), graph.aexecute_node(...))")
+from wfkit.errors import GraphError, GraphValidationError, NodeError, NoRouteError
+from wfkit.graph.parts import (
+    END,
+    Edge,
+    Node,
+    Observer,
+    Predicate,
+    RouteDecision,
+    RunResult,
+    State,
+    name_problem,
+    run_coroutine,
+)
+from wfkit.graph.walker import Walker
 
 
 class StateGraph:
@@ -238,7 +49,7 @@ class StateGraph:
     def add_node(self, name: str, fn: Callable[[State], Any], *, description: str | None = None) -> StateGraph:
         """Add node ``name`` running ``fn(state) -> mapping | None`` (plain or ``async def``)."""
         self._valid = False
-        problem = _name_problem(name, "node")
+        problem = name_problem(name, "node")
         if problem:
             self._bad.append(problem)
             return self
@@ -439,7 +250,7 @@ class StateGraph:
         """
         node = self._node(name)
         if node.is_async:
-            return _run_coroutine(self.aexecute_node(name, state, iteration=iteration), f"node {name!r}")
+            return run_coroutine(self.aexecute_node(name, state, iteration=iteration), f"node {name!r}")
         try:
             updates = node.fn(MappingProxyType(state))
         except Exception as exc:
@@ -503,7 +314,7 @@ class StateGraph:
         """
         walker = Walker(self, state, observer=observer)
         if self.has_async_nodes:
-            return _run_coroutine(walker.arun(), "this graph" if self.name is None else f"graph {self.name!r}")
+            return run_coroutine(walker.arun(), "this graph" if self.name is None else f"graph {self.name!r}")
         return walker.run()
 
     async def arun(self, state: State, *, observer: Observer | None = None) -> RunResult:
@@ -579,124 +390,3 @@ def _merge(name: str, iteration: int, state: State, updates: Any) -> tuple[Mappi
         updates.close()
         raise NodeError(name, iteration, "returned a coroutine: define the node with async def")
     raise NodeError(name, iteration, f"returned {type(updates).__name__}, expected a mapping of updates or None")
-
-
-class Walker:
-    """A walk in progress: the state, the next node, per-node visit counters, visits and decisions.
-
-    Advance it with :meth:`step` (or :meth:`astep`) one node at a time: run the node, then route.
-    A step either completes (state, counters, visits and decisions all move) or raises and leaves the
-    walker as it was, so the caller can :meth:`snapshot` after every step and resume from the last one
-    with :meth:`from_snapshot`, and can stop cooperatively between steps. ``visits`` and ``decisions``
-    hold what this walker did (not what ran before the snapshot it was resumed from).
-    """
-
-    __slots__ = ("graph", "state", "node", "counters", "visits", "decisions", "_start", "_end", "_decide")
-
-    def __init__(self, graph: StateGraph, state: State, *, node: Any = _START,
-                 counters: Mapping[str, int] | None = None, observer: Observer | None = None):
-        graph.validate()
-        if not isinstance(state, Mapping):
-            raise GraphError(f"state must be a mapping, got {type(state).__name__}")
-        self.graph = graph
-        #: the current state (a dict the walker never mutates: each step makes a new one)
-        self.state: dict[str, Any] = dict(state)
-        #: the next node to run; None once END was reached
-        self.node: str | None = graph.entry_point if node is _START else node
-        #: visits so far per node name (survives a snapshot, so iteration numbers continue)
-        self.counters: dict[str, int] = dict(counters or {})
-        self.visits: list[Visit] = []
-        self.decisions: list[RouteDecision] = []
-        problems = [] if self.node is None or self.node in graph._nodes else [f"next node {self.node!r} is not a node"]
-        problems += [f"counter {k!r}={v!r} (want a node name and a count >= 0)" for k, v in self.counters.items()
-                     if k not in graph._nodes or not isinstance(v, int) or isinstance(v, bool) or v < 0]
-        if problems:
-            raise GraphError("cannot resume the walk: " + "; ".join(problems))
-        self._start = getattr(observer, "on_stage_start", None)
-        self._end = getattr(observer, "on_stage_end", None)
-        self._decide = getattr(observer, "on_decision", None)
-
-    @classmethod
-    def from_snapshot(cls, graph: StateGraph, snapshot: Snapshot | Mapping[str, Any], *,
-                      observer: Observer | None = None) -> Walker:
-        """A walker resuming at ``snapshot`` (a :class:`Snapshot` or its ``to_dict()`` form)."""
-        if not isinstance(snapshot, Snapshot):
-            snapshot = Snapshot.from_dict(snapshot)
-        return cls(graph, snapshot.state, node=snapshot.next_node, counters=snapshot.counters, observer=observer)
-
-    @property
-    def done(self) -> bool:
-        """Whether the walk reached END."""
-        return self.node is None
-
-    def snapshot(self) -> Snapshot:
-        """Where the walk stands now (take it between steps)."""
-        return Snapshot(self.state, self.node, dict(self.counters))
-
-    def result(self) -> RunResult:
-        """The state, visits and decisions so far."""
-        return RunResult(self.state, self.visits, self.decisions)
-
-    def _begin(self) -> tuple[str, int]:
-        node = self.node
-        if node is None:
-            raise GraphError("the walk already reached END: there is no next step")
-        iteration = self.counters.get(node, 0) + 1
-        if iteration > self.graph._max_iterations:
-            raise MaxIterationsError(node, self.graph._max_iterations)
-        if self._start is not None:
-            self._start(node, iteration, MappingProxyType(self.state))
-        return node, iteration
-
-    def _fail(self, node: str, iteration: int, t0: float, exc: GraphError) -> None:
-        if self._end is not None:
-            self._end(node, iteration, MappingProxyType(self.state), None, (perf_counter() - t0) * 1000, exc)
-
-    def _finish(self, node: str, iteration: int, t0: float, updates: Mapping[str, Any],
-                new_state: dict[str, Any]) -> RouteDecision:
-        if self._end is not None:
-            self._end(node, iteration, MappingProxyType(new_state), updates, (perf_counter() - t0) * 1000, None)
-        decision = self.graph.route(node, new_state)
-        if self._decide is not None:
-            self._decide(decision)
-        self.state = new_state
-        self.counters[node] = iteration
-        self.visits.append(Visit(node, iteration))
-        self.decisions.append(decision)
-        self.node = decision.to_node
-        return decision
-
-    def step(self) -> RouteDecision:
-        """Run the next node, route, and return the decision taken (an async node runs via asyncio.run)."""
-        node, iteration = self._begin()
-        t0 = perf_counter()
-        try:
-            updates, new_state = self.graph.execute_node(node, self.state, iteration=iteration)
-        except GraphError as exc:
-            self._fail(node, iteration, t0, exc)
-            raise
-        return self._finish(node, iteration, t0, updates, new_state)
-
-    async def astep(self) -> RouteDecision:
-        """Like :meth:`step`, awaiting an async node."""
-        node, iteration = self._begin()
-        t0 = perf_counter()
-        try:
-            updates, new_state = await self.graph.aexecute_node(node, self.state, iteration=iteration)
-        except GraphError as exc:
-            self._fail(node, iteration, t0, exc)
-            raise
-        return self._finish(node, iteration, t0, updates, new_state)
-
-    def run(self) -> RunResult:
-        """Step until END; return :meth:`result`."""
-        step = self.step
-        while self.node is not None:
-            step()
-        return self.result()
-
-    async def arun(self) -> RunResult:
-        """Await steps until END; return :meth:`result`."""
-        while self.node is not None:
-            await self.astep()
-        return self.result()

@@ -1,0 +1,136 @@
+"""Walker: one walk through a graph, a step at a time, with snapshots to resume from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from time import perf_counter
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from wfkit.errors import GraphError, MaxIterationsError
+from wfkit.graph.parts import Observer, RouteDecision, RunResult, Snapshot, State, Visit
+
+if TYPE_CHECKING:
+    from wfkit.graph.state_graph import StateGraph
+
+_START = object()  # Walker(node=...) default: begin at the entry point
+
+class Walker:
+    """A walk in progress: the state, the next node, per-node visit counters, visits and decisions.
+
+    Advance it with :meth:`step` (or :meth:`astep`) one node at a time: run the node, then route.
+    A step either completes (state, counters, visits and decisions all move) or raises and leaves the
+    walker as it was, so the caller can :meth:`snapshot` after every step and resume from the last one
+    with :meth:`from_snapshot`, and can stop cooperatively between steps. ``visits`` and ``decisions``
+    hold what this walker did (not what ran before the snapshot it was resumed from).
+    """
+
+    __slots__ = ("graph", "state", "node", "counters", "visits", "decisions", "_start", "_end", "_decide")
+
+    def __init__(self, graph: StateGraph, state: State, *, node: Any = _START,
+                 counters: Mapping[str, int] | None = None, observer: Observer | None = None):
+        graph.validate()
+        if not isinstance(state, Mapping):
+            raise GraphError(f"state must be a mapping, got {type(state).__name__}")
+        self.graph = graph
+        #: the current state (a dict the walker never mutates: each step makes a new one)
+        self.state: dict[str, Any] = dict(state)
+        #: the next node to run; None once END was reached
+        self.node: str | None = graph.entry_point if node is _START else node
+        #: visits so far per node name (survives a snapshot, so iteration numbers continue)
+        self.counters: dict[str, int] = dict(counters or {})
+        self.visits: list[Visit] = []
+        self.decisions: list[RouteDecision] = []
+        problems = [] if self.node is None or self.node in graph._nodes else [f"next node {self.node!r} is not a node"]
+        problems += [f"counter {k!r}={v!r} (want a node name and a count >= 0)" for k, v in self.counters.items()
+                     if k not in graph._nodes or not isinstance(v, int) or isinstance(v, bool) or v < 0]
+        if problems:
+            raise GraphError("cannot resume the walk: " + "; ".join(problems))
+        self._start = getattr(observer, "on_stage_start", None)
+        self._end = getattr(observer, "on_stage_end", None)
+        self._decide = getattr(observer, "on_decision", None)
+
+    @classmethod
+    def from_snapshot(cls, graph: StateGraph, snapshot: Snapshot | Mapping[str, Any], *,
+                      observer: Observer | None = None) -> Walker:
+        """A walker resuming at ``snapshot`` (a :class:`Snapshot` or its ``to_dict()`` form)."""
+        if not isinstance(snapshot, Snapshot):
+            snapshot = Snapshot.from_dict(snapshot)
+        return cls(graph, snapshot.state, node=snapshot.next_node, counters=snapshot.counters, observer=observer)
+
+    @property
+    def done(self) -> bool:
+        """Whether the walk reached END."""
+        return self.node is None
+
+    def snapshot(self) -> Snapshot:
+        """Where the walk stands now (take it between steps)."""
+        return Snapshot(self.state, self.node, dict(self.counters))
+
+    def result(self) -> RunResult:
+        """The state, visits and decisions so far."""
+        return RunResult(self.state, self.visits, self.decisions)
+
+    def _begin(self) -> tuple[str, int]:
+        node = self.node
+        if node is None:
+            raise GraphError("the walk already reached END: there is no next step")
+        iteration = self.counters.get(node, 0) + 1
+        if iteration > self.graph._max_iterations:
+            raise MaxIterationsError(node, self.graph._max_iterations)
+        if self._start is not None:
+            self._start(node, iteration, MappingProxyType(self.state))
+        return node, iteration
+
+    def _fail(self, node: str, iteration: int, t0: float, exc: GraphError) -> None:
+        if self._end is not None:
+            self._end(node, iteration, MappingProxyType(self.state), None, (perf_counter() - t0) * 1000, exc)
+
+    def _finish(self, node: str, iteration: int, t0: float, updates: Mapping[str, Any],
+                new_state: dict[str, Any]) -> RouteDecision:
+        if self._end is not None:
+            self._end(node, iteration, MappingProxyType(new_state), updates, (perf_counter() - t0) * 1000, None)
+        decision = self.graph.route(node, new_state)
+        if self._decide is not None:
+            self._decide(decision)
+        self.state = new_state
+        self.counters[node] = iteration
+        self.visits.append(Visit(node, iteration))
+        self.decisions.append(decision)
+        self.node = decision.to_node
+        return decision
+
+    def step(self) -> RouteDecision:
+        """Run the next node, route, and return the decision taken (an async node runs via asyncio.run)."""
+        node, iteration = self._begin()
+        t0 = perf_counter()
+        try:
+            updates, new_state = self.graph.execute_node(node, self.state, iteration=iteration)
+        except GraphError as exc:
+            self._fail(node, iteration, t0, exc)
+            raise
+        return self._finish(node, iteration, t0, updates, new_state)
+
+    async def astep(self) -> RouteDecision:
+        """Like :meth:`step`, awaiting an async node."""
+        node, iteration = self._begin()
+        t0 = perf_counter()
+        try:
+            updates, new_state = await self.graph.aexecute_node(node, self.state, iteration=iteration)
+        except GraphError as exc:
+            self._fail(node, iteration, t0, exc)
+            raise
+        return self._finish(node, iteration, t0, updates, new_state)
+
+    def run(self) -> RunResult:
+        """Step until END; return :meth:`result`."""
+        step = self.step
+        while self.node is not None:
+            step()
+        return self.result()
+
+    async def arun(self) -> RunResult:
+        """Await steps until END; return :meth:`result`."""
+        while self.node is not None:
+            await self.astep()
+        return self.result()
