@@ -425,8 +425,11 @@ def seed(url: str, runs: int, backend: str) -> None:
         # A database in service is vacuumed and analyzed by autovacuum; a fresh
         # bulk load is not yet. Without the visibility map the COUNTs could not
         # be index-only scans, and without statistics the plans are guesses.
+        # The VACUUM runs with synchronous_commit on: in a session with it off (as wfkit's engines
+        # set it), VACUUM marked no page all-visible after the asynchronously committed COPYs.
         if backend == "postgresql":
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("SET synchronous_commit TO on")
                 conn.exec_driver_sql("VACUUM ANALYZE")
         log(
             f"{backend}: seeded {summary.runs:,} runs, {summary.stages:,} stages, {summary.decisions:,} decisions, "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar

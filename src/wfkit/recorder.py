@@ -24,10 +24,9 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from wfkit.db import ASYNC_COMMIT_ENGINES, is_driver_error, translate_errors
-from wfkit.errors import DatabaseError, WfkitError, error_text
+from wfkit.errors import DatabaseError, WfkitError
 from wfkit.models import RunStatus, StageStatus, utcnow
 from wfkit.storage import codec_for, dumps
-
 
 _INSERT_RUN = (
     "INSERT INTO runs (id, workflow_name, status, params, result, error_message, started_at, completed_at, "

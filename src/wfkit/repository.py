@@ -31,7 +31,6 @@ from sqlalchemy.engine import Engine
 from wfkit.db import ThreadConnections, as_engine, translate_errors
 from wfkit.errors import NotFoundError
 from wfkit.models import Decision, Run, Stage
-from wfkit.storage import codec_for
 from wfkit.query import (
     DECISIONS,
     RUNS,
@@ -42,6 +41,7 @@ from wfkit.query import (
     RunFilters,
     parse_uuid,
 )
+from wfkit.storage import codec_for
 
 
 @dataclass(frozen=True)

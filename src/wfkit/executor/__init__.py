@@ -31,9 +31,6 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -44,214 +41,29 @@ from wfkit.errors import (
     GraphError,
     InvalidParamsError,
     InvalidStatusError,
-    MaxIterationsError,
-    StateNotSerializableError,
     WfkitError,
     error_text,
 )
-from wfkit.events import (
-    DecisionMade,
-    Event,
-    MultiObserver,
-    Observer,
-    RunCancelled,
-    RunCompleted,
-    RunFailed,
-    RunStarted,
-    StageCompleted,
-    StageFailed,
-    StageStarted,
+from wfkit.events import MultiObserver, Observer, RunCancelled, RunFailed, RunStarted
+from wfkit.executor.run_loop import (
+    CHECKPOINT_FORMAT,
+    INTERRUPTED,
+    Plan,
+    RunLoop,
+    StageCapture,
+    check_json,
+    dumps_state,
+    new_run,
 )
-from wfkit.graph import RouteDecision, StateGraph, Walker
-from wfkit.models import Run, RunStatus, StageStatus, check_transition, row_loader
+from wfkit.graph import Walker
+from wfkit.models import Run, RunStatus, check_transition
 from wfkit.query import parse_uuid
 from wfkit.recorder import SqlRecorder
-from wfkit.storage import dumps
-from wfkit.registry import Registry, Workflow, default_registry
+from wfkit.registry import Registry, default_registry
 from wfkit.repository import Repository
 from wfkit.runtime import Runtime
 
-#: What a stage killed by a process that is gone is marked with when its run is taken over.
-INTERRUPTED = "interrupted: the process executing this stage stopped before it finished"
-#: Checkpoint format written into ``checkpoints.state_data``.
-CHECKPOINT_FORMAT = 1
-#: A finished run from values this process wrote itself (typed already: no validation needed).
-_new_run = row_loader(Run)
-
-
-def _check_json(value: Any) -> str:
-    """``value`` as JSON text that every backend stores: no NaN, valid UTF-8, no NUL character."""
-    text = dumps(value)
-    text.encode("utf-8")  # lone surrogates raise UnicodeEncodeError (a ValueError)
-    if "\\u0000" in text:
-        raise ValueError("the NUL character (\\u0000) cannot be stored")
-    return text
-
-
-def dumps_state(state: Mapping[str, Any], where: str) -> str:
-    """``state`` as JSON text, or :class:`StateNotSerializableError` naming ``where`` and the key."""
-    try:
-        return _check_json(state)
-    except (TypeError, ValueError):
-        pass
-    for key, value in state.items():
-        try:
-            _check_json(value)
-        except (TypeError, ValueError) as err:
-            raise StateNotSerializableError(
-                f"{where} is not JSON-serializable: key {key!r} holds {type(value).__name__} ({err})"
-            ) from None
-    raise StateNotSerializableError(f"{where} is not JSON-serializable")  # e.g. a non-string key
-
-
-@dataclass
-class _Plan:
-    """A run about to be (re)started: what the hot start needs, and what it learns on the way."""
-
-    run_id: uuid.UUID
-    workflow: Workflow
-    params: dict[str, Any]
-    from_status: RunStatus
-    snapshot: dict[str, Any] | None
-    resumed: bool
-    created_at: datetime
-    started_at: datetime | None = None
-    error: str | None = None
-    failed_at: datetime | None = None
-    started: bool = False  # already moved to running (together with its creation)
-
-
-class _StageCapture:
-    """The walker observer that keeps the last stage's updates, duration and error."""
-
-    __slots__ = ("updates", "duration_ms", "error")
-
-    def __init__(self) -> None:
-        self.updates: Mapping[str, Any] | None = None
-        self.duration_ms = 0.0
-        self.error: BaseException | None = None
-
-    def on_stage_end(self, node: str, iteration: int, state: Any, updates: Any, duration_ms: float,
-                     error: BaseException | None) -> None:
-        self.updates, self.duration_ms, self.error = updates, duration_ms, error
-
-
-class _RunLoop:
-    """One execution of one run: the bookkeeping around each step, shared by the sync and async walks."""
-
-    def __init__(self, executor: Executor, recorder: SqlRecorder, run_id: uuid.UUID, graph: StateGraph,
-                 walker: Walker, capture: _StageCapture, cancel: threading.Event):
-        self.ex, self.rec, self.run_id = executor, recorder, run_id
-        self.graph, self.walker, self.capture, self.cancel = graph, walker, capture, cancel
-        self.state_json = dumps_state(walker.state, "the state to resume from" if walker.counters else
-                                      f"the initial state of workflow {graph.name!r}")
-        self.stage_id: uuid.UUID | None = None
-        self.node = ""
-        self.iteration = 0
-        self.steps = 0
-        self.outcome: RunStatus | None = None
-        self.completed_at: Any = None
-        self.error: str | None = None
-        self.result: Any = None
-
-    def emit(self, event: Event) -> None:
-        self.ex.observers.on_event(event)
-
-    @property
-    def observed(self) -> bool:
-        """Whether any observer listens (events are only built for someone)."""
-        return bool(self.ex.observers)
-
-    def before_step(self) -> bool:
-        """Commit the last step, check for a cancel request, record the next stage's start."""
-        walker = self.walker
-        if walker.done:
-            return False
-        node = walker.node
-        assert node is not None
-        iteration = walker.counters.get(node, 0) + 1
-        if iteration > self.graph.max_iterations:
-            self.fail(str(MaxIterationsError(node, self.graph.max_iterations)))
-            return False
-        if self.cancel.is_set():
-            self.cancelled("cancel requested")
-            return False
-        stage_id, cancel_requested = self.rec.begin_stage(self.run_id, node, iteration, self.state_json)
-        if cancel_requested:
-            self.cancelled("cancel requested")
-            return False
-        self.stage_id, self.node, self.iteration = stage_id, node, iteration
-        if self.observed:
-            self.emit(StageStarted(self.run_id, node, iteration, MappingProxyType(walker.state)))
-        return True
-
-    def after_step(self, decision: RouteDecision) -> None:
-        """Buffer the stage's completion, the decision and the checkpoint (committed at the next boundary)."""
-        walker, cap = self.walker, self.capture
-        assert self.stage_id is not None
-        try:
-            self.state_json = dumps_state(walker.state, f"the state after node {self.node!r}")
-            updates_json = dumps_state(cap.updates or {}, f"the output of node {self.node!r}")
-        except StateNotSerializableError as err:
-            self.stage_failed(str(err), cap.duration_ms)
-            self.fail(str(err))
-            return
-        self.rec.end_stage(self.stage_id, StageStatus.COMPLETED, output_json=updates_json,
-                           duration_ms=cap.duration_ms)
-        self.stage_id = None  # completed: nothing after this may mark it failed
-        self.rec.decision(self.run_id, decision.from_node, decision.to_node, decision.predicate_name,
-                          decision.predicate_result, decision.reason)
-        self.steps += 1
-        if walker.done or self.steps % self.ex.checkpoint_every == 0:
-            meta = dumps({"next_node": walker.node, "counters": walker.counters, "format": CHECKPOINT_FORMAT})
-            self.rec.checkpoint(self.run_id, self.node, f'{{"state":{self.state_json},{meta[1:]}')
-        if not self.observed:
-            return
-        self.emit(StageCompleted(self.run_id, self.node, self.iteration, MappingProxyType(dict(cap.updates or {})),
-                                 cap.duration_ms))
-        self.emit(DecisionMade(self.run_id, decision.from_node, decision.to_node, decision.predicate_name,
-                               decision.predicate_result, decision.reason))
-
-    def stepped(self, decision: RouteDecision) -> bool:
-        """After a successful step: record it; whether the walk may go on."""
-        self.after_step(decision)
-        return self.outcome is None
-
-    def stage_failed(self, error: str, duration_ms: float) -> None:
-        if self.stage_id is not None:
-            self.rec.end_stage(self.stage_id, StageStatus.FAILED, duration_ms=duration_ms, error=error)
-            self.emit(StageFailed(self.run_id, self.node, self.iteration, error, duration_ms))
-            self.stage_id = None
-
-    def node_failed(self, err: GraphError) -> None:
-        message = str(err)
-        self.stage_failed(message, self.capture.duration_ms)
-        self.fail(message)
-
-    def interrupted(self, err: BaseException) -> None:
-        """A KeyboardInterrupt or task cancellation during a node: the run ends cancelled, resumable."""
-        reason = "interrupted (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else "cancelled while running"
-        self.stage_failed(f"cancelled: {reason}", self.capture.duration_ms)
-        self.cancelled(reason)
-
-    def fail(self, message: str) -> None:
-        self.completed_at = self.rec.finish_run(self.run_id, RunStatus.FAILED, error=message)
-        self.outcome, self.error = RunStatus.FAILED, message
-        self.emit(RunFailed(self.run_id, message))
-
-    def cancelled(self, reason: str) -> None:
-        self.completed_at = self.rec.finish_run(self.run_id, RunStatus.CANCELLED, error=None)
-        self.outcome = RunStatus.CANCELLED
-        self.emit(RunCancelled(self.run_id, reason))
-
-    def finish(self) -> None:
-        if self.outcome is not None:
-            return
-        result = self.graph.result_of(self.walker.state)
-        result_json = self.state_json if self.graph.result_key is None else dumps(result)
-        self.completed_at = self.rec.finish_run(self.run_id, RunStatus.COMPLETED, result_json=result_json)
-        self.outcome, self.result = RunStatus.COMPLETED, result
-        self.emit(RunCompleted(self.run_id, result))
+__all__ = ["CHECKPOINT_FORMAT", "INTERRUPTED", "Executor", "dumps_state", "plugin_observers"]
 
 
 class Executor:
@@ -361,29 +173,29 @@ class Executor:
     # -- phases
 
     def _cold_start(self, name: str, params: Mapping[str, Any] | None, rec: SqlRecorder | None = None,
-                    *, start: bool = False) -> _Plan:
+                    *, start: bool = False) -> Plan:
         """Resolve the workflow, check its params, create the run as pending. With ``start`` (and
         the hot start's recorder), also move it to running in the same round trip."""
         workflow = self.registry.get(name)
         checked = workflow.validate_params(params)
         stored = checked.model_dump(mode="json") if hasattr(checked, "model_dump") else dict(checked)
         try:
-            _check_json(stored)
+            check_json(stored)
         except (TypeError, ValueError) as err:
             raise InvalidParamsError(f"params of workflow {name!r} must be JSON-serializable: {err}") from None
         run_id = uuid.uuid4()
         if rec is not None and start:
             created_at, started_at = rec.create_and_start_run(run_id, name, stored)
-            return _Plan(run_id, workflow, stored, RunStatus.RUNNING, None, False, created_at, started_at,
+            return Plan(run_id, workflow, stored, RunStatus.RUNNING, None, False, created_at, started_at,
                          started=True)
         if rec is None:
             with SqlRecorder(self.engine) as own:
                 created_at = own.create_run(run_id, name, stored)
         else:
             created_at = rec.create_run(run_id, name, stored)
-        return _Plan(run_id, workflow, stored, RunStatus.PENDING, None, False, created_at)
+        return Plan(run_id, workflow, stored, RunStatus.PENDING, None, False, created_at)
 
-    def _prepare_resume(self, run_id: uuid.UUID | str, force: bool) -> _Plan:
+    def _prepare_resume(self, run_id: uuid.UUID | str, force: bool) -> Plan:
         rid = parse_uuid(run_id)
         run = self.repository.find_run(rid)
         if run.status is RunStatus.RUNNING:
@@ -403,9 +215,9 @@ class Executor:
         }
         with SqlRecorder(self.engine) as rec:  # stages a dead process (or a lost write) left 'started'
             rec.interrupt_stages(rid, INTERRUPTED)
-        return _Plan(rid, workflow, run.params, run.status, snapshot, True, run.created_at, run.started_at)
+        return Plan(rid, workflow, run.params, run.status, snapshot, True, run.created_at, run.started_at)
 
-    def _begin(self, rec: SqlRecorder, plan: _Plan) -> _RunLoop | None:
+    def _begin(self, rec: SqlRecorder, plan: Plan) -> RunLoop | None:
         """Mark the run running, build its graph, and set up the walk (None if the build failed)."""
         run_id = plan.run_id
         if not plan.started:
@@ -415,7 +227,7 @@ class Executor:
                 raise InvalidStatusError(f"run {run_id} is {now.status.value} now (it changed meanwhile); not started")
             plan.started_at = plan.started_at or started
         self.observers.on_event(RunStarted(run_id, plan.workflow.name, plan.params, plan.resumed))
-        capture = _StageCapture()
+        capture = StageCapture()
         try:
             graph, initial = plan.workflow.build(plan.params, self.runtime)
             snap = plan.snapshot
@@ -426,7 +238,7 @@ class Executor:
                                 observer=capture)
             with self._lock:
                 cancel = self._cancel.setdefault(run_id, threading.Event())
-            return _RunLoop(self, rec, run_id, graph, walker, capture, cancel)
+            return RunLoop(self, rec, run_id, graph, walker, capture, cancel)
         except WfkitError as err:
             plan.error = str(err)
             plan.failed_at = rec.finish_run(run_id, RunStatus.FAILED, error=plan.error)
@@ -440,12 +252,12 @@ class Executor:
                 rec.finish_run(run_id, RunStatus.FAILED, error=f"building the graph failed: {error_text(err)}")
             raise
 
-    def _outcome(self, plan: _Plan, loop: _RunLoop | None) -> Run:
+    def _outcome(self, plan: Plan, loop: RunLoop | None) -> Run:
         """The finished run, from what this process wrote (no read back), or as stored if unsure."""
         completed_at = loop.completed_at if loop is not None else plan.failed_at
         if completed_at is None or (loop is not None and loop.outcome is None):
             return self.repository.find_run(plan.run_id)
-        return _new_run(dict(
+        return new_run(dict(
             id=plan.run_id, workflow_name=plan.workflow.name,
             status=loop.outcome if loop is not None else RunStatus.FAILED,
             params=plan.params, result=loop.result if loop is not None else None,
@@ -457,7 +269,7 @@ class Executor:
     def _recorder(self, rec: SqlRecorder | None) -> Any:
         return contextlib.nullcontext(rec) if rec is not None else SqlRecorder(self.engine)
 
-    def _hot(self, plan: _Plan, rec: SqlRecorder | None = None) -> Run:
+    def _hot(self, plan: Plan, rec: SqlRecorder | None = None) -> Run:
         loop = None
         try:
             with self._recorder(rec) as rec:
@@ -469,7 +281,7 @@ class Executor:
                 self._cancel.pop(plan.run_id, None)
         return self._outcome(plan, loop)
 
-    async def _ahot(self, plan: _Plan, rec: SqlRecorder | None = None) -> Run:
+    async def _ahot(self, plan: Plan, rec: SqlRecorder | None = None) -> Run:
         loop = None
         try:
             with self._recorder(rec) as rec:
@@ -485,20 +297,20 @@ class Executor:
                 self._cancel.pop(plan.run_id, None)
         return self._outcome(plan, loop)
 
-    def _hot_in_background(self, plan: _Plan) -> None:
+    def _hot_in_background(self, plan: Plan) -> None:
         try:
             self._hot(plan)
         except Exception:  # recorded in the run where possible; never kill the thread silently
             logging.getLogger("wfkit.executor").exception("run %s failed in the background", plan.run_id)
 
-    def _guarded(self, loop: _RunLoop, walk: Any) -> None:
+    def _guarded(self, loop: RunLoop, walk: Any) -> None:
         try:
             walk(loop)
         except BaseException as err:
             self._after_crash(loop, err)
             raise
 
-    def _after_crash(self, loop: _RunLoop, err: BaseException) -> None:
+    def _after_crash(self, loop: RunLoop, err: BaseException) -> None:
         """The walk was interrupted (Ctrl-C, task cancelled) or history could not be written."""
         if loop.outcome is not None:
             return
@@ -514,7 +326,7 @@ class Executor:
             pass  # the database is what failed: the run stays as last committed, resumable with --force
 
     @staticmethod
-    def _walk_sync(loop: _RunLoop) -> None:
+    def _walk_sync(loop: RunLoop) -> None:
         walker = loop.walker
         while loop.before_step():
             try:
@@ -527,7 +339,7 @@ class Executor:
         loop.finish()
 
     @staticmethod
-    async def _walk_async(loop: _RunLoop) -> None:
+    async def _walk_async(loop: RunLoop) -> None:
         walker = loop.walker
         while loop.before_step():
             task = asyncio.ensure_future(walker.astep())

@@ -1,0 +1,21 @@
+"""The ``wfkit`` command line: parse, call the library, print.
+
+Heavy modules (SQLAlchemy, SQLModel, Alembic, pydantic) are imported inside
+the commands that need them, so ``wfkit --help`` stays fast.
+
+Errors from the library become one line on stderr: exit code 2 for bad input
+(a bad status, sort field, id, revision or setting), 1 for everything else
+(not found, database unreachable or not migrated).
+"""
+
+from __future__ import annotations
+
+from wfkit.cli import browse, db, execute, workflows  # noqa: F401 - importing them registers their commands
+from wfkit.cli.common import cli
+
+__all__ = ["cli", "main"]
+
+
+def main() -> None:
+    """The console script's entry point."""
+    cli(prog_name="wfkit")

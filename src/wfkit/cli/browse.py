@@ -1,0 +1,177 @@
+"""``wfkit runs list|show|stages|decisions``: browse run history through the repository."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from wfkit.cli.common import (
+    RUN_STATUSES,
+    database_url,
+    database_url_option,
+    echo_json,
+    fmt_time,
+    fmt_value,
+    json_option,
+    plural,
+    render_table,
+    runs,
+)
+from wfkit.formatting import format_ms as fmt_ms
+
+
+def _repository() -> Any:
+    from wfkit.repository import Repository
+
+    return Repository(database_url())
+
+
+@runs.command("list")
+@click.option("--workflow", "workflow_name", metavar="NAME", help="Only runs of this workflow.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    metavar="STATUS",
+    help=f"Only runs with this status; repeat or comma-separate for several ({', '.join(RUN_STATUSES)}).",
+)
+@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True, help="Page number, from 1.")
+@click.option(
+    "--page-size", type=click.IntRange(min=1), default=None, help="Runs per page (default 20, at most 100)."
+)
+@click.option(
+    "--sort",
+    metavar="FIELDS",
+    default=None,
+    help="Comma-separated fields, '-' for descending (default -created_at). "
+    "Fields: id, workflow_name, status, created_at, updated_at, started_at, completed_at.",
+)
+@json_option
+@database_url_option
+def runs_list(
+    workflow_name: str | None,
+    statuses: tuple[str, ...],
+    page: int,
+    page_size: int | None,
+    sort: str | None,
+    as_json: bool,
+) -> None:
+    """List runs, newest first, a page at a time."""
+    from wfkit.query import PageRequest, RunFilters
+
+    filters = RunFilters(workflow_name=workflow_name, status=statuses)
+    request = PageRequest(page=page, page_size=page_size, sort=sort)
+    result = _repository().list_runs(request, filters)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    if result.data:
+        click.echo(
+            render_table(
+                ("ID", "WORKFLOW", "STATUS", "CREATED", "DURATION"),
+                (
+                    (r.id, r.workflow_name, r.status.value, fmt_time(r.created_at), fmt_ms(r.duration_ms))
+                    for r in result.data
+                ),
+            )
+        )
+    elif result.total == 0:
+        filtered = filters.workflow_name is not None or filters.status
+        click.echo("No runs match these filters." if filtered else "No runs yet.")
+    footer = f"page {result.page} of {result.total_pages} ({plural(result.total, 'run')})"
+    if result.page > result.total_pages:
+        footer += ": past the last page"
+    click.echo(footer)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@json_option
+@database_url_option
+def runs_show(run_id: str, as_json: bool) -> None:
+    """Show one run: status, times, params, result or error."""
+    run = _repository().find_run(run_id)
+    if as_json:
+        echo_json(run.to_dict())
+        return
+    rows = [
+        ("id", run.id),
+        ("workflow", run.workflow_name),
+        ("status", run.status.value),
+        ("created", fmt_time(run.created_at)),
+        ("started", fmt_time(run.started_at)),
+        ("completed", fmt_time(run.completed_at)),
+        ("updated", fmt_time(run.updated_at)),
+        ("duration", fmt_ms(run.duration_ms)),
+        ("params", json.dumps(run.params, ensure_ascii=False, sort_keys=True)),
+        ("result", "-" if run.result is None else json.dumps(run.result, ensure_ascii=False, sort_keys=True)),
+    ]
+    if run.error_message:
+        rows.append(("error", run.error_message))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+@runs.command("stages")
+@click.argument("run_id")
+@json_option
+@database_url_option
+def runs_stages(run_id: str, as_json: bool) -> None:
+    """List a run's stages (node executions), oldest first."""
+    stages = _repository().get_stages(run_id)
+    if as_json:
+        echo_json([s.to_dict() for s in stages])
+        return
+    if not stages:
+        click.echo("This run has no stages yet.")
+        return
+    click.echo(
+        render_table(
+            ("NODE", "ITER", "STATUS", "DURATION", "STARTED", "OUTPUT / ERROR"),
+            (
+                (
+                    s.node_name,
+                    s.iteration,
+                    s.status.value,
+                    fmt_ms(s.duration_ms),
+                    fmt_time(s.created_at),
+                    fmt_value(s.error_message or s.output_snapshot),
+                )
+                for s in stages
+            ),
+        )
+    )
+
+
+@runs.command("decisions")
+@click.argument("run_id")
+@json_option
+@database_url_option
+def runs_decisions(run_id: str, as_json: bool) -> None:
+    """List a run's routing decisions, oldest first."""
+    decisions = _repository().get_decisions(run_id)
+    if as_json:
+        echo_json([d.to_dict() for d in decisions])
+        return
+    if not decisions:
+        click.echo("This run has no decisions yet.")
+        return
+    click.echo(
+        render_table(
+            ("FROM", "TO", "PREDICATE", "RESULT", "AT", "REASON"),
+            (
+                (
+                    d.from_node,
+                    d.to_node or "END",
+                    d.predicate_name or "-",
+                    str(d.predicate_result).lower(),
+                    fmt_time(d.created_at),
+                    fmt_value(d.reason),
+                )
+                for d in decisions
+            ),
+        )
+    )

@@ -1,0 +1,155 @@
+"""What every command shares: the root group and the ``runs`` group, options, errors, rendering."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import click
+
+from wfkit.errors import (
+    ConfigurationError,
+    InvalidQueryError,
+    InvalidStatusError,
+    WfkitError,
+)
+
+BAD_INPUT_ERRORS = (InvalidQueryError, InvalidStatusError, ConfigurationError)
+RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+_URL_KEY = "wfkit.database_url"
+
+
+def exit_code_for(err: WfkitError) -> int:
+    """2 for bad input, 1 for everything else."""
+    return 2 if isinstance(err, BAD_INPUT_ERRORS) else 1
+
+
+class WfkitGroup(click.Group):
+    """A group that turns wfkit errors into one stderr line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WfkitError as err:
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(exit_code_for(err))
+
+
+def _remember_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[_URL_KEY] = value
+
+
+def database_url_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--database-url``, accepted before or after the subcommand (the later one wins)."""
+    return click.option(
+        "--database-url",
+        metavar="URL",
+        expose_value=False,
+        callback=_remember_url,
+        help="Database URL (default: $WFKIT_DATABASE_URL, else the per-user SQLite file; see `wfkit db path`).",
+    )(fn)
+
+
+def database_url() -> str | None:
+    return click.get_current_context().meta.get(_URL_KEY)
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")(fn)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def fmt_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+def fmt_value(value: Any, width: int = 60) -> str:
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Rows under headers, each column as wide as its widest cell."""
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+@click.group(cls=WfkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="wfkit", prog_name="wfkit")
+@database_url_option
+def cli() -> None:
+    """wfkit: stateful workflows whose history lives in SQL.
+
+    Configuration: --database-url, else WFKIT_DATABASE_URL, else a SQLite file
+    in your user data directory. WFKIT_DEFAULT_PAGE_SIZE and WFKIT_MAX_PAGE_SIZE
+    set listing page sizes (20 and 100 by default).
+    """
+
+
+@cli.group(cls=WfkitGroup)
+def runs() -> None:
+    """Browse run history: list runs, show one, its stages and decisions."""
+
+
+def parse_params(pairs: Sequence[str], params_json: str | None) -> dict[str, Any]:
+    """``--params-json`` then ``-p key=value`` pairs (values are JSON if they parse, else strings)."""
+    params: dict[str, Any] = {}
+    if params_json:
+        try:
+            loaded = json.loads(params_json)
+        except json.JSONDecodeError as err:
+            raise click.BadParameter(f"not valid JSON ({err.msg} at position {err.pos})", param_hint="'--params-json'")
+        if not isinstance(loaded, dict):
+            raise click.BadParameter(
+                f"must be a JSON object, got {type(loaded).__name__}", param_hint="'--params-json'"
+            )
+        params.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="'-p' / '--param'")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        params[key.strip()] = value
+    return params
+
+
+def params_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--params-json", metavar="JSON", default=None, help="The workflow's params as one JSON object."
+    )(fn)
+    return click.option(
+        "-p",
+        "--param",
+        "param_pairs",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="One param (repeatable); VALUE is read as JSON if it parses (3, true, [1,2]), else as text.",
+    )(fn)
+
+
+def warn_plugin_failures() -> None:
+    from wfkit.plugins import plugin_report
+
+    for message in plugin_report().messages():
+        click.echo(f"Warning: {message}", err=True)

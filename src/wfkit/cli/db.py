@@ -1,0 +1,121 @@
+"""``wfkit db ...``: create and migrate the database (Alembic migrations shipped in the package)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from wfkit.cli.common import (
+    WfkitGroup,
+    cli,
+    database_url,
+    database_url_option,
+    echo_json,
+    json_option,
+    render_table,
+)
+
+
+@cli.group(cls=WfkitGroup)
+def db() -> None:
+    """Create and migrate the database schema."""
+
+
+def _where() -> str:
+    from wfkit.db import display_url, normalize_url, resolve_database_url
+
+    return display_url(normalize_url(resolve_database_url(database_url())))
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@database_url_option
+def db_upgrade(revision: str) -> None:
+    """Migrate the database up to REVISION (default: head, the newest).
+
+    Creates the database (a SQLite file) and its tables if needed.
+    """
+    from wfkit import migrations
+
+    before = migrations.current(database_url())
+    migrations.upgrade(database_url(), revision)
+    after = migrations.current(database_url())
+    if before == after:
+        click.echo(f"{_where()} is already at revision {after or 'base'}")
+    else:
+        click.echo(f"upgraded {_where()} from {before or 'base'} to {after or 'base'}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@database_url_option
+def db_downgrade(revision: str) -> None:
+    """Migrate the database down to REVISION ('base' removes every wfkit table and its data)."""
+    from wfkit import migrations
+
+    before = migrations.current(database_url())
+    migrations.downgrade(database_url(), revision)
+    after = migrations.current(database_url())
+    click.echo(f"downgraded {_where()} from {before or 'base'} to {after or 'base'}")
+
+
+@db.command("current")
+@json_option
+@database_url_option
+def db_current(as_json: bool) -> None:
+    """Show the revision the database is at."""
+    from wfkit import migrations
+
+    rev, head = migrations.current(database_url()), migrations.head()
+    if as_json:
+        echo_json({"database_url": _where(), "current": rev, "head": head, "up_to_date": rev == head})
+        return
+    if rev is None:
+        click.echo(f"{_where()}: not migrated (run `wfkit db upgrade`)")
+    else:
+        click.echo(f"{_where()}: {rev}" + (" (head)" if rev == head else f" (head is {head}: run `wfkit db upgrade`)"))
+
+
+@db.command("history")
+@json_option
+def db_history(as_json: bool) -> None:
+    """List the migrations wfkit ships, oldest first."""
+    from wfkit import migrations
+
+    revs = migrations.history()
+    if as_json:
+        echo_json([r.to_dict() for r in revs])
+        return
+    click.echo(
+        render_table(
+            ("REVISION", "REVISES", "MESSAGE"),
+            ((r.revision + (" (head)" if r.is_head else ""), r.down_revision or "base", r.message) for r in revs),
+        )
+    )
+
+
+@db.command("check")
+@database_url_option
+def db_check() -> None:
+    """Compare the database's schema with wfkit's models; exit 1 if they differ."""
+    from wfkit import migrations
+
+    if migrations.current(database_url()) is None:
+        click.echo(f"{_where()}: not migrated (run `wfkit db upgrade`)", err=True)
+        sys.exit(1)
+    diffs = migrations.check(database_url())
+    if not diffs:
+        click.echo(f"{_where()} matches wfkit's models")
+        return
+    click.echo(f"{_where()} differs from wfkit's models:", err=True)
+    for diff in diffs:
+        click.echo(f"  {migrations.describe_diff(diff)}", err=True)
+    sys.exit(1)
+
+
+@db.command("path")
+@database_url_option
+def db_path() -> None:
+    """Print the database URL in use (from --database-url, WFKIT_DATABASE_URL or the default)."""
+    click.echo(_where())

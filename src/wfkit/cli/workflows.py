@@ -1,0 +1,84 @@
+"""``wfkit list-workflows``, ``wfkit plugins``, ``wfkit graph``: what the installed plugins offer."""
+
+from __future__ import annotations
+
+import click
+
+from wfkit.cli.common import (
+    cli,
+    echo_json,
+    json_option,
+    params_options,
+    parse_params,
+    render_table,
+    warn_plugin_failures,
+)
+
+
+@cli.command("list-workflows")
+@json_option
+def list_workflows_cmd(as_json: bool) -> None:
+    """List the workflows that installed plugins register."""
+    from wfkit.registry import list_workflows
+
+    workflows = list_workflows()
+    warn_plugin_failures()
+    if as_json:
+        echo_json([w.to_dict() for w in workflows])
+        return
+    if not workflows:
+        click.echo(
+            "No workflows are registered.\n"
+            "Install a package that ships wfkit workflows (for example: pip install ./plugins/wfkit-samples),\n"
+            "or write one: a module with a `wfkit_register_workflows(registry)` hook, named by an entry point\n"
+            "in the group 'wfkit' (see examples/wfkit-plugin-template). `wfkit plugins` shows what was found."
+        )
+        return
+    click.echo(render_table(("NAME", "DESCRIPTION", "PLUGIN"), ((w.name, w.description, w.plugin) for w in workflows)))
+
+
+@cli.command("plugins")
+@json_option
+def plugins_cmd(as_json: bool) -> None:
+    """List the installed plugins: distribution, hooks, workflows, and errors."""
+    from wfkit.plugins import plugin_report
+
+    report = plugin_report()
+    if as_json:
+        echo_json({"plugins": [p.to_dict() for p in report.plugins], "warnings": report.warnings})
+        return
+    for message in report.warnings:
+        click.echo(f"Warning: {message}", err=True)
+    if not report.plugins:
+        click.echo("No plugins are installed (entry-point group 'wfkit').")
+        return
+    for p in report.plugins:
+        state = "loaded" if p.loaded else ("FAILED" if p.error else "not loaded (WFKIT_LOAD_PLUGINS)")
+        click.echo(f"{p.name}: {state}")
+        click.echo(f"  distribution  {p.distribution or '-'} {p.version or ''}".rstrip())
+        click.echo(f"  module        {p.module}")
+        click.echo(f"  hooks         {', '.join(p.hooks) or '-'}")
+        click.echo(f"  workflows     {', '.join(p.workflows) or '-'}")
+        if p.error:
+            click.echo(f"  error         {p.error}")
+
+
+@cli.command("graph")
+@click.argument("name")
+@click.option(
+    "--format", "fmt", type=click.Choice(["mermaid", "json"]), default="mermaid", show_default=True,
+    help="Output format.",
+)
+@params_options
+def graph_cmd(name: str, fmt: str, param_pairs: tuple[str, ...], params_json: str | None) -> None:
+    """Show the graph that workflow NAME builds (with default params, or those given)."""
+    from wfkit.registry import get_workflow
+
+    params = parse_params(param_pairs, params_json)
+    workflow = get_workflow(name)
+    warn_plugin_failures()
+    graph, _state = workflow.build(params)
+    if fmt == "json":
+        echo_json(graph.to_dict())
+    else:
+        click.echo(graph.to_mermaid())
