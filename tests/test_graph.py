@@ -307,6 +307,26 @@ def test_async_nodes_in_run_and_arun():
     assert [v.node for v in result.visits] == ["a", "b", "c"]
 
 
+def test_callable_objects_and_partials_are_async_when_their_call_is():
+    import functools
+
+    class AsyncStep:
+        async def __call__(self, state):
+            return {"count": state.get("count", 0) + 1}
+
+    class SyncStep:
+        def __call__(self, state):
+            return {"count": state.get("count", 0) + 1}
+
+    async def add(state, n):
+        return {"count": state.get("count", 0) + n}
+
+    g = (StateGraph().add_node("a", AsyncStep()).add_node("b", SyncStep()).add_node("c", functools.partial(add, n=10))
+         .add_edge("a", "b").add_edge("b", "c").set_finish_point("c").set_entry_point("a"))
+    assert [g.nodes[n].is_async for n in "abc"] == [True, False, True]
+    assert asyncio.run(g.arun({})).state == {"count": 12}
+
+
 def test_execute_node_sync_and_async():
     g = mixed_graph()
     assert g.execute_node("a", {"count": 1}) == ({"count": 2}, {"count": 2})

@@ -58,7 +58,9 @@ class StateGraph:
         if name in self._nodes:
             self._duplicates.append(name)
             return self
-        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        # A callable object may have an ``async def __call__``; a function or method is what it says.
+        is_async = inspect.iscoroutinefunction(fn) or (
+            not inspect.isroutine(fn) and inspect.iscoroutinefunction(getattr(fn, "__call__", None)))
         self._nodes[name] = Node(name, fn, description, is_async)
         return self
 
