@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -100,7 +101,8 @@ def _terminate_others(url):
     with psycopg.connect(dsn, autocommit=True) as conn:
         killed = conn.execute(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        ).fetchone()[0]
     time.sleep(0.05)  # let the server finish closing them
     return killed
 
@@ -133,8 +135,9 @@ def test_a_connection_is_pinged_only_after_sitting_idle(pg_url, monkeypatch, idl
     assert len(pings) == (2 if pinged else 0)  # the first check-out is a new connection: never pinged
 
 
-def test_repository_reads_survive_a_server_side_disconnect(pg_url):
+def test_repository_reads_survive_a_server_side_disconnect(pg_url, monkeypatch):
     """Within the no-ping window a dropped connection fails its first use: the repository retries once."""
+    monkeypatch.setattr(wfkit.db, "PING_AFTER_IDLE_S", 3600.0)  # however slow this machine: no ping
     engine = create_engine(pg_url)
     repo = Repository(engine)
     try:
@@ -190,3 +193,70 @@ def test_a_closed_repository_reads_again(db_url):
     assert repo.list_runs().total == 0
     with Repository(db_url) as again:
         assert again.list_runs().total == 0
+
+
+def test_an_in_memory_sqlite_engine_keeps_its_database(tmp_path):
+    """In-memory SQLite lives in the pool's one connection: the repository borrows it, never keeps it."""
+    from factories import add_runs
+
+    engine = create_engine("sqlite://")
+    try:
+        migrations.upgrade(engine)
+        add_runs(engine, 2)
+        repo = Repository(engine)
+        assert repo.list_runs().total == 2
+        add_runs(engine, 1)  # the engine still sees the same database
+        assert repo.list_runs().total == 3
+    finally:
+        engine.dispose()
+
+
+def test_reads_leave_pooled_connections_as_configured(migrated_url):
+    """Reading in autocommit must not change a pooled connection's own isolation level."""
+    for level in ("AUTOCOMMIT", None):
+        engine = create_engine(migrated_url, **({"isolation_level": level} if level else {}))
+        try:
+            with engine.connect() as conn:
+                before = conn.get_isolation_level()
+            Repository(engine).list_runs()
+            with pytest.raises(NotFoundError):
+                Repository(engine).find_run(uuid.uuid4())
+            with engine.connect() as conn:
+                assert conn.get_isolation_level() == before
+                if engine.dialect.name == "postgresql":
+                    assert conn.connection.driver_connection.autocommit is (level == "AUTOCOMMIT")
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() exists on POSIX only")
+def test_a_forked_child_reads_on_its_own_connection(db_url):
+    """A child process opens its own SQLite connection; the parent's keeps working, untouched."""
+    import threading
+
+    from factories import add_runs
+
+    engine = create_engine(db_url)
+    add_runs(engine, 3)
+    repo = Repository(engine)
+    try:
+        assert repo.list_runs().total == 3
+        if repo._kept is None:
+            return  # PostgreSQL: pooled connections, nothing kept per thread
+        mine = repo._kept.get()
+        other = threading.Thread(target=repo.list_runs)  # a second kept connection, in another thread
+        other.start()
+        other.join()
+        pid = os.fork()
+        if pid == 0:  # the child: read, and say how it went in the exit code
+            code = 1
+            try:
+                code = 0 if repo.list_runs().total == 3 and repo._kept.get() is not mine else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert repo._kept.get() is mine and repo.list_runs().total == 3
+    finally:
+        repo.close()
+        engine.dispose()

@@ -427,3 +427,32 @@ def test_the_memory_checkpoint_store_needs_no_database_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_an_autocommit_engine_still_writes_each_step_atomically_and_keeps_its_setting(db_url, samples):
+    """An engine made with AUTOCOMMIT: the recorder still groups a step's writes in one transaction
+    (SQLite opens none by itself then), and hands connections back with the engine's setting."""
+    from wfkit.db import create_engine
+
+    engine = create_engine(db_url, isolation_level="AUTOCOMMIT")
+    sent: list[str] = []
+    if engine.dialect.name == "sqlite":  # what sqlite3 sends, BEGIN and COMMIT included
+        sa.event.listen(engine, "connect", lambda dbapi_conn, _rec: dbapi_conn.set_trace_callback(sent.append))
+    try:
+        run = Executor(engine, registry=samples).execute("text-pipeline", {"text": "a b a"})
+        assert run.status is RunStatus.COMPLETED
+        stages = Repository(engine).get_stages(run.id)
+        assert stages and all(s.status is StageStatus.COMPLETED for s in stages)
+        with engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            if engine.dialect.name == "sqlite":
+                assert driver.isolation_level is None
+                steps = [i for i, text in enumerate(sent) if text.startswith("INSERT INTO decisions")]
+                assert len(steps) == len(stages)
+                for i in steps:  # each decision is written inside a transaction that commits after it
+                    opened = max(j for j in range(i) if sent[j].startswith("BEGIN"))
+                    assert not any(t.startswith("COMMIT") for t in sent[opened:i])
+            else:
+                assert driver.autocommit is True
+    finally:
+        engine.dispose()

@@ -93,6 +93,7 @@ class SqlRecorder:
         self._sql = {name: self.d.sql(text) for name, text in _STATEMENTS.items()}
         self._conn: Any = None
         self._cursor: Any = None
+        self._restore: tuple[str, Any] = ("", None)  # the driver setting to put back on close
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self._ctes: dict[tuple[Any, ...], str] = {}  # buffered writes' names -> the WITH ... prefix
         self._step_time: Any = None  # when the last stage ended: its decision and checkpoint share it
@@ -103,13 +104,21 @@ class SqlRecorder:
         with self._errors():  # the pool hands out the driver's own connect errors
             self._conn = self.engine.raw_connection()
         self._cursor = self._conn.cursor()
-        if not self.d.sqlite:
+        driver = self._conn.driver_connection
+        if self.d.sqlite:
+            # The statements of a step must share a transaction: sqlite3 opens one before the first
+            # write unless the engine was made with AUTOCOMMIT (isolation_level None).
+            self._restore = ("isolation_level", driver.isolation_level)
+            if driver.isolation_level is None:
+                driver.isolation_level = "DEFERRED"
+        else:
             # Every write is one statement (see _write), so the connection runs in autocommit:
             # a step boundary is one round trip.
+            self._restore = ("autocommit", driver.autocommit)
             with self._errors():
-                if self._conn.driver_connection.info.transaction_status:  # not idle (e.g. after a pre-ping)
+                if driver.info.transaction_status:  # not idle: left in a transaction
                     self._conn.rollback()
-                self._conn.driver_connection.autocommit = True
+                driver.autocommit = True
                 if self._set_async:
                     self._cursor.execute("SET synchronous_commit TO off")
                 elif not self.async_commit and self.engine in ASYNC_COMMIT_ENGINES:
@@ -125,10 +134,9 @@ class SqlRecorder:
         try:
             if self.d.sqlite:
                 self._conn.rollback()  # anything not committed was not meant to be
-            else:  # the connection goes back to the pool as it came
-                if self._set_async or not self.async_commit:
-                    self._cursor.execute("RESET synchronous_commit")
-                self._conn.driver_connection.autocommit = False
+            elif self._set_async or not self.async_commit:
+                self._cursor.execute("RESET synchronous_commit")
+            setattr(self._conn.driver_connection, *self._restore)  # back to the pool as it came
         except Exception:
             pass
         self._conn.close()

@@ -7,9 +7,9 @@
 
 The repository writes nothing. It is safe to share between the threads of a
 web service: on PostgreSQL each call borrows a connection from the engine's
-pool and gives it back; on SQLite each thread keeps a connection of its own
-(closed when the thread ends, or by :meth:`Repository.close`). Returned
-objects are detached: plain data, readable after the call.
+pool and gives it back; on a SQLite file each thread keeps a connection of its
+own (closed when the thread ends, or by :meth:`Repository.close`). Returned
+objects belong to no session: plain data, readable after the call.
 
 Reads are short and frequent, so they skip SQLAlchemy's per-call machinery:
 each statement is built with SQLAlchemy once per shape (which filters, which
@@ -81,10 +81,12 @@ class Repository:
         dialect = self.engine.dialect
         self._codec = codec_for(dialect.name)
         self._own_engine = not isinstance(engine_or_url, Engine)
-        # SQLite: each thread keeps a connection (see ThreadConnections). PostgreSQL: pooled
-        # connections, reading in autocommit (each statement sees committed data anyway), which
-        # saves the BEGIN and ROLLBACK round trips. sqlite3 opens no transaction for a SELECT.
-        self._kept = ThreadConnections(self.engine) if dialect.name == "sqlite" else None
+        # A SQLite file: each thread keeps a connection (see ThreadConnections); an in-memory
+        # database lives in its pool's one connection, so it is borrowed like any other. PostgreSQL:
+        # pooled connections, reading in autocommit (each statement sees committed data anyway),
+        # which saves the BEGIN and ROLLBACK round trips. sqlite3 opens no transaction for a SELECT.
+        self._autocommit = dialect.name == "postgresql"
+        self._kept = ThreadConnections(self.engine) if ThreadConnections.suits(self.engine) else None
         self._decode = {model: self._codec.decoder(model) for model in (Run, Stage, Decision)}
         self._lock = threading.Lock()
         self._listings: dict[Any, tuple[Statement, Statement]] = {}
@@ -206,8 +208,10 @@ class Repository:
             with translate_errors(self.engine):
                 conn = self.engine.raw_connection()
                 driver = conn.driver_connection
+                was_autocommit = bool(getattr(driver, "autocommit", False))
                 try:
-                    driver.autocommit = True
+                    if self._autocommit and not was_autocommit:
+                        driver.autocommit = True
                     cursor = conn.cursor()
                     try:
                         return work(cursor)
@@ -222,8 +226,8 @@ class Repository:
                 finally:
                     if conn.dbapi_connection is not None:  # not invalidated
                         try:
-                            if not driver.closed:
-                                driver.autocommit = False
+                            if self._autocommit and not was_autocommit and not driver.closed:
+                                driver.autocommit = False  # back to the pool as it came
                         finally:
                             conn.close()
         raise AssertionError("unreachable")  # pragma: no cover

@@ -53,9 +53,12 @@ def sqlite_time(value: datetime | None) -> str | None:
 _SCAN_JSON = json.JSONDecoder().raw_decode
 
 
-def _json_in(text: str) -> Any:
-    # Stored JSON is compact (no surrounding whitespace): scanning it directly is twice as fast as
-    # ``json.loads``, which is still the judge of anything else.
+def _json_in(text: Any) -> Any:
+    # SQLite gives a column declared JSON numeric affinity: a bare number is stored, and read back,
+    # as a number. Other values are compact JSON text (no surrounding whitespace): scanning it
+    # directly is twice as fast as ``json.loads``, which is still the judge of anything else.
+    if not isinstance(text, str):
+        return text
     try:
         value, end = _SCAN_JSON(text)
         if end == len(text):

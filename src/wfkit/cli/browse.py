@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -115,34 +116,28 @@ def runs_show(run_id: str, as_json: bool) -> None:
         click.echo(f"{key.ljust(width)}  {value}")
 
 
+def _echo_related(items: list[Any], as_json: bool, empty: str, headers: tuple[str, ...],
+                  row: Callable[[Any], tuple[Any, ...]]) -> None:
+    """A run's stages or decisions: JSON, a table, or a line saying there are none."""
+    if as_json:
+        echo_json([item.to_dict() for item in items])
+    elif not items:
+        click.echo(empty)
+    else:
+        click.echo(render_table(headers, (row(item) for item in items)))
+
+
 @runs.command("stages")
 @click.argument("run_id")
 @json_option
 @database_url_option
 def runs_stages(run_id: str, as_json: bool) -> None:
     """List a run's stages (node executions), oldest first."""
-    stages = _repository().get_stages(run_id)
-    if as_json:
-        echo_json([s.to_dict() for s in stages])
-        return
-    if not stages:
-        click.echo("This run has no stages yet.")
-        return
-    click.echo(
-        render_table(
-            ("NODE", "ITER", "STATUS", "DURATION", "STARTED", "OUTPUT / ERROR"),
-            (
-                (
-                    s.node_name,
-                    s.iteration,
-                    s.status.value,
-                    fmt_ms(s.duration_ms),
-                    fmt_time(s.created_at),
-                    fmt_value(s.error_message or s.output_snapshot),
-                )
-                for s in stages
-            ),
-        )
+    _echo_related(
+        _repository().get_stages(run_id), as_json, "This run has no stages yet.",
+        ("NODE", "ITER", "STATUS", "DURATION", "STARTED", "OUTPUT / ERROR"),
+        lambda s: (s.node_name, s.iteration, s.status.value, fmt_ms(s.duration_ms), fmt_time(s.created_at),
+                   fmt_value(s.error_message or s.output_snapshot)),
     )
 
 
@@ -152,26 +147,9 @@ def runs_stages(run_id: str, as_json: bool) -> None:
 @database_url_option
 def runs_decisions(run_id: str, as_json: bool) -> None:
     """List a run's routing decisions, oldest first."""
-    decisions = _repository().get_decisions(run_id)
-    if as_json:
-        echo_json([d.to_dict() for d in decisions])
-        return
-    if not decisions:
-        click.echo("This run has no decisions yet.")
-        return
-    click.echo(
-        render_table(
-            ("FROM", "TO", "PREDICATE", "RESULT", "AT", "REASON"),
-            (
-                (
-                    d.from_node,
-                    d.to_node or "END",
-                    d.predicate_name or "-",
-                    str(d.predicate_result).lower(),
-                    fmt_time(d.created_at),
-                    fmt_value(d.reason),
-                )
-                for d in decisions
-            ),
-        )
+    _echo_related(
+        _repository().get_decisions(run_id), as_json, "This run has no decisions yet.",
+        ("FROM", "TO", "PREDICATE", "RESULT", "AT", "REASON"),
+        lambda d: (d.from_node, d.to_node or "END", d.predicate_name or "-", str(d.predicate_result).lower(),
+                   fmt_time(d.created_at), fmt_value(d.reason)),
     )
