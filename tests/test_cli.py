@@ -263,9 +263,12 @@ def test_list_workflows_command_does_not_load_sqlalchemy():
     code = (
         "import sys\nfrom wfkit.cli import cli\n"
         "try:\n    cli(['list-workflows'])\nexcept SystemExit:\n    pass\n"
-        "print('HEAVY', [m for m in ('sqlalchemy', 'sqlmodel', 'alembic', 'pydantic') if m in sys.modules])"
+        "print('HEAVY', [m for m in ('sqlalchemy', 'sqlmodel', 'alembic', 'pydantic') if m in sys.modules])\n"
+        "print('CLI', sorted(m for m in sys.modules if m.startswith('wfkit.cli.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "HEAVY []"
+    heavy, modules = out.stdout.strip().splitlines()[-2:]
+    assert heavy == "HEAVY []"
+    assert modules == "CLI ['wfkit.cli.common', 'wfkit.cli.workflows']"  # the other commands' modules stay unloaded
     assert "review-loop" in out.stdout  # with the samples plugin installed, as make test does

@@ -10,7 +10,8 @@ Errors from the library become one line on stderr: exit code 2 for bad input
 
 from __future__ import annotations
 
-from wfkit.cli import browse, db, execute, workflows  # noqa: F401 - importing them registers their commands
+# The commands live in browse.py, execute.py, workflows.py and db.py: each is imported when one of
+# its commands is used (see WfkitGroup's ``lazy``), so a command loads only what it needs.
 from wfkit.cli.common import cli
 
 __all__ = ["cli", "main"]

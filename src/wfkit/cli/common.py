@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +28,23 @@ def exit_code_for(err: WfkitError) -> int:
 
 
 class WfkitGroup(click.Group):
-    """A group that turns wfkit errors into one stderr line and an exit code."""
+    """A group that turns wfkit errors into one stderr line and an exit code.
+
+    ``lazy`` maps command names to the module of this package that defines them: the module is
+    imported only when the command is used (or help lists it), so a command loads only its own.
+    """
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            importlib.import_module(f"wfkit.cli.{self.lazy[cmd_name]}")  # its decorators register it here
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -92,7 +109,11 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-@click.group(cls=WfkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=WfkitGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    lazy={"list-workflows": "workflows", "plugins": "workflows", "graph": "workflows", "run": "execute", "db": "db"},
+)
 @click.version_option(package_name="wfkit", prog_name="wfkit")
 @database_url_option
 def cli() -> None:
@@ -104,7 +125,10 @@ def cli() -> None:
     """
 
 
-@cli.group(cls=WfkitGroup)
+@cli.group(cls=WfkitGroup, lazy={
+    "list": "browse", "show": "browse", "stages": "browse", "decisions": "browse",
+    "resume": "execute", "cancel": "execute", "delete": "execute",
+})
 def runs() -> None:
     """Browse run history: list runs, show one, its stages and decisions."""
 
