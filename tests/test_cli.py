@@ -264,11 +264,12 @@ def test_list_workflows_command_does_not_load_sqlalchemy():
         "import sys\nfrom wfkit.cli import cli\n"
         "try:\n    cli(['list-workflows'])\nexcept SystemExit:\n    pass\n"
         "print('HEAVY', [m for m in ('sqlalchemy', 'sqlmodel', 'alembic', 'pydantic') if m in sys.modules])\n"
-        "print('CLI', sorted(m for m in sys.modules if m.startswith('wfkit.cli.')))"
+        "print('CLI', sorted(m for m in sys.modules if m.startswith('wfkit.cli.')), 'wfkit.graph.state_graph' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     heavy, modules = out.stdout.strip().splitlines()[-2:]
     assert heavy == "HEAVY []"
-    assert modules == "CLI ['wfkit.cli.common', 'wfkit.cli.workflows']"  # the other commands' modules stay unloaded
+    # the other commands' modules stay unloaded, and so does the graph engine (the samples import only END)
+    assert modules == "CLI ['wfkit.cli.common', 'wfkit.cli.workflows'] False"
     assert "review-loop" in out.stdout  # with the samples plugin installed, as make test does

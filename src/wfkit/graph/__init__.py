@@ -33,6 +33,8 @@ An executor drives the same walk one step at a time with a :class:`Walker`, whic
 after every node and rebuild from that snapshot later (:meth:`Walker.from_snapshot`).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from wfkit.graph.parts import (
     END,
     MAX_NAME_LENGTH,
@@ -47,10 +49,26 @@ from wfkit.graph.parts import (
     Visit,
     predicate,
 )
-from wfkit.graph.state_graph import StateGraph
-from wfkit.graph.walker import Walker
+
+if TYPE_CHECKING:
+    from wfkit.graph.state_graph import StateGraph
+    from wfkit.graph.walker import Walker
 
 __all__ = [
     "END", "MAX_NAME_LENGTH", "Edge", "Node", "Observer", "Predicate", "RouteDecision", "RunResult",
     "Snapshot", "State", "StateGraph", "Visit", "Walker", "predicate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # StateGraph and Walker load on first use: a plugin module that only needs END (as most do
+    # at import time) does not pay for them when `wfkit list-workflows` imports it.
+    if name == "StateGraph":
+        from wfkit.graph.state_graph import StateGraph
+
+        return StateGraph
+    if name == "Walker":
+        from wfkit.graph.walker import Walker
+
+        return Walker
+    raise AttributeError(f"module 'wfkit.graph' has no attribute {name!r}")
