@@ -30,7 +30,7 @@ from wfkit.storage import codec_for, dumps
 
 _INSERT_RUN = (
     "INSERT INTO runs (id, workflow_name, status, params, result, error_message, started_at, completed_at, "
-    "created_at, updated_at, cancel_requested_at) VALUES (?, ?, ?, {j}, NULL, NULL, NULL, NULL, ?, ?, NULL)"
+    "created_at, updated_at, cancel_requested_at) VALUES (?, ?, ?, {j}, NULL, NULL, ?, NULL, ?, ?, NULL)"
 )
 _TOUCH_RUN = "UPDATE runs SET updated_at = ? WHERE id = ? RETURNING cancel_requested_at"
 _START_RUN = (
@@ -205,27 +205,21 @@ class SqlRecorder:
     # -- runs
 
     def create_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any]) -> datetime:
+        """Record a new run as pending; return its ``created_at``."""
         now = utcnow()
         self._write([], ("insert_run", (self.d.id(run_id), workflow_name, RunStatus.PENDING.value, dumps(params),
-                                        self.d.time(now), self.d.time(now))))
+                                        None, self.d.time(now), self.d.time(now))))
         return now
 
     def create_and_start_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any]
                              ) -> tuple[datetime, datetime]:
-        """:meth:`create_run` then :meth:`start_run`: two transactions (the run is pending, then
-        running), sent together on PostgreSQL (psycopg's pipeline mode: one round trip)."""
-        if self.d.sqlite:
-            created = self.create_run(run_id, workflow_name, params)
-            started = self.start_run(run_id, RunStatus.PENDING)
-        else:
-            created = started = utcnow()
-            now, rid = self.d.time(created), self.d.id(run_id)
-            with self._errors(), self._conn.driver_connection.pipeline():
-                self._run("insert_run", (rid, workflow_name, RunStatus.PENDING.value, dumps(params), now, now))
-                self._run("start_run", (RunStatus.RUNNING.value, now, now, rid, RunStatus.PENDING.value))
-        if started is None:  # nobody else can know the run yet: it was just created
-            raise DatabaseError(f"run {run_id} could not be started right after it was created")
-        return created, started
+        """:meth:`create_run` and :meth:`start_run` in one transaction, so the run is created running
+        (nobody could have seen it pending: nobody knows its id yet). One INSERT: the start's UPDATE
+        would rewrite every index entry of the row, since ``status`` is indexed."""
+        now = utcnow()
+        self._write([], ("insert_run", (self.d.id(run_id), workflow_name, RunStatus.RUNNING.value, dumps(params),
+                                        self.d.time(now), self.d.time(now), self.d.time(now))))
+        return now, now
 
     def start_run(self, run_id: uuid.UUID, from_status: RunStatus) -> datetime | None:
         """Move the run from ``from_status`` to running and return when; None if its status was not

@@ -10,7 +10,9 @@ A run goes through three phases:
 1. cold start: resolve the workflow (``WorkflowNotFoundError``), validate its
    params (``InvalidParamsError``), create the run as ``pending``;
 2. hot start: mark it ``running``, build the graph through the factory, walk
-   it; each stage start is committed before its node runs, and each stage's
+   it (:meth:`Executor.execute` records the creation and the start in one
+   transaction, so its run is created ``running``; :meth:`Executor.start`
+   creates it ``pending`` and its background thread starts it); each stage start is committed before its node runs, and each stage's
    completion, its decision, the checkpoint and the run's ``updated_at`` are
    committed together with the start of the next stage (one transaction per
    step boundary, see :mod:`wfkit.recorder`);
@@ -175,7 +177,7 @@ class Executor:
     def _cold_start(self, name: str, params: Mapping[str, Any] | None, rec: SqlRecorder | None = None,
                     *, start: bool = False) -> Plan:
         """Resolve the workflow, check its params, create the run as pending. With ``start`` (and
-        the hot start's recorder), also move it to running in the same round trip."""
+        the hot start's recorder), create it running instead: creation and start in one transaction."""
         workflow = self.registry.get(name)
         checked = workflow.validate_params(params)
         stored = checked.model_dump(mode="json") if hasattr(checked, "model_dump") else dict(checked)
