@@ -32,7 +32,8 @@ def assert_one_line_error(out: subprocess.CompletedProcess, code: int, text: str
     assert out.returncode == code, (out.stdout, out.stderr)
     assert "Traceback" not in out.stderr
     assert text in out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith("Error: ")
+    [line] = out.stderr.strip().splitlines()  # one line, whatever the error: Click's usage errors too
+    assert line.startswith("Error: ")
 
 
 @pytest.fixture
@@ -273,3 +274,20 @@ def test_list_workflows_command_does_not_load_sqlalchemy():
     # the other commands' modules stay unloaded, and so does the graph engine (the samples import only END)
     assert modules == "CLI ['wfkit.cli.common', 'wfkit.cli.workflows'] False"
     assert "review-loop" in out.stdout  # with the samples plugin installed, as make test does
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nosuch"], "No such command 'nosuch'. (see 'wfkit --help')"),
+        (["runs", "show"], "Missing argument 'RUN_ID'. (see 'wfkit runs show --help')"),
+        (["runs", "list", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_click_usage_errors_are_one_line_too(args, message):
+    assert_one_line_error(wfkit(*args), 2, message)
+
+
+def test_a_bare_group_shows_its_help():
+    out = wfkit("runs")
+    assert out.returncode == 2 and "Commands:" in out.stdout + out.stderr and "Error" not in out.stderr

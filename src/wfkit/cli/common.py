@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,8 @@ from wfkit.errors import (
 BAD_INPUT_ERRORS = (InvalidQueryError, InvalidStatusError, ConfigurationError)
 RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 _URL_KEY = "wfkit.database_url"
+# Click 8.2+ raises this (a UsageError) for a group called without a command; older Clicks print help.
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def exit_code_for(err: WfkitError) -> int:
@@ -45,6 +48,29 @@ class WfkitGroup(click.Group):
         if cmd_name not in self.commands and cmd_name in self.lazy:
             importlib.import_module(f"wfkit.cli.{self.lazy[cmd_name]}")  # its decorators register it here
         return super().get_command(ctx, cmd_name)
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        """As Click's, but a usage error (a bad option, value or argument) is one line on stderr,
+        like every other error, instead of the usage, a hint and the error."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except _NO_ARGS_IS_HELP as err:  # a group called bare: its help, as Click shows it
+            err.show()
+            sys.exit(err.exit_code)
+        except click.UsageError as err:
+            hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+            click.echo(f"Error: {err.format_message()}{hint}", err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
