@@ -291,3 +291,9 @@ def test_click_usage_errors_are_one_line_too(args, message):
 def test_a_bare_group_shows_its_help():
     out = wfkit("runs")
     assert out.returncode == 2 and "Commands:" in out.stdout + out.stderr and "Error" not in out.stderr
+
+
+def test_params_from_json_then_pairs_the_last_value_of_a_key_wins():
+    from wfkit.cli.common import parse_params
+
+    assert parse_params(["b=2", "c=x", "b=[3]"], '{"a": 1, "b": 1}') == {"a": 1, "b": [3], "c": "x"}

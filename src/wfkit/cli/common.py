@@ -160,7 +160,8 @@ def runs() -> None:
 
 
 def parse_params(pairs: Sequence[str], params_json: str | None) -> dict[str, Any]:
-    """``--params-json`` then ``-p key=value`` pairs (values are JSON if they parse, else strings)."""
+    """``--params-json`` then ``-p key=value`` pairs over it, in order (values are JSON if they
+    parse, else strings): a later value of a key replaces an earlier one."""
     params: dict[str, Any] = {}
     if params_json:
         try:
@@ -194,7 +195,8 @@ def params_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "param_pairs",
         multiple=True,
         metavar="KEY=VALUE",
-        help="One param (repeatable); VALUE is read as JSON if it parses (3, true, [1,2]), else as text.",
+        help="One param (repeatable); VALUE is read as JSON if it parses (3, true, [1,2]), else as text. "
+        "It overrides the same key of --params-json; of two -p with one key, the last wins.",
     )(fn)
 
 
