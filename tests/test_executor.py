@@ -417,6 +417,30 @@ def test_a_cancel_request_stops_the_next_stage_from_starting(engine, samples):
     assert [s.node_name for s in executor.repository.get_stages(plan.run_id)] == ["receive"]
 
 
+def test_force_cancel_ends_a_run_whose_process_is_gone_and_it_resumes(engine, samples):
+    """A process died inside a node: the run says running forever. cancel(force=True) ends it
+    cancelled at once, the stage it left started is marked failed, and resume finishes the run."""
+    from wfkit.executor import INTERRUPTED
+    from wfkit.recorder import SqlRecorder
+
+    executor = Executor(engine, registry=samples)
+    expected = Executor(engine, registry=samples).execute("branching").result
+    plan = executor._cold_start("branching", {})
+    with SqlRecorder(engine) as rec:  # what the dead process had written
+        rec.start_run(plan.run_id, RunStatus.PENDING)
+        rec.begin_stage(plan.run_id, "receive", 1, "{}")
+    requested = executor.cancel(plan.run_id)  # without force: only a request, the run stays running
+    assert requested.status is RunStatus.RUNNING and requested.cancel_requested_at is not None
+    run = executor.cancel(plan.run_id, force=True)
+    assert run.status is RunStatus.CANCELLED and run.completed_at is not None
+    [stage] = executor.repository.get_stages(plan.run_id)
+    assert stage.status is StageStatus.FAILED and stage.error_message == INTERRUPTED
+    with pytest.raises(InvalidStatusError, match="cannot go from cancelled to cancelled"):
+        executor.cancel(plan.run_id, force=True)
+    resumed = executor.resume(plan.run_id)
+    assert resumed.status is RunStatus.COMPLETED and resumed.result == expected
+
+
 def test_the_memory_checkpoint_store_needs_no_database_library():
     import subprocess
     import sys

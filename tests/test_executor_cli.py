@@ -234,3 +234,17 @@ def test_ctrl_c_between_nodes_keeps_the_completed_node(env, db_url, tmp_path):
     out = wfkit(env, "runs", "resume", str(run.id), "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["result"] == FINAL
     assert [s.node_name for s in repo.get_stages(run.id)] == ["s1", "s2", "s3", "s4"]
+
+
+def test_cancel_force_from_the_command_line(env, db_url, tmp_path):
+    proc = start(env, "run", "steps", "-p", "pause_in=s2", "-p", "pause_seconds=30")
+    wait_for(tmp_path / "markers" / "s2-in", proc)
+    proc.kill()  # the process is gone; the run says running
+    proc.communicate(timeout=30)
+    run = only_run(db_url)
+    assert run.status is RunStatus.RUNNING
+    out = wfkit(env, "runs", "cancel", str(run.id), "--force", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "cancelled"
+    out = wfkit(env, "runs", "resume", str(run.id), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["result"] == FINAL

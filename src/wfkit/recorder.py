@@ -45,6 +45,12 @@ _REQUEST_CANCEL = (
     "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, ?), updated_at = ? "
     "WHERE id = ? AND status = ?"
 )
+# A forced cancel: the run ends cancelled now, and its cancel request is recorded too, so that a
+# process still executing it (if there is one after all) stops before its next node.
+_FORCE_CANCEL = (
+    "UPDATE runs SET status = ?, cancel_requested_at = COALESCE(cancel_requested_at, ?), completed_at = ?, "
+    "updated_at = ? WHERE id = ? AND status = ?"
+)
 _DELETE_RUN = "DELETE FROM runs WHERE id = ? AND status <> ?"
 _DELETE_RUN_ANY = "DELETE FROM runs WHERE id = ?"
 _INSERT_STAGE = (
@@ -249,6 +255,15 @@ class SqlRecorder:
         now = self.d.time(utcnow())
         return self._write([], ("request_cancel", (now, now, self.d.id(run_id), RunStatus.RUNNING.value))) == 1
 
+    def force_cancel(self, run_id: uuid.UUID, stage_message: str) -> bool:
+        """End a running run as cancelled now (its process is gone), marking the stages it left
+        ``started`` as failed with ``stage_message``; one transaction. False if it was not running."""
+        now = self.d.time(utcnow())
+        rid = self.d.id(run_id)
+        interrupt = ("interrupt_stages", (StageStatus.FAILED.value, stage_message, rid, StageStatus.STARTED.value))
+        return self._write([interrupt], ("force_cancel", (RunStatus.CANCELLED.value, now, now, now, rid,
+                                                          RunStatus.RUNNING.value))) == 1
+
     def delete_run(self, run_id: uuid.UUID, *, force: bool = False) -> bool:
         """Delete a run unless it is running (or even then, with ``force``); its stages, decisions
         and checkpoint go with it (ON DELETE CASCADE). False if nothing was deleted."""
@@ -325,6 +340,7 @@ _STATEMENTS = {
     "upsert_checkpoint": _UPSERT_CHECKPOINT,
     "interrupt_stages": _INTERRUPT_STAGES,
     "request_cancel": _REQUEST_CANCEL,
+    "force_cancel": _FORCE_CANCEL,
     "delete_run": _DELETE_RUN,
     "delete_run_any": _DELETE_RUN_ANY,
 }

@@ -107,14 +107,16 @@ def runs_resume(run_id: str, force: bool, as_json: bool) -> None:
 
 @runs.command("cancel")
 @click.argument("run_id")
+@click.option("--force", is_flag=True,
+              help="End a 'running' run as cancelled now, without waiting for its process (use when it is gone).")
 @json_option
 @database_url_option
-def runs_cancel(run_id: str, as_json: bool) -> None:
+def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
     """Cancel a run: a pending one at once, a running one before its next node (from any terminal)."""
     from wfkit.executor import Executor
     from wfkit.registry import Registry
 
-    run = Executor(database_url(), registry=Registry()).cancel(run_id)
+    run = Executor(database_url(), registry=Registry()).cancel(run_id, force=force)
     if as_json:
         echo_json(run.to_dict())
     elif run.status.value == "cancelled":

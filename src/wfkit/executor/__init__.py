@@ -130,10 +130,13 @@ class Executor:
                     self._threads.pop(rid, None)
         return self.repository.find_run(rid)
 
-    def cancel(self, run_id: uuid.UUID | str) -> Run:
+    def cancel(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
         """Cancel a run: a pending one at once; a running one before its next node (from any process).
 
-        Cancelling a finished run is an :class:`InvalidStatusError`.
+        ``force`` ends a running run as cancelled at once, for a run whose process is gone (it would
+        otherwise stay ``running``); the stage it left started is marked failed, and the run can be
+        resumed. Should its process still be alive, it stops before its next node. Cancelling a
+        finished run is an :class:`InvalidStatusError`.
         """
         rid = parse_uuid(run_id)
         run = self.repository.find_run(rid)
@@ -141,6 +144,8 @@ class Executor:
         with SqlRecorder(self.engine) as rec:
             if run.status is RunStatus.PENDING:
                 changed = rec.finish_run(rid, RunStatus.CANCELLED, from_status=RunStatus.PENDING) is not None
+            elif force:
+                changed = rec.force_cancel(rid, INTERRUPTED)
             else:
                 changed = rec.request_cancel(rid)
         with self._lock:
