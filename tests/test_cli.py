@@ -201,7 +201,10 @@ def test_db_commands(new_database):
     assert "matches wfkit's models" in wfkit("db", "check", url=url).stdout
     assert json.loads(wfkit("runs", "list", "--json", url=url).stdout)["total"] == 0
     assert_one_line_error(wfkit("db", "upgrade", "nope", url=url), 2, "unknown revision 'nope'")
-    out = wfkit("db", "downgrade", "base", url=url)
+    out = wfkit("db", "downgrade", "base", url=url)  # not a terminal, no --yes: refused, nothing dropped
+    assert_one_line_error(out, 2, "a downgrade to base removes every wfkit table and its data: add --yes")
+    assert json.loads(wfkit("db", "current", "--json", url=url).stdout)["current"] == HEAD
+    out = wfkit("db", "downgrade", "base", "--yes", url=url)
     assert out.returncode == 0 and f"from {HEAD} to base" in out.stdout
     assert_one_line_error(wfkit("runs", "list", url=url), 1, "wfkit db upgrade")
 
@@ -297,3 +300,23 @@ def test_params_from_json_then_pairs_the_last_value_of_a_key_wins():
     from wfkit.cli.common import parse_params
 
     assert parse_params(["b=2", "c=x", "b=[3]"], '{"a": 1, "b": 1}') == {"a": 1, "b": [3], "c": "x"}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal for stdin needs POSIX")
+@pytest.mark.parametrize(("answer", "code", "current"), [("n", 1, HEAD), ("y", 0, None)])
+def test_downgrade_to_base_asks_at_a_terminal(tmp_path, answer, code, current):
+    import pty
+
+    url = f"sqlite:///{tmp_path}/asked.db"
+    assert wfkit("db", "upgrade", url=url).returncode == 0
+    master, slave = pty.openpty()
+    try:
+        os.write(master, f"{answer}\n".encode())
+        out = subprocess.run([WFKIT, "db", "downgrade", "base"], stdin=slave, capture_output=True, text=True,
+                             env={**os.environ, "WFKIT_DATABASE_URL": url}, timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert out.returncode == code, out.stderr
+    assert "Remove every wfkit table" in out.stderr
+    assert json.loads(wfkit("db", "current", "--json", url=url).stdout)["current"] == current

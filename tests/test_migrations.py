@@ -108,7 +108,7 @@ def test_migrations_work_from_an_installed_wheel(installed_wheel, empty_url):
     assert migrations.current(empty_url) == migrations.head()
     out = run("db", "history")
     assert f"{migrations.head()} (head)" in out.stdout
-    out = run("db", "downgrade", "base")
+    out = run("db", "downgrade", "base", "--yes")
     assert out.returncode == 0 and migrations.current(empty_url) is None
 
 

@@ -49,12 +49,21 @@ def db_upgrade(revision: str) -> None:
 
 @db.command("downgrade")
 @click.argument("revision")
+@click.option("--yes", is_flag=True, help="Confirm a downgrade to 'base' (it removes every wfkit table and its data).")
 @database_url_option
-def db_downgrade(revision: str) -> None:
-    """Migrate the database down to REVISION ('base' removes every wfkit table and its data)."""
+def db_downgrade(revision: str, yes: bool) -> None:
+    """Migrate the database down to REVISION ('base' removes every wfkit table and its data: it asks
+    first, or takes --yes)."""
     from wfkit import migrations
 
     before = migrations.current(database_url())
+    if revision.strip().lower() == "base" and before is not None and not yes:
+        question = f"Remove every wfkit table of {_where()}, and all the run history in them?"
+        if not sys.stdin.isatty():
+            raise click.UsageError("a downgrade to base removes every wfkit table and its data: add --yes to confirm")
+        if not click.confirm(question, default=False, err=True):
+            click.echo("nothing changed", err=True)
+            sys.exit(1)
     migrations.downgrade(database_url(), revision)
     after = migrations.current(database_url())
     click.echo(f"downgraded {_where()} from {before or 'base'} to {after or 'base'}")
