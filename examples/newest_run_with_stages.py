@@ -15,7 +15,7 @@ def main() -> None:
     repo = Repository()  # or Repository("postgresql://user@host/db"); safe to share between threads
 
     failed = repo.list_runs(PageRequest(page=1, page_size=3), RunFilters(status="failed"))
-    print(f"{failed.total} failed runs; the newest:", file=sys.stderr)
+    print(f"{failed.total} failed runs" + ("; the newest:" if failed.data else ""), file=sys.stderr)
     for run in failed.data:
         print(f"  {run.created_at:%Y-%m-%d %H:%M} {run.workflow_name}: {run.error_message}", file=sys.stderr)
 

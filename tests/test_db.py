@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 import time
 import uuid
 
@@ -32,14 +34,21 @@ def test_postgres_urls_get_psycopg():
 
 @pytest.mark.parametrize(
     ("url", "message"),
-    [("not a url", "invalid database URL 'not a url'"), ("mysql://u@h/db", "unsupported database 'mysql'")],
+    [
+        ("not a url", "invalid database URL 'not a url'"),
+        ("mysql://u@h/db", "unsupported database 'mysql'"),
+        ("postgresql://u@h:notaport/db", "invalid database URL 'postgresql://u@h:notaport/db'"),
+        ("postgresql://u@[::1/db", "invalid database URL"),
+        ("postgresql+asyncpg://u@h/db", "unsupported driver 'postgresql+asyncpg'"),
+    ],
 )
 def test_bad_urls(url, message):
-    with pytest.raises(ConfigurationError, match=message):
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
         normalize_url(url)
 
 
 def test_sqlite_connections_are_configured(tmp_path):
+    (tmp_path / "sub" / "dir").mkdir(parents=True)
     engine = create_engine(f"sqlite:///{tmp_path}/sub/dir/x.db")
     try:
         with engine.connect() as conn:
@@ -260,3 +269,36 @@ def test_a_forked_child_reads_on_its_own_connection(db_url):
     finally:
         repo.close()
         engine.dispose()
+
+
+def test_postgresql_without_psycopg_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    with pytest.raises(ConfigurationError, match=r"pip install 'wfkit\[postgres\]'"):
+        create_engine("postgresql://u@h/db")
+
+
+def test_a_sqlite_path_in_a_missing_directory_is_an_error_not_new_directories(tmp_path):
+    with pytest.raises(ConfigurationError, match="the directory .*nope/deeper does not exist"):
+        create_engine(f"sqlite:///{tmp_path}/nope/deeper/x.db")
+    assert not (tmp_path / "nope").exists()
+
+
+def test_downgrading_a_missing_sqlite_file_does_not_create_it(tmp_path):
+    from wfkit.errors import DatabaseNotMigratedError
+
+    path = tmp_path / "missing.db"
+    with pytest.raises(DatabaseNotMigratedError, match="there is no database at"):
+        migrations.downgrade(f"sqlite:///{path}", "base")
+    assert not path.exists()
+
+
+def test_the_default_database_gets_its_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("WFKIT_DATABASE_URL", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    engine = create_engine()
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+    assert default_database_path() == tmp_path / "data" / "wfkit" / "wfkit.db" and default_database_path().exists()

@@ -52,8 +52,14 @@ def test_service_example_runs(db_url, engine):
 
 def test_seed_command_line(db_url):
     env = {**os.environ, "WFKIT_DATABASE_URL": db_url}
-    out = subprocess.run([sys.executable, "-m", "wfkit.seed", "--runs", "12"], capture_output=True, text=True, env=env)
-    assert out.returncode == 0 and out.stdout.startswith("added 12 runs")
+    for _ in range(2):  # each time new runs (a new seed), so a second call adds to the first
+        out = subprocess.run([sys.executable, "-m", "wfkit.seed", "--runs", "12"], capture_output=True, text=True,
+                             env=env)
+        assert out.returncode == 0 and out.stdout.startswith("added 12 runs"), out.stderr
+    assert Repository(db_url).list_runs().total == 24
+    again = subprocess.run([sys.executable, "-m", "wfkit.seed", "--runs", "12", "--seed", "5"], capture_output=True,
+                           text=True, env=env)
+    assert again.returncode == 0 and again.stdout.strip().endswith("(--seed 5)")
 
 
 def test_seed_command_line_on_a_database_that_is_not_migrated(tmp_path):

@@ -65,7 +65,8 @@ def normalize_url(url: str) -> sa.URL:
     """Parse ``url``; a bare ``postgresql://`` (or ``postgres://``) gets the psycopg 3 driver."""
     try:
         parsed = make_url(url)
-    except exc.ArgumentError:
+        parsed.port  # noqa: B018 - a port that is not a number fails here (or in make_url), not at connect time
+    except (exc.ArgumentError, ValueError):
         raise ConfigurationError(
             f"invalid database URL {url!r}: expected e.g. sqlite:///path/to/wfkit.db "
             "or postgresql://user@host/dbname"
@@ -76,6 +77,18 @@ def normalize_url(url: str) -> sa.URL:
         raise ConfigurationError(
             f"unsupported database {parsed.get_backend_name()!r} in URL: wfkit supports sqlite and postgresql"
         )
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        raise ConfigurationError(
+            f"unsupported driver {parsed.drivername!r} in URL: wfkit talks to SQLite through sqlite3 "
+            "(sqlite:///...) and to PostgreSQL through psycopg 3 (postgresql://...)"
+        )
+    if parsed.get_backend_name() == "postgresql":
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None:
+            raise ConfigurationError(
+                "PostgreSQL needs the psycopg driver, which is not installed: pip install 'wfkit[postgres]'"
+            )
     return parsed
 
 
@@ -128,8 +141,8 @@ def _open_existing_only(path: Path) -> Any:
 def create_engine(url: str | None = None, *, create_missing: bool = True, **kwargs: Any) -> Engine:
     """An engine for ``url`` (resolved as :func:`resolve_database_url` says).
 
-    For a SQLite file, ``create_missing`` (the default) creates the parent
-    directory and lets SQLite create the file; with ``create_missing=False``
+    For a SQLite file, ``create_missing`` (the default) lets SQLite create the file (and, for
+    the per-user default, its directory; a directory given by hand must exist); with ``create_missing=False``
     a missing file is an error at first use instead (readers never leave
     empty database files behind).
     Extra keyword arguments go to :func:`sqlalchemy.create_engine`.
@@ -139,7 +152,11 @@ def create_engine(url: str | None = None, *, create_missing: bool = True, **kwar
         path = _sqlite_file(parsed)
         engine = sa.create_engine(parsed, **kwargs)
         if path is not None and create_missing:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.expanduser().absolute() == default_database_path():  # the per-user data directory
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.parent.is_dir():  # a typo in a path given by hand must not make directories
+                raise ConfigurationError(f"cannot create the SQLite database {path}: "
+                                         f"the directory {path.parent} does not exist")
         elif path is not None:
             event.listen(engine, "do_connect", _open_existing_only(path))
         event.listen(engine, "connect", _sqlite_on_connect)

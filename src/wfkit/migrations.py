@@ -73,12 +73,13 @@ def _resolve(rev: str) -> str:
     return rev
 
 
-def _run_command(engine_or_url: Engine | str | None, name: str, *args: Any) -> None:
+def _run_command(engine_or_url: Engine | str | None, name: str, *args: Any, create_missing: bool = True) -> None:
     from alembic import command
     from alembic.util import CommandError
 
     try:
-        with engine_for(engine_or_url) as engine, translate_errors(engine), engine.connect() as conn:
+        with engine_for(engine_or_url, create_missing=create_missing) as engine, translate_errors(engine), \
+                engine.connect() as conn:
             with migration_connection(conn):
                 getattr(command, name)(_config(conn), *args)
                 conn.commit()
@@ -92,8 +93,9 @@ def upgrade(engine_or_url: Engine | str | None = None, revision: str = "head") -
 
 
 def downgrade(engine_or_url: Engine | str | None = None, revision: str = "-1") -> None:
-    """Migrate the database down to ``revision`` (``base`` removes every wfkit table)."""
-    _run_command(engine_or_url, "downgrade", _resolve(revision))
+    """Migrate the database down to ``revision`` (``base`` removes every wfkit table). A SQLite
+    file that does not exist is an error, not a new empty database."""
+    _run_command(engine_or_url, "downgrade", _resolve(revision), create_missing=False)
 
 
 def current(engine_or_url: Engine | str | None = None) -> str | None:

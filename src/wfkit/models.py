@@ -131,7 +131,9 @@ def check_transition(current: RunStatus | str, new: RunStatus | str) -> RunStatu
     cur, nxt = parse_run_status(current), parse_run_status(new)
     allowed = RUN_TRANSITIONS[cur]
     if nxt not in allowed:
-        options = ", ".join(sorted(s.value for s in allowed)) or "nothing (it is final)"
+        if not allowed:
+            raise InvalidStatusError(f"a run cannot go from {cur.value} to {nxt.value}: {cur.value} is final")
+        options = ", ".join(sorted(s.value for s in allowed))
         raise InvalidStatusError(
             f"a run cannot go from {cur.value} to {nxt.value}; from {cur.value} it may go to {options}"
         )

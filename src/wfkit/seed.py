@@ -265,7 +265,8 @@ def _large_sqlite_cache(conn: sa.Connection) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m wfkit.seed", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="how many runs to add (default 200)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed, to make the same history again (default: a new one each time, printed)")
     parser.add_argument("--database-url", default=None, help="default: $WFKIT_DATABASE_URL, else the per-user SQLite file")
     args = parser.parse_args(argv)
     if args.runs < 0:
@@ -277,12 +278,13 @@ def main(argv: list[str] | None = None) -> None:
             raise DatabaseNotMigratedError(
                 "the database is not migrated to the newest revision: run `wfkit db upgrade` first"
             )
-        summary = seed_history(args.database_url, args.runs, seed=args.seed)
+        seed = args.seed if args.seed is not None else random.randrange(2**31)
+        summary = seed_history(args.database_url, args.runs, seed=seed)
     except WfkitError as err:
         sys.exit(f"Error: {err}")
     print(
         f"added {summary.runs} runs, {summary.stages} stages, {summary.decisions} decisions, "
-        f"{summary.checkpoints} checkpoints"
+        f"{summary.checkpoints} checkpoints (--seed {seed})"
     )
 
 

@@ -66,7 +66,10 @@ def db_downgrade(revision: str, yes: bool) -> None:
             sys.exit(1)
     migrations.downgrade(database_url(), revision)
     after = migrations.current(database_url())
-    click.echo(f"downgraded {_where()} from {before or 'base'} to {after or 'base'}")
+    if before == after:
+        click.echo(f"{_where()} is already at revision {after or 'base'}")
+    else:
+        click.echo(f"downgraded {_where()} from {before or 'base'} to {after or 'base'}")
 
 
 @db.command("current")

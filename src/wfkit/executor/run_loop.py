@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from time import perf_counter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +106,7 @@ class RunLoop:
         self.state_json = dumps_state(walker.state, "the state to resume from" if walker.counters else
                                       f"the initial state of workflow {graph.name!r}")
         self.stage_id: uuid.UUID | None = None
+        self.stage_began = 0.0  # perf_counter() when the current stage's start was recorded
         self.node = ""
         self.iteration = 0
         self.steps = 0
@@ -140,6 +142,7 @@ class RunLoop:
             self.cancelled("cancel requested")
             return False
         self.stage_id, self.node, self.iteration = stage_id, node, iteration
+        self.stage_began = perf_counter()
         if self.observed:
             self.emit(StageStarted(self.run_id, node, iteration, MappingProxyType(walker.state)))
         return True
@@ -190,7 +193,8 @@ class RunLoop:
     def interrupted(self, err: BaseException) -> None:
         """A KeyboardInterrupt or task cancellation during a node: the run ends cancelled, resumable."""
         reason = "interrupted (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else "cancelled while running"
-        self.stage_failed(f"cancelled: {reason}", self.capture.duration_ms)
+        # the walker never saw the node end: its time is what ran until now
+        self.stage_failed(f"cancelled: {reason}", (perf_counter() - self.stage_began) * 1000.0)
         self.cancelled(reason)
 
     def fail(self, message: str) -> None:
