@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql
 from sqlmodel import Field, SQLModel
 
 from wfkit.errors import InvalidStatusError
-from wfkit.registry import WorkflowInfo  # re-exported: defined where it costs no SQLAlchemy import
+from wfkit.registry import WorkflowInfo  # noqa: F401 - re-exported: defined where it costs no SQLAlchemy import
 
 UTC = timezone.utc
 M = TypeVar("M")
