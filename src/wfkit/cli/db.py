@@ -40,11 +40,14 @@ def db_upgrade(revision: str) -> None:
 
     before = migrations.current(database_url())
     migrations.upgrade(database_url(), revision)
-    after = migrations.current(database_url())
+    _report_move("upgraded", before, migrations.current(database_url()))
+
+
+def _report_move(verb: str, before: str | None, after: str | None) -> None:
     if before == after:
         click.echo(f"{_where()} is already at revision {after or 'base'}")
     else:
-        click.echo(f"upgraded {_where()} from {before or 'base'} to {after or 'base'}")
+        click.echo(f"{verb} {_where()} from {before or 'base'} to {after or 'base'}")
 
 
 @db.command("downgrade")
@@ -65,11 +68,7 @@ def db_downgrade(revision: str, yes: bool) -> None:
             click.echo("nothing changed", err=True)
             sys.exit(1)
     migrations.downgrade(database_url(), revision)
-    after = migrations.current(database_url())
-    if before == after:
-        click.echo(f"{_where()} is already at revision {after or 'base'}")
-    else:
-        click.echo(f"downgraded {_where()} from {before or 'base'} to {after or 'base'}")
+    _report_move("downgraded", before, migrations.current(database_url()))
 
 
 @db.command("current")
