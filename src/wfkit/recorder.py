@@ -15,9 +15,9 @@ stage that was running when it died is visible as ``started``.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -96,18 +96,17 @@ class SqlRecorder:
         # engines made by wfkit.db.create_engine set it for the whole connection already
         self._set_async = async_commit and engine not in ASYNC_COMMIT_ENGINES
         self.d = codec_for(engine.dialect.name)
-        self._sql = {name: self.d.sql(text) for name, text in _STATEMENTS.items()}
+        self._sql, self._ctes = _statements_for(engine.dialect.name)
         self._conn: Any = None
         self._cursor: Any = None
         self._restore: tuple[str, Any] = ("", None)  # the driver setting to put back on close
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
-        self._ctes: dict[tuple[Any, ...], str] = {}  # buffered writes' names -> the WITH ... prefix
         self._step_time: Any = None  # when the last stage ended: its decision and checkpoint share it
 
     # -- connection
 
     def __enter__(self) -> SqlRecorder:
-        with self._errors():  # the pool hands out the driver's own connect errors
+        with _WriteGuard(self):  # the pool hands out the driver's own connect errors
             self._conn = self.engine.raw_connection()
         self._cursor = self._conn.cursor()
         driver = self._conn.driver_connection
@@ -121,7 +120,7 @@ class SqlRecorder:
             # Every write is one statement (see _write), so the connection runs in autocommit:
             # a step boundary is one round trip.
             self._restore = ("autocommit", driver.autocommit)
-            with self._errors():
+            with _WriteGuard(self):
                 if driver.info.transaction_status:  # not idle: left in a transaction
                     self._conn.rollback()
                 driver.autocommit = True
@@ -162,7 +161,7 @@ class SqlRecorder:
         autocommit: atomic, and one round trip. All parts see the same snapshot; none of them
         touches a row another one changes.
         """
-        with self._errors():
+        with _WriteGuard(self):
             if self.d.sqlite:
                 for name, params in writes:
                     self._run(name, params)
@@ -204,9 +203,6 @@ class SqlRecorder:
         pending = self._take_pending()
         if pending:
             self._write(pending[:-1], pending[-1])
-
-    def _errors(self) -> Any:
-        return _recorder_errors(self)
 
     # -- runs
 
@@ -286,7 +282,7 @@ class SqlRecorder:
         rid = self.d.id(run_id)
         stage = (self.d.id(stage_id), rid, node, iteration, StageStatus.STARTED.value, input_json, now)
         writes = self._take_pending()
-        with self._errors():
+        with _WriteGuard(self):
             if self.d.sqlite:  # one writer at a time holds the database: the steps cannot interleave
                 for name, params in writes:
                     self._run(name, params)
@@ -346,16 +342,30 @@ _STATEMENTS = {
 }
 
 
-@contextlib.contextmanager
-def _recorder_errors(recorder: SqlRecorder) -> Iterator[None]:
-    """Driver errors during a write: roll back, drop the buffer, raise a wfkit error saying what failed."""
-    try:
-        yield
-    except WfkitError:
-        raise
-    except Exception as err:
-        if not is_driver_error(err):
-            raise
+@functools.cache
+def _statements_for(dialect_name: str) -> tuple[dict[str, str], dict[tuple[Any, ...], str]]:
+    """The statements in a dialect's form, and its cache of ``WITH`` prefixes (shared by recorders:
+    both are made once per process, not once per run)."""
+    codec = codec_for(dialect_name)
+    return {name: codec.sql(text) for name, text in _STATEMENTS.items()}, {}
+
+
+class _WriteGuard:
+    """Driver errors during a write: roll back, drop the buffer, raise a wfkit error saying what failed.
+    (A small class rather than a generator context manager: it wraps every write.)"""
+
+    __slots__ = ("recorder",)
+
+    def __init__(self, recorder: SqlRecorder):
+        self.recorder = recorder
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: Any, tb: Any) -> bool:
+        if err is None or not isinstance(err, Exception) or isinstance(err, WfkitError) or not is_driver_error(err):
+            return False
+        recorder = self.recorder
         if recorder._conn is not None:
             try:
                 recorder._conn.rollback()
@@ -364,3 +374,4 @@ def _recorder_errors(recorder: SqlRecorder) -> Iterator[None]:
         recorder._pending.clear()
         with translate_errors(recorder.engine):  # not migrated, unreachable, refused: say which
             raise err
+        return False
