@@ -15,23 +15,27 @@ Each database backend is measured against a raw baseline in the same run: the sa
 rows the executor writes (run created, started, then one transaction per step: the stage's
 completion, its decision, the checkpoint, the run's updated_at with the cancel check, the next
 stage's start; then the final one), through the raw driver (sqlite3 / psycopg), JSON encoded.
+Also printed, not a target: the floor, i.e. the very statements one executor run sent (captured),
+replayed through the raw driver with fresh ids. wfkit/floor is what the executor adds to its own SQL.
 
 Targets: memory under 20 us per step; sqlite and postgresql within 1.5x of raw and under 0.4 ms per step.
 
-    python bench/bench_executor.py [--runs 30] [--engines memory,sqlite,postgresql] [--postgres-url URL]
+    python bench/bench_executor.py [--runs 200] [--engines memory,sqlite,postgresql] [--postgres-url URL]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,6 +45,7 @@ from wfkit import migrations  # noqa: E402
 from wfkit.db import create_engine  # noqa: E402
 from wfkit.executor import Executor  # noqa: E402
 from wfkit.graph import END  # noqa: E402
+from wfkit.recorder import SqlRecorder  # noqa: E402
 from wfkit.registry import Registry  # noqa: E402
 
 LINE = "x" * 64
@@ -93,6 +98,25 @@ def steps_of(name: str) -> list[tuple[str, dict, dict, str | None, str | None]]:
         out.append((visit.node, current, dict(updates), decision.to_node, decision.predicate_name))
         current = new_state
     return out
+
+
+def side_by_side_us(sides: dict[str, Callable[[], None]], steps: int, runs: int, block: int = 10
+                    ) -> dict[str, float]:
+    """Median microseconds per step of each side, ``runs`` runs each, taken in turns of ``block``
+    runs per side (after one untimed turn each). This VM's speed drifts over seconds (disk
+    writeback, CPU placement): taking turns spreads every side over the same stretch of time, and
+    a block of runs in a row keeps the CPU caches warm as a busy executor's are."""
+    for fn in sides.values():
+        for _ in range(block):
+            fn()
+    times: dict[str, list[float]] = {label: [] for label in sides}
+    for _ in range(-(-runs // block)):
+        for label, fn in sides.items():
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[label].append(time.perf_counter() - t0)
+    return {label: statistics.median(t) / steps * 1e6 for label, t in times.items()}
 
 
 def per_step_us(fn: Callable[[], None], steps: int, runs: int) -> float:
@@ -152,6 +176,25 @@ class RawPostgres:
         return f"synchronous_commit={sc}, fsync={fs}"
 
 
+def floor_postgres(url: str):
+    """A connection set as the recorder sets its own: autocommit, synchronous_commit off."""
+    import psycopg
+
+    conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+    conn.execute("SET synchronous_commit TO off")
+    return conn
+
+
+def round_trip_us(conn, calls: int = 2000) -> float:
+    """Median microseconds of ``SELECT 1`` on ``conn``: one round trip, next to no server work."""
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        conn.execute("SELECT 1").fetchone()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
 def raw_run(db, name: str, plan) -> None:
     """Write what the executor writes for one run of ``name``, statement for statement."""
     p, j = db.ph, db.jph
@@ -202,20 +245,87 @@ def raw_run(db, name: str, plan) -> None:
     c.commit()
 
 
+# --------------------------------------------------------------------------- the floor: wfkit's own SQL
+
+
+class _Tap:
+    """Stands in for the recorder's driver cursor or connection: logs statements and commits."""
+
+    def __init__(self, inner, log: list):
+        self._inner, self._log = inner, log
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def execute(self, sql, params=()):
+        self._log.append((sql, tuple(params)))
+        self._inner.execute(sql, params)
+        return self
+
+    def commit(self):
+        self._log.append(None)
+        self._inner.commit()
+
+
+@contextlib.contextmanager
+def tapped() -> Iterator[list]:
+    """Log what every SqlRecorder entered inside the block sends: (sql, params), or None for a commit."""
+    log: list = []
+    enter = SqlRecorder.__enter__
+
+    def enter_tapped(self):
+        enter(self)
+        self._cursor, self._conn = _Tap(self._cursor, log), _Tap(self._conn, log)
+        return self
+
+    SqlRecorder.__enter__ = enter_tapped
+    try:
+        yield log
+    finally:
+        SqlRecorder.__enter__ = enter
+
+
+HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def floor_run(conn, log: list) -> None:
+    """Replay one run's captured statements on ``conn`` (as the recorder left it set), ids made fresh."""
+    ids: dict = {}
+
+    def fresh(v):
+        if isinstance(v, uuid.UUID) or (isinstance(v, str) and HEX_ID.fullmatch(v)):
+            new = ids.get(v)
+            if new is None:
+                new = ids[v] = uuid.uuid4() if isinstance(v, uuid.UUID) else uuid.uuid4().hex
+            return new
+        return v
+
+    cur = conn.cursor()
+    for item in log:
+        if item is None:
+            conn.commit()
+            continue
+        sql, params = item
+        cur.execute(sql, [fresh(v) for v in params])
+        if cur.description:
+            cur.fetchall()
+
+
 # --------------------------------------------------------------------------- main
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=30, help="runs per measurement (median taken)")
+    parser.add_argument("--runs", type=int, default=200, help="runs per measurement (median taken)")
     parser.add_argument("--engines", default="memory,sqlite,postgresql")
     parser.add_argument("--postgres-url", default=os.environ.get(
         "WFKIT_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="an admin URL: a throwaway database is created there and dropped after")
     args = parser.parse_args()
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    rows: list[tuple[str, str, float, float | None, str]] = []
+    rows: list[tuple[str, str, float, float | None, float | None, str]] = []
     checks: list[tuple[str, bool]] = []
+    notes: list[str] = []
     reg = registry()
     plans = {name: steps_of(name) for name in WORKLOADS}
 
@@ -223,28 +333,37 @@ def main() -> int:
         for name in WORKLOADS:
             graph, state = reg.get(name).build()
             us = per_step_us(lambda: graph.run(state), len(plans[name]), args.runs * 20)
-            rows.append((name, "memory", us, None, ""))
+            rows.append((name, "memory", us, None, None, ""))
             checks.append((f"{name} memory under 20 us per step ({us:.1f})", us < 20))
 
-    def measure(backend: str, url: str, raw_factory: Callable[[], object]) -> None:
+    def measure(backend: str, url: str, raw_factory: Callable[[], object], floor_conn: Callable[[], object]) -> None:
         migrations.upgrade(url)
         engine = create_engine(url)
         executor = Executor(engine, registry=reg)
-        raw = raw_factory()
+        raw, conn = raw_factory(), floor_conn()
         for name in WORKLOADS:
             n = len(plans[name])
-            ours = per_step_us(lambda: executor.execute(name), n, args.runs)
-            base = per_step_us(lambda: raw_run(raw, name, plans[name]), n, args.runs)
-            rows.append((name, backend, ours, base, raw.settings()))
+            if backend == "postgresql":
+                notes.append(f"{name}: a PostgreSQL round trip (SELECT 1) took {round_trip_us(conn):.0f} us just before")
+            with tapped() as log:
+                executor.execute(name)
+            us = side_by_side_us({
+                "wfkit": lambda: executor.execute(name),
+                "raw": lambda: raw_run(raw, name, plans[name]),
+                "floor": lambda: floor_run(conn, log),
+            }, n, args.runs)
+            ours, base, floor = us["wfkit"], us["raw"], us["floor"]
+            rows.append((name, backend, ours, base, floor, raw.settings()))
             checks.append((f"{name} {backend} within 1.5x of raw ({ours / base:.2f}x)", ours / base <= 1.5))
             checks.append((f"{name} {backend} under 0.4 ms per step ({ours / 1000:.3f} ms)", ours < 400))
         raw.conn.close()
+        conn.close()
         engine.dispose()
 
     if "sqlite" in engines:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "bench.db")
-            measure("sqlite", f"sqlite:///{path}", lambda: RawSqlite(path))
+            measure("sqlite", f"sqlite:///{path}", lambda: RawSqlite(path), lambda: RawSqlite(path).conn)
 
     if "postgresql" in engines:
         import psycopg
@@ -255,16 +374,19 @@ def main() -> int:
             conn.execute(f'CREATE DATABASE "{name}"')
         url = admin.rsplit("/", 1)[0] + "/" + name
         try:
-            measure("postgresql", url, lambda: RawPostgres(url))
+            measure("postgresql", url, lambda: RawPostgres(url), lambda: floor_postgres(url))
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    print(f"{'workload':9} {'backend':11} {'wfkit us/step':>14} {'raw us/step':>12} {'ratio':>6}  durability")
-    for name, backend, ours, base, settings in rows:
-        raw_text = f"{base:12.1f}" if base else f"{'-':>12}"
-        ratio = f"{ours / base:6.2f}" if base else f"{'-':>6}"
-        print(f"{name:9} {backend:11} {ours:14.1f} {raw_text} {ratio}  {settings}")
+    print(f"{'workload':9} {'backend':11} {'wfkit us/step':>14} {'raw us/step':>12} {'ratio':>6} "
+          f"{'floor us/step':>14} {'wfkit/floor':>12}  durability")
+    for name, backend, ours, base, floor, settings in rows:
+        raw_text = f"{base:12.1f} {ours / base:6.2f}" if base else f"{'-':>12} {'-':>6}"
+        floor_text = f"{floor:14.1f} {ours / floor:12.2f}" if floor else f"{'-':>14} {'-':>12}"
+        print(f"{name:9} {backend:11} {ours:14.1f} {raw_text} {floor_text}  {settings}")
+    for note in notes:
+        print(note)
     print()
     for text, ok in checks:
         print(f"{'PASS' if ok else 'MISS'}  {text}")
