@@ -6,13 +6,20 @@ import asyncio
 import logging
 import threading
 import uuid
+from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
 
 from factories import count
 from wfkit.checkpoints import MemoryCheckpointStore, SqlCheckpointStore
-from wfkit.errors import InvalidParamsError, InvalidStatusError, NotFoundError, WorkflowNotFoundError
+from wfkit.errors import (
+    InvalidParamsError,
+    InvalidStatusError,
+    NotFoundError,
+    StateNotSerializableError,
+    WorkflowNotFoundError,
+)
 from wfkit.events import CallbackObserver, Event, LoggingObserver, MultiObserver
 from wfkit.executor import Executor
 from wfkit.graph import END
@@ -90,6 +97,75 @@ def test_events_arrive_in_order(engine, samples):
     assert rec.events[-1].result == run.result
 
 
+def test_events_carry_what_happened(engine, samples):
+    """Each event's fields against the same graph walked in memory; every event is JSON-ready."""
+    import json
+
+    from wfkit.events import DecisionMade, RunCompleted, RunStarted, StageCompleted, StageStarted
+
+    graph, state = samples.get("branching").build({"priority": "express"})
+    walk = graph.run(state)
+    rec = Recorder()
+    run = Executor(engine, registry=samples, observers=[rec]).execute("branching", {"priority": "express"})
+
+    started = rec.events[0]
+    assert isinstance(started, RunStarted)
+    assert (started.workflow_name, started.params, started.resumed) == ("branching", run.params, False)
+    steps = [rec.events[i:i + 3] for i in range(1, len(rec.events) - 1, 3)]
+    current = state
+    for (begun, done, decision), visit, expected in zip(steps, walk.visits, walk.decisions, strict=True):
+        assert isinstance(begun, StageStarted) and isinstance(done, StageCompleted)
+        assert (begun.node, begun.iteration) == (done.node, done.iteration) == tuple(visit)
+        assert dict(begun.input_snapshot) == current
+        current = {**current, **done.output_snapshot}
+        assert done.duration_ms >= 0
+        assert isinstance(decision, DecisionMade)
+        assert (decision.from_node, decision.to_node, decision.predicate_name, decision.predicate_result,
+                decision.reason) == (expected.from_node, expected.to_node, expected.predicate_name,
+                                     expected.predicate_result, expected.reason)
+    assert steps[0][2].predicate_name == "is_express" and steps[0][2].reason == "is_express held"
+    assert current == walk.state
+    assert isinstance(rec.events[-1], RunCompleted) and rec.events[-1].result == run.result
+    for event in rec.events:
+        data = event.to_dict()
+        assert list(data)[:2] == ["kind", "run_id"] and data["run_id"] == str(run.id)
+        json.dumps(data)  # snapshots (read-only views of the state) included
+    assert rec.events[1].to_dict()["input_snapshot"] == state
+
+
+def test_failure_cancel_and_resume_events(engine):
+    from wfkit.events import RunCancelled, RunFailed, RunStarted, StageFailed
+
+    calls: list[str] = []
+    fixed = {"value": False}
+    rec = Recorder()
+    executor = Executor(engine, registry=chain_registry("flaky", "ab", calls, "b", lambda: fixed["value"]),
+                        observers=[rec])
+    run = executor.execute("flaky")
+    failed_stage, failed_run = rec.events[-2:]
+    assert isinstance(failed_stage, StageFailed) and isinstance(failed_run, RunFailed)
+    assert (failed_stage.node, failed_stage.iteration) == ("b", 1) and failed_stage.duration_ms >= 0
+    assert failed_stage.error == failed_run.error == run.error_message
+    assert failed_stage.to_dict()["error"] == run.error_message
+
+    rec.events.clear()
+    fixed["value"] = True
+    executor.resume(run.id)
+    assert isinstance(rec.events[0], RunStarted) and rec.events[0].resumed is True
+    assert rec.kinds() == ["run_started", "stage_started", "stage_completed", "decision", "run_completed"]
+
+    gate, started = threading.Event(), threading.Event()
+    rec.events.clear()
+    gated = Executor(engine, registry=gate_registry(gate, started), observers=[rec])
+    run_id = gated.start("gated")
+    assert started.wait(10)
+    gated.cancel(run_id)
+    gate.set()
+    gated.wait(run_id, timeout=10)
+    assert isinstance(rec.events[-1], RunCancelled) and rec.events[-1].reason == "cancel requested"
+    assert rec.events[-1].to_dict() == {"kind": "run_cancelled", "run_id": str(run_id), "reason": "cancel requested"}
+
+
 def test_an_observer_that_raises_does_not_break_the_run(engine, samples, caplog):
     def explode(event):
         raise RuntimeError("observer bug")
@@ -100,6 +176,46 @@ def test_an_observer_that_raises_does_not_break_the_run(engine, samples, caplog)
     assert run.status is RunStatus.COMPLETED
     assert len(rec.events) == 14  # the observer after the broken one saw everything
     assert "observer" in caplog.text and "observer bug" in caplog.text and "the run goes on" in caplog.text
+
+
+def test_plugin_observers_that_fail_are_logged_and_left_out(caplog):
+    """``wfkit_observers()`` that raises, returns junk, or lists a non-observer: logged, the rest kept."""
+    import wfkit
+    from wfkit.executor import plugin_observers
+    from wfkit.plugins import plugin_manager
+
+    good = Recorder()
+
+    class Raises:
+        @wfkit.hookimpl
+        def wfkit_observers(self):
+            raise RuntimeError("observer hook bug")
+
+    class ReturnsJunk:
+        @wfkit.hookimpl
+        def wfkit_observers(self):
+            return 5
+
+    class ListsOneBadOne:
+        @wfkit.hookimpl
+        def wfkit_observers(self):
+            return [good, "not an observer"]
+
+    pm = plugin_manager()
+    before = plugin_observers()
+    added = [Raises(), ReturnsJunk(), ListsOneBadOne()]
+    for i, plugin in enumerate(added):
+        pm.register(plugin, name=f"test-observers-{i}")
+    try:
+        with caplog.at_level(logging.ERROR, logger="wfkit.plugins"):
+            found = plugin_observers()
+    finally:
+        for plugin in added:
+            pm.unregister(plugin)
+    assert found[len(before):] == [good]
+    assert "'test-observers-0': wfkit_observers() raised" in caplog.text and "observer hook bug" in caplog.text
+    assert "'test-observers-1': wfkit_observers() raised, or returned neither" in caplog.text
+    assert "'test-observers-2': wfkit_observers() returned 'not an observer', which has no on_event" in caplog.text
 
 
 def test_logging_observer(engine, samples, caplog):
@@ -249,6 +365,42 @@ def test_cancel_between_nodes_then_resume(engine):
     assert [s.node_name for s in executor.repository.get_stages(run_id)] == ["first", "slow", "last"]
 
 
+@pytest.mark.parametrize("slow_last", [False, True])
+def test_what_execute_returns_after_a_cancel_from_elsewhere_is_what_it_stored(engine, slow_last):
+    """Another executor (as another process would) requests the cancel while ``execute()`` waits in
+    a node. Before the last node: the run ends cancelled. During it: there is no next node to stop
+    before, so the run completes, its cancel request kept. Either way it returns what it stored."""
+    gate, started = threading.Event(), threading.Event()
+    reg = Registry()
+
+    def slow(state):
+        started.set()
+        gate.wait(10)
+        return {"slow": True}
+
+    def factory(graph, runtime, params):
+        graph.add_node("slow", slow)
+        graph.add_node("other", lambda s: {"other": True})
+        first, last = ("other", "slow") if slow_last else ("slow", "other")
+        graph.set_entry_point(first)
+        graph.add_edge(first, last).add_edge(last, END)
+        return {}
+
+    reg.register("slow", factory)
+    returned: list[Run] = []
+    thread = threading.Thread(target=lambda: returned.append(Executor(engine, registry=reg).execute("slow")))
+    thread.start()
+    assert started.wait(10)
+    run_id = Repository(engine).list_runs().data[0].id
+    assert Executor(engine, registry=Registry()).cancel(run_id).cancel_requested_at is not None
+    gate.set()
+    thread.join(10)
+    (run,) = returned
+    assert run.status is (RunStatus.COMPLETED if slow_last else RunStatus.CANCELLED)
+    assert run.cancel_requested_at is not None
+    assert run.to_dict() == Repository(engine).find_run(run_id).to_dict()
+
+
 def test_cancel_a_pending_run_at_once(engine, samples):
     executor = Executor(engine, registry=samples)
     run_id = executor._cold_start("branching", {}).run_id
@@ -334,6 +486,11 @@ def test_checkpoint_stores():
     saved = store.load(str(rid))
     assert (saved.node, saved.state, saved.meta) == ("n1", {"a": 1}, {"next_node": "n2"})
     assert store.list() == [rid] and store.delete(rid) and store.load(rid) is None and not store.delete(rid)
+    with pytest.raises(StateNotSerializableError, match=r"checkpoint state of run .*: key 'when' holds datetime"):
+        store.save(rid, "n1", {"a": 1, "when": datetime.now()})
+    with pytest.raises(StateNotSerializableError, match=r"checkpoint meta of run .*: key 'ids' holds set"):
+        store.save(rid, "n1", {"a": 1}, {"ids": {1}})
+    assert store.load(rid) is None  # nothing half-saved
 
 
 def test_sql_checkpoint_store(engine, samples):
@@ -343,6 +500,9 @@ def test_sql_checkpoint_store(engine, samples):
     saved = store.load(run.id)
     assert (saved.node, saved.state, saved.meta["counters"]) == ("x", {"k": [1, 2]}, {"x": 2})
     assert store.list() == [run.id]
+    with pytest.raises(StateNotSerializableError, match="key 'bad' holds float"):
+        store.save(run.id, "x", {"bad": float("nan")})
+    assert store.load(run.id).state == {"k": [1, 2]}  # the last good checkpoint stays
     assert store.delete(run.id) and store.load(run.id) is None and store.list() == []
 
 

@@ -156,6 +156,28 @@ def test_ctrl_c_cancels_cleanly_and_says_how_to_resume(env, db_url, tmp_path):
     assert out.returncode == 0 and "status: completed" in out.stdout
 
 
+def test_ctrl_c_with_json_still_prints_the_run_on_stdout(env, db_url, tmp_path):
+    proc = start(env, "run", "steps", "-p", "pause_in=s2", "--json")
+    wait_for(tmp_path / "markers" / "s2-in", proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    run = only_run(db_url)
+    assert proc.returncode == 1, stderr
+    doc = json.loads(stdout)  # one document, nothing else
+    assert doc["id"] == str(run.id) and doc["status"] == "cancelled" == run.status.value
+    assert stderr.strip().splitlines()[-1] == (
+        f"Run {run.id} cancelled (Ctrl-C). Resume it with: wfkit runs resume {run.id}"
+    )
+
+
+def test_decisions_print_their_predicate_and_result(env):
+    out = wfkit({**env, "WFKIT_LOAD_PLUGINS": "samples"}, "run", "branching", "-p", "priority=express")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "    receive -> express [is_express=true]" in lines
+    assert "    express -> ship [unconditional]" in lines and "    ship -> END [unconditional]" in lines
+
+
 def test_delete(env, db_url):
     wfkit(env, "run", "steps")
     run = only_run(db_url)

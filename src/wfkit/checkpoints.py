@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 
 from wfkit.ids import parse_uuid
+from wfkit.jsontext import dumps_state
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,13 @@ class SavedCheckpoint:
         data = dict(state_data or {})
         state = data.pop("state", {})
         return cls(run_id, node, dict(state or {}), data, updated_at)
+
+
+def checkpoint_json(run_id: Any, state: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    """A checkpoint's ``state_data`` as the JSON text stored, or
+    :class:`~wfkit.errors.StateNotSerializableError` naming what cannot be stored."""
+    dumps_state(state, f"the checkpoint state of run {run_id}")  # names the state's key, not "state"
+    return dumps_state({"state": dict(state), **meta}, f"the checkpoint meta of run {run_id}")
 
 
 @runtime_checkable
@@ -70,6 +78,7 @@ class MemoryCheckpointStore:
     def save(self, run_id: uuid.UUID | str, node: str | None, state: Mapping[str, Any],
              meta: Mapping[str, Any] | None = None) -> None:
         rid = parse_uuid(run_id)
+        checkpoint_json(rid, state, meta or {})  # what the SQL store could not store, this one refuses too
         with self._lock:
             self._data[rid] = SavedCheckpoint(rid, node, dict(state), dict(meta or {}), datetime.now(timezone.utc))
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
 from wfkit.formatting import format_ms
@@ -39,10 +39,13 @@ class Event:
         return _KINDS[type(self)]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready form, with ``kind`` first."""
-        data = asdict(self)
+        """The JSON-ready form, with ``kind`` first (snapshots, read-only views, become dicts)."""
+        data: dict[str, Any] = {"kind": self.kind}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = dict(value) if isinstance(value, Mapping) else value
         data["run_id"] = str(self.run_id)
-        return {"kind": self.kind, **data}
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +59,14 @@ class RunStarted(Event):
 class StageStarted(Event):
     node: str
     iteration: int
-    input_snapshot: dict[str, Any]
+    input_snapshot: Mapping[str, Any]  # a read-only view of the state
 
 
 @dataclass(frozen=True, slots=True)
 class StageCompleted(Event):
     node: str
     iteration: int
-    output_snapshot: dict[str, Any]
+    output_snapshot: Mapping[str, Any]  # a read-only view of the node's updates
     duration_ms: float
 
 

@@ -15,11 +15,14 @@ The module implements hooks with the ``wfkit.hookimpl`` marker (or
     def wfkit_register_workflows(registry):
         registry.register("my-flow", my_factory, "What my flow does")
 
-Hooks are called once per process, the first time the default registry is
-used (``wfkit list-workflows``, ``wfkit.registry.get_workflow(...)``). Each
-plugin is called on its own: if its module fails to import or one of its
-hooks raises, that plugin is skipped (its registrations undone) and the
-failure is reported by ``wfkit plugins``; the other plugins load as usual.
+``wfkit_register_workflows`` is called once per process, the first time the
+default registry is used (``wfkit list-workflows``,
+``wfkit.registry.get_workflow(...)``); ``wfkit_observers`` once per executor
+made with the default registry. Each plugin is called on its own: if its
+module fails to import or its ``wfkit_register_workflows`` raises, that
+plugin is skipped (its registrations undone) and the failure is reported by
+``wfkit plugins``; if its ``wfkit_observers`` raises, that is logged and its
+observers are left out. The other plugins load as usual.
 The entry point's name is the plugin's name; ``WFKIT_LOAD_PLUGINS`` (a
 comma-separated list of plugin or distribution names) limits which load.
 """

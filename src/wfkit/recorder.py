@@ -19,14 +19,16 @@ import functools
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Engine
 
 from wfkit.db import ASYNC_COMMIT_ENGINES, is_driver_error, translate_errors
 from wfkit.errors import DatabaseError, WfkitError
 from wfkit.models import RunStatus, StageStatus, utcnow
-from wfkit.storage import codec_for, dumps
+from wfkit.checkpoints import checkpoint_json
+from wfkit.jsontext import dumps
+from wfkit.storage import codec_for
 
 _INSERT_RUN = (
     "INSERT INTO runs (id, workflow_name, status, params, result, error_message, started_at, completed_at, "
@@ -37,9 +39,10 @@ _START_RUN = (
     "UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?), updated_at = ?, completed_at = NULL, "
     "error_message = NULL, cancel_requested_at = NULL WHERE id = ? AND status = ?"
 )
+# RETURNING: the run's cancel request, if another process made one, belongs in the Run returned.
 _FINISH_RUN = (
     "UPDATE runs SET status = ?, result = {j}, error_message = ?, completed_at = ?, updated_at = ? "
-    "WHERE id = ? AND status = ?"
+    "WHERE id = ? AND status = ? RETURNING cancel_requested_at"
 )
 _REQUEST_CANCEL = (
     "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, ?), updated_at = ? "
@@ -76,6 +79,13 @@ _UPSERT_CHECKPOINT = (
     "checkpoint_node = excluded.checkpoint_node, updated_at = excluded.updated_at"
 )
 _INTERRUPT_STAGES = "UPDATE stages SET status = ?, error_message = ? WHERE run_id = ? AND status = ?"
+
+
+class Finished(NamedTuple):
+    """A run's end as written: when, and its cancel request (made by anyone, before the end) if any."""
+
+    completed_at: datetime
+    cancel_requested_at: datetime | None
 
 
 class SqlRecorder:
@@ -237,14 +247,17 @@ class SqlRecorder:
                                                      StageStatus.STARTED.value)))
 
     def finish_run(self, run_id: uuid.UUID, status: RunStatus, *, error: str | None = None,
-                   result_json: str | None = None, from_status: RunStatus = RunStatus.RUNNING) -> datetime | None:
+                   result_json: str | None = None, from_status: RunStatus = RunStatus.RUNNING) -> Finished | None:
         """Buffered writes plus the run's final status (and result, as JSON text), in one transaction;
-        return when (``completed_at``), or None if the run was not ``from_status``."""
+        return when, with the run's cancel request if it has one, or None if the run was not
+        ``from_status``."""
         now = utcnow()
-        payload = result_json
-        count = self._write(self._take_pending(), ("finish_run", (
-            status.value, payload, error, self.d.time(now), self.d.time(now), self.d.id(run_id), from_status.value)))
-        return now if count == 1 else None
+        row = self._write(self._take_pending(), ("finish_run", (
+            status.value, result_json, error, self.d.time(now), self.d.time(now), self.d.id(run_id),
+            from_status.value)), returning=True)
+        if row is None:
+            return None
+        return Finished(now, None if row[0] is None else self.d.time_in(row[0]))
 
     def request_cancel(self, run_id: uuid.UUID) -> bool:
         """Record a cancel request for a running run (its executor stops before the next node)."""
@@ -320,8 +333,9 @@ class SqlRecorder:
 
     def save_checkpoint(self, run_id: uuid.UUID, node: str | None, state: Mapping[str, Any],
                         meta: Mapping[str, Any]) -> None:
-        """Buffer a checkpoint given as state and meta (see :class:`wfkit.checkpoints.SavedCheckpoint`)."""
-        self.checkpoint(run_id, node, dumps({"state": dict(state), **meta}))
+        """Buffer a checkpoint given as state and meta (see :class:`wfkit.checkpoints.SavedCheckpoint`);
+        :class:`~wfkit.errors.StateNotSerializableError` if either cannot be stored."""
+        self.checkpoint(run_id, node, checkpoint_json(run_id, state, meta))
 
 
 _STATEMENTS = {

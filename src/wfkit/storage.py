@@ -28,18 +28,12 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from wfkit.jsontext import dumps
 from wfkit.models import UTC, UTCDateTime
 
+__all__ = ["CODECS", "Codec", "codec_for", "dumps", "sqlite_time"]
+
 M = TypeVar("M")
-
-# One encoder for every call: ``json.dumps`` with options builds a new encoder each time.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON as wfkit stores it (NaN and infinities are errors: PostgreSQL's jsonb rejects them)."""
-    return _ENCODE(value)
-
 
 def sqlite_time(value: datetime | None) -> str | None:
     """A time as SQLAlchemy's SQLite ``DateTime`` stores it (in UTC): ``"2026-01-02 03:04:05.000006"``."""
@@ -113,6 +107,10 @@ class Codec:
         return int(value) if self.sqlite else value
 
     # -- reading
+
+    def time_in(self, value: Any) -> datetime:
+        """A time as the driver returns it (not None), as an aware UTC datetime."""
+        return _sqlite_time_in(value) if self.sqlite else _aware_utc(value)
 
     def converter(self, column_type: sa.types.TypeEngine[Any]) -> Callable[[Any], Any] | None:
         """How a non-NULL value of this column type comes back from the driver (None: as it is)."""

@@ -57,12 +57,15 @@ def _finish(run: Any, as_json: bool) -> None:
     sys.exit(0 if run.status.value == "completed" else 1)
 
 
-def _interrupted(progress: _Progress) -> None:
-    if progress.run_id is not None:
-        click.echo(f"Run {progress.run_id} cancelled (Ctrl-C). Resume it with: wfkit runs resume {progress.run_id}",
-                   err=True)
-    else:
+def _interrupted(progress: _Progress, executor: Any, as_json: bool) -> None:
+    """After Ctrl-C: say how to resume; with --json, stdout still gets the run as it ended."""
+    if progress.run_id is None:
         click.echo("Interrupted.", err=True)
+        sys.exit(1)
+    click.echo(f"Run {progress.run_id} cancelled (Ctrl-C). Resume it with: wfkit runs resume {progress.run_id}",
+               err=True)
+    if as_json:
+        echo_json(executor.repository.find_run(progress.run_id).to_dict())
     sys.exit(1)
 
 
@@ -85,7 +88,7 @@ def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, as
     try:
         run = executor.execute(name, params)
     except KeyboardInterrupt:
-        _interrupted(progress)
+        _interrupted(progress, executor, as_json)
     _finish(run, as_json)
 
 
@@ -101,7 +104,7 @@ def runs_resume(run_id: str, force: bool, as_json: bool) -> None:
     try:
         run = executor.resume(run_id, force=force)
     except KeyboardInterrupt:
-        _interrupted(progress)
+        _interrupted(progress, executor, as_json)
     _finish(run, as_json)
 
 

@@ -53,11 +53,10 @@ from wfkit.executor.run_loop import (
     Plan,
     RunLoop,
     StageCapture,
-    check_json,
-    dumps_state,
     new_run,
 )
 from wfkit.graph import Walker
+from wfkit.jsontext import check_json, dumps_state
 from wfkit.models import Run, RunStatus, check_transition
 from wfkit.query import parse_uuid
 from wfkit.recorder import SqlRecorder
@@ -248,7 +247,7 @@ class Executor:
             return RunLoop(self, rec, run_id, graph, walker, capture, cancel)
         except WfkitError as err:
             plan.error = str(err)
-            plan.failed_at = rec.finish_run(run_id, RunStatus.FAILED, error=plan.error)
+            plan.failed = rec.finish_run(run_id, RunStatus.FAILED, error=plan.error)
             self.observers.on_event(RunFailed(run_id, plan.error))
             return None
         except BaseException as err:  # Ctrl-C, or a factory bug: the run must not stay 'running'
@@ -261,16 +260,16 @@ class Executor:
 
     def _outcome(self, plan: Plan, loop: RunLoop | None) -> Run:
         """The finished run, from what this process wrote (no read back), or as stored if unsure."""
-        completed_at = loop.completed_at if loop is not None else plan.failed_at
-        if completed_at is None or (loop is not None and loop.outcome is None):
+        finished = loop.finished if loop is not None else plan.failed
+        if finished is None or (loop is not None and loop.outcome is None):
             return self.repository.find_run(plan.run_id)
         return new_run(dict(
             id=plan.run_id, workflow_name=plan.workflow.name,
             status=loop.outcome if loop is not None else RunStatus.FAILED,
             params=plan.params, result=loop.result if loop is not None else None,
             error_message=loop.error if loop is not None else plan.error,
-            started_at=plan.started_at, completed_at=completed_at, created_at=plan.created_at,
-            updated_at=completed_at, cancel_requested_at=None,
+            started_at=plan.started_at, completed_at=finished.completed_at, created_at=plan.created_at,
+            updated_at=finished.completed_at, cancel_requested_at=finished.cancel_requested_at,
         ))
 
     def _recorder(self, rec: SqlRecorder | None) -> Any:
@@ -384,14 +383,22 @@ def plugin_observers() -> list[Observer]:
     """The observers that installed plugins contribute through ``wfkit_observers()``."""
     from wfkit.plugins import plugin_manager
 
+    log = logging.getLogger("wfkit.plugins")
     found: list[Observer] = []
     for impl in plugin_manager().hook.wfkit_observers.get_hookimpls():
         try:
             result = impl.function()
+            if result is None:
+                continue
+            given = [result] if hasattr(result, "on_event") else list(result)
         except Exception:  # one plugin's failure must not stop runs
-            logging.getLogger("wfkit.plugins").exception("plugin %r: wfkit_observers() raised", impl.plugin_name)
+            log.exception("plugin %r: wfkit_observers() raised, or returned neither an observer, "
+                          "a list of them, nor None; its observers are skipped", impl.plugin_name)
             continue
-        if result is None:
-            continue
-        found.extend([result] if hasattr(result, "on_event") else list(result))
+        for observer in given:
+            if hasattr(observer, "on_event"):
+                found.append(observer)
+            else:
+                log.error("plugin %r: wfkit_observers() returned %r, which has no on_event(event); skipped",
+                          impl.plugin_name, observer)
     return found

@@ -23,10 +23,10 @@ from wfkit.events import (
     StageStarted,
 )
 from wfkit.graph import RouteDecision, StateGraph, Walker
+from wfkit.jsontext import dumps, dumps_state
 from wfkit.models import Run, RunStatus, StageStatus, row_loader
-from wfkit.recorder import SqlRecorder
+from wfkit.recorder import Finished, SqlRecorder
 from wfkit.registry import Workflow
-from wfkit.storage import dumps
 
 if TYPE_CHECKING:
     from wfkit.executor import Executor
@@ -37,31 +37,6 @@ INTERRUPTED = "interrupted: the process executing this stage stopped before it f
 CHECKPOINT_FORMAT = 1
 #: A finished run from values this process wrote itself (typed already: no validation needed).
 new_run = row_loader(Run)
-
-
-def check_json(value: Any) -> str:
-    """``value`` as JSON text that every backend stores: no NaN, valid UTF-8, no NUL character."""
-    text = dumps(value)
-    text.encode("utf-8")  # lone surrogates raise UnicodeEncodeError (a ValueError)
-    if "\\u0000" in text:
-        raise ValueError("the NUL character (\\u0000) cannot be stored")
-    return text
-
-
-def dumps_state(state: Mapping[str, Any], where: str) -> str:
-    """``state`` as JSON text, or :class:`StateNotSerializableError` naming ``where`` and the key."""
-    try:
-        return check_json(state)
-    except (TypeError, ValueError):
-        pass
-    for key, value in state.items():
-        try:
-            check_json(value)
-        except (TypeError, ValueError) as err:
-            raise StateNotSerializableError(
-                f"{where} is not JSON-serializable: key {key!r} holds {type(value).__name__} ({err})"
-            ) from None
-    raise StateNotSerializableError(f"{where} is not JSON-serializable")  # e.g. a non-string key
 
 
 @dataclass
@@ -77,7 +52,7 @@ class Plan:
     created_at: datetime
     started_at: datetime | None = None
     error: str | None = None
-    failed_at: datetime | None = None
+    failed: Finished | None = None  # the graph could not be built: how the run ended
     started: bool = False  # already moved to running (together with its creation)
 
 
@@ -111,7 +86,7 @@ class RunLoop:
         self.iteration = 0
         self.steps = 0
         self.outcome: RunStatus | None = None
-        self.completed_at: Any = None
+        self.finished: Finished | None = None  # as written (None: not written, or not by us)
         self.error: str | None = None
         self.result: Any = None
 
@@ -198,12 +173,12 @@ class RunLoop:
         self.cancelled(reason)
 
     def fail(self, message: str) -> None:
-        self.completed_at = self.rec.finish_run(self.run_id, RunStatus.FAILED, error=message)
+        self.finished = self.rec.finish_run(self.run_id, RunStatus.FAILED, error=message)
         self.outcome, self.error = RunStatus.FAILED, message
         self.emit(RunFailed(self.run_id, message))
 
     def cancelled(self, reason: str) -> None:
-        self.completed_at = self.rec.finish_run(self.run_id, RunStatus.CANCELLED, error=None)
+        self.finished = self.rec.finish_run(self.run_id, RunStatus.CANCELLED, error=None)
         self.outcome = RunStatus.CANCELLED
         self.emit(RunCancelled(self.run_id, reason))
 
@@ -212,6 +187,6 @@ class RunLoop:
             return
         result = self.graph.result_of(self.walker.state)
         result_json = self.state_json if self.graph.result_key is None else dumps(result)
-        self.completed_at = self.rec.finish_run(self.run_id, RunStatus.COMPLETED, result_json=result_json)
+        self.finished = self.rec.finish_run(self.run_id, RunStatus.COMPLETED, result_json=result_json)
         self.outcome, self.result = RunStatus.COMPLETED, result
         self.emit(RunCompleted(self.run_id, result))
