@@ -437,6 +437,40 @@ def test_async_cancel_cancels_the_running_node_task(engine):
     assert [s.node_name for s in Repository(engine).get_stages(run.id)] == ["first", "slow", "slow", "last"]
 
 
+def test_astart_await_run_and_acancel(engine, samples):
+    """The async twins of start/wait/cancel/delete: a run as a task on the loop, cancelled in its async node."""
+    gate, started = threading.Event(), threading.Event()
+    executor = Executor(engine, registry=gate_registry(gate, started, asynchronous=True))
+
+    async def scenario():
+        run_id = await executor.astart("gated")
+        while not started.is_set():
+            await asyncio.sleep(0.01)  # the loop is free while the run's task runs on it
+        still = await executor.await_run(run_id, timeout=0.05)
+        assert still.status is RunStatus.RUNNING
+        requested = await executor.acancel(run_id)
+        assert requested.cancel_requested_at is not None
+        return await executor.await_run(run_id, timeout=5)
+
+    run = asyncio.run(scenario())
+    assert run.status is RunStatus.CANCELLED  # in 'slow', which sleeps 10 s: its task was cancelled
+    stages = executor.repository.get_stages(run.id)
+    assert [(s.node_name, s.status.value) for s in stages] == [("first", "completed"), ("slow", "failed")]
+
+    other = Executor(engine, registry=samples)
+
+    async def more():
+        done = await other.await_run(await other.astart("branching"))
+        threaded = await other.await_run(other.start("text-pipeline"), timeout=10)  # a thread's run too
+        await other.adelete(done.id)
+        return done, threaded
+
+    done, threaded = asyncio.run(more())
+    assert done.status is RunStatus.COMPLETED and threaded.status is RunStatus.COMPLETED
+    with pytest.raises(NotFoundError):
+        other.repository.find_run(done.id)
+
+
 def test_cancelling_the_awaiting_task_cancels_the_run(engine):
     gate, started = threading.Event(), threading.Event()
     executor = Executor(engine, registry=gate_registry(gate, started, asynchronous=True))

@@ -93,6 +93,7 @@ class Executor:
         self.repository = Repository(self.engine)
         self._cancel: dict[uuid.UUID, threading.Event] = {}
         self._threads: dict[uuid.UUID, threading.Thread] = {}
+        self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._lock = threading.Lock()
 
     # -- public API
@@ -117,6 +118,16 @@ class Executor:
         thread.start()
         return plan.run_id
 
+    async def astart(self, name: str, params: Mapping[str, Any] | None = None) -> uuid.UUID:
+        """Like :meth:`start`, as a task on the running event loop (async nodes are awaited there, and
+        a cancel cancels the running node's task); return the run's id at once (see :meth:`await_run`)."""
+        plan = self._cold_start(name, params)
+        task = asyncio.get_running_loop().create_task(self._ahot_in_background(plan),
+                                                      name=f"wfkit-run-{plan.run_id}")
+        with self._lock:
+            self._tasks[plan.run_id] = task
+        return plan.run_id
+
     def wait(self, run_id: uuid.UUID | str, timeout: float | None = None) -> Run:
         """Wait for a run started by :meth:`start` in this executor; return it as it stands."""
         rid = parse_uuid(run_id)
@@ -127,6 +138,20 @@ class Executor:
             if not thread.is_alive():
                 with self._lock:
                     self._threads.pop(rid, None)
+        return self.repository.find_run(rid)
+
+    async def await_run(self, run_id: uuid.UUID | str, timeout: float | None = None) -> Run:
+        """Like :meth:`wait`, without blocking the event loop, for a run started by :meth:`astart` (or
+        :meth:`start`) in this executor; return it as it stands."""
+        rid = parse_uuid(run_id)
+        with self._lock:
+            task = self._tasks.get(rid)
+        if task is None:
+            return await asyncio.to_thread(self.wait, rid, timeout)
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if done:
+            with self._lock:
+                self._tasks.pop(rid, None)
         return self.repository.find_run(rid)
 
     def cancel(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
@@ -156,6 +181,10 @@ class Executor:
             check_transition(now.status, RunStatus.CANCELLED)
         return self.repository.find_run(rid)
 
+    async def acancel(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
+        """Like :meth:`cancel`, its database work in a thread (the event loop goes on meanwhile)."""
+        return await asyncio.to_thread(self.cancel, run_id, force=force)
+
     def resume(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
         """Continue a failed or cancelled run from its checkpoint; ``force`` takes over a ``running`` run
         whose process is gone. Completed nodes are not run again."""
@@ -175,6 +204,10 @@ class Executor:
             raise InvalidStatusError(
                 f"run {rid} is running: cancel it first, or force the deletion (--force) if its process is gone"
             )
+
+    async def adelete(self, run_id: uuid.UUID | str, *, force: bool = False) -> None:
+        """Like :meth:`delete`, its database work in a thread."""
+        await asyncio.to_thread(self.delete, run_id, force=force)
 
     # -- phases
 
@@ -307,6 +340,12 @@ class Executor:
         try:
             self._hot(plan)
         except Exception:  # recorded in the run where possible; never kill the thread silently
+            logging.getLogger("wfkit.executor").exception("run %s failed in the background", plan.run_id)
+
+    async def _ahot_in_background(self, plan: Plan) -> None:
+        try:
+            await self._ahot(plan)
+        except Exception:  # as in a thread (a cancelled task is recorded as a cancelled run, and re-raised)
             logging.getLogger("wfkit.executor").exception("run %s failed in the background", plan.run_id)
 
     def _guarded(self, loop: RunLoop, walk: Any) -> None:
