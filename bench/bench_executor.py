@@ -344,7 +344,8 @@ def main() -> int:
         for name in WORKLOADS:
             n = len(plans[name])
             if backend == "postgresql":
-                notes.append(f"{name}: a PostgreSQL round trip (SELECT 1) took {round_trip_us(conn):.0f} us just before")
+                rt = round_trip_us(conn)
+                notes.append(f"{name}: a PostgreSQL round trip (SELECT 1) took {rt:.0f} us just before")
             with tapped() as log:
                 executor.execute(name)
             us = side_by_side_us({
