@@ -4,7 +4,6 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-DEMO_DB_URL := sqlite:///$(CURDIR)/.demo/wfkit.db
 
 .PHONY: demo test bench clean
 
@@ -15,26 +14,7 @@ $(VENV)/.installed: pyproject.toml plugins/wfkit-samples/pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	rm -rf .demo
-	@export WFKIT_DATABASE_URL=$(DEMO_DB_URL); set -e; \
-	echo "== wfkit list-workflows: the sample workflows, found through their plugin's entry point"; \
-	$(BIN)/wfkit list-workflows; \
-	echo; echo "== wfkit graph review-loop: a loop with a named predicate, as mermaid"; \
-	$(BIN)/wfkit graph review-loop; \
-	echo; echo "== wfkit db upgrade: create the database (a SQLite file) and its tables"; \
-	$(BIN)/wfkit db upgrade; \
-	echo; echo "== wfkit run: each sample, printing stages and decisions as they happen"; \
-	$(BIN)/wfkit run text-pipeline -p "text=the cat saw the other cat"; echo; \
-	$(BIN)/wfkit run branching -p priority=express; echo; \
-	$(BIN)/wfkit run review-loop -p threshold=0.75 --json > .demo/review-loop.json; \
-	id=$$($(BIN)/python -c 'import json; print(json.load(open(".demo/review-loop.json"))["id"])'); \
-	echo; echo "== wfkit runs list: the history"; \
-	$(BIN)/wfkit runs list; \
-	echo; echo "== wfkit runs stages / decisions: what the review loop did"; \
-	$(BIN)/wfkit runs stages $$id; echo; \
-	$(BIN)/wfkit runs decisions $$id
-	@echo
-	@echo "The demo database is .demo/wfkit.db; browse it with: export WFKIT_DATABASE_URL=$(DEMO_DB_URL)"
+	@bash examples/demo.sh $(BIN) .demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

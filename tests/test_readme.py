@@ -33,3 +33,25 @@ def test_every_wfkit_command_in_readme_exists():
     for command in commands:
         out = CliRunner().invoke(cli, [*command.split(), "--help"])
         assert out.exit_code == 0, (command, out.output)
+
+
+def test_the_demo_runs_the_samples_and_shows_their_history(tmp_path):
+    """`make demo` runs examples/demo.sh: every sample completes, and the history lists them."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFKIT_")}
+    out = subprocess.run(["bash", str(root / "examples" / "demo.sh"), str(Path(sys.executable).parent),
+                          str(tmp_path / "demo")], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    text = out.stdout
+    for name in ("text-pipeline", "branching", "review-loop"):
+        assert re.search(rf"^{name} ", text, re.M)  # listed
+    assert len(re.findall(r"^run \S+ completed$", text, re.M)) == 2  # review-loop's went to its JSON file
+    assert "    receive -> express [is_express=true]" in text
+    assert "page 1 of 1 (3 runs)" in text
+    assert re.search(r"^review +publish +score_ok +true ", text, re.M)  # the review loop's decisions
+    assert (tmp_path / "demo" / "wfkit.db").exists()
