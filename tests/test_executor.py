@@ -153,6 +153,10 @@ def test_failure_cancel_and_resume_events(engine):
     executor.resume(run.id)
     assert isinstance(rec.events[0], RunStarted) and rec.events[0].resumed is True
     assert rec.kinds() == ["run_started", "stage_started", "stage_completed", "decision", "run_completed"]
+    done = rec.events[-1]
+    done.to_dict()["result"]["seen"].append("added by an observer")  # a copy, all the way down
+    rec.events[1].to_dict()["input_snapshot"]["seen"].append("added by an observer")
+    assert done.result == {"seen": ["a", "b"]} and rec.events[1].input_snapshot["seen"] == ["a"]
 
     gate, started = threading.Event(), threading.Event()
     rec.events.clear()
@@ -401,6 +405,42 @@ def test_what_execute_returns_after_a_cancel_from_elsewhere_is_what_it_stored(en
     assert run.to_dict() == Repository(engine).find_run(run_id).to_dict()
 
 
+def test_a_cancel_while_a_pending_run_starts_is_not_lost(engine, samples):
+    """cancel() reads the run pending; it starts before the cancel's write: the request is recorded."""
+    from wfkit.recorder import SqlRecorder
+
+    executor = Executor(engine, registry=samples)
+    plan = executor._cold_start("branching", {})
+    find_run = executor.repository.find_run
+
+    def find_then_start(run_id):
+        run = find_run(run_id)
+        if run.status is RunStatus.PENDING:  # another process starts it right after this read
+            with SqlRecorder(engine) as rec:
+                assert rec.start_run(plan.run_id, RunStatus.PENDING) is not None
+        return run
+
+    executor.repository.find_run = find_then_start
+    try:
+        run = executor.cancel(plan.run_id)
+    finally:
+        del executor.repository.find_run
+    assert run.status is RunStatus.RUNNING and run.cancel_requested_at is not None
+
+
+def test_a_run_cancelled_before_its_thread_starts_it_just_ends(engine, samples, caplog):
+    """cancel() wins against the background start: the run stays cancelled, nothing is logged as failed."""
+    executor = Executor(engine, registry=samples)
+    plan = executor._cold_start("branching", {})
+    assert executor.cancel(plan.run_id).status is RunStatus.CANCELLED
+    with caplog.at_level(logging.ERROR):
+        executor._hot_in_background(plan)  # what start()'s thread does, late
+        assert asyncio.run(executor._ahot(plan)).status is RunStatus.CANCELLED  # and astart()'s task
+    assert not caplog.records
+    run = executor.repository.find_run(plan.run_id)
+    assert run.status is RunStatus.CANCELLED and executor.repository.get_stages(run.id) == []
+
+
 def test_cancel_a_pending_run_at_once(engine, samples):
     executor = Executor(engine, registry=samples)
     run_id = executor._cold_start("branching", {}).run_id
@@ -442,10 +482,13 @@ def test_astart_await_run_and_acancel(engine, samples):
     gate, started = threading.Event(), threading.Event()
     executor = Executor(engine, registry=gate_registry(gate, started, asynchronous=True))
 
-    async def scenario():
-        run_id = await executor.astart("gated")
+    async def until_started():
         while not started.is_set():
             await asyncio.sleep(0.01)  # the loop is free while the run's task runs on it
+
+    async def scenario():
+        run_id = await executor.astart("gated")
+        await asyncio.wait_for(until_started(), 10)
         still = await executor.await_run(run_id, timeout=0.05)
         assert still.status is RunStatus.RUNNING
         requested = await executor.acancel(run_id)
@@ -469,6 +512,24 @@ def test_astart_await_run_and_acancel(engine, samples):
     assert done.status is RunStatus.COMPLETED and threaded.status is RunStatus.COMPLETED
     with pytest.raises(NotFoundError):
         other.repository.find_run(done.id)
+    assert other._tasks == {}  # a finished run's task is not kept
+
+
+def test_a_loop_that_ends_first_cancels_its_runs_and_await_run_still_answers(engine):
+    gate, started = threading.Event(), threading.Event()
+    executor = Executor(engine, registry=gate_registry(gate, started, asynchronous=True))
+
+    async def fire_and_forget():
+        run_id = await executor.astart("gated")
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        return run_id
+
+    run_id = asyncio.run(asyncio.wait_for(fire_and_forget(), 10))  # the loop ends with the run in 'slow'
+    run = asyncio.run(executor.await_run(run_id, timeout=5))  # another loop
+    assert run.status is RunStatus.CANCELLED
+    assert [s.status.value for s in executor.repository.get_stages(run_id)] == ["completed", "failed"]
+    assert executor._tasks == {}
 
 
 def test_cancelling_the_awaiting_task_cancels_the_run(engine):
@@ -583,6 +644,23 @@ def test_state_values_no_backend_can_store_fail_the_run(engine, value, holds):
     assert run.status is RunStatus.FAILED
     assert run.error_message.startswith(f"the state after node 'oops' is not JSON-serializable: key 'bad' holds {holds}")
     assert [s.status.value for s in Repository(engine).get_stages(run.id)] == ["completed", "failed"]
+
+
+def test_text_that_only_looks_like_a_nul_escape_is_stored(engine):
+    """A backslash followed by "u0000" is text like any other (JSON writes it as \\\\u0000)."""
+    reg = Registry()
+    tricky = {"path": "C:\\u0000dir", "both": "\\\\u0000 and \\u0000x"}
+
+    def factory(graph, runtime, params):
+        graph.add_node("only", lambda s: tricky)
+        graph.set_entry_point("only")
+        graph.add_edge("only", END)
+        return {}
+
+    reg.register("tricky", factory)
+    run = Executor(engine, registry=reg).execute("tricky")
+    assert run.status is RunStatus.COMPLETED, run.error_message
+    assert Repository(engine).find_run(run.id).result == tricky
 
 
 def test_ctrl_c_while_the_graph_is_built_cancels_the_run(engine):

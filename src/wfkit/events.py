@@ -16,6 +16,7 @@ This module imports only the standard library.
 
 from __future__ import annotations
 
+import copy
 import logging
 import uuid
 from collections.abc import Iterable, Mapping
@@ -39,11 +40,12 @@ class Event:
         return _KINDS[type(self)]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready form, with ``kind`` first (snapshots, read-only views, become dicts)."""
+        """The JSON-ready form, with ``kind`` first: a copy (snapshots, read-only views of the run's
+        state, become dicts), so that changing it changes nothing in the run."""
         data: dict[str, Any] = {"kind": self.kind}
         for f in fields(self):
             value = getattr(self, f.name)
-            data[f.name] = dict(value) if isinstance(value, Mapping) else value
+            data[f.name] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
         data["run_id"] = str(self.run_id)
         return data
 

@@ -18,7 +18,7 @@ The module implements hooks with the ``wfkit.hookimpl`` marker (or
 ``wfkit_register_workflows`` is called once per process, the first time the
 default registry is used (``wfkit list-workflows``,
 ``wfkit.registry.get_workflow(...)``); ``wfkit_observers`` once per executor
-made with the default registry. Each plugin is called on its own: if its
+made without a registry of its own (``Executor(url)``). Each plugin is called on its own: if its
 module fails to import or its ``wfkit_register_workflows`` raises, that
 plugin is skipped (its registrations undone) and the failure is reported by
 ``wfkit plugins``; if its ``wfkit_observers`` raises, that is logged and its
@@ -59,8 +59,10 @@ def wfkit_register_workflows(registry: Registry) -> None:
 def wfkit_observers() -> list[Any] | None:
     """Return observers to attach to every run an executor with the default registry executes.
 
-    Called once per executor. Return an observer (an object with
+    Called once per executor made without a registry of its own
+    (``Executor(url)``). Return an observer (an object with
     ``on_event(event)``, see ``wfkit.events``), a list of them, or None.
     Observers are isolated: one that raises while handling an event is logged
-    and the run goes on. A hook that raises is logged and skipped.
+    and the run goes on. A hook that raises, or returns anything else, is
+    logged and skipped.
     """

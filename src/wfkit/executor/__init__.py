@@ -73,7 +73,7 @@ class Executor:
     ``database``: an engine, a URL, or None for the configured default (it must be migrated).
     ``registry``: where workflows are looked up (default: the default registry, with plugins).
     ``runtime``: the services handed to factories. ``observers``: extra observers of every run
-    (isolated: one that raises is logged). With the default registry, observers that plugins
+    (isolated: one that raises is logged). When no registry is given, observers that plugins
     contribute through ``wfkit_observers()`` are added. ``checkpoint_every``: save a checkpoint
     after every N nodes (default 1; a larger N writes less but re-runs up to N-1 nodes on resume).
     """
@@ -115,18 +115,28 @@ class Executor:
                                   daemon=True)
         with self._lock:
             self._threads[plan.run_id] = thread
+            self._cancel.setdefault(plan.run_id, threading.Event())  # a cancel() before it starts is seen
         thread.start()
         return plan.run_id
 
     async def astart(self, name: str, params: Mapping[str, Any] | None = None) -> uuid.UUID:
-        """Like :meth:`start`, as a task on the running event loop (async nodes are awaited there, and
-        a cancel cancels the running node's task); return the run's id at once (see :meth:`await_run`)."""
-        plan = self._cold_start(name, params)
-        task = asyncio.get_running_loop().create_task(self._ahot_in_background(plan),
-                                                      name=f"wfkit-run-{plan.run_id}")
+        """Like :meth:`start`, as a task on the running event loop: its async nodes are awaited there,
+        and a cancel through this executor cancels the task of the node that is running (one from
+        another process stops it before its next node). Returns the run's id at once (see
+        :meth:`await_run`). Should the loop end first, the run ends cancelled, resumable."""
+        plan = await asyncio.to_thread(self._cold_start, name, params)
+        rid = plan.run_id
+        task = asyncio.get_running_loop().create_task(self._ahot_in_background(plan), name=f"wfkit-run-{rid}")
         with self._lock:
-            self._tasks[plan.run_id] = task
-        return plan.run_id
+            self._tasks[rid] = task
+            self._cancel.setdefault(rid, threading.Event())
+        task.add_done_callback(lambda _: self._forget_task(rid, task))
+        return rid
+
+    def _forget_task(self, run_id: uuid.UUID, task: asyncio.Task[None]) -> None:
+        with self._lock:
+            if self._tasks.get(run_id) is task:
+                del self._tasks[run_id]
 
     def wait(self, run_id: uuid.UUID | str, timeout: float | None = None) -> Run:
         """Wait for a run started by :meth:`start` in this executor; return it as it stands."""
@@ -146,13 +156,15 @@ class Executor:
         rid = parse_uuid(run_id)
         with self._lock:
             task = self._tasks.get(rid)
-        if task is None:
+        if task is None:  # a thread's run, or a task that is over
             return await asyncio.to_thread(self.wait, rid, timeout)
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if done:
-            with self._lock:
-                self._tasks.pop(rid, None)
-        return self.repository.find_run(rid)
+        if task.get_loop() is asyncio.get_running_loop():
+            await asyncio.wait({task}, timeout=timeout)
+        else:  # a task of another loop cannot be awaited here: look until it is done
+            deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+            while not task.done() and (deadline is None or asyncio.get_running_loop().time() < deadline):
+                await asyncio.sleep(0.01)
+        return await asyncio.to_thread(self.repository.find_run, rid)
 
     def cancel(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
         """Cancel a run: a pending one at once; a running one before its next node (from any process).
@@ -166,12 +178,11 @@ class Executor:
         run = self.repository.find_run(rid)
         check_transition(run.status, RunStatus.CANCELLED)
         with SqlRecorder(self.engine) as rec:
-            if run.status is RunStatus.PENDING:
+            changed = False
+            if run.status is RunStatus.PENDING:  # at once; unless it started meanwhile: then as a running run
                 changed = rec.finish_run(rid, RunStatus.CANCELLED, from_status=RunStatus.PENDING) is not None
-            elif force:
-                changed = rec.force_cancel(rid, INTERRUPTED)
-            else:
-                changed = rec.request_cancel(rid)
+            if not changed:
+                changed = rec.force_cancel(rid, INTERRUPTED) if force else rec.request_cancel(rid)
         with self._lock:
             event = self._cancel.get(rid)
         if event is not None:
@@ -257,12 +268,15 @@ class Executor:
         return Plan(rid, workflow, run.params, run.status, snapshot, True, run.created_at, run.started_at)
 
     def _begin(self, rec: SqlRecorder, plan: Plan) -> RunLoop | None:
-        """Mark the run running, build its graph, and set up the walk (None if the build failed)."""
+        """Mark the run running, build its graph, and set up the walk (None if the build failed, or
+        if the run was cancelled before it started)."""
         run_id = plan.run_id
         if not plan.started:
             started = rec.start_run(run_id, plan.from_status)
             if started is None:
                 now = self.repository.find_run(run_id)
+                if plan.from_status is RunStatus.PENDING and now.status is RunStatus.CANCELLED:
+                    return None  # cancelled before it started: nothing to run (the outcome reads it back)
                 raise InvalidStatusError(f"run {run_id} is {now.status.value} now (it changed meanwhile); not started")
             plan.started_at = plan.started_at or started
         self.observers.on_event(RunStarted(run_id, plan.workflow.name, plan.params, plan.resumed))
