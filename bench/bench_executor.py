@@ -21,6 +21,12 @@ replayed through the raw driver with fresh ids. wfkit/floor is what the executor
 Targets: memory under 20 us per step; sqlite and postgresql within 1.5x of raw and under 0.4 ms per step.
 
     python bench/bench_executor.py [--runs 200] [--engines memory,sqlite,postgresql] [--postgres-url URL]
+                                   [--pin same|apart]
+
+--pin (a diagnostic, needs the right to set other processes' CPU affinity, e.g. root): put this
+process on CPU 0 and its PostgreSQL server processes on CPU 0 too (same) or on CPU 1 (apart). A
+round trip costs far less when client and server share a CPU; unpinned, the scheduler decides.
+The targets are meant unpinned.
 """
 
 from __future__ import annotations
@@ -185,6 +191,22 @@ def floor_postgres(url: str):
     return conn
 
 
+def pin_postgres(conn, mode: str) -> str:
+    """Pin this process to CPU 0 and the server processes of ``conn``'s database to CPU 0 (``same``)
+    or CPU 1 (``apart``); say what was done."""
+    server_cpu = 0 if mode == "same" else 1
+    pids = [row[0] for row in conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()]
+    try:
+        os.sched_setaffinity(0, {0})
+        for pid in pids:
+            os.sched_setaffinity(pid, {server_cpu})
+    except (OSError, ValueError) as err:
+        sys.exit(f"--pin {mode}: cannot set CPU affinity ({err}); it needs CPUs 0 and 1 and the right to "
+                 "pin the server's processes (e.g. run as root)")
+    return f"pinned: this process on CPU 0, its {len(pids)} server processes on CPU {server_cpu}"
+
+
 def round_trip_us(conn, calls: int = 2000) -> float:
     """Median microseconds of ``SELECT 1`` on ``conn``: one round trip, next to no server work."""
     times = []
@@ -318,6 +340,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="runs per measurement (median taken)")
     parser.add_argument("--engines", default="memory,sqlite,postgresql")
+    parser.add_argument("--pin", choices=("same", "apart"),
+                        help="PostgreSQL: pin client and server to one CPU, or to two (a diagnostic)")
     parser.add_argument("--postgres-url", default=os.environ.get(
         "WFKIT_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="an admin URL: a throwaway database is created there and dropped after")
@@ -343,11 +367,14 @@ def main() -> int:
         raw, conn = raw_factory(), floor_conn()
         for name in WORKLOADS:
             n = len(plans[name])
-            if backend == "postgresql":
-                rt = round_trip_us(conn)
-                notes.append(f"{name}: a PostgreSQL round trip (SELECT 1) took {rt:.0f} us just before")
             with tapped() as log:
                 executor.execute(name)
+            if backend == "postgresql":
+                if args.pin:  # every connection of the three sides is open by now
+                    raw_run(raw, name, plans[name])
+                    notes.append(f"{name}: {pin_postgres(conn, args.pin)}")
+                rt = round_trip_us(conn)
+                notes.append(f"{name}: a PostgreSQL round trip (SELECT 1) took {rt:.0f} us just before")
             us = side_by_side_us({
                 "wfkit": lambda: executor.execute(name),
                 "raw": lambda: raw_run(raw, name, plans[name]),
