@@ -10,7 +10,7 @@ Backends:
   memory     StateGraph.run(): the engine alone, no database
   sqlite     Executor on a SQLite file (WAL, synchronous=NORMAL: committed steps survive a killed process)
   postgresql Executor on a throwaway PostgreSQL database (synchronous_commit=off for the run's session:
-             committed steps survive a killed process or server; see wfkit.recorder)
+             committed steps survive a killed process or server; see wfkit.store.recorder)
 Each database backend is measured against a raw baseline in the same run: the same statements and
 rows the executor writes (run created, started, then one transaction per step: the stage's
 completion, its decision, the checkpoint, the run's updated_at with the cancel check, the next
@@ -47,11 +47,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from wfkit import migrations  # noqa: E402
-from wfkit.db import create_engine  # noqa: E402
+from wfkit.store import migrations  # noqa: E402
+from wfkit.store.db import create_engine  # noqa: E402
 from wfkit.executor import Executor  # noqa: E402
 from wfkit.graph import END  # noqa: E402
-from wfkit.recorder import SqlRecorder  # noqa: E402
+from wfkit.store.recorder import SqlRecorder  # noqa: E402
 from wfkit.registry import Registry  # noqa: E402
 
 LINE = "x" * 64
@@ -164,7 +164,7 @@ class RawPostgres:
         import psycopg
 
         self.conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
-        self.conn.execute("SET synchronous_commit TO off")  # the executor's setting (see wfkit.recorder)
+        self.conn.execute("SET synchronous_commit TO off")  # the executor's setting (see wfkit.store.recorder)
         self.conn.commit()
         self.ph, self.jph = "%s", "%s::jsonb"
 

@@ -1,8 +1,8 @@
 """How fast is the read-only repository? Each query against the same SQL through the raw driver.
 
-Seeds N runs (wfkit.seed.seed_history: 20 workflows, every status, 5 stages and
+Seeds N runs (wfkit.store.seed.seed_history: 20 workflows, every status, 5 stages and
 4 decisions for one run in ten) into a SQLite file and a throwaway PostgreSQL
-database, migrated with wfkit.migrations.upgrade, then measures the median
+database, migrated with wfkit.store.migrations.upgrade, then measures the median
 wall time over --repeat calls of:
 
   list_runs page 1 (50 rows): unfiltered, --status, --workflow, --workflow + --status
@@ -33,7 +33,7 @@ bench/bench_<runs>.db (gitignored), removed at the end unless --keep or
 --reuse (--reuse also uses the file as is when it already holds N runs and is
 migrated to head). Ctrl-C or SIGTERM still drops the database and the file.
 
-What-if options, to measure a settings change before making it in wfkit.db:
+What-if options, to measure a settings change before making it in wfkit.store.db:
 --engine-option KEY=VALUE goes to create_engine() for wfkit's engine (e.g.
 pool_pre_ping=true, pool_size=10); --pragma NAME=VALUE runs on
 each of wfkit's SQLite connections (e.g. mmap_size=2147418112). The raw side
@@ -60,11 +60,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from wfkit import migrations
-from wfkit.db import create_engine
-from wfkit.query import PageRequest, RunFilters
-from wfkit.repository import Repository
-from wfkit.seed import WORKFLOW_NAMES, seed_history
+from wfkit.store import migrations
+from wfkit.store.db import create_engine
+from wfkit.store.query import PageRequest, RunFilters
+from wfkit.store.repository import Repository
+from wfkit.store.seed import WORKFLOW_NAMES, seed_history
 
 BENCH_DIR = Path(__file__).resolve().parent
 PG_URL_ENV = "WFKIT_BENCH_POSTGRES_URL"

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from wfkit import migrations
-from wfkit.db import create_engine
-from wfkit.models import TABLES
-from wfkit.repository import Repository
+from wfkit.store import migrations
+from wfkit.store.db import create_engine
+from wfkit.store.models import TABLES
+from wfkit.store.repository import Repository
 
 PG_ENV = "WFKIT_TEST_POSTGRES_URL"
 BACKENDS = ("sqlite", "postgresql")

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from wfkit.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus, utcnow
+from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus, utcnow
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=utcnow().tzinfo)
 

@@ -45,25 +45,25 @@ _EXPORTS: dict[str, str] = {
     "GraphError": "wfkit.errors",
     "GraphValidationError": "wfkit.errors",
     # models
-    "Run": "wfkit.models",
-    "Stage": "wfkit.models",
-    "Decision": "wfkit.models",
-    "Checkpoint": "wfkit.models",
-    "RunStatus": "wfkit.models",
-    "StageStatus": "wfkit.models",
-    "RUN_TRANSITIONS": "wfkit.models",
-    "check_transition": "wfkit.models",
-    "can_transition": "wfkit.models",
+    "Run": "wfkit.store.models",
+    "Stage": "wfkit.store.models",
+    "Decision": "wfkit.store.models",
+    "Checkpoint": "wfkit.store.models",
+    "RunStatus": "wfkit.store.models",
+    "StageStatus": "wfkit.store.models",
+    "RUN_TRANSITIONS": "wfkit.store.models",
+    "check_transition": "wfkit.store.models",
+    "can_transition": "wfkit.store.models",
     # queries
-    "PageRequest": "wfkit.query",
-    "PageResult": "wfkit.query",
-    "PaginationConfig": "wfkit.query",
-    "RunFilters": "wfkit.query",
-    "SortField": "wfkit.query",
-    "parse_sort": "wfkit.query",
+    "PageRequest": "wfkit.store.query",
+    "PageResult": "wfkit.store.query",
+    "PaginationConfig": "wfkit.store.query",
+    "RunFilters": "wfkit.store.query",
+    "SortField": "wfkit.store.query",
+    "parse_sort": "wfkit.store.query",
     # database
-    "create_engine": "wfkit.db",
-    "Repository": "wfkit.repository",
+    "create_engine": "wfkit.store.db",
+    "Repository": "wfkit.store.repository",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -83,7 +83,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
-    from wfkit.db import create_engine
+    from wfkit.store.db import create_engine
     from wfkit.errors import (
         ConfigurationError,
         DatabaseError,
@@ -102,7 +102,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         WorkflowNotFoundError,
         http_status,
     )
-    from wfkit.models import (
+    from wfkit.store.models import (
         RUN_TRANSITIONS,
         Checkpoint,
         Decision,
@@ -113,7 +113,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         can_transition,
         check_transition,
     )
-    from wfkit.query import PageRequest, PageResult, PaginationConfig, RunFilters, SortField, parse_sort
+    from wfkit.store.query import PageRequest, PageResult, PaginationConfig, RunFilters, SortField, parse_sort
     from wfkit.graph import END, StateGraph
     from wfkit.hookspecs import hookimpl, hookspec
     from wfkit.registry import (
@@ -126,4 +126,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         register,
     )
     from wfkit.runtime import Runtime
-    from wfkit.repository import Repository
+    from wfkit.store.repository import Repository

@@ -24,7 +24,7 @@ from wfkit.formatting import format_ms as fmt_ms
 
 
 def _repository() -> Any:
-    from wfkit.repository import Repository
+    from wfkit.store.repository import Repository
 
     return Repository(database_url())
 
@@ -60,7 +60,7 @@ def runs_list(
     as_json: bool,
 ) -> None:
     """List runs, newest first, a page at a time."""
-    from wfkit.query import PageRequest, RunFilters
+    from wfkit.store.query import PageRequest, RunFilters
 
     filters = RunFilters(workflow_name=workflow_name, status=statuses)
     request = PageRequest(page=page, page_size=page_size, sort=sort)

@@ -23,7 +23,7 @@ def db() -> None:
 
 
 def _where() -> str:
-    from wfkit.db import display_url, normalize_url, resolve_database_url
+    from wfkit.store.db import display_url, normalize_url, resolve_database_url
 
     return display_url(normalize_url(resolve_database_url(database_url())))
 
@@ -36,7 +36,7 @@ def db_upgrade(revision: str) -> None:
 
     Creates the database (a SQLite file) and its tables if needed.
     """
-    from wfkit import migrations
+    from wfkit.store import migrations
 
     before = migrations.current(database_url())
     migrations.upgrade(database_url(), revision)
@@ -57,7 +57,7 @@ def _report_move(verb: str, before: str | None, after: str | None) -> None:
 def db_downgrade(revision: str, yes: bool) -> None:
     """Migrate the database down to REVISION ('base' removes every wfkit table and its data: it asks
     first, or takes --yes)."""
-    from wfkit import migrations
+    from wfkit.store import migrations
 
     before = migrations.current(database_url())
     if revision.strip().lower() == "base" and before is not None and not yes:
@@ -76,7 +76,7 @@ def db_downgrade(revision: str, yes: bool) -> None:
 @database_url_option
 def db_current(as_json: bool) -> None:
     """Show the revision the database is at."""
-    from wfkit import migrations
+    from wfkit.store import migrations
 
     rev, head = migrations.current(database_url()), migrations.head()
     if as_json:
@@ -92,7 +92,7 @@ def db_current(as_json: bool) -> None:
 @json_option
 def db_history(as_json: bool) -> None:
     """List the migrations wfkit ships, oldest first."""
-    from wfkit import migrations
+    from wfkit.store import migrations
 
     revs = migrations.history()
     if as_json:
@@ -110,7 +110,7 @@ def db_history(as_json: bool) -> None:
 @database_url_option
 def db_check() -> None:
     """Compare the database's schema with wfkit's models; exit 1 if they differ."""
-    from wfkit import migrations
+    from wfkit.store import migrations
 
     if migrations.current(database_url()) is None:
         click.echo(f"{_where()}: not migrated (run `wfkit db upgrade`)", err=True)

@@ -24,12 +24,12 @@ from wfkit.events import (
 )
 from wfkit.graph import RouteDecision, StateGraph, Walker
 from wfkit.jsontext import dumps, dumps_state
-from wfkit.models import Run, RunStatus, StageStatus, row_loader
-from wfkit.recorder import Finished, SqlRecorder
+from wfkit.store.models import Run, RunStatus, StageStatus, row_loader
+from wfkit.store.recorder import Finished, SqlRecorder
 from wfkit.registry import Workflow
 
 if TYPE_CHECKING:
-    from wfkit.executor import Executor
+    from wfkit.executor.executor import Executor
 
 #: What a stage killed by a process that is gone is marked with when its run is taken over.
 INTERRUPTED = "interrupted: the process executing this stage stopped before it finished"

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from wfkit.checkpoints import SqlCheckpointStore
-from wfkit.models import RunStatus, StageStatus
-from wfkit.repository import Repository
+from wfkit.executor.checkpoints import SqlCheckpointStore
+from wfkit.store.models import RunStatus, StageStatus
+from wfkit.store.repository import Repository
 
 WFKIT = str(Path(sys.executable).with_name("wfkit"))
 FINAL = {"count": 4, "log": ["s1:0", "s2:1", "s3:2", "s4:3"]}

@@ -9,11 +9,11 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-import wfkit.db
-from wfkit import migrations
-from wfkit.db import create_engine, default_database_path, normalize_url, resolve_database_url
+import wfkit.store.db
+from wfkit.store import migrations
+from wfkit.store.db import create_engine, default_database_path, normalize_url, resolve_database_url
 from wfkit.errors import ConfigurationError, NotFoundError
-from wfkit.repository import Repository
+from wfkit.store.repository import Repository
 
 
 def test_url_precedence(monkeypatch, tmp_path):
@@ -117,7 +117,7 @@ def _terminate_others(url):
 
 
 def test_an_idle_pooled_connection_is_pinged_before_reuse(pg_url, monkeypatch):
-    monkeypatch.setattr(wfkit.db, "PING_AFTER_IDLE_S", 0.0)
+    monkeypatch.setattr(wfkit.store.db, "PING_AFTER_IDLE_S", 0.0)
     engine = create_engine(pg_url)
     try:
         before = _backend_pid(engine)
@@ -131,7 +131,7 @@ def test_an_idle_pooled_connection_is_pinged_before_reuse(pg_url, monkeypatch):
 
 @pytest.mark.parametrize(("idle_s", "pinged"), [(60.0, False), (0.0, True)])
 def test_a_connection_is_pinged_only_after_sitting_idle(pg_url, monkeypatch, idle_s, pinged):
-    monkeypatch.setattr(wfkit.db, "PING_AFTER_IDLE_S", idle_s)
+    monkeypatch.setattr(wfkit.store.db, "PING_AFTER_IDLE_S", idle_s)
     engine = create_engine(pg_url)
     pings = []
     original = engine.dialect.do_ping
@@ -146,7 +146,7 @@ def test_a_connection_is_pinged_only_after_sitting_idle(pg_url, monkeypatch, idl
 
 def test_repository_reads_survive_a_server_side_disconnect(pg_url, monkeypatch):
     """Within the no-ping window a dropped connection fails its first use: the repository retries once."""
-    monkeypatch.setattr(wfkit.db, "PING_AFTER_IDLE_S", 3600.0)  # however slow this machine: no ping
+    monkeypatch.setattr(wfkit.store.db, "PING_AFTER_IDLE_S", 3600.0)  # however slow this machine: no ping
     engine = create_engine(pg_url)
     repo = Repository(engine)
     try:
@@ -168,7 +168,7 @@ def test_thread_connections_one_per_thread_reused_and_closed(tmp_path):
     import gc
     import threading
 
-    from wfkit.db import ThreadConnections
+    from wfkit.store.connections import ThreadConnections
 
     engine = create_engine(f"sqlite:///{tmp_path}/t.db")
     kept = ThreadConnections(engine)

@@ -5,8 +5,8 @@ import uuid
 import pytest
 
 from wfkit.errors import ConfigurationError, InvalidQueryError
-from wfkit.models import RunStatus
-from wfkit.query import (
+from wfkit.store.models import RunStatus
+from wfkit.store.query import (
     RUNS,
     STAGES,
     PageRequest,

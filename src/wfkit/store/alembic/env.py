@@ -1,6 +1,6 @@
 """Alembic environment for wfkit's migrations.
 
-Used both by ``wfkit db ...`` (wfkit.migrations, which hands over a
+Used both by ``wfkit db ...`` (wfkit.store.migrations, which hands over a
 connection) and by ``alembic upgrade head`` from the repository root (which
 reads the URL from ``-x url=...``, else ``WFKIT_DATABASE_URL``, else the
 per-user SQLite default).
@@ -8,8 +8,8 @@ per-user SQLite default).
 
 from alembic import context
 
-from wfkit import models
-from wfkit.db import create_engine, migration_connection
+from wfkit.store import models
+from wfkit.store.db import create_engine, migration_connection
 
 config = context.config
 target_metadata = models.metadata
@@ -20,7 +20,7 @@ def _url() -> str | None:
 
 
 def run_migrations_offline() -> None:
-    from wfkit.db import normalize_url, resolve_database_url
+    from wfkit.store.db import normalize_url, resolve_database_url
 
     context.configure(
         url=normalize_url(resolve_database_url(_url())),

@@ -8,11 +8,11 @@ import pytest
 import sqlalchemy as sa
 
 from factories import T0, add, add_history, add_runs, make_run
-from wfkit.db import create_engine
+from wfkit.store.db import create_engine
 from wfkit.errors import DatabaseError, DatabaseNotMigratedError, InvalidQueryError, NotFoundError
-from wfkit.models import Run, RunStatus
-from wfkit.query import PageRequest, PaginationConfig, RunFilters
-from wfkit.repository import Repository
+from wfkit.store.models import Run, RunStatus
+from wfkit.store.query import PageRequest, PaginationConfig, RunFilters
+from wfkit.store.repository import Repository
 
 
 def ids(runs):
@@ -260,7 +260,7 @@ def test_unreachable_postgresql_is_a_database_error():
 def test_loaded_objects_equal_what_the_orm_loads(repo, engine):
     from sqlalchemy.orm import Session
 
-    from wfkit.models import Stage
+    from wfkit.store.models import Stage
 
     run = add_runs(engine, 1, params={"nested": {"x": [1, None]}}, status=RunStatus.FAILED, error_message="e")[0]
     stages, _ = add_history(engine, run, ["a", "b"])
@@ -276,11 +276,11 @@ def test_loaded_objects_equal_what_the_orm_loads(repo, engine):
 
 
 def test_every_column_type_reads_back_as_the_orm_reads_it(repo, engine):
-    """The repository types driver rows itself (wfkit.storage): every column kind must agree with
+    """The repository types driver rows itself (wfkit.store.codec): every column kind must agree with
     SQLAlchemy's own types, on both engines (times with microseconds, given in another zone)."""
     from sqlalchemy.orm import Session
 
-    from wfkit.models import Decision
+    from wfkit.store.models import Decision
 
     elsewhere = timezone(timedelta(hours=-5, minutes=-30))
     run = make_run(status=RunStatus.CANCELLED, params={"ü": ["x", 1.5, None, True]}, result=[{"deep": {}}],
@@ -315,7 +315,7 @@ def test_filters_apply_to_a_select_like_the_listing(repo, mixed, engine):
 def test_many_listing_shapes_stay_correct(repo, mixed, engine, monkeypatch):
     """Statements are cached per shape (filters x sort); every shape, also past the cache's bound,
     lists what a plain SQLAlchemy select with the same filters and order lists."""
-    from wfkit.query import RUNS
+    from wfkit.store.query import RUNS
 
     monkeypatch.setattr(Repository, "MAX_CACHED_LISTINGS", 8)
     fields = ["created_at", "-created_at", "workflow_name", "-status", "started_at", "-updated_at", "id"]
@@ -335,7 +335,7 @@ def test_scalar_and_empty_json_values_read_back(repo, engine, value):
     """SQLite stores a JSON column's bare number as a number: it must read back as the same value."""
     run = make_run(result=value, params={"n": 1})
     add(engine, run)
-    from wfkit.models import Stage
+    from wfkit.store.models import Stage
 
     add(engine, Stage(run_id=run.id, node_name="a", input_snapshot=value, output_snapshot=value))
     assert repo.find_run(run.id).result == value

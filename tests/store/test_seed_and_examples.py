@@ -7,13 +7,13 @@ import uuid
 from pathlib import Path
 
 from factories import count
-from wfkit import migrations
-from wfkit.models import Checkpoint, Decision, Run, RunStatus, Stage, utcnow
-from wfkit.query import RunFilters
-from wfkit.repository import Repository
-from wfkit.seed import WORKFLOW_NAMES, seed_history
+from wfkit.store import migrations
+from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, utcnow
+from wfkit.store.query import RunFilters
+from wfkit.store.repository import Repository
+from wfkit.store.seed import WORKFLOW_NAMES, seed_history
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_seed_history(engine):
@@ -53,18 +53,18 @@ def test_service_example_runs(db_url, engine):
 def test_seed_command_line(db_url):
     env = {**os.environ, "WFKIT_DATABASE_URL": db_url}
     for _ in range(2):  # each time new runs (a new seed), so a second call adds to the first
-        out = subprocess.run([sys.executable, "-m", "wfkit.seed", "--runs", "12"], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-m", "wfkit.store.seed", "--runs", "12"], capture_output=True, text=True,
                              env=env)
         assert out.returncode == 0 and out.stdout.startswith("added 12 runs"), out.stderr
     assert Repository(db_url).list_runs().total == 24
-    again = subprocess.run([sys.executable, "-m", "wfkit.seed", "--runs", "12", "--seed", "5"], capture_output=True,
+    again = subprocess.run([sys.executable, "-m", "wfkit.store.seed", "--runs", "12", "--seed", "5"], capture_output=True,
                            text=True, env=env)
     assert again.returncode == 0 and again.stdout.strip().endswith("(--seed 5)")
 
 
 def test_seed_command_line_on_a_database_that_is_not_migrated(tmp_path):
     missing = tmp_path / "none.db"
-    out = subprocess.run([sys.executable, "-m", "wfkit.seed", "--database-url", f"sqlite:///{missing}"],
+    out = subprocess.run([sys.executable, "-m", "wfkit.store.seed", "--database-url", f"sqlite:///{missing}"],
                          capture_output=True, text=True)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip() == "Error: the database is not migrated to the newest revision: run `wfkit db upgrade` first"

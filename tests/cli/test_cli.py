@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from factories import T0, add, add_history, make_run
-from wfkit import migrations
-from wfkit.models import RunStatus
+from wfkit.store import migrations
+from wfkit.store.models import RunStatus
 
 WFKIT = str(Path(sys.executable).with_name("wfkit"))
 HEAD = migrations.head()
@@ -253,7 +253,7 @@ def test_db_check_names_each_difference(new_database):
     out = wfkit("db", "check", url=url)
     assert out.returncode == 1 and "not migrated (run `wfkit db upgrade`)" in out.stderr
     wfkit("db", "upgrade", url=url)
-    from wfkit.db import create_engine
+    from wfkit.store.db import create_engine
 
     engine = create_engine(url)
     with engine.begin() as conn:

@@ -8,7 +8,7 @@ exactly as an ORM or Core insert would store them) and then written in large
 batches through the driver: ``executemany`` on SQLite, ``COPY`` on PostgreSQL.
 A million runs takes well under a minute on either engine.
 
-From a shell: ``python -m wfkit.seed --runs 200 [--database-url URL]``
+From a shell: ``python -m wfkit.store.seed --runs 200 [--database-url URL]``
 (the database must be migrated first: ``wfkit db upgrade``).
 """
 
@@ -27,9 +27,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from wfkit.db import engine_for, translate_errors
+from wfkit.store.db import engine_for, translate_errors
 from wfkit.errors import DatabaseNotMigratedError, WfkitError
-from wfkit.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus, utcnow
+from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus, utcnow
 
 WORKFLOW_NAMES = (
     "text-pipeline", "review-loop", "branching", "ingest-orders", "nightly-report",
@@ -263,7 +263,7 @@ def _large_sqlite_cache(conn: sa.Connection) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m wfkit.seed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m wfkit.store.seed", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="how many runs to add (default 200)")
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed, to make the same history again (default: a new one each time, printed)")
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.runs < 0:
         parser.error(f"--runs must be at least 0, got {args.runs}")
-    from wfkit import migrations
+    from wfkit.store import migrations
 
     try:
         if migrations.current(args.database_url) != migrations.head():

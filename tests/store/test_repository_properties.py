@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import T0, add, make_run
-from wfkit.models import Run, RunStatus
-from wfkit.query import PageRequest, RunFilters, SortField
+from wfkit.store.models import Run, RunStatus
+from wfkit.store.query import PageRequest, RunFilters, SortField
 
 NAMES = ["a", "b", "b-2", "b_2", "c.x"]
 SORTABLE = ["id", "workflow_name", "status", "created_at", "updated_at", "started_at", "completed_at"]

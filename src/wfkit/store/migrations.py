@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from wfkit.db import engine_for, migration_connection, translate_errors
+from wfkit.store.db import engine_for, migration_connection, translate_errors
 from wfkit.errors import ConfigurationError, DatabaseNotMigratedError
 
 SCRIPT_LOCATION = Path(__file__).with_name("alembic")
@@ -137,7 +137,7 @@ def check(engine_or_url: Engine | str | None = None) -> list[Any]:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from wfkit.models import metadata
+    from wfkit.store.models import metadata
 
     with engine_for(engine_or_url, create_missing=False) as engine, translate_errors(engine), engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})

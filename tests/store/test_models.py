@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from factories import add, add_history, count, make_run
 from wfkit.errors import InvalidStatusError
-from wfkit.models import (
+from wfkit.store.models import (
     RUN_TRANSITIONS,
     Checkpoint,
     Decision,

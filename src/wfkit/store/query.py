@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from wfkit.errors import ConfigurationError, InvalidQueryError
 from wfkit.ids import parse_uuid  # noqa: F401  (re-exported: part of the query API)
-from wfkit.models import Decision, Run, RunStatus, Stage
+from wfkit.store.models import Decision, Run, RunStatus, Stage
 
 T = TypeVar("T")
 

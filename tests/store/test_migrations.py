@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from wfkit import migrations
-from wfkit.db import create_engine
+from wfkit.store import migrations
+from wfkit.store.db import create_engine
 from wfkit.errors import ConfigurationError, DatabaseError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WFKIT_TABLES = {"runs", "stages", "decisions", "checkpoints"}
 
 
@@ -95,7 +95,7 @@ def installed_wheel(tmp_path_factory):
 
 def test_migrations_work_from_an_installed_wheel(installed_wheel, empty_url):
     site = installed_wheel / "site"
-    assert (site / "wfkit" / "alembic" / "versions").is_dir()
+    assert (site / "wfkit" / "store" / "alembic" / "versions").is_dir()
     env = {**os.environ, "PYTHONPATH": str(site), "WFKIT_DATABASE_URL": empty_url}
     code = "import wfkit, sys; from wfkit.cli import main; print(wfkit.__file__, file=sys.stderr); main()"
     run = lambda *args: subprocess.run(  # noqa: E731
@@ -115,7 +115,7 @@ def test_migrations_work_from_an_installed_wheel(installed_wheel, empty_url):
 def test_downgrade_and_upgrade_keep_history(empty_url):
     """SQLite rebuilds tables to drop columns: that must not cascade-delete the rows that refer to them."""
     from factories import add, add_history, count, make_run
-    from wfkit.models import Stage
+    from wfkit.store.models import Stage
 
     migrations.upgrade(empty_url)
     engine = create_engine(empty_url)
@@ -152,7 +152,7 @@ def test_a_failed_upgrade_leaves_nothing_half_built(empty_url):
 
 def test_reading_a_database_older_than_the_code_says_upgrade(empty_url):
     from wfkit.errors import DatabaseNotMigratedError
-    from wfkit.repository import Repository
+    from wfkit.store.repository import Repository
 
     import uuid
 

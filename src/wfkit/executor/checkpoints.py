@@ -8,7 +8,7 @@ the last.
 - :class:`CheckpointStore`: the protocol (``save``, ``load``, ``delete``, ``list``).
 - :class:`MemoryCheckpointStore`: in a dict, for tests and in-memory use.
 - :class:`SqlCheckpointStore`: the ``checkpoints`` table. (The executor writes
-  checkpoints through :class:`wfkit.recorder.SqlRecorder` instead, in the same
+  checkpoints through :class:`wfkit.store.recorder.SqlRecorder` instead, in the same
   transaction as the stage and decision they follow; both use the same rows.)
 """
 
@@ -99,13 +99,13 @@ class SqlCheckpointStore:
     """Checkpoints in the ``checkpoints`` table (one row per run; the run must exist)."""
 
     def __init__(self, engine_or_url: Any = None):
-        from wfkit.db import as_engine
+        from wfkit.store.db import as_engine
 
         self.engine = as_engine(engine_or_url)
 
     def save(self, run_id: uuid.UUID | str, node: str | None, state: Mapping[str, Any],
              meta: Mapping[str, Any] | None = None) -> None:
-        from wfkit.recorder import SqlRecorder
+        from wfkit.store.recorder import SqlRecorder
 
         with SqlRecorder(self.engine) as recorder:
             recorder.save_checkpoint(parse_uuid(run_id), node, state, meta or {})
@@ -114,8 +114,8 @@ class SqlCheckpointStore:
     def load(self, run_id: uuid.UUID | str) -> SavedCheckpoint | None:
         from sqlalchemy.orm import Session
 
-        from wfkit.db import translate_errors
-        from wfkit.models import Checkpoint
+        from wfkit.store.db import translate_errors
+        from wfkit.store.models import Checkpoint
 
         rid = parse_uuid(run_id)
         with translate_errors(self.engine), Session(self.engine) as session:
@@ -127,8 +127,8 @@ class SqlCheckpointStore:
     def delete(self, run_id: uuid.UUID | str) -> bool:
         import sqlalchemy as sa
 
-        from wfkit.db import translate_errors
-        from wfkit.models import Checkpoint
+        from wfkit.store.db import translate_errors
+        from wfkit.store.models import Checkpoint
 
         with translate_errors(self.engine), self.engine.begin() as conn:
             result = conn.execute(sa.delete(Checkpoint).where(Checkpoint.run_id == parse_uuid(run_id)))
@@ -137,8 +137,8 @@ class SqlCheckpointStore:
     def list(self) -> list[uuid.UUID]:
         import sqlalchemy as sa
 
-        from wfkit.db import translate_errors
-        from wfkit.models import Checkpoint
+        from wfkit.store.db import translate_errors
+        from wfkit.store.models import Checkpoint
 
         with translate_errors(self.engine), self.engine.connect() as conn:
             return list(conn.execute(sa.select(Checkpoint.run_id).order_by(Checkpoint.run_id)).scalars())

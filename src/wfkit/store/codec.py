@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from wfkit.jsontext import dumps
-from wfkit.models import UTC, UTCDateTime
+from wfkit.store.models import UTC, UTCDateTime
 
 __all__ = ["CODECS", "Codec", "codec_for", "dumps", "sqlite_time"]
 

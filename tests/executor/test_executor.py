@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from factories import count
-from wfkit.checkpoints import MemoryCheckpointStore, SqlCheckpointStore
+from wfkit.executor.checkpoints import MemoryCheckpointStore, SqlCheckpointStore
 from wfkit.errors import (
     InvalidParamsError,
     InvalidStatusError,
@@ -23,10 +23,10 @@ from wfkit.errors import (
 from wfkit.events import CallbackObserver, Event, LoggingObserver, MultiObserver
 from wfkit.executor import Executor
 from wfkit.graph import END
-from wfkit.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus
+from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus
 from wfkit.plugins import load_plugins
 from wfkit.registry import Registry
-from wfkit.repository import Repository
+from wfkit.store.repository import Repository
 from wfkit.runtime import Runtime
 
 
@@ -407,7 +407,7 @@ def test_what_execute_returns_after_a_cancel_from_elsewhere_is_what_it_stored(en
 
 def test_a_cancel_while_a_pending_run_starts_is_not_lost(engine, samples):
     """cancel() reads the run pending; it starts before the cancel's write: the request is recorded."""
-    from wfkit.recorder import SqlRecorder
+    from wfkit.store.recorder import SqlRecorder
 
     executor = Executor(engine, registry=samples)
     plan = executor._cold_start("branching", {})
@@ -677,7 +677,7 @@ def test_ctrl_c_while_the_graph_is_built_cancels_the_run(engine):
 
 
 def test_a_cancel_request_stops_the_next_stage_from_starting(engine, samples):
-    from wfkit.recorder import SqlRecorder
+    from wfkit.store.recorder import SqlRecorder
 
     executor = Executor(engine, registry=samples)
     plan = executor._cold_start("branching", {})
@@ -693,7 +693,7 @@ def test_force_cancel_ends_a_run_whose_process_is_gone_and_it_resumes(engine, sa
     """A process died inside a node: the run says running forever. cancel(force=True) ends it
     cancelled at once, the stage it left started is marked failed, and resume finishes the run."""
     from wfkit.executor import INTERRUPTED
-    from wfkit.recorder import SqlRecorder
+    from wfkit.store.recorder import SqlRecorder
 
     executor = Executor(engine, registry=samples)
     expected = Executor(engine, registry=samples).execute("branching").result
@@ -717,7 +717,7 @@ def test_the_memory_checkpoint_store_needs_no_database_library():
     import subprocess
     import sys
 
-    code = ("import sys, uuid\nfrom wfkit.checkpoints import MemoryCheckpointStore\n"
+    code = ("import sys, uuid\nfrom wfkit.executor.checkpoints import MemoryCheckpointStore\n"
             "s = MemoryCheckpointStore(); rid = uuid.uuid4(); s.save(rid, 'n', {'a': 1}); assert s.load(rid).state\n"
             "print([m for m in ('sqlalchemy', 'pydantic') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -728,7 +728,7 @@ def test_the_memory_checkpoint_store_needs_no_database_library():
 def test_an_autocommit_engine_still_writes_each_step_atomically_and_keeps_its_setting(db_url, samples):
     """An engine made with AUTOCOMMIT: the recorder still groups a step's writes in one transaction
     (SQLite opens none by itself then), and hands connections back with the engine's setting."""
-    from wfkit.db import create_engine
+    from wfkit.store.db import create_engine
 
     engine = create_engine(db_url, isolation_level="AUTOCOMMIT")
     sent: list[str] = []

@@ -1,7 +1,7 @@
 """The read side of wfkit: browse runs and their stages and decisions.
 
->>> from wfkit.repository import Repository
->>> from wfkit.query import PageRequest, RunFilters
+>>> from wfkit.store.repository import Repository
+>>> from wfkit.store.query import PageRequest, RunFilters
 >>> repo = Repository("sqlite:///runs.db")                          # doctest: +SKIP
 >>> page = repo.list_runs(PageRequest(page=1, page_size=50), RunFilters(status="failed"))  # doctest: +SKIP
 
@@ -14,7 +14,7 @@ objects belong to no session: plain data, readable after the call.
 Reads are short and frequent, so they skip SQLAlchemy's per-call machinery:
 each statement is built with SQLAlchemy once per shape (which filters, which
 sort), compiled for the engine's dialect, and then run on the driver
-connection, its rows typed by :mod:`wfkit.storage` into the SQLModel classes.
+connection, its rows typed by :mod:`wfkit.store.codec` into the SQLModel classes.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from wfkit.db import ThreadConnections, as_engine, translate_errors
+from wfkit.store.connections import ThreadConnections
+from wfkit.store.db import as_engine, translate_errors
 from wfkit.errors import NotFoundError
-from wfkit.models import Decision, Run, Stage
-from wfkit.query import (
+from wfkit.store.models import Decision, Run, Stage
+from wfkit.store.query import (
     DECISIONS,
     RUNS,
     STAGES,
@@ -41,7 +42,7 @@ from wfkit.query import (
     RunFilters,
     parse_uuid,
 )
-from wfkit.storage import codec_for
+from wfkit.store.codec import codec_for
 
 
 @dataclass(frozen=True)

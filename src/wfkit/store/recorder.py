@@ -23,12 +23,12 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Engine
 
-from wfkit.db import ASYNC_COMMIT_ENGINES, is_driver_error, translate_errors
+from wfkit.store.db import ASYNC_COMMIT_ENGINES, is_driver_error, translate_errors
 from wfkit.errors import DatabaseError, WfkitError
-from wfkit.models import RunStatus, StageStatus, utcnow
-from wfkit.checkpoints import checkpoint_json
+from wfkit.store.models import RunStatus, StageStatus, utcnow
+from wfkit.executor.checkpoints import checkpoint_json
 from wfkit.jsontext import dumps
-from wfkit.storage import codec_for
+from wfkit.store.codec import codec_for
 
 _INSERT_RUN = (
     "INSERT INTO runs (id, workflow_name, status, params, result, error_message, started_at, completed_at, "
@@ -103,7 +103,7 @@ class SqlRecorder:
     def __init__(self, engine: Engine, *, async_commit: bool = True):
         self.engine = engine
         self.async_commit = async_commit
-        # engines made by wfkit.db.create_engine set it for the whole connection already
+        # engines made by wfkit.store.db.create_engine set it for the whole connection already
         self._set_async = async_commit and engine not in ASYNC_COMMIT_ENGINES
         self.d = codec_for(engine.dialect.name)
         self._sql, self._ctes = _statements_for(engine.dialect.name)
@@ -333,7 +333,7 @@ class SqlRecorder:
 
     def save_checkpoint(self, run_id: uuid.UUID, node: str | None, state: Mapping[str, Any],
                         meta: Mapping[str, Any]) -> None:
-        """Buffer a checkpoint given as state and meta (see :class:`wfkit.checkpoints.SavedCheckpoint`);
+        """Buffer a checkpoint given as state and meta (see :class:`wfkit.executor.checkpoints.SavedCheckpoint`);
         :class:`~wfkit.errors.StateNotSerializableError` if either cannot be stored."""
         self.checkpoint(run_id, node, checkpoint_json(run_id, state, meta))
 
