@@ -243,14 +243,14 @@ def test_params_model_paths_that_are_not_models():
 
 
 def test_the_default_registry_is_not_reentrant_while_plugins_load():
-    from wfkit import registry as registry_module
+    from wfkit import plugins
 
-    registry_module._loading.active = True
-    loaded = registry_module._loaded
-    registry_module._loaded = False
+    plugins._loading.active = True
+    report = plugins._default_report
+    plugins._default_report = None
     try:
         with pytest.raises(RegistrationError, match="while plugins were loading"):
-            registry_module.default_registry()
+            plugins.default_registry()
     finally:
-        registry_module._loading.active = False
-        registry_module._loaded = loaded
+        plugins._loading.active = False
+        plugins._default_report = report

@@ -28,10 +28,10 @@ _EXPORTS: dict[str, str] = {
     "WorkflowInfo": "wfkit.registry",
     "Workflow": "wfkit.registry",
     "Registry": "wfkit.registry",
-    "register": "wfkit.registry",
-    "get_workflow": "wfkit.registry",
-    "list_workflows": "wfkit.registry",
-    "default_registry": "wfkit.registry",
+    "register": "wfkit.plugins",
+    "get_workflow": "wfkit.plugins",
+    "list_workflows": "wfkit.plugins",
+    "default_registry": "wfkit.plugins",
     "Runtime": "wfkit.runtime",
     "StateGraph": "wfkit.graph",
     "END": "wfkit.graph",
@@ -116,14 +116,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from wfkit.store.query import PageRequest, PageResult, PaginationConfig, RunFilters, SortField, parse_sort
     from wfkit.graph import END, StateGraph
     from wfkit.hookspecs import hookimpl, hookspec
-    from wfkit.registry import (
-        Registry,
-        Workflow,
-        WorkflowInfo,
-        default_registry,
-        get_workflow,
-        list_workflows,
-        register,
-    )
+    from wfkit.plugins import default_registry, get_workflow, list_workflows, register
+    from wfkit.registry import Registry, Workflow, WorkflowInfo
     from wfkit.runtime import Runtime
     from wfkit.store.repository import Repository

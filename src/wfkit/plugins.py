@@ -1,4 +1,4 @@
-"""Plugin discovery: entry points in the group ``wfkit``, driven by pluggy.
+"""Plugins: entry points in the group ``wfkit``, driven by pluggy, and the default registry they fill.
 
 :func:`load_plugins` imports every plugin module named by an entry point in
 the group ``wfkit`` (sorted by entry-point name, so the outcome does not
@@ -8,27 +8,40 @@ hook on its own. A plugin that fails to import, implements an unknown hook,
 or whose hook raises is skipped, its registrations undone; the failure is
 kept in its :class:`PluginInfo` and the others load as usual.
 
+The default registry (:func:`default_registry`, and the module-level
+:func:`register`, :func:`get_workflow`, :func:`list_workflows`) loads the
+installed plugins once, on first lookup; :func:`plugin_observers` collects the
+observers they contribute. Every hook is called through :func:`call_each`: one
+plugin at a time, so that one plugin's failure is its own.
+
 ``WFKIT_LOAD_PLUGINS`` limits which plugins load: a comma-separated list of
 entry-point names or distribution names; empty means none; unset means all.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any, ContextManager
 
 import pluggy
 
 from wfkit import hookspecs
-from wfkit.errors import error_text
-from wfkit.registry import Registry, default_registry
+from wfkit.errors import RegistrationError, error_text
+from wfkit.registry import Factory, Registry, Workflow, WorkflowInfo
+
+if TYPE_CHECKING:
+    from wfkit.events import Observer
 
 GROUP = "wfkit"
 LOAD_PLUGINS_ENV = "WFKIT_LOAD_PLUGINS"
+log = logging.getLogger("wfkit.plugins")
 
 
 @dataclass
@@ -68,6 +81,40 @@ class PluginReport:
         """One line per problem, fit for stderr."""
         out = [f"plugin {p.label} was skipped: {p.error}" for p in self.failed]
         return out + self.warnings
+
+
+@dataclass(frozen=True, slots=True)
+class HookCall:
+    """What one plugin's implementation of a hook did: returned ``result``, or raised ``error``."""
+
+    plugin: str
+    result: Any = None
+    error: Exception | None = None
+
+
+def call_each(pm: pluggy.PluginManager, hook: str, *, only: object = None,
+              around: Callable[[str], ContextManager[Any]] | None = None, **kwargs: Any) -> list[HookCall]:
+    """Call ``hook`` on each plugin that implements it (or on the plugin object ``only``), one at a
+    time, with the ``kwargs`` each implementation asks for.
+
+    An exception raised by one implementation is kept in its :class:`HookCall` and the others are
+    called as usual: a plugin's failure never reaches the host or the other plugins. ``around``,
+    if given, makes a context manager entered around each call, with the plugin's name (the
+    registry's ``plugin_scope``, which undoes the registrations of a call that raised).
+    """
+    calls = []
+    for impl in getattr(pm.hook, hook).get_hookimpls():
+        if only is not None and impl.plugin is not only:
+            continue
+        scope = around(impl.plugin_name) if around is not None else contextlib.nullcontext()
+        try:
+            with scope:
+                result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+        except Exception as err:  # a plugin may raise anything: it is reported, never fatal
+            calls.append(HookCall(impl.plugin_name, error=err))
+        else:
+            calls.append(HookCall(impl.plugin_name, result))
+    return calls
 
 
 def _normalize(name: str) -> str:
@@ -147,14 +194,11 @@ def _load_one(pm: pluggy.PluginManager, registry: Registry, ep: EntryPoint, info
         pm.unregister(plugin)
         info.error = f"implements unknown hook(s) {', '.join(unknown)}; known hooks: {', '.join(_known_hooks(pm))}"
         return
-    impls = [i for i in pm.hook.wfkit_register_workflows.get_hookimpls() if i.plugin is plugin]
-    try:
-        with registry.plugin_scope(ep.name):
-            for impl in impls:
-                impl.function(**{arg: registry for arg in impl.argnames})
-    except Exception as err:
+    calls = call_each(pm, "wfkit_register_workflows", only=plugin, around=registry.plugin_scope, registry=registry)
+    failed = next((call.error for call in calls if call.error is not None), None)
+    if failed is not None:
         pm.unregister(plugin)
-        info.error = f"hook wfkit_register_workflows raised {error_text(err)}"
+        info.error = f"hook wfkit_register_workflows raised {error_text(failed)}"
         return
     info.workflows = [w.name for w in registry.list() if w.plugin == ep.name]
     info.loaded = True
@@ -166,16 +210,56 @@ def _known_hooks(pm: pluggy.PluginManager) -> list[str]:
     )
 
 
+# --------------------------------------------------------------------------- the default registry
+
+_default = Registry()
 _default_pm: pluggy.PluginManager | None = None
 _default_report: PluginReport | None = None
+_loading = threading.local()
+_load_lock = threading.Lock()
 
 
-def load_default(registry: Registry) -> None:
-    """Load the installed plugins into the default registry (called once, by ``default_registry()``)."""
+def default_registry() -> Registry:
+    """The process-wide registry, with the installed plugins loaded (once, on first call)."""
     global _default_pm, _default_report
-    pm = make_plugin_manager()
-    _default_report = load_plugins(registry, plugin_manager=pm)
-    _default_pm = pm
+    if _default_report is None:
+        if getattr(_loading, "active", False):
+            raise RegistrationError(
+                "a plugin used the default registry while plugins were loading; "
+                "register through the `registry` argument of wfkit_register_workflows instead"
+            )
+        with _load_lock:
+            if _default_report is None:
+                pm = make_plugin_manager()
+                _loading.active = True
+                try:
+                    report = load_plugins(_default, plugin_manager=pm)
+                finally:
+                    _loading.active = False
+                _default_pm, _default_report = pm, report
+    return _default
+
+
+def register(
+    name: str,
+    factory: Factory | None = None,
+    description: str | None = None,
+    *,
+    params: type | str | None = None,
+    replace: bool = False,
+) -> Any:
+    """Register a workflow in the default registry (also usable as a decorator)."""
+    return _default.register(name, factory, description, params=params, replace=replace)
+
+
+def get_workflow(name: str) -> Workflow:
+    """The workflow ``name`` from the default registry (plugins loaded)."""
+    return default_registry().get(name)
+
+
+def list_workflows() -> list[WorkflowInfo]:
+    """Every workflow in the default registry (plugins loaded), sorted by name."""
+    return default_registry().list()
 
 
 def plugin_report() -> PluginReport:
@@ -190,3 +274,34 @@ def plugin_manager() -> pluggy.PluginManager:
     default_registry()
     assert _default_pm is not None
     return _default_pm
+
+
+def plugin_observers() -> list[Observer]:
+    """The observers that installed plugins contribute through ``wfkit_observers()``; a hook that
+    raises or returns something else is logged (with its traceback) and its observers left out."""
+    found: list[Observer] = []
+    for call in call_each(plugin_manager(), "wfkit_observers"):
+        try:
+            if call.error is not None:
+                raise call.error
+            given = _observer_list(call.result)
+        except Exception as err:
+            log.error("plugin %r: wfkit_observers() raised, or returned neither an observer, a list of them, "
+                      "nor None; its observers are skipped: %s", call.plugin, error_text(err), exc_info=err)
+            continue
+        for observer in given:
+            if hasattr(observer, "on_event"):
+                found.append(observer)
+            else:
+                log.error("plugin %r: wfkit_observers() returned %r, which has no on_event(event); skipped",
+                          call.plugin, observer)
+    return found
+
+
+def _observer_list(result: Any) -> list[Any]:
+    """What a ``wfkit_observers()`` hook returned, as a list (TypeError if it is not one, an observer or None)."""
+    if result is None:
+        return []
+    if hasattr(result, "on_event"):
+        return [result]
+    return list(result)

@@ -1,4 +1,4 @@
-"""The workflow registry: names to factories, thread-safe.
+"""The workflow registry: names to factories, thread-safe. Pure: it loads no plugins.
 
 A workflow factory is ``factory(graph, runtime, params) -> initial_state``: it
 receives a pre-configured :class:`~wfkit.graph.StateGraph`, adds nodes and
@@ -6,7 +6,9 @@ edges to it, and returns the initial state (a mapping). A workflow may declare
 its params as a pydantic model; params are then validated before the factory
 runs, and the factory receives the model instance instead of a dict.
 
-    from wfkit import registry
+    from wfkit import Registry
+
+    registry = Registry()
 
     @registry.register("greet", description="Say hello")
     def greet(graph, runtime, params):
@@ -14,10 +16,9 @@ runs, and the factory receives the model instance instead of a dict.
         graph.set_entry_point("hello").set_finish_point("hello")
         return {"who": params.get("who", "world")}
 
-The default registry (module-level :func:`register`, :func:`get_workflow`,
-:func:`list_workflows`) loads the installed plugins (entry-point group
-``wfkit``) once, on first lookup. This module imports only the standard
-library: listing workflows never loads SQLAlchemy.
+The process-wide registry that installed plugins fill lives in :mod:`wfkit.plugins`
+(``default_registry()``, ``register``, ``get_workflow``, ``list_workflows``). This module
+imports only the standard library: listing workflows never loads SQLAlchemy or pydantic.
 """
 
 from __future__ import annotations
@@ -127,11 +128,13 @@ class Workflow:
             )
         if self.params_model is None:
             return dict(params)
-        from pydantic import ValidationError
-
         try:
             return self.resolve_params_model().model_validate(dict(params))
-        except ValidationError as err:
+        except Exception as err:
+            # pydantic's ValidationError, told by its shape: importing pydantic here would load it
+            # for every user of the registry, `wfkit list-workflows` included.
+            if type(err).__name__ != "ValidationError" or not callable(getattr(err, "errors", None)):
+                raise
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}" for e in err.errors()
             )
@@ -304,59 +307,3 @@ def _source(workflow: Workflow) -> str:
     module = getattr(workflow.factory, "__module__", None) or "?"
     qualname = getattr(workflow.factory, "__qualname__", None) or repr(workflow.factory)
     return f"{module}.{qualname}"
-
-
-# --------------------------------------------------------------------------- the default registry
-
-_default = Registry()
-_loaded = False
-_loading = threading.local()
-_load_lock = threading.Lock()
-
-
-def default_registry(*, load_plugins: bool = True) -> Registry:
-    """The process-wide registry, with the installed plugins loaded (once, on first call).
-
-    (The loading itself lives in :mod:`wfkit.plugins`, imported here on first use: the registry
-    is what plugins fill, so the default one is where loading them is triggered.)
-    """
-    global _loaded
-    if load_plugins and not _loaded:
-        if getattr(_loading, "active", False):
-            raise RegistrationError(
-                "a plugin used the default registry while plugins were loading; "
-                "register through the `registry` argument of wfkit_register_workflows instead"
-            )
-        with _load_lock:
-            if not _loaded:
-                from wfkit.plugins import load_default
-
-                _loading.active = True
-                try:
-                    load_default(_default)
-                finally:
-                    _loading.active = False
-                _loaded = True
-    return _default
-
-
-def register(
-    name: str,
-    factory: Factory | None = None,
-    description: str | None = None,
-    *,
-    params: type | str | None = None,
-    replace: bool = False,
-) -> Any:
-    """Register a workflow in the default registry (also usable as a decorator)."""
-    return _default.register(name, factory, description, params=params, replace=replace)
-
-
-def get_workflow(name: str) -> Workflow:
-    """The workflow ``name`` from the default registry (plugins loaded)."""
-    return default_registry().get(name)
-
-
-def list_workflows() -> list[WorkflowInfo]:
-    """Every workflow in the default registry (plugins loaded), sorted by name."""
-    return default_registry().list()

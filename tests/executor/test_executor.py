@@ -185,8 +185,7 @@ def test_an_observer_that_raises_does_not_break_the_run(engine, samples, caplog)
 def test_plugin_observers_that_fail_are_logged_and_left_out(caplog):
     """``wfkit_observers()`` that raises, returns junk, or lists a non-observer: logged, the rest kept."""
     import wfkit
-    from wfkit.executor import plugin_observers
-    from wfkit.plugins import plugin_manager
+    from wfkit.plugins import plugin_manager, plugin_observers
 
     good = Recorder()
 

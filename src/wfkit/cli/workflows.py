@@ -19,7 +19,7 @@ from wfkit.cli.common import (
 @json_option
 def list_workflows_cmd(as_json: bool) -> None:
     """List the workflows that installed plugins register."""
-    from wfkit.registry import list_workflows
+    from wfkit.plugins import list_workflows
 
     workflows = list_workflows()
     warn_plugin_failures()
@@ -72,7 +72,7 @@ def plugins_cmd(as_json: bool) -> None:
 @params_options
 def graph_cmd(name: str, fmt: str, param_pairs: tuple[str, ...], params_json: str | None) -> None:
     """Show the graph that workflow NAME builds (with default params, or those given)."""
-    from wfkit.registry import get_workflow
+    from wfkit.plugins import get_workflow
 
     params = parse_params(param_pairs, params_json)
     workflow = get_workflow(name)

@@ -6,7 +6,7 @@ format) does not load the database layer.
 
 from typing import Any
 
-__all__ = ["CHECKPOINT_FORMAT", "INTERRUPTED", "Executor", "dumps_state", "plugin_observers"]
+__all__ = ["CHECKPOINT_FORMAT", "INTERRUPTED", "Executor", "dumps_state"]
 
 
 def __getattr__(name: str) -> Any:

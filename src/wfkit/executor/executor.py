@@ -60,11 +60,12 @@ from wfkit.jsontext import check_json, dumps_state
 from wfkit.store.models import Run, RunStatus, check_transition
 from wfkit.store.query import parse_uuid
 from wfkit.store.recorder import SqlRecorder
-from wfkit.registry import Registry, default_registry
+from wfkit.plugins import default_registry, plugin_observers
+from wfkit.registry import Registry
 from wfkit.store.repository import Repository
 from wfkit.runtime import Runtime
 
-__all__ = ["CHECKPOINT_FORMAT", "INTERRUPTED", "Executor", "dumps_state", "plugin_observers"]
+__all__ = ["CHECKPOINT_FORMAT", "INTERRUPTED", "Executor", "dumps_state"]
 
 
 class Executor:
@@ -430,28 +431,3 @@ class Executor:
 def _current_task_cancelling() -> bool:
     task = asyncio.current_task()
     return bool(task is not None and task.cancelling())
-
-
-def plugin_observers() -> list[Observer]:
-    """The observers that installed plugins contribute through ``wfkit_observers()``."""
-    from wfkit.plugins import plugin_manager
-
-    log = logging.getLogger("wfkit.plugins")
-    found: list[Observer] = []
-    for impl in plugin_manager().hook.wfkit_observers.get_hookimpls():
-        try:
-            result = impl.function()
-            if result is None:
-                continue
-            given = [result] if hasattr(result, "on_event") else list(result)
-        except Exception:  # one plugin's failure must not stop runs
-            log.exception("plugin %r: wfkit_observers() raised, or returned neither an observer, "
-                          "a list of them, nor None; its observers are skipped", impl.plugin_name)
-            continue
-        for observer in given:
-            if hasattr(observer, "on_event"):
-                found.append(observer)
-            else:
-                log.error("plugin %r: wfkit_observers() returned %r, which has no on_event(event); skipped",
-                          impl.plugin_name, observer)
-    return found
