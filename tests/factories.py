@@ -9,7 +9,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from wfkit.executor import checkpoints
+from wfkit.graph import Snapshot
 from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus, utcnow
+from wfkit.store.repository import Repository
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=utcnow().tzinfo)
 
@@ -52,6 +55,12 @@ def add_history(engine: sa.Engine, run: Run, nodes: list[str]) -> tuple[list[Sta
             )
     add(engine, *stages, *decisions, Checkpoint(run_id=run.id, state_data={"i": len(nodes)}, checkpoint_node=nodes[-1]))
     return stages, decisions
+
+
+def saved_checkpoint(engine_or_url: Any, run_id: uuid.UUID) -> tuple[str | None, Snapshot]:
+    """The node a run's checkpoint was saved after, and the snapshot saved, read as a resume reads them."""
+    row = Repository(engine_or_url).find_checkpoint(run_id)
+    return row.checkpoint_node, checkpoints.decode(row.state_data, run_id)
 
 
 def count(engine: sa.Engine, model: Any) -> int:

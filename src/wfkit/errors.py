@@ -78,6 +78,10 @@ class WorkflowBuildError(WfkitError):
     """A workflow's factory failed to build its graph (it raised, or returned no initial state)."""
 
 
+class CheckpointError(WfkitError):
+    """A run's stored checkpoint cannot be used: written in a format this wfkit does not read, or damaged."""
+
+
 class StateNotSerializableError(WfkitError):
     """A workflow's state (or a node's output) holds a value JSON cannot represent: the message names the key."""
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from wfkit.executor.checkpoints import SqlCheckpointStore
-from wfkit.store.models import RunStatus, StageStatus
+from factories import saved_checkpoint
+from wfkit.store.models import Checkpoint, RunStatus, StageStatus
 from wfkit.store.repository import Repository
 
 WFKIT = str(Path(sys.executable).with_name("wfkit"))
@@ -184,7 +184,8 @@ def test_delete(env, db_url):
     out = wfkit(env, "runs", "delete", str(run.id))
     assert out.returncode == 0 and out.stdout.strip() == f"deleted run {run.id}"
     assert Repository(db_url).list_runs().total == 0
-    assert SqlCheckpointStore(db_url).list() == []
+    with Repository(db_url).engine.connect() as conn:  # the checkpoint went with the run
+        assert conn.execute(sa.select(sa.func.count()).select_from(Checkpoint)).scalar() == 0
 
 
 @pytest.mark.parametrize("where", ["in", "after"])
@@ -201,10 +202,10 @@ def test_sigkill_then_forced_resume(env, db_url, tmp_path, where):
     stages = repo.get_stages(run.id)
     # s2 is visible as the stage that was running; its completion was never committed
     assert [(s.node_name, s.status) for s in stages] == [("s1", StageStatus.COMPLETED), ("s2", StageStatus.STARTED)]
-    checkpoint = SqlCheckpointStore(db_url).load(run.id)
+    node, snapshot = saved_checkpoint(db_url, run.id)
     # history and checkpoint agree: the checkpoint is that of the last completed stage, no further
-    assert checkpoint.node == "s1" and checkpoint.meta["next_node"] == "s2"
-    assert checkpoint.state == stages[1].input_snapshot == {"count": 1, "log": ["s1:0"]}
+    assert node == "s1" and snapshot.next_node == "s2"
+    assert snapshot.state == stages[1].input_snapshot == {"count": 1, "log": ["s1:0"]}
     assert [(d.from_node, d.to_node) for d in repo.get_decisions(run.id)] == [("s1", "s2")]
 
     out = wfkit(env, "runs", "resume", str(run.id))
@@ -254,7 +255,7 @@ def test_ctrl_c_between_nodes_keeps_the_completed_node(env, db_url, tmp_path):
     repo = Repository(db_url)
     assert [(s.node_name, s.status.value) for s in repo.get_stages(run.id)] == [("s1", "completed"), ("s2", "completed")]
     assert [(d.from_node, d.to_node) for d in repo.get_decisions(run.id)] == [("s1", "s2"), ("s2", "s3")]
-    assert SqlCheckpointStore(db_url).load(run.id).meta["next_node"] == "s3"
+    assert saved_checkpoint(db_url, run.id)[1].next_node == "s3"
     out = wfkit(env, "runs", "resume", str(run.id), "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["result"] == FINAL
     assert [s.node_name for s in repo.get_stages(run.id)] == ["s1", "s2", "s3", "s4"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import uuid
@@ -11,9 +12,10 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
-from factories import count
-from wfkit.executor.checkpoints import MemoryCheckpointStore, SqlCheckpointStore
+from factories import count, saved_checkpoint
+from wfkit.executor import checkpoints
 from wfkit.errors import (
+    CheckpointError,
     InvalidParamsError,
     InvalidStatusError,
     NotFoundError,
@@ -22,7 +24,7 @@ from wfkit.errors import (
 )
 from wfkit.events import CallbackObserver, Event, LoggingObserver, MultiObserver
 from wfkit.executor import Executor
-from wfkit.graph import END
+from wfkit.graph import END, Snapshot
 from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus
 from wfkit.plugins import load_plugins
 from wfkit.registry import Registry
@@ -84,9 +86,9 @@ def test_samples_execute_and_record_what_the_graph_does(engine, samples, name, p
     # each stage's input is the state before it; its output the node's updates
     assert stages[0].input_snapshot == state
     assert stages[-1].input_snapshot | stages[-1].output_snapshot == walk.state
-    checkpoint = SqlCheckpointStore(engine).load(run.id)
-    assert checkpoint.state == walk.state and checkpoint.node == walk.visits[-1].node
-    assert checkpoint.meta["next_node"] is None
+    node, snapshot = saved_checkpoint(engine, run.id)
+    assert snapshot.state == walk.state and node == walk.visits[-1].node
+    assert snapshot.next_node is None
 
 
 def test_events_arrive_in_order(engine, samples):
@@ -268,7 +270,7 @@ def test_node_failure_then_resume_does_not_rerun_completed_nodes(engine):
     stages = executor.repository.get_stages(run.id)
     assert [(s.node_name, s.status) for s in stages] == [("a", StageStatus.COMPLETED), ("b", StageStatus.FAILED)]
     assert stages[1].error_message == run.error_message
-    assert SqlCheckpointStore(engine).load(run.id).node == "a"
+    assert saved_checkpoint(engine, run.id)[0] == "a"
 
     assert run.to_dict() == executor.repository.find_run(run.id).to_dict()
     fixed["value"] = True  # the author fixed the cause
@@ -361,7 +363,7 @@ def test_cancel_between_nodes_then_resume(engine):
     assert run.status is RunStatus.CANCELLED
     stages = executor.repository.get_stages(run_id)
     assert [(s.node_name, s.status.value) for s in stages] == [("first", "completed"), ("slow", "completed")]
-    assert SqlCheckpointStore(engine).load(run_id).node == "slow"
+    assert saved_checkpoint(engine, run_id)[0] == "slow"
     resumed = executor.resume(run_id)
     assert resumed.status is RunStatus.COMPLETED and resumed.cancel_requested_at is None
     assert resumed.result == {"first": True, "slow": True, "last": True}
@@ -566,38 +568,57 @@ def test_checkpoint_interval(engine):
     executor = Executor(engine, registry=reg, checkpoint_every=2)
     run = executor.execute("four")
     assert run.status is RunStatus.FAILED
-    saved = SqlCheckpointStore(engine).load(run.id)
-    assert saved.node == "b" and saved.meta["next_node"] == "c"  # none after c: the interval skipped it
+    node, snapshot = saved_checkpoint(engine, run.id)
+    assert node == "b" and snapshot.next_node == "c"  # none after c: the interval skipped it
     fixed["value"] = True
     assert executor.resume(run.id).result == {"seen": ["a", "b", "c", "d"]}
     assert calls == ["a", "b", "c", "d", "c", "d"]
 
 
-def test_checkpoint_stores():
-    store = MemoryCheckpointStore()
-    rid = uuid.uuid4()
-    store.save(rid, "n1", {"a": 1}, {"next_node": "n2"})
-    saved = store.load(str(rid))
-    assert (saved.node, saved.state, saved.meta) == ("n1", {"a": 1}, {"next_node": "n2"})
-    assert store.list() == [rid] and store.delete(rid) and store.load(rid) is None and not store.delete(rid)
-    with pytest.raises(StateNotSerializableError, match=r"checkpoint state of run .*: key 'when' holds datetime"):
-        store.save(rid, "n1", {"a": 1, "when": datetime.now()})
-    with pytest.raises(StateNotSerializableError, match=r"checkpoint meta of run .*: key 'ids' holds set"):
-        store.save(rid, "n1", {"a": 1}, {"ids": {1}})
-    assert store.load(rid) is None  # nothing half-saved
+def test_the_checkpoint_format_round_trips_and_refuses_what_it_cannot_store():
+    snapshot = Snapshot({"a": 1, "nested": {"k": [1, 2]}}, "n2", {"n1": 3})
+    text = checkpoints.encode(snapshot)
+    assert json.loads(text) == {**snapshot.to_dict(), "format": checkpoints.FORMAT}
+    assert checkpoints.decode(json.loads(text)) == snapshot
+    # the run loop hands in the state it encoded already: the same text
+    assert checkpoints.encode(snapshot, '{"a":1,"nested":{"k":[1,2]}}') == text
+    assert checkpoints.decode(json.loads(checkpoints.encode(Snapshot({}, None)))) == Snapshot({}, None, {})
+    with pytest.raises(StateNotSerializableError, match=r"checkpoint's state is not JSON-serializable: key 'when' holds datetime"):
+        checkpoints.encode(Snapshot({"a": 1, "when": datetime.now()}, "n"))
 
 
-def test_sql_checkpoint_store(engine, samples):
+@pytest.mark.parametrize("state_data, problem", [
+    ({"state": {}, "next_node": None, "counters": {}}, "is in format None; this wfkit reads format 1"),
+    ({"state": {}, "next_node": None, "counters": {}, "format": 2}, "is in format 2; this wfkit reads format 1"),
+    ({"next_node": "x", "format": 1}, "is damaged: KeyError"),
+    ({"state": 5, "format": 1}, "is damaged: TypeError"),
+])
+def test_a_checkpoint_in_another_format_is_a_clear_error(state_data, problem):
+    with pytest.raises(CheckpointError, match=f"the checkpoint of run r1 {problem}"):
+        checkpoints.decode(state_data, "r1")
+
+
+def test_a_resume_from_a_checkpoint_it_cannot_read_changes_nothing(engine, samples):
+    executor = Executor(engine, registry=samples)
+    run = executor.execute("branching")
+    with engine.begin() as conn:  # a run written by some other version of wfkit, failed since
+        conn.execute(sa.update(Checkpoint).values(state_data={"state": {}, "format": 99}))
+        conn.execute(sa.update(Run).values(status=RunStatus.FAILED))
+    with pytest.raises(CheckpointError, match="in format 99"):
+        executor.resume(run.id)
+    assert executor.repository.find_run(run.id).status is RunStatus.FAILED
+
+
+def test_find_checkpoint(engine, samples):
+    repo = Repository(engine)
     run = Executor(engine, registry=samples).execute("branching")
-    store = SqlCheckpointStore(engine)
-    store.save(run.id, "x", {"k": [1, 2]}, {"next_node": "y", "counters": {"x": 2}})
-    saved = store.load(run.id)
-    assert (saved.node, saved.state, saved.meta["counters"]) == ("x", {"k": [1, 2]}, {"x": 2})
-    assert store.list() == [run.id]
-    with pytest.raises(StateNotSerializableError, match="key 'bad' holds float"):
-        store.save(run.id, "x", {"bad": float("nan")})
-    assert store.load(run.id).state == {"k": [1, 2]}  # the last good checkpoint stays
-    assert store.delete(run.id) and store.load(run.id) is None and store.list() == []
+    saved = repo.find_checkpoint(str(run.id))
+    assert (saved.run_id, saved.checkpoint_node) == (run.id, "ship")
+    assert checkpoints.decode(saved.state_data).state == run.result
+    assert saved.updated_at.tzinfo is not None
+    Executor(engine, registry=samples).delete(run.id)
+    with pytest.raises(NotFoundError, match=f"run {run.id} has no checkpoint"):
+        repo.find_checkpoint(run.id)
 
 
 def test_history_that_cannot_be_written_fails_the_run_cleanly(engine, samples):
@@ -691,7 +712,7 @@ def test_a_cancel_request_stops_the_next_stage_from_starting(engine, samples):
 def test_force_cancel_ends_a_run_whose_process_is_gone_and_it_resumes(engine, samples):
     """A process died inside a node: the run says running forever. cancel(force=True) ends it
     cancelled at once, the stage it left started is marked failed, and resume finishes the run."""
-    from wfkit.executor import INTERRUPTED
+    from wfkit.executor.control import INTERRUPTED
     from wfkit.store.recorder import SqlRecorder
 
     executor = Executor(engine, registry=samples)
@@ -710,18 +731,6 @@ def test_force_cancel_ends_a_run_whose_process_is_gone_and_it_resumes(engine, sa
         executor.cancel(plan.run_id, force=True)
     resumed = executor.resume(plan.run_id)
     assert resumed.status is RunStatus.COMPLETED and resumed.result == expected
-
-
-def test_the_memory_checkpoint_store_needs_no_database_library():
-    import subprocess
-    import sys
-
-    code = ("import sys, uuid\nfrom wfkit.executor.checkpoints import MemoryCheckpointStore\n"
-            "s = MemoryCheckpointStore(); rid = uuid.uuid4(); s.save(rid, 'n', {'a': 1}); assert s.load(rid).state\n"
-            "print([m for m in ('sqlalchemy', 'pydantic') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
 
 
 def test_an_autocommit_engine_still_writes_each_step_atomically_and_keeps_its_setting(db_url, samples):

@@ -116,10 +116,9 @@ def runs_resume(run_id: str, force: bool, as_json: bool) -> None:
 @database_url_option
 def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
     """Cancel a run: a pending one at once, a running one before its next node (from any terminal)."""
-    from wfkit.executor import Executor
-    from wfkit.registry import Registry
+    from wfkit.executor.control import RunControl
 
-    run = Executor(database_url(), registry=Registry()).cancel(run_id, force=force)
+    run = RunControl(database_url()).cancel(run_id, force=force)
     if as_json:
         echo_json(run.to_dict())
     elif run.status.value == "cancelled":
@@ -134,8 +133,7 @@ def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
 @database_url_option
 def runs_delete(run_id: str, force: bool) -> None:
     """Delete a run with its stages, decisions and checkpoint."""
-    from wfkit.executor import Executor
-    from wfkit.registry import Registry
+    from wfkit.executor.control import RunControl
 
-    Executor(database_url(), registry=Registry()).delete(run_id, force=force)
+    RunControl(database_url()).delete(run_id, force=force)
     click.echo(f"deleted run {run_id}")

@@ -1,17 +1,11 @@
-"""The executor: where the engine and the store meet (see :mod:`wfkit.executor.executor`).
+"""The executor: where the engine and the store meet.
 
-Its names load on first use, so that importing a light part of the package (its checkpoint
-format) does not load the database layer.
+- :mod:`wfkit.executor.executor`: :class:`Executor`, which creates, walks and finishes runs.
+- :mod:`wfkit.executor.run_loop`: one run's bookkeeping around each step.
+- :mod:`wfkit.executor.checkpoints`: the checkpoint format (a walk's snapshot as stored).
+- :mod:`wfkit.executor.control`: cancel, force-cancel, delete and resume checks (database only).
 """
 
-from typing import Any
+from wfkit.executor.executor import Executor
 
-__all__ = ["CHECKPOINT_FORMAT", "INTERRUPTED", "Executor", "dumps_state"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from wfkit.executor import executor
-
-        return getattr(executor, name)
-    raise AttributeError(f"module 'wfkit.executor' has no attribute {name!r}")
+__all__ = ["Executor"]

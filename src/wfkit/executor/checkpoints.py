@@ -1,144 +1,66 @@
-"""Checkpoint stores: where a run's resumable state is kept.
+"""A run's checkpoint: the engine's own :class:`~wfkit.graph.Snapshot`, as it is stored. The format
+lives here and nowhere else.
 
-A checkpoint is saved after a node completes: the state, the node just
-completed, and ``meta`` with what resume needs (the next node and the
-per-node iteration counters). One checkpoint per run: a new save replaces
-the last.
+After a node completes, the executor saves where the walk stands (``Walker.snapshot()``) in the
+run's row of the ``checkpoints`` table, and a resume rebuilds the walk from it
+(``Walker.from_snapshot``), so that completed nodes do not run again. ``state_data`` holds the
+snapshot's JSON form plus the format's number::
 
-- :class:`CheckpointStore`: the protocol (``save``, ``load``, ``delete``, ``list``).
-- :class:`MemoryCheckpointStore`: in a dict, for tests and in-memory use.
-- :class:`SqlCheckpointStore`: the ``checkpoints`` table. (The executor writes
-  checkpoints through :class:`wfkit.store.recorder.SqlRecorder` instead, in the same
-  transaction as the stage and decision they follow; both use the same rows.)
+    {"state": {...}, "next_node": "review", "counters": {"draft": 1}, "format": 1}
+
+(``next_node`` is null once the walk reached END). ``checkpoint_node`` holds the node just completed.
+The store writes and reads this as opaque JSON; only this module knows its shape.
 """
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
-from wfkit.ids import parse_uuid
-from wfkit.jsontext import dumps_state
+from wfkit.errors import CheckpointError, NotFoundError
+from wfkit.graph import Snapshot
+from wfkit.jsontext import dumps, dumps_state
 
+if TYPE_CHECKING:
+    from wfkit.store.repository import Repository
 
-@dataclass(frozen=True, slots=True)
-class SavedCheckpoint:
-    """A stored checkpoint: the run, the node last completed, the state and the resume metadata."""
-
-    run_id: uuid.UUID
-    node: str | None
-    state: dict[str, Any]
-    meta: dict[str, Any] = field(default_factory=dict)
-    updated_at: datetime | None = None
-
-    def to_state_data(self) -> dict[str, Any]:
-        """The JSON stored in ``checkpoints.state_data``."""
-        return {"state": self.state, **self.meta}
-
-    @classmethod
-    def from_row(cls, run_id: uuid.UUID, node: str | None, state_data: Mapping[str, Any],
-                 updated_at: datetime | None = None) -> SavedCheckpoint:
-        data = dict(state_data or {})
-        state = data.pop("state", {})
-        return cls(run_id, node, dict(state or {}), data, updated_at)
+#: The version of the layout of ``checkpoints.state_data`` that this wfkit writes and reads.
+FORMAT = 1
 
 
-def checkpoint_json(run_id: Any, state: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
-    """A checkpoint's ``state_data`` as the JSON text stored, or
-    :class:`~wfkit.errors.StateNotSerializableError` naming what cannot be stored."""
-    dumps_state(state, f"the checkpoint state of run {run_id}")  # names the state's key, not "state"
-    return dumps_state({"state": dict(state), **meta}, f"the checkpoint meta of run {run_id}")
+def encode(snapshot: Snapshot, state_json: str | None = None) -> str:
+    """The JSON text stored for ``snapshot``.
+
+    ``state_json`` is its state already encoded (the run loop has it at hand, as the next stage's
+    input), spliced in rather than encoded a second time. Without it the state is encoded here,
+    and :class:`~wfkit.errors.StateNotSerializableError` names the key that cannot be stored.
+    """
+    if state_json is None:
+        state_json = dumps_state(snapshot.state, "the checkpoint's state")
+    rest = dumps({"next_node": snapshot.next_node, "counters": snapshot.counters, "format": FORMAT})
+    return f'{{"state":{state_json},{rest[1:]}'
 
 
-@runtime_checkable
-class CheckpointStore(Protocol):
-    """Keeps the latest checkpoint of each run."""
-
-    def save(self, run_id: uuid.UUID | str, node: str | None, state: Mapping[str, Any],
-             meta: Mapping[str, Any] | None = None) -> None: ...
-
-    def load(self, run_id: uuid.UUID | str) -> SavedCheckpoint | None: ...
-
-    def delete(self, run_id: uuid.UUID | str) -> bool: ...
-
-    def list(self) -> list[uuid.UUID]: ...
-
-
-class MemoryCheckpointStore:
-    """Checkpoints in a dict (thread-safe). Nothing survives the process."""
-
-    def __init__(self) -> None:
-        self._data: dict[uuid.UUID, SavedCheckpoint] = {}
-        self._lock = threading.Lock()
-
-    def save(self, run_id: uuid.UUID | str, node: str | None, state: Mapping[str, Any],
-             meta: Mapping[str, Any] | None = None) -> None:
-        rid = parse_uuid(run_id)
-        checkpoint_json(rid, state, meta or {})  # what the SQL store could not store, this one refuses too
-        with self._lock:
-            self._data[rid] = SavedCheckpoint(rid, node, dict(state), dict(meta or {}), datetime.now(timezone.utc))
-
-    def load(self, run_id: uuid.UUID | str) -> SavedCheckpoint | None:
-        with self._lock:
-            return self._data.get(parse_uuid(run_id))
-
-    def delete(self, run_id: uuid.UUID | str) -> bool:
-        with self._lock:
-            return self._data.pop(parse_uuid(run_id), None) is not None
-
-    def list(self) -> list[uuid.UUID]:
-        with self._lock:
-            return sorted(self._data)
+def decode(state_data: Mapping[str, Any], run_id: uuid.UUID | str = "?") -> Snapshot:
+    """The snapshot stored as ``state_data``; :class:`~wfkit.errors.CheckpointError` if it is not
+    in this wfkit's format."""
+    found = state_data.get("format") if isinstance(state_data, Mapping) else None
+    if found != FORMAT:
+        raise CheckpointError(
+            f"the checkpoint of run {run_id} is in format {found!r}; this wfkit reads format {FORMAT} "
+            "(resume the run with the wfkit that wrote it, or start a new run)"
+        )
+    try:
+        return Snapshot.from_dict(state_data)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"the checkpoint of run {run_id} is damaged: {type(err).__name__}: {err}") from None
 
 
-class SqlCheckpointStore:
-    """Checkpoints in the ``checkpoints`` table (one row per run; the run must exist)."""
-
-    def __init__(self, engine_or_url: Any = None):
-        from wfkit.store.db import as_engine
-
-        self.engine = as_engine(engine_or_url)
-
-    def save(self, run_id: uuid.UUID | str, node: str | None, state: Mapping[str, Any],
-             meta: Mapping[str, Any] | None = None) -> None:
-        from wfkit.store.recorder import SqlRecorder
-
-        with SqlRecorder(self.engine) as recorder:
-            recorder.save_checkpoint(parse_uuid(run_id), node, state, meta or {})
-            recorder.commit()
-
-    def load(self, run_id: uuid.UUID | str) -> SavedCheckpoint | None:
-        from sqlalchemy.orm import Session
-
-        from wfkit.store.db import translate_errors
-        from wfkit.store.models import Checkpoint
-
-        rid = parse_uuid(run_id)
-        with translate_errors(self.engine), Session(self.engine) as session:
-            row = session.get(Checkpoint, rid)
-            if row is None:
-                return None
-            return SavedCheckpoint.from_row(rid, row.checkpoint_node, row.state_data, row.updated_at)
-
-    def delete(self, run_id: uuid.UUID | str) -> bool:
-        import sqlalchemy as sa
-
-        from wfkit.store.db import translate_errors
-        from wfkit.store.models import Checkpoint
-
-        with translate_errors(self.engine), self.engine.begin() as conn:
-            result = conn.execute(sa.delete(Checkpoint).where(Checkpoint.run_id == parse_uuid(run_id)))
-        return result.rowcount > 0
-
-    def list(self) -> list[uuid.UUID]:
-        import sqlalchemy as sa
-
-        from wfkit.store.db import translate_errors
-        from wfkit.store.models import Checkpoint
-
-        with translate_errors(self.engine), self.engine.connect() as conn:
-            return list(conn.execute(sa.select(Checkpoint.run_id).order_by(Checkpoint.run_id)).scalars())
+def load(repository: Repository, run_id: uuid.UUID) -> Snapshot | None:
+    """The snapshot a run last saved, or None if it saved none (it starts from its beginning)."""
+    try:
+        row = repository.find_checkpoint(run_id)
+    except NotFoundError:
+        return None
+    return decode(row.state_data, run_id)

@@ -1,7 +1,14 @@
-"""One execution of one run: the plan of a (re)start, and the bookkeeping around each step."""
+"""One execution of one run: the plan of a (re)start, and the bookkeeping around each step.
+
+A :class:`RunLoop` walks the graph (:meth:`RunLoop.walk`, or :meth:`RunLoop.awalk` for async
+nodes) and records each step through its :class:`~wfkit.store.recorder.SqlRecorder`. It is handed
+everything it needs (the observers, the checkpoint interval, the cancel flag): it knows nothing
+of the :class:`~wfkit.executor.Executor` that made it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections.abc import Mapping
@@ -9,12 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from time import perf_counter
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from wfkit.errors import GraphError, MaxIterationsError, StateNotSerializableError
+from wfkit.errors import DatabaseError, GraphError, MaxIterationsError, StateNotSerializableError, error_text
 from wfkit.events import (
     DecisionMade,
     Event,
+    MultiObserver,
     RunCancelled,
     RunCompleted,
     RunFailed,
@@ -22,21 +30,15 @@ from wfkit.events import (
     StageFailed,
     StageStarted,
 )
-from wfkit.graph import RouteDecision, StateGraph, Walker
+from wfkit.executor import checkpoints
+from wfkit.graph import RouteDecision, Snapshot, StateGraph, Walker
 from wfkit.jsontext import dumps, dumps_state
-from wfkit.store.models import Run, RunStatus, StageStatus, row_loader
-from wfkit.store.recorder import Finished, SqlRecorder
 from wfkit.registry import Workflow
+from wfkit.store.models import RunStatus, StageStatus
+from wfkit.store.recorder import Finished, SqlRecorder
 
-if TYPE_CHECKING:
-    from wfkit.executor.executor import Executor
-
-#: What a stage killed by a process that is gone is marked with when its run is taken over.
-INTERRUPTED = "interrupted: the process executing this stage stopped before it finished"
-#: Checkpoint format written into ``checkpoints.state_data``.
-CHECKPOINT_FORMAT = 1
-#: A finished run from values this process wrote itself (typed already: no validation needed).
-new_run = row_loader(Run)
+#: How often (seconds) an async walk looks at the cancel flag while a node runs.
+CANCEL_POLL_S = 0.05
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Plan:
     workflow: Workflow
     params: dict[str, Any]
     from_status: RunStatus
-    snapshot: dict[str, Any] | None
+    snapshot: Snapshot | None  # where a resumed run's walk stands (None: from the beginning)
     resumed: bool
     created_at: datetime
     started_at: datetime | None = None
@@ -57,7 +59,7 @@ class Plan:
 
 
 class StageCapture:
-    """The walker observer that keeps the last stage's updates, duration and error."""
+    """The walk observer that keeps the last stage's updates, duration and error."""
 
     __slots__ = ("updates", "duration_ms", "error")
 
@@ -74,10 +76,11 @@ class StageCapture:
 class RunLoop:
     """One execution of one run: the bookkeeping around each step, shared by the sync and async walks."""
 
-    def __init__(self, executor: Executor, recorder: SqlRecorder, run_id: uuid.UUID, graph: StateGraph,
-                 walker: Walker, capture: StageCapture, cancel: threading.Event):
-        self.ex, self.rec, self.run_id = executor, recorder, run_id
-        self.graph, self.walker, self.capture, self.cancel = graph, walker, capture, cancel
+    def __init__(self, recorder: SqlRecorder, run_id: uuid.UUID, graph: StateGraph, walker: Walker,
+                 capture: StageCapture, *, observers: MultiObserver, checkpoint_every: int,
+                 cancel: threading.Event):
+        self.recorder, self.run_id, self.graph, self.walker, self.capture = recorder, run_id, graph, walker, capture
+        self.observers, self.checkpoint_every, self.cancel = observers, checkpoint_every, cancel
         self.state_json = dumps_state(walker.state, "the state to resume from" if walker.counters else
                                       f"the initial state of workflow {graph.name!r}")
         self.stage_id: uuid.UUID | None = None
@@ -90,13 +93,90 @@ class RunLoop:
         self.error: str | None = None
         self.result: Any = None
 
+    # -- the walks
+
+    def walk(self) -> None:
+        """Run the graph to its end (or until it fails or is cancelled), recording every step."""
+        try:
+            self._steps()
+        except BaseException as err:
+            self.crashed(err)
+            raise
+
+    async def awalk(self) -> None:
+        """Like :meth:`walk`, awaiting async nodes: a cancel (from this process's executor) cancels the
+        task of the node that is running; a cancelled task ends the run cancelled, and is re-raised."""
+        try:
+            await self._asteps()
+        except BaseException as err:
+            self.crashed(err)
+            raise
+
+    def _steps(self) -> None:
+        walker = self.walker
+        while self.before_step():
+            try:
+                decision = walker.step()
+            except GraphError as err:
+                self.node_failed(err)
+                return
+            if not self.stepped(decision):
+                return
+        self.finish()
+
+    async def _asteps(self) -> None:
+        walker = self.walker
+        while self.before_step():
+            task = asyncio.ensure_future(walker.astep())
+            try:
+                while True:
+                    done, _ = await asyncio.wait({task}, timeout=CANCEL_POLL_S)
+                    if done:
+                        break
+                    if self.cancel.is_set():
+                        task.cancel()
+                        await asyncio.wait({task})
+                        break
+                decision = task.result()
+            except asyncio.CancelledError as err:
+                if not task.done():
+                    task.cancel()
+                self.interrupted(err)
+                if self.cancel.is_set() and not _current_task_cancelling():
+                    return
+                raise
+            except GraphError as err:
+                self.node_failed(err)
+                return
+            if not self.stepped(decision):
+                return
+        self.finish()
+
+    def crashed(self, err: BaseException) -> None:
+        """The walk was interrupted (Ctrl-C, task cancelled) or history could not be written: end the
+        run as well as can be, so that it does not stay ``running``."""
+        if self.outcome is not None:
+            return
+        try:
+            if isinstance(err, (KeyboardInterrupt, asyncio.CancelledError)):
+                self.interrupted(err)
+            else:
+                self.stage_failed(error_text(err), self.capture.duration_ms)
+                # a stage whose completion was rolled back with the failed write is not left 'started'
+                self.recorder.interrupt_stages(self.run_id, f"its end was not recorded: {error_text(err)}")
+                self.fail(f"the run stopped: {error_text(err)}")
+        except DatabaseError:
+            pass  # the database is what failed: the run stays as last committed, resumable with --force
+
+    # -- around each step
+
     def emit(self, event: Event) -> None:
-        self.ex.observers.on_event(event)
+        self.observers.on_event(event)
 
     @property
     def observed(self) -> bool:
         """Whether any observer listens (events are only built for someone)."""
-        return bool(self.ex.observers)
+        return bool(self.observers)
 
     def before_step(self) -> bool:
         """Commit the last step, check for a cancel request, record the next stage's start."""
@@ -112,7 +192,7 @@ class RunLoop:
         if self.cancel.is_set():
             self.cancelled("cancel requested")
             return False
-        stage_id, cancel_requested = self.rec.begin_stage(self.run_id, node, iteration, self.state_json)
+        stage_id, cancel_requested = self.recorder.begin_stage(self.run_id, node, iteration, self.state_json)
         if cancel_requested:
             self.cancelled("cancel requested")
             return False
@@ -133,15 +213,14 @@ class RunLoop:
             self.stage_failed(str(err), cap.duration_ms)
             self.fail(str(err))
             return
-        self.rec.end_stage(self.stage_id, StageStatus.COMPLETED, output_json=updates_json,
-                           duration_ms=cap.duration_ms)
+        self.recorder.end_stage(self.stage_id, StageStatus.COMPLETED, output_json=updates_json,
+                                duration_ms=cap.duration_ms)
         self.stage_id = None  # completed: nothing after this may mark it failed
-        self.rec.decision(self.run_id, decision.from_node, decision.to_node, decision.predicate_name,
-                          decision.predicate_result, decision.reason)
+        self.recorder.decision(self.run_id, decision.from_node, decision.to_node, decision.predicate_name,
+                               decision.predicate_result, decision.reason)
         self.steps += 1
-        if walker.done or self.steps % self.ex.checkpoint_every == 0:
-            meta = dumps({"next_node": walker.node, "counters": walker.counters, "format": CHECKPOINT_FORMAT})
-            self.rec.checkpoint(self.run_id, self.node, f'{{"state":{self.state_json},{meta[1:]}')
+        if walker.done or self.steps % self.checkpoint_every == 0:
+            self.recorder.checkpoint(self.run_id, self.node, checkpoints.encode(walker.snapshot(), self.state_json))
         if not self.observed:
             return
         self.emit(StageCompleted(self.run_id, self.node, self.iteration, MappingProxyType(dict(cap.updates or {})),
@@ -156,7 +235,7 @@ class RunLoop:
 
     def stage_failed(self, error: str, duration_ms: float) -> None:
         if self.stage_id is not None:
-            self.rec.end_stage(self.stage_id, StageStatus.FAILED, duration_ms=duration_ms, error=error)
+            self.recorder.end_stage(self.stage_id, StageStatus.FAILED, duration_ms=duration_ms, error=error)
             self.emit(StageFailed(self.run_id, self.node, self.iteration, error, duration_ms))
             self.stage_id = None
 
@@ -172,13 +251,15 @@ class RunLoop:
         self.stage_failed(f"cancelled: {reason}", (perf_counter() - self.stage_began) * 1000.0)
         self.cancelled(reason)
 
+    # -- the run's end
+
     def fail(self, message: str) -> None:
-        self.finished = self.rec.finish_run(self.run_id, RunStatus.FAILED, error=message)
+        self.finished = self.recorder.finish_run(self.run_id, RunStatus.FAILED, error=message)
         self.outcome, self.error = RunStatus.FAILED, message
         self.emit(RunFailed(self.run_id, message))
 
     def cancelled(self, reason: str) -> None:
-        self.finished = self.rec.finish_run(self.run_id, RunStatus.CANCELLED, error=None)
+        self.finished = self.recorder.finish_run(self.run_id, RunStatus.CANCELLED, error=None)
         self.outcome = RunStatus.CANCELLED
         self.emit(RunCancelled(self.run_id, reason))
 
@@ -187,6 +268,11 @@ class RunLoop:
             return
         result = self.graph.result_of(self.walker.state)
         result_json = self.state_json if self.graph.result_key is None else dumps(result)
-        self.finished = self.rec.finish_run(self.run_id, RunStatus.COMPLETED, result_json=result_json)
+        self.finished = self.recorder.finish_run(self.run_id, RunStatus.COMPLETED, result_json=result_json)
         self.outcome, self.result = RunStatus.COMPLETED, result
         self.emit(RunCompleted(self.run_id, result))
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return bool(task is not None and task.cancelling())

@@ -26,7 +26,6 @@ from sqlalchemy.engine import Engine
 from wfkit.store.db import ASYNC_COMMIT_ENGINES, is_driver_error, translate_errors
 from wfkit.errors import DatabaseError, WfkitError
 from wfkit.store.models import RunStatus, StageStatus, utcnow
-from wfkit.executor.checkpoints import checkpoint_json
 from wfkit.jsontext import dumps
 from wfkit.store.codec import codec_for
 
@@ -105,7 +104,7 @@ class SqlRecorder:
         self.async_commit = async_commit
         # engines made by wfkit.store.db.create_engine set it for the whole connection already
         self._set_async = async_commit and engine not in ASYNC_COMMIT_ENGINES
-        self.d = codec_for(engine.dialect.name)
+        self.codec = codec_for(engine.dialect.name)
         self._sql, self._ctes = _statements_for(engine.dialect.name)
         self._conn: Any = None
         self._cursor: Any = None
@@ -120,7 +119,7 @@ class SqlRecorder:
             self._conn = self.engine.raw_connection()
         self._cursor = self._conn.cursor()
         driver = self._conn.driver_connection
-        if self.d.sqlite:
+        if self.codec.sqlite:
             # The statements of a step must share a transaction: sqlite3 opens one before the first
             # write unless the engine was made with AUTOCOMMIT (isolation_level None).
             self._restore = ("isolation_level", driver.isolation_level)
@@ -147,7 +146,7 @@ class SqlRecorder:
         if self._conn is None:
             return
         try:
-            if self.d.sqlite:
+            if self.codec.sqlite:
                 self._conn.rollback()  # anything not committed was not meant to be
             elif self._set_async or not self.async_commit:
                 self._cursor.execute("RESET synchronous_commit")
@@ -172,7 +171,7 @@ class SqlRecorder:
         touches a row another one changes.
         """
         with _WriteGuard(self):
-            if self.d.sqlite:
+            if self.codec.sqlite:
                 for name, params in writes:
                     self._run(name, params)
                 cur = self._run(*last)
@@ -219,8 +218,8 @@ class SqlRecorder:
     def create_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any]) -> datetime:
         """Record a new run as pending; return its ``created_at``."""
         now = utcnow()
-        self._write([], ("insert_run", (self.d.id(run_id), workflow_name, RunStatus.PENDING.value, dumps(params),
-                                        None, self.d.time(now), self.d.time(now))))
+        self._write([], ("insert_run", (self.codec.id(run_id), workflow_name, RunStatus.PENDING.value, dumps(params),
+                                        None, self.codec.time(now), self.codec.time(now))))
         return now
 
     def create_and_start_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any]
@@ -229,21 +228,21 @@ class SqlRecorder:
         (nobody could have seen it pending: nobody knows its id yet). One INSERT: the start's UPDATE
         would rewrite every index entry of the row, since ``status`` is indexed."""
         now = utcnow()
-        self._write([], ("insert_run", (self.d.id(run_id), workflow_name, RunStatus.RUNNING.value, dumps(params),
-                                        self.d.time(now), self.d.time(now), self.d.time(now))))
+        self._write([], ("insert_run", (self.codec.id(run_id), workflow_name, RunStatus.RUNNING.value, dumps(params),
+                                        self.codec.time(now), self.codec.time(now), self.codec.time(now))))
         return now, now
 
     def start_run(self, run_id: uuid.UUID, from_status: RunStatus) -> datetime | None:
         """Move the run from ``from_status`` to running and return when; None if its status was not
         ``from_status`` (someone else moved it). ``started_at`` is kept if the run had started before."""
         now = utcnow()
-        count = self._write([], ("start_run", (RunStatus.RUNNING.value, self.d.time(now), self.d.time(now),
-                                               self.d.id(run_id), from_status.value)))
+        count = self._write([], ("start_run", (RunStatus.RUNNING.value, self.codec.time(now), self.codec.time(now),
+                                               self.codec.id(run_id), from_status.value)))
         return now if count == 1 else None
 
     def interrupt_stages(self, run_id: uuid.UUID, message: str) -> int:
         """Mark stages left ``started`` by a process that is gone as failed; return how many."""
-        return self._write([], ("interrupt_stages", (StageStatus.FAILED.value, message, self.d.id(run_id),
+        return self._write([], ("interrupt_stages", (StageStatus.FAILED.value, message, self.codec.id(run_id),
                                                      StageStatus.STARTED.value)))
 
     def finish_run(self, run_id: uuid.UUID, status: RunStatus, *, error: str | None = None,
@@ -253,22 +252,22 @@ class SqlRecorder:
         ``from_status``."""
         now = utcnow()
         row = self._write(self._take_pending(), ("finish_run", (
-            status.value, result_json, error, self.d.time(now), self.d.time(now), self.d.id(run_id),
+            status.value, result_json, error, self.codec.time(now), self.codec.time(now), self.codec.id(run_id),
             from_status.value)), returning=True)
         if row is None:
             return None
-        return Finished(now, None if row[0] is None else self.d.time_in(row[0]))
+        return Finished(now, None if row[0] is None else self.codec.time_in(row[0]))
 
     def request_cancel(self, run_id: uuid.UUID) -> bool:
         """Record a cancel request for a running run (its executor stops before the next node)."""
-        now = self.d.time(utcnow())
-        return self._write([], ("request_cancel", (now, now, self.d.id(run_id), RunStatus.RUNNING.value))) == 1
+        now = self.codec.time(utcnow())
+        return self._write([], ("request_cancel", (now, now, self.codec.id(run_id), RunStatus.RUNNING.value))) == 1
 
     def force_cancel(self, run_id: uuid.UUID, stage_message: str) -> bool:
         """End a running run as cancelled now (its process is gone), marking the stages it left
         ``started`` as failed with ``stage_message``; one transaction. False if it was not running."""
-        now = self.d.time(utcnow())
-        rid = self.d.id(run_id)
+        now = self.codec.time(utcnow())
+        rid = self.codec.id(run_id)
         interrupt = ("interrupt_stages", (StageStatus.FAILED.value, stage_message, rid, StageStatus.STARTED.value))
         return self._write([interrupt], ("force_cancel", (RunStatus.CANCELLED.value, now, now, now, rid,
                                                           RunStatus.RUNNING.value))) == 1
@@ -277,8 +276,8 @@ class SqlRecorder:
         """Delete a run unless it is running (or even then, with ``force``); its stages, decisions
         and checkpoint go with it (ON DELETE CASCADE). False if nothing was deleted."""
         if force:
-            return self._write([], ("delete_run_any", (self.d.id(run_id),))) == 1
-        return self._write([], ("delete_run", (self.d.id(run_id), RunStatus.RUNNING.value))) == 1
+            return self._write([], ("delete_run_any", (self.codec.id(run_id),))) == 1
+        return self._write([], ("delete_run", (self.codec.id(run_id), RunStatus.RUNNING.value))) == 1
 
     # -- the step boundary
 
@@ -290,13 +289,13 @@ class SqlRecorder:
         unless a cancel was requested. Returns ``(stage_id, cancel_requested)``; the stage id is None
         when a cancel was requested.
         """
-        now = self.d.time(utcnow())
+        now = self.codec.time(utcnow())
         stage_id = uuid.uuid4()
-        rid = self.d.id(run_id)
-        stage = (self.d.id(stage_id), rid, node, iteration, StageStatus.STARTED.value, input_json, now)
+        rid = self.codec.id(run_id)
+        stage = (self.codec.id(stage_id), rid, node, iteration, StageStatus.STARTED.value, input_json, now)
         writes = self._take_pending()
         with _WriteGuard(self):
-            if self.d.sqlite:  # one writer at a time holds the database: the steps cannot interleave
+            if self.codec.sqlite:  # one writer at a time holds the database: the steps cannot interleave
                 for name, params in writes:
                     self._run(name, params)
                 row = self._run("touch_run", (now, rid)).fetchone()
@@ -316,26 +315,21 @@ class SqlRecorder:
     def end_stage(self, stage_id: uuid.UUID, status: StageStatus, *, duration_ms: float,
                   error: str | None = None, output_json: str | None = None) -> None:
         """Buffer a stage's completion or failure (``output_json``: the node's updates as JSON text)."""
-        self._step_time = self.d.time(utcnow())
-        self._pending.append(("end_stage", (status.value, output_json, duration_ms, error, self.d.id(stage_id))))
+        self._step_time = self.codec.time(utcnow())
+        self._pending.append(("end_stage", (status.value, output_json, duration_ms, error, self.codec.id(stage_id))))
 
     def decision(self, run_id: uuid.UUID, from_node: str, to_node: str | None, predicate_name: str | None,
                  predicate_result: bool, reason: str) -> None:
         """Buffer a routing decision."""
-        self._pending.append(("insert_decision", (self.d.id(uuid.uuid4()), self.d.id(run_id), from_node, to_node,
-                                                  predicate_name, self.d.flag(predicate_result), reason,
-                                                  self._step_time or self.d.time(utcnow()))))
+        self._pending.append(("insert_decision", (self.codec.id(uuid.uuid4()), self.codec.id(run_id), from_node, to_node,
+                                                  predicate_name, self.codec.flag(predicate_result), reason,
+                                                  self._step_time or self.codec.time(utcnow()))))
 
     def checkpoint(self, run_id: uuid.UUID, node: str | None, state_data_json: str) -> None:
-        """Buffer the run's checkpoint (``state_data`` already as JSON text)."""
-        now = self._step_time or self.d.time(utcnow())
-        self._pending.append(("upsert_checkpoint", (self.d.id(run_id), state_data_json, node, now, now)))
-
-    def save_checkpoint(self, run_id: uuid.UUID, node: str | None, state: Mapping[str, Any],
-                        meta: Mapping[str, Any]) -> None:
-        """Buffer a checkpoint given as state and meta (see :class:`wfkit.executor.checkpoints.SavedCheckpoint`);
-        :class:`~wfkit.errors.StateNotSerializableError` if either cannot be stored."""
-        self.checkpoint(run_id, node, checkpoint_json(run_id, state, meta))
+        """Buffer the run's checkpoint: ``node`` just completed, and ``state_data`` as JSON text (its
+        format is the executor's business: :mod:`wfkit.executor.checkpoints`)."""
+        now = self._step_time or self.codec.time(utcnow())
+        self._pending.append(("upsert_checkpoint", (self.codec.id(run_id), state_data_json, node, now, now)))
 
 
 _STATEMENTS = {

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 from wfkit.store.connections import ThreadConnections
 from wfkit.store.db import as_engine, translate_errors
 from wfkit.errors import NotFoundError
-from wfkit.store.models import Decision, Run, Stage
+from wfkit.store.models import Checkpoint, Decision, Run, Stage
 from wfkit.store.query import (
     DECISIONS,
     RUNS,
@@ -88,12 +88,14 @@ class Repository:
         # which saves the BEGIN and ROLLBACK round trips. sqlite3 opens no transaction for a SELECT.
         self._autocommit = dialect.name == "postgresql"
         self._kept = ThreadConnections(self.engine) if ThreadConnections.suits(self.engine) else None
-        self._decode = {model: self._codec.decoder(model) for model in (Run, Stage, Decision)}
+        self._decode = {model: self._codec.decoder(model) for model in (Run, Stage, Decision, Checkpoint)}
         self._lock = threading.Lock()
         self._listings: dict[Any, tuple[Statement, Statement]] = {}
         rid = sa.bindparam("rid", type_=sa.Uuid())
         self._find_run = Statement.compile(RUNS.select_all(Run.id == rid), dialect)
         self._run_exists = Statement.compile(sa.select(Run.id).where(Run.id == rid), dialect)
+        self._find_checkpoint = Statement.compile(
+            sa.select(*Checkpoint.__table__.columns).where(Checkpoint.run_id == rid), dialect)
         self._related_stmt = {
             Stage: Statement.compile(STAGES.select_all(Stage.run_id == rid, sort=STAGES.default_sort), dialect),
             Decision: Statement.compile(
@@ -130,12 +132,7 @@ class Repository:
 
     def find_run(self, run_id: uuid.UUID | str) -> Run:
         """The run with this id (a UUID or its string form), or :class:`NotFoundError`."""
-        rid = parse_uuid(run_id)
-        values = {"rid": self._codec.id(rid)}
-        row = self._read(lambda cursor: self._execute(cursor, self._find_run, values).fetchone())
-        if row is None:
-            raise NotFoundError(f"no run with id {rid}")
-        return self._decode[Run](row)
+        return self._one(self._find_run, Run, run_id, "no run with id {rid}")
 
     def get_stages(self, run_id: uuid.UUID | str) -> list[Stage]:
         """Every stage of a run, oldest first; :class:`NotFoundError` if the run does not exist."""
@@ -145,7 +142,21 @@ class Repository:
         """Every decision of a run, oldest first; :class:`NotFoundError` if the run does not exist."""
         return self._related(run_id, Decision)
 
+    def find_checkpoint(self, run_id: uuid.UUID | str) -> Checkpoint:
+        """The checkpoint a run saved last, or :class:`NotFoundError` if the run has none (or does not
+        exist). Its ``state_data`` is in the executor's format (:mod:`wfkit.executor.checkpoints`)."""
+        return self._one(self._find_checkpoint, Checkpoint, run_id, "run {rid} has no checkpoint (or does not exist)")
+
     # -- how
+
+    def _one(self, statement: Statement, model: type[Any], run_id: uuid.UUID | str, missing: str) -> Any:
+        """The one ``model`` row ``statement`` finds for a run id, or :class:`NotFoundError` (``missing``)."""
+        rid = parse_uuid(run_id)
+        values = {"rid": self._codec.id(rid)}
+        row = self._read(lambda cursor: self._execute(cursor, statement, values).fetchone())
+        if row is None:
+            raise NotFoundError(missing.format(rid=rid))
+        return self._decode[model](row)
 
     def _related(self, run_id: uuid.UUID | str, model: type[Any]) -> list[Any]:
         rid = parse_uuid(run_id)

@@ -1,0 +1,91 @@
+"""Run control without executing anything: cancel, force-cancel, delete, and the checks before a resume.
+
+It needs only the database, no registry and no graph: ``wfkit runs cancel`` and ``wfkit runs
+delete`` use it directly, and so can any service that manages runs it does not execute. The
+:class:`~wfkit.executor.Executor` uses it too, adding what only the executing process can do
+(stopping its own runs at once).
+
+    from wfkit.executor.control import RunControl
+    control = RunControl("postgresql://wfkit@db.internal/wfkit")
+    control.cancel(run_id)            # a running run stops before its next node, wherever it runs
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.engine import Engine
+
+from wfkit.errors import InvalidStatusError
+from wfkit.ids import parse_uuid
+from wfkit.store.models import Run, RunStatus, check_transition
+from wfkit.store.recorder import SqlRecorder
+from wfkit.store.repository import Repository
+
+#: What a stage killed by a process that is gone is marked with when its run is taken over.
+INTERRUPTED = "interrupted: the process executing this stage stopped before it finished"
+
+
+class RunControl:
+    """Changes a run's status from outside the process executing it (if any).
+
+    ``database``: an engine, a URL, or None for the configured default (it must be migrated).
+    ``repository``: a repository to read through instead (the executor shares its own).
+    """
+
+    def __init__(self, database: Engine | str | None = None, *, repository: Repository | None = None):
+        self.repository = repository if repository is not None else Repository(database)
+        self.engine = self.repository.engine
+
+    def cancel(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
+        """Cancel a run: a pending one at once; a running one before its next node (from any process).
+
+        ``force`` ends a running run as cancelled at once, for a run whose process is gone (it would
+        otherwise stay ``running``); the stage it left started is marked failed, and the run can be
+        resumed. Should its process still be alive, it stops before its next node. Cancelling a
+        finished run is an :class:`InvalidStatusError`. Returns the run as it stands after.
+        """
+        rid = parse_uuid(run_id)
+        run = self.repository.find_run(rid)
+        check_transition(run.status, RunStatus.CANCELLED)
+        with SqlRecorder(self.engine) as recorder:
+            changed = False
+            if run.status is RunStatus.PENDING:  # at once; unless it started meanwhile: then as a running run
+                changed = recorder.finish_run(rid, RunStatus.CANCELLED, from_status=RunStatus.PENDING) is not None
+            if not changed:
+                changed = recorder.force_cancel(rid, INTERRUPTED) if force else recorder.request_cancel(rid)
+        now = self.repository.find_run(rid)
+        if not changed:  # it moved on meanwhile (it finished): say where it is now
+            check_transition(now.status, RunStatus.CANCELLED)
+        return now
+
+    def delete(self, run_id: uuid.UUID | str, *, force: bool = False) -> None:
+        """Delete a run with its stages, decisions and checkpoint. A running run needs ``force``."""
+        rid = parse_uuid(run_id)
+        self.repository.find_run(rid)  # NotFoundError if there is none
+        with SqlRecorder(self.engine) as recorder:
+            deleted = recorder.delete_run(rid, force=force)
+        if not deleted:  # it is running (the check and the delete are one statement)
+            raise InvalidStatusError(
+                f"run {rid} is running: cancel it first, or force the deletion (--force) if its process is gone"
+            )
+
+    def check_resume(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
+        """The run, if it may be resumed: a failed or cancelled one, or with ``force`` a running one
+        (whose process is gone); else :class:`InvalidStatusError` saying why."""
+        run = self.repository.find_run(parse_uuid(run_id))
+        if run.status is RunStatus.RUNNING:
+            if not force:
+                raise InvalidStatusError(
+                    f"run {run.id} is running: if no process is executing it any more (it was killed), "
+                    "take it over with --force (force=True)"
+                )
+        else:
+            check_transition(run.status, RunStatus.RUNNING)
+        return run
+
+    def interrupt_stages(self, run_id: uuid.UUID) -> int:
+        """Mark the stages a run left ``started`` (its process died, or their end was not written) as
+        failed with :data:`INTERRUPTED`; return how many. Done before a resume."""
+        with SqlRecorder(self.engine) as recorder:
+            return recorder.interrupt_stages(run_id, INTERRUPTED)

@@ -1,0 +1,79 @@
+"""Run control (cancel, force-cancel, delete, resume checks) with the database only: no registry, no graph."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from factories import add, add_history, make_run
+from wfkit.errors import InvalidStatusError, NotFoundError
+from wfkit.executor.control import INTERRUPTED, RunControl
+from wfkit.store.models import RunStatus, StageStatus
+
+
+def test_cancel_a_pending_run_at_once_and_a_running_one_by_request(engine):
+    pending, running = make_run(), make_run(status=RunStatus.RUNNING)
+    add(engine, pending, running)
+    control = RunControl(engine)
+    assert control.cancel(str(pending.id)).status is RunStatus.CANCELLED
+    requested = control.cancel(running.id)
+    assert requested.status is RunStatus.RUNNING and requested.cancel_requested_at is not None
+    with pytest.raises(InvalidStatusError, match="cannot go from cancelled to cancelled"):
+        control.cancel(pending.id)
+
+
+def test_force_cancel_marks_the_stage_left_started(engine):
+    run = make_run(status=RunStatus.RUNNING)
+    add(engine, run)
+    stages, _ = add_history(engine, run, ["a", "b"])
+    control = RunControl(engine)
+    with engine.begin() as conn:  # b was running when its process died
+        conn.exec_driver_sql("UPDATE stages SET status = 'started' WHERE node_name = 'b'")
+    ended = control.cancel(run.id, force=True)
+    assert ended.status is RunStatus.CANCELLED and ended.completed_at is not None
+    by_node = {s.node_name: s for s in control.repository.get_stages(run.id)}
+    assert by_node["a"].status is StageStatus.COMPLETED
+    assert by_node["b"].status is StageStatus.FAILED and by_node["b"].error_message == INTERRUPTED
+
+
+def test_delete_refuses_a_running_run_unless_forced(engine):
+    run = make_run(status=RunStatus.RUNNING)
+    add(engine, run)
+    control = RunControl(engine)
+    with pytest.raises(InvalidStatusError, match="is running: cancel it first, or force the deletion"):
+        control.delete(run.id)
+    control.delete(run.id, force=True)
+    with pytest.raises(NotFoundError, match=f"no run with id {run.id}"):
+        control.delete(run.id)
+
+
+@pytest.mark.parametrize("status, force, allowed", [
+    (RunStatus.FAILED, False, True),
+    (RunStatus.CANCELLED, False, True),
+    (RunStatus.RUNNING, False, False),
+    (RunStatus.RUNNING, True, True),
+    (RunStatus.COMPLETED, True, False),
+    (RunStatus.PENDING, False, True),  # created, never started (its process died first): it starts
+])
+def test_resume_checks(engine, status, force, allowed):
+    run = make_run(status=status)
+    add(engine, run)
+    control = RunControl(engine)
+    if allowed:
+        assert control.check_resume(run.id, force=force).id == run.id
+    else:
+        with pytest.raises(InvalidStatusError):
+            control.check_resume(run.id, force=force)
+
+
+def test_run_control_loads_no_plugin_and_no_workflow(db_url):
+    code = (
+        "import sys\nfrom wfkit.executor.control import RunControl\nfrom wfkit import plugins\n"
+        f"RunControl({db_url!r}).repository.list_runs()\n"
+        "print(plugins._default_report is None)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
