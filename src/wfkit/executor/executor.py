@@ -51,13 +51,15 @@ from wfkit.plugins import default_registry, plugin_observers
 from wfkit.registry import Registry
 from wfkit.runtime import Runtime
 from wfkit.store.db import as_engine
-from wfkit.store.models import Run, RunStatus, row_loader
+from wfkit.store.codec import row_loader
+from wfkit.store.models import Run, RunStatus
 from wfkit.store.recorder import SqlRecorder
 from wfkit.store.repository import Repository
 
 log = logging.getLogger("wfkit.executor")
 #: A finished run from values this process wrote itself (typed already: no validation needed).
-_finished_run = row_loader(Run)
+_load_run = row_loader(Run)
+_RUN_FIELDS = tuple(column.key for column in Run.__table__.columns)
 
 
 class Executor:
@@ -264,14 +266,15 @@ class Executor:
         finished = loop.finished if loop is not None else plan.failed
         if finished is None or (loop is not None and loop.outcome is None):
             return self.repository.find_run(plan.run_id)
-        return _finished_run(dict(
+        values = dict(
             id=plan.run_id, workflow_name=plan.workflow.name,
             status=loop.outcome if loop is not None else RunStatus.FAILED,
             params=plan.params, result=loop.result if loop is not None else None,
             error_message=loop.error if loop is not None else plan.error,
             started_at=plan.started_at, completed_at=finished.completed_at, created_at=plan.created_at,
             updated_at=finished.completed_at, cancel_requested_at=finished.cancel_requested_at,
-        ))
+        )
+        return _load_run([values[field] for field in _RUN_FIELDS])
 
     # -- the hot start, sync and async: the same, but for how the walk is driven
 

@@ -18,18 +18,15 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime, timezone
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlmodel import Field, SQLModel
 
 from wfkit.errors import InvalidStatusError
-from wfkit.registry import WorkflowInfo  # noqa: F401 - re-exported: defined where it costs no SQLAlchemy import
 
 UTC = timezone.utc
-M = TypeVar("M")
 
 
 def utcnow() -> datetime:
@@ -266,24 +263,6 @@ class Checkpoint(_Record, table=True):
     checkpoint_node: str | None = Field(default=None, max_length=200, nullable=True)
     created_at: datetime = _created_at()
     updated_at: datetime = _created_at()
-
-
-def row_loader(model: type[M]) -> Callable[[Mapping[str, Any]], M]:
-    """Rows (mappings of column name to typed value) to detached ``model`` instances, cheaply.
-
-    This is what the ORM's loader does for each row, without a session, identity map or
-    validation: the values come from the database through the columns' own types, so they
-    are already what the model holds. (A validated ``model(**row)`` costs ~15x more.)
-    """
-    sa.orm.configure_mappers()
-    new = model._sa_class_manager.new_instance  # type: ignore[attr-defined]
-
-    def load(row: Mapping[str, Any]) -> M:
-        obj = new()
-        obj.__dict__.update(row)
-        return obj
-
-    return load
 
 
 #: The tables, in the order they are created.

@@ -42,7 +42,7 @@ from wfkit.store.query import (
     RunFilters,
     parse_uuid,
 )
-from wfkit.store.codec import codec_for
+from wfkit.store.codec import codec_for, row_loader
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class Repository:
         # which saves the BEGIN and ROLLBACK round trips. sqlite3 opens no transaction for a SELECT.
         self._autocommit = dialect.name == "postgresql"
         self._kept = ThreadConnections(self.engine) if ThreadConnections.suits(self.engine) else None
-        self._decode = {model: self._codec.decoder(model) for model in (Run, Stage, Decision, Checkpoint)}
+        self._decode = {model: row_loader(model, codec=self._codec) for model in (Run, Stage, Decision, Checkpoint)}
         self._lock = threading.Lock()
         self._listings: dict[Any, tuple[Statement, Statement]] = {}
         rid = sa.bindparam("rid", type_=sa.Uuid())
