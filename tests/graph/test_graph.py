@@ -549,6 +549,21 @@ def test_to_mermaid_keeps_ids_distinct_and_escapes_labels():
     )
 
 
+@pytest.mark.parametrize("graph", [describe_graph(), StateGraph().add_node("a", nothing).add_edge("a", END)])
+def test_mermaid_ids_and_link_numbers_name_each_part_of_the_chart(graph):
+    """What a viewer needs to style a run's path: each node's id, and each edge's linkStyle number."""
+    from wfkit.graph.mermaid import link_number, node_ids, to_mermaid
+
+    links = [line.strip() for line in to_mermaid(graph).splitlines() if "-->" in line]
+    ids = node_ids(graph)
+    assert sorted(ids) == sorted(graph.nodes)
+    assert len(links) == len(graph.edges) + (graph.entry_point is not None)
+    for i, edge in enumerate(graph.edges):
+        link = links[link_number(graph, i)]
+        assert link.startswith(ids[edge.from_node] + " ")
+        assert link.endswith(" " + (ids[edge.to_node] if edge.to_node else "__end__"))
+
+
 def test_to_dict():
     data = describe_graph().to_dict()
     assert data == {

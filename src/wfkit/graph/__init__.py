@@ -1,7 +1,7 @@
-"""StateGraph: wfkit's pure workflow graph engine (nodes, edges, named predicates, validation, mermaid).
+"""wfkit's pure workflow graph engine: nodes, edges, named predicates, validation, walks, mermaid.
 
 It imports only the standard library and :mod:`wfkit.errors`: no database. Persistence reaches a
-walk only through the observer protocol (:class:`Observer`) and snapshots (:class:`Snapshot`).
+walk only through the observer protocol (:class:`WalkObserver`) and snapshots (:class:`Snapshot`).
 
 State is a JSON-serializable ``dict``. A node is a function (plain or ``async def``) that receives a
 read-only view of the state (``types.MappingProxyType``) and returns a mapping of updates or None; the
@@ -40,7 +40,7 @@ from wfkit.graph.parts import (
     MAX_NAME_LENGTH,
     Edge,
     Node,
-    Observer,
+    WalkObserver,
     Predicate,
     RouteDecision,
     RunResult,
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from wfkit.graph.walker import Walker
 
 __all__ = [
-    "END", "MAX_NAME_LENGTH", "Edge", "Node", "Observer", "Predicate", "RouteDecision", "RunResult",
+    "END", "MAX_NAME_LENGTH", "Edge", "Node", "WalkObserver", "Predicate", "RouteDecision", "RunResult",
     "Snapshot", "State", "StateGraph", "Visit", "Walker", "predicate",
 ]
 

@@ -142,8 +142,9 @@ class Snapshot:
         return cls(dict(data["state"]), data.get("next_node"), dict(data.get("counters") or {}))
 
 
-class Observer(Protocol):
-    """What a walk reports, in order: stage start, stage end, decision (per node).
+class WalkObserver(Protocol):
+    """What a walk reports, in order: stage start, stage end, decision (per node). (The run events
+    an executor reports to its observers are :mod:`wfkit.events`'s.)
 
     Every method is optional: a :class:`Walker` calls only those its observer has. ``state`` is a
     read-only view: the input state at start, the new state at a successful end (the input state when

@@ -1,9 +1,8 @@
-"""StateGraph: nodes, edges with named predicates, validation, running and mermaid rendering."""
+"""StateGraph: nodes, edges with named predicates, validation and running (mermaid: :mod:`wfkit.graph.mermaid`)."""
 
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -13,7 +12,7 @@ from wfkit.graph.parts import (
     END,
     Edge,
     Node,
-    Observer,
+    WalkObserver,
     Predicate,
     RouteDecision,
     RunResult,
@@ -305,11 +304,11 @@ class StateGraph:
 
     # -- whole walks ---------------------------------------------------------------------------------
 
-    def walker(self, state: State, *, observer: Observer | None = None) -> Walker:
+    def walker(self, state: State, *, observer: WalkObserver | None = None) -> Walker:
         """A :class:`Walker` at the entry point with ``state`` (validates the graph first)."""
         return Walker(self, state, observer=observer)
 
-    def run(self, state: State, *, observer: Observer | None = None) -> RunResult:
+    def run(self, state: State, *, observer: WalkObserver | None = None) -> RunResult:
         """Walk from the entry point to END and return the :class:`RunResult`.
 
         A graph with async nodes is walked by :meth:`arun` under ``asyncio.run``.
@@ -319,7 +318,7 @@ class StateGraph:
             return run_coroutine(walker.arun(), "this graph" if self.name is None else f"graph {self.name!r}")
         return walker.run()
 
-    async def arun(self, state: State, *, observer: Observer | None = None) -> RunResult:
+    async def arun(self, state: State, *, observer: WalkObserver | None = None) -> RunResult:
         """Walk from the entry point to END, awaiting async nodes (plain nodes are called directly)."""
         return await Walker(self, state, observer=observer).arun()
 
@@ -338,31 +337,10 @@ class StateGraph:
         }
 
     def to_mermaid(self) -> str:
-        """A mermaid ``flowchart TD``: a start marker to the entry point, END as an end marker,
-        conditional edges labelled with their predicate names."""
-        ids: dict[str, str] = {}
+        """The graph as a mermaid ``flowchart TD`` (see :func:`wfkit.graph.mermaid.to_mermaid`)."""
+        from wfkit.graph.mermaid import to_mermaid
 
-        def node_id(name: str) -> str:
-            if name not in ids:
-                base = "n_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
-                candidate, i = base, 2
-                while candidate in ids.values():
-                    candidate, i = f"{base}_{i}", i + 1
-                ids[name] = candidate
-            return ids[name]
-
-        lines = ["flowchart TD"]
-        if self._entry is not None:
-            lines.append(f'    __start__(["start"]) --> {node_id(self._entry)}')
-        for name in self._nodes:
-            lines.append(f'    {node_id(name)}["{_mermaid_text(name)}"]')
-        if any(e.to_node is None for e in self._edges):
-            lines.append('    __end__(["end"])')
-        for e in self._edges:
-            dst = "__end__" if e.to_node is None else node_id(e.to_node)
-            arrow = "-->" if e.predicate is None else f'-->|"{_mermaid_text(e.predicate.name)}"|'
-            lines.append(f"    {node_id(e.from_node)} {arrow} {dst}")
-        return "\n".join(lines) + "\n"
+        return to_mermaid(self)
 
     def __repr__(self) -> str:
         return f"StateGraph({self.name!r}, nodes={len(self._nodes)}, edges={len(self._edges)})"
@@ -372,12 +350,6 @@ def _edge_label(edge: Edge) -> str:
     dst = "END" if edge.to_node is None else repr(edge.to_node)
     when = "" if edge.predicate is None else f" when {edge.predicate.name}"
     return f"{edge.from_node!r} -> {dst}{when}"
-
-
-def _mermaid_text(text: str) -> str:
-    """``text`` with the characters that would end a mermaid label replaced by entity codes."""
-    return text.replace("#", "#35;").replace('"', "#quot;").replace("|", "#124;") \
-               .replace("<", "#lt;").replace(">", "#gt;")
 
 
 def _merge(name: str, iteration: int, state: State, updates: Any) -> tuple[Mapping[str, Any], dict[str, Any]]:

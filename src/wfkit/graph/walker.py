@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from wfkit.errors import GraphError, MaxIterationsError
-from wfkit.graph.parts import Observer, RouteDecision, RunResult, Snapshot, State, Visit
+from wfkit.graph.parts import WalkObserver, RouteDecision, RunResult, Snapshot, State, Visit
 
 if TYPE_CHECKING:
     from wfkit.graph.state_graph import StateGraph
@@ -28,7 +28,7 @@ class Walker:
     __slots__ = ("graph", "state", "node", "counters", "visits", "decisions", "_start", "_end", "_decide")
 
     def __init__(self, graph: StateGraph, state: State, *, node: Any = _START,
-                 counters: Mapping[str, int] | None = None, observer: Observer | None = None):
+                 counters: Mapping[str, int] | None = None, observer: WalkObserver | None = None):
         graph.validate()
         if not isinstance(state, Mapping):
             raise GraphError(f"state must be a mapping, got {type(state).__name__}")
@@ -41,9 +41,10 @@ class Walker:
         self.counters: dict[str, int] = dict(counters or {})
         self.visits: list[Visit] = []
         self.decisions: list[RouteDecision] = []
-        problems = [] if self.node is None or self.node in graph._nodes else [f"next node {self.node!r} is not a node"]
+        nodes = graph.nodes
+        problems = [] if self.node is None or self.node in nodes else [f"next node {self.node!r} is not a node"]
         problems += [f"counter {k!r}={v!r} (want a node name and a count >= 0)" for k, v in self.counters.items()
-                     if k not in graph._nodes or not isinstance(v, int) or isinstance(v, bool) or v < 0]
+                     if k not in nodes or not isinstance(v, int) or isinstance(v, bool) or v < 0]
         if problems:
             raise GraphError("cannot resume the walk: " + "; ".join(problems))
         self._start = getattr(observer, "on_stage_start", None)
@@ -52,7 +53,7 @@ class Walker:
 
     @classmethod
     def from_snapshot(cls, graph: StateGraph, snapshot: Snapshot | Mapping[str, Any], *,
-                      observer: Observer | None = None) -> Walker:
+                      observer: WalkObserver | None = None) -> Walker:
         """A walker resuming at ``snapshot`` (a :class:`Snapshot` or its ``to_dict()`` form)."""
         if not isinstance(snapshot, Snapshot):
             snapshot = Snapshot.from_dict(snapshot)
@@ -76,8 +77,9 @@ class Walker:
         if node is None:
             raise GraphError("the walk already reached END: there is no next step")
         iteration = self.counters.get(node, 0) + 1
-        if iteration > self.graph._max_iterations:
-            raise MaxIterationsError(node, self.graph._max_iterations)
+        limit = self.graph.max_iterations
+        if iteration > limit:
+            raise MaxIterationsError(node, limit)
         if self._start is not None:
             self._start(node, iteration, MappingProxyType(self.state))
         return node, iteration
