@@ -1,8 +1,37 @@
-"""The wfkit exception family and its mapping to HTTP status codes.
+"""The wfkit exception tree. Each class carries the HTTP status that answers it.
 
-Every error wfkit raises on purpose derives from :class:`WfkitError`, so a
-caller can catch the whole family with one ``except``. Messages are one line
-and name the bad value and what is allowed instead.
+Every error wfkit raises on purpose derives from :class:`WfkitError`, so a caller can catch the
+whole family with one ``except``. Messages are one line and name the bad value and what is
+allowed instead. ``http_status`` is what an HTTP face answers (:func:`http_status` maps any
+exception); the command line derives its exit code from it: 2 for bad input (a 4xx status other
+than 404), 1 for the rest (not found, or a failure)::
+
+    WfkitError                        500  base of the family
+    +-- NotFoundError                 404  a run (or other record) that does not exist
+    |   +-- WorkflowNotFoundError     404  no workflow registered under that name
+    +-- InvalidStatusError            400  a status, or a status change, that is not allowed
+    +-- InvalidQueryError             400  a bad filter, sort, page or id (also a ValueError)
+    |   +-- InvalidParamsError        400  a workflow's params fail its params model
+    +-- ConfigurationError            400  a setting or argument wfkit cannot use (also a ValueError)
+    +-- DatabaseError                 503  the database cannot answer
+    |   +-- DatabaseNotMigratedError  503  ... because its tables are missing or old
+    +-- RegistrationError             500  a workflow cannot be registered (also a ValueError)
+    |   +-- DuplicateWorkflowError    500  ... because its name is taken
+    +-- WorkflowBuildError            500  a workflow's factory failed
+    +-- StateNotSerializableError     500  a state holds a value JSON cannot represent
+    +-- CheckpointError               500  a stored checkpoint cannot be read
+    +-- ServiceNotFoundError          500  a factory asked the runtime for a missing service (also a KeyError)
+    +-- GraphError                    500  a graph built or walked wrongly
+        +-- GraphValidationError      500  ... the problems StateGraph.validate() found
+        +-- MaxIterationsError        500  ... a node visited more than max_iterations times
+        +-- NoRouteError              500  ... no edge leaving a node could be taken
+        +-- NodeError                 500  ... a node raised or returned a non-mapping
+
+ConfigurationError is bad input: its values come from whoever runs wfkit (a flag, an
+environment variable, an argument). A service checks its settings when it starts, so that
+none of them reaches a request.
+
+Standard library only.
 """
 
 from __future__ import annotations
@@ -11,9 +40,14 @@ from __future__ import annotations
 class WfkitError(Exception):
     """Base class of every error wfkit raises on purpose."""
 
+    #: The HTTP status that answers this error (subclasses say theirs).
+    http_status: int = 500
+
 
 class NotFoundError(WfkitError):
     """A record (a run, say) that was asked for does not exist."""
+
+    http_status = 404
 
 
 class WorkflowNotFoundError(NotFoundError):
@@ -23,43 +57,29 @@ class WorkflowNotFoundError(NotFoundError):
 class InvalidStatusError(WfkitError):
     """A status value or status transition that is not allowed."""
 
+    http_status = 400
+
 
 class InvalidQueryError(WfkitError, ValueError):
     """A bad filter, sort, page or id value: the message names it and what is allowed."""
 
+    http_status = 400
+
 
 class ConfigurationError(WfkitError, ValueError):
-    """A setting (from a flag or an environment variable) has a value wfkit cannot use."""
+    """A setting (from a flag, an environment variable or an argument) has a value wfkit cannot use."""
+
+    http_status = 400
 
 
 class DatabaseError(WfkitError):
     """The database could not answer: unreachable, or not in the shape wfkit expects."""
 
+    http_status = 503
+
 
 class DatabaseNotMigratedError(DatabaseError):
     """The database exists but its tables have not been created by ``wfkit db upgrade``."""
-
-
-def error_text(err: BaseException) -> str:
-    """``"TypeName: first line of the message"`` (just the type name if there is no message)."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
-
-_HTTP_STATUS: tuple[tuple[type[WfkitError], int], ...] = (
-    (NotFoundError, 404),  # WorkflowNotFoundError is a NotFoundError
-    (InvalidStatusError, 400),
-    (InvalidQueryError, 400),
-    (DatabaseError, 503),
-)
-
-
-def http_status(err: BaseException) -> int:
-    """The HTTP status code that answers ``err``: 404, 400, 503, else 500."""
-    for cls, status in _HTTP_STATUS:
-        if isinstance(err, cls):
-            return status
-    return 500
 
 
 class InvalidParamsError(InvalidQueryError):
@@ -158,3 +178,18 @@ class NodeError(GraphError):
 
     def __reduce__(self):
         return (type(self), (self.node, self.iteration, self.detail))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def error_text(err: BaseException) -> str:
+    """``"TypeName: first line of the message"`` (just the type name if there is no message)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def http_status(err: BaseException) -> int:
+    """The HTTP status code that answers ``err``: its class's ``http_status``, 500 for anything
+    that is not a :class:`WfkitError`."""
+    return err.http_status if isinstance(err, WfkitError) else 500

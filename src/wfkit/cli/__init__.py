@@ -3,9 +3,10 @@
 Heavy modules (SQLAlchemy, SQLModel, Alembic, pydantic) are imported inside
 the commands that need them, so ``wfkit --help`` stays fast.
 
-Errors from the library become one line on stderr: exit code 2 for bad input
-(a bad status, sort field, id, revision or setting), 1 for everything else
-(not found, database unreachable or not migrated).
+Errors from the library become one line on stderr, with an exit code derived
+from the error's HTTP status (``wfkit.errors``): 2 for bad input (a bad status,
+sort field, id, revision or setting), 1 for everything else (not found,
+database unreachable or not migrated).
 """
 
 from __future__ import annotations

@@ -11,14 +11,8 @@ from typing import Any
 
 import click
 
-from wfkit.errors import (
-    ConfigurationError,
-    InvalidQueryError,
-    InvalidStatusError,
-    WfkitError,
-)
+from wfkit.errors import WfkitError
 
-BAD_INPUT_ERRORS = (InvalidQueryError, InvalidStatusError, ConfigurationError)
 RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 _URL_KEY = "wfkit.database_url"
 # Click 8.2+ raises this (a UsageError) for a group called without a command; older Clicks print help.
@@ -26,8 +20,11 @@ _NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def exit_code_for(err: WfkitError) -> int:
-    """2 for bad input, 1 for everything else."""
-    return 2 if isinstance(err, BAD_INPUT_ERRORS) else 1
+    """The exit code of a wfkit error, from its HTTP status: 2 for bad input (a 4xx status other
+    than 404: a bad value, or a status change that is not allowed), 1 for everything else (not
+    found, or a failure)."""
+    status = err.http_status
+    return 2 if 400 <= status < 500 and status != 404 else 1
 
 
 class WfkitGroup(click.Group):
