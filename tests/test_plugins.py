@@ -137,7 +137,6 @@ def test_hookimpl_from_the_top_level_package_is_pluggys_marker():
     import wfkit
 
     assert isinstance(wfkit.hookimpl, pluggy.HookimplMarker) and wfkit.hookimpl.project_name == "wfkit"
-    assert isinstance(wfkit.hookspec, pluggy.HookspecMarker)
 
 
 def test_the_plugin_template_works_as_shipped(installed):

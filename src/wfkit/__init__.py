@@ -1,8 +1,11 @@
 """wfkit: a plugin-based kit for stateful workflows that keep their history in SQL.
 
-The public API is importable from here, loaded lazily (PEP 562): ``import
-wfkit`` costs almost nothing, and SQLAlchemy is imported only when a name
-that needs it (``wfkit.Repository``, ``wfkit.Run``...) is first used.
+The public API is the table below, importable from here and loaded lazily (PEP 562): ``import
+wfkit`` costs almost nothing, and SQLAlchemy or pydantic are imported only when a name that
+needs them (``wfkit.Repository``, ``wfkit.Run``...) is first used. Beside this module, the stable
+import paths are ``wfkit.graph``, ``wfkit.events``, ``wfkit.executor``, ``wfkit.hookspecs`` and
+``wfkit.errors``; everything else (``wfkit.store``, ``wfkit.plugins``, ``wfkit.cli``...) is how
+wfkit works inside, and may change between releases.
 """
 
 from __future__ import annotations
@@ -12,61 +15,64 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+#: public name -> the module that defines it (the one table; a test checks it, and the imports
+#: for type checkers below, against what ``wfkit.<name>`` serves)
 _EXPORTS: dict[str, str] = {
     # errors (light)
-    "WfkitError": "wfkit.errors",
-    "NotFoundError": "wfkit.errors",
-    "WorkflowNotFoundError": "wfkit.errors",
-    "InvalidStatusError": "wfkit.errors",
-    "InvalidQueryError": "wfkit.errors",
+    "CheckpointError": "wfkit.errors",
     "ConfigurationError": "wfkit.errors",
     "DatabaseError": "wfkit.errors",
     "DatabaseNotMigratedError": "wfkit.errors",
-    "http_status": "wfkit.errors",
-    # workflows and plugins (light: no SQLAlchemy, no pydantic)
-    "WorkflowInfo": "wfkit.registry",
-    "Workflow": "wfkit.registry",
-    "Registry": "wfkit.registry",
-    "register": "wfkit.plugins",
-    "get_workflow": "wfkit.plugins",
-    "list_workflows": "wfkit.plugins",
-    "default_registry": "wfkit.plugins",
-    "Runtime": "wfkit.runtime",
-    "StateGraph": "wfkit.graph",
-    "END": "wfkit.graph",
-    "hookimpl": "wfkit.hookspecs",
-    "hookspec": "wfkit.hookspecs",
-    "InvalidParamsError": "wfkit.errors",
-    "RegistrationError": "wfkit.errors",
     "DuplicateWorkflowError": "wfkit.errors",
-    "ServiceNotFoundError": "wfkit.errors",
-    "WorkflowBuildError": "wfkit.errors",
     "GraphError": "wfkit.errors",
     "GraphValidationError": "wfkit.errors",
-    # models
-    "Run": "wfkit.store.models",
-    "Stage": "wfkit.store.models",
-    "Decision": "wfkit.store.models",
+    "InvalidParamsError": "wfkit.errors",
+    "InvalidQueryError": "wfkit.errors",
+    "InvalidStatusError": "wfkit.errors",
+    "MaxIterationsError": "wfkit.errors",
+    "NoRouteError": "wfkit.errors",
+    "NodeError": "wfkit.errors",
+    "NotFoundError": "wfkit.errors",
+    "RegistrationError": "wfkit.errors",
+    "ServiceNotFoundError": "wfkit.errors",
+    "StateNotSerializableError": "wfkit.errors",
+    "WfkitError": "wfkit.errors",
+    "WorkflowBuildError": "wfkit.errors",
+    "WorkflowNotFoundError": "wfkit.errors",
+    "http_status": "wfkit.errors",
+    # workflows and plugins (light: no SQLAlchemy, no pydantic)
+    "END": "wfkit.graph",
+    "Registry": "wfkit.registry",
+    "Runtime": "wfkit.runtime",
+    "StateGraph": "wfkit.graph",
+    "Workflow": "wfkit.registry",
+    "WorkflowInfo": "wfkit.registry",
+    "default_registry": "wfkit.plugins",
+    "get_workflow": "wfkit.plugins",
+    "hookimpl": "wfkit.hookspecs",
+    "list_workflows": "wfkit.plugins",
+    "register": "wfkit.plugins",
+    # run history: tables, statuses, queries, the read-only repository
     "Checkpoint": "wfkit.store.models",
-    "RunStatus": "wfkit.store.models",
-    "StageStatus": "wfkit.store.models",
-    "RUN_TRANSITIONS": "wfkit.store.models",
-    "check_transition": "wfkit.store.models",
-    "can_transition": "wfkit.store.models",
-    # queries
+    "Decision": "wfkit.store.models",
     "PageRequest": "wfkit.store.query",
     "PageResult": "wfkit.store.query",
     "PaginationConfig": "wfkit.store.query",
-    "RunFilters": "wfkit.store.query",
-    "SortField": "wfkit.store.query",
-    "parse_sort": "wfkit.store.query",
-    # database
-    "create_engine": "wfkit.store.db",
     "Repository": "wfkit.store.repository",
+    "Run": "wfkit.store.models",
+    "RunFilters": "wfkit.store.query",
+    "RunStatus": "wfkit.store.models",
+    "SortField": "wfkit.store.query",
+    "Stage": "wfkit.store.models",
+    "StageStatus": "wfkit.store.models",
+    "can_transition": "wfkit.store.models",
+    "create_engine": "wfkit.store.db",
+    # executing and controlling runs
+    "Executor": "wfkit.executor",
+    "RunControl": "wfkit.executor.control",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str) -> Any:
@@ -83,40 +89,37 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
-    from wfkit.store.db import create_engine
     from wfkit.errors import (
+        CheckpointError,
         ConfigurationError,
         DatabaseError,
         DatabaseNotMigratedError,
         DuplicateWorkflowError,
-        InvalidParamsError,
-        RegistrationError,
         GraphError,
         GraphValidationError,
-        ServiceNotFoundError,
-        WorkflowBuildError,
+        InvalidParamsError,
         InvalidQueryError,
         InvalidStatusError,
+        MaxIterationsError,
+        NodeError,
+        NoRouteError,
         NotFoundError,
+        RegistrationError,
+        ServiceNotFoundError,
+        StateNotSerializableError,
         WfkitError,
+        WorkflowBuildError,
         WorkflowNotFoundError,
         http_status,
     )
-    from wfkit.store.models import (
-        RUN_TRANSITIONS,
-        Checkpoint,
-        Decision,
-        Run,
-        RunStatus,
-        Stage,
-        StageStatus,
-        can_transition,
-        check_transition,
-    )
-    from wfkit.store.query import PageRequest, PageResult, PaginationConfig, RunFilters, SortField, parse_sort
+    from wfkit.executor import Executor
+    from wfkit.executor.control import RunControl
     from wfkit.graph import END, StateGraph
-    from wfkit.hookspecs import hookimpl, hookspec
+    from wfkit.hookspecs import hookimpl
     from wfkit.plugins import default_registry, get_workflow, list_workflows, register
     from wfkit.registry import Registry, Workflow, WorkflowInfo
     from wfkit.runtime import Runtime
+    from wfkit.store.db import create_engine
+    from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus, can_transition
+    from wfkit.store.query import PageRequest, PageResult, PaginationConfig, RunFilters, SortField
     from wfkit.store.repository import Repository
