@@ -13,16 +13,30 @@ numbered so that a caller can style them afterwards (say, to highlight the path 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from wfkit.graph.state_graph import StateGraph
+from wfkit.graph.parts import Edge
+
+
+class Drawable(Protocol):
+    """What a chart is drawn from: :class:`~wfkit.graph.StateGraph`'s reading API."""
+
+    @property
+    def entry_point(self) -> str | None: ...
+
+    @property
+    def nodes(self) -> Mapping[str, Any]: ...
+
+    @property
+    def edges(self) -> tuple[Edge, ...]: ...
+
 
 START_ID = "__start__"
 END_ID = "__end__"
 
 
-def node_ids(graph: StateGraph) -> dict[str, str]:
+def node_ids(graph: Drawable) -> dict[str, str]:
     """The mermaid id of every node, by name (stable for the same graph). Names are taken in the
     order the chart meets them: the entry point, the nodes, then any other name an edge gives."""
     ids: dict[str, str] = {}
@@ -39,12 +53,12 @@ def node_ids(graph: StateGraph) -> dict[str, str]:
     return ids
 
 
-def link_number(graph: StateGraph, edge_index: int) -> int:
+def link_number(graph: Drawable, edge_index: int) -> int:
     """The ``linkStyle`` number of ``graph.edges[edge_index]`` in :func:`to_mermaid`'s chart."""
     return edge_index + (1 if graph.entry_point is not None else 0)
 
 
-def to_mermaid(graph: StateGraph) -> str:
+def to_mermaid(graph: Drawable) -> str:
     """A mermaid ``flowchart TD``: a start marker to the entry point, END as an end marker,
     conditional edges labelled with their predicate names."""
     ids = node_ids(graph)
