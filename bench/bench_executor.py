@@ -47,12 +47,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from wfkit.store import migrations  # noqa: E402
-from wfkit.store.db import create_engine  # noqa: E402
 from wfkit.executor import Executor  # noqa: E402
 from wfkit.graph import END  # noqa: E402
-from wfkit.store.recorder import SqlRecorder  # noqa: E402
 from wfkit.registry import Registry  # noqa: E402
+from wfkit.store import migrations  # noqa: E402
+from wfkit.store.db import create_engine  # noqa: E402
+from wfkit.store.recorder import SqlRecorder  # noqa: E402
 
 LINE = "x" * 64
 UTC = timezone.utc

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from wfkit.errors import InvalidParamsError
-from wfkit.registry import Registry
 from wfkit.plugins import load_plugins
+from wfkit.registry import Registry
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 
 from factories import count, saved_checkpoint
-from wfkit.executor import checkpoints
 from wfkit.errors import (
     CheckpointError,
     InvalidParamsError,
@@ -23,13 +22,13 @@ from wfkit.errors import (
     WorkflowNotFoundError,
 )
 from wfkit.events import CallbackObserver, Event, LoggingObserver, MultiObserver
-from wfkit.executor import Executor
+from wfkit.executor import Executor, checkpoints
 from wfkit.graph import END, Snapshot
-from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus
 from wfkit.plugins import load_plugins
 from wfkit.registry import Registry
-from wfkit.store.repository import Repository
 from wfkit.runtime import Runtime
+from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus
+from wfkit.store.repository import Repository
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 import wfkit.store.db
+from wfkit.errors import ConfigurationError, NotFoundError
 from wfkit.store import migrations
 from wfkit.store.db import create_engine, default_database_path, normalize_url, resolve_database_url
-from wfkit.errors import ConfigurationError, NotFoundError
 from wfkit.store.repository import Repository
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from wfkit.errors import ConfigurationError, DatabaseError
 from wfkit.store import migrations
 from wfkit.store.db import create_engine
-from wfkit.errors import ConfigurationError, DatabaseError
 
 ROOT = Path(__file__).resolve().parents[2]
 WFKIT_TABLES = {"runs", "stages", "decisions", "checkpoints"}
@@ -151,10 +151,10 @@ def test_a_failed_upgrade_leaves_nothing_half_built(empty_url):
 
 
 def test_reading_a_database_older_than_the_code_says_upgrade(empty_url):
+    import uuid
+
     from wfkit.errors import DatabaseNotMigratedError
     from wfkit.store.repository import Repository
-
-    import uuid
 
     migrations.upgrade(empty_url, "0001")
     engine = create_engine(empty_url)

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from wfkit.errors import ConfigurationError, InvalidQueryError
@@ -15,7 +13,6 @@ from wfkit.store.query import (
     RunFilters,
     SortField,
     parse_sort,
-    parse_uuid,
 )
 
 
@@ -154,13 +151,3 @@ def test_page_result():
     assert PageResult[int].build([], total=0, page=1, page_size=20).to_dict() == {
         "data": [], "total": 0, "page": 1, "page_size": 20, "total_pages": 1
     }
-
-
-def test_parse_uuid():
-    u = uuid.uuid4()
-    assert parse_uuid(u) is u
-    assert parse_uuid(str(u).upper()) == u
-    assert parse_uuid(u.hex) == u
-    for bad in ("nope", "", "123", None, 42):
-        with pytest.raises(InvalidQueryError, match="invalid run id"):
-            parse_uuid(bad)

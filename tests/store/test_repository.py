@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 
 from factories import T0, add, add_history, add_runs, make_run
-from wfkit.store.db import create_engine
 from wfkit.errors import DatabaseError, DatabaseNotMigratedError, InvalidQueryError, NotFoundError
+from wfkit.store.db import create_engine
 from wfkit.store.models import Run, RunStatus
 from wfkit.store.query import PageRequest, PaginationConfig, RunFilters
 from wfkit.store.repository import Repository

@@ -50,8 +50,8 @@ from wfkit.jsontext import check_json
 from wfkit.plugins import default_registry, plugin_observers
 from wfkit.registry import Registry
 from wfkit.runtime import Runtime
-from wfkit.store.db import as_engine
 from wfkit.store.codec import row_loader
+from wfkit.store.db import as_engine
 from wfkit.store.models import Run, RunStatus
 from wfkit.store.recorder import SqlRecorder
 from wfkit.store.repository import Repository

@@ -40,13 +40,13 @@ from wfkit.graph.parts import (
     MAX_NAME_LENGTH,
     Edge,
     Node,
-    WalkObserver,
     Predicate,
     RouteDecision,
     RunResult,
     Snapshot,
     State,
     Visit,
+    WalkObserver,
     predicate,
 )
 

@@ -12,11 +12,11 @@ from wfkit.graph.parts import (
     END,
     Edge,
     Node,
-    WalkObserver,
     Predicate,
     RouteDecision,
     RunResult,
     State,
+    WalkObserver,
     name_problem,
     run_coroutine,
 )

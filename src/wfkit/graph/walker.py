@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from wfkit.errors import GraphError, MaxIterationsError
-from wfkit.graph.parts import WalkObserver, RouteDecision, RunResult, Snapshot, State, Visit
+from wfkit.graph.parts import RouteDecision, RunResult, Snapshot, State, Visit, WalkObserver
 
 if TYPE_CHECKING:
     from wfkit.graph.state_graph import StateGraph

@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+
 class ThreadConnections:
     """Driver connections made by ``engine`` and kept, one per thread, for reuse (SQLite file reads).
 

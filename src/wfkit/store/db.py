@@ -23,7 +23,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import Session, sessionmaker
 
 from wfkit.errors import ConfigurationError, DatabaseError, DatabaseNotMigratedError
 
@@ -256,11 +255,6 @@ def migration_connection(conn: sa.Connection) -> Iterator[None]:
         driver.isolation_level = previous
         conn.exec_driver_sql("PRAGMA foreign_keys=ON")
         conn.commit()
-
-
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions whose objects stay readable after the session is closed."""
-    return sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
 def _first_line(err: BaseException) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from wfkit.store.db import engine_for, migration_connection, translate_errors
 from wfkit.errors import ConfigurationError, DatabaseNotMigratedError
+from wfkit.store.db import engine_for, migration_connection, translate_errors
 
 SCRIPT_LOCATION = Path(__file__).with_name("alembic")
 

@@ -24,7 +24,6 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
 from wfkit.errors import ConfigurationError, InvalidQueryError
-from wfkit.ids import parse_uuid  # noqa: F401  (re-exported: part of the query API)
 from wfkit.store.models import Decision, Run, RunStatus, Stage
 
 T = TypeVar("T")

@@ -23,11 +23,11 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Engine
 
-from wfkit.store.db import ASYNC_COMMIT_ENGINES, is_driver_error, translate_errors
 from wfkit.errors import DatabaseError, WfkitError
-from wfkit.store.models import RunStatus, StageStatus, utcnow
 from wfkit.jsontext import dumps
 from wfkit.store.codec import codec_for
+from wfkit.store.db import ASYNC_COMMIT_ENGINES, is_driver_error, translate_errors
+from wfkit.store.models import RunStatus, StageStatus, utcnow
 
 _INSERT_RUN = (
     "INSERT INTO runs (id, workflow_name, status, params, result, error_message, started_at, completed_at, "

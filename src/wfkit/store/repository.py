@@ -28,9 +28,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from wfkit.errors import NotFoundError
+from wfkit.ids import parse_uuid
+from wfkit.store.codec import codec_for, row_loader
 from wfkit.store.connections import ThreadConnections
 from wfkit.store.db import as_engine, translate_errors
-from wfkit.errors import NotFoundError
 from wfkit.store.models import Checkpoint, Decision, Run, Stage
 from wfkit.store.query import (
     DECISIONS,
@@ -40,9 +42,7 @@ from wfkit.store.query import (
     PageResult,
     PaginationConfig,
     RunFilters,
-    parse_uuid,
 )
-from wfkit.store.codec import codec_for, row_loader
 
 
 @dataclass(frozen=True)

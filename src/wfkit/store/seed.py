@@ -27,8 +27,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from wfkit.store.db import engine_for, translate_errors
 from wfkit.errors import DatabaseNotMigratedError, WfkitError
+from wfkit.store.db import engine_for, translate_errors
 from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus, utcnow
 
 WORKFLOW_NAMES = (

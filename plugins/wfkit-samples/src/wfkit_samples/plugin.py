@@ -11,7 +11,6 @@ from typing import Any
 import wfkit
 from wfkit.graph import END
 
-
 # --------------------------------------------------------------------------- text-pipeline
 
 
