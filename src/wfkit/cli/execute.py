@@ -24,8 +24,8 @@ from wfkit.cli.common import (
 class _Progress:
     """Prints each event of a run as one line, as it happens."""
 
-    def __init__(self, err: bool):
-        self.err = err
+    def __init__(self, to_stderr: bool):
+        self.to_stderr = to_stderr
         self.run_id: Any = None
 
     def on_event(self, event: Any) -> None:
@@ -33,7 +33,7 @@ class _Progress:
 
         if isinstance(event, RunStarted):
             self.run_id = event.run_id
-        click.echo(describe(event), err=self.err)
+        click.echo(describe(event), err=self.to_stderr)
 
 
 def _executor(progress: _Progress) -> Any:
@@ -82,7 +82,7 @@ def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, as
     With --json, stdout holds only the final run (progress goes to stderr).
     """
     params = parse_params(param_pairs, params_json)
-    progress = _Progress(err=as_json)
+    progress = _Progress(to_stderr=as_json)
     executor = _executor(progress)
     warn_plugin_failures()
     try:
@@ -99,7 +99,7 @@ def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, as
 @database_url_option
 def runs_resume(run_id: str, force: bool, as_json: bool) -> None:
     """Continue a failed or cancelled run from its last checkpoint (completed nodes are not re-run)."""
-    progress = _Progress(err=as_json)
+    progress = _Progress(to_stderr=as_json)
     executor = _executor(progress)
     try:
         run = executor.resume(run_id, force=force)

@@ -183,12 +183,16 @@ DECISIONS = Projection(
 # --------------------------------------------------------------------------- pages
 
 
-def _positive_int(value: Any, what: str, *, error: type[Exception] = InvalidQueryError) -> int:
-    text = str(value).strip()
+def _whole_number(value: Any, what: str, *, minimum: int | None = None,
+                  error: type[Exception] = InvalidQueryError) -> int:
+    """``value`` (text, or a number) as an int; ``error`` naming ``what`` if it is not a whole
+    number, or is below ``minimum``."""
     try:
-        number = int(text)
+        number = int(str(value).strip())
     except (TypeError, ValueError):
         raise error(f"{what} must be a whole number, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise error(f"{what} must be a whole number of at least {minimum}, got {value!r}")
     return number
 
 
@@ -218,9 +222,7 @@ class PaginationConfig:
         for key, var in (("default_page_size", DEFAULT_PAGE_SIZE_ENV), ("max_page_size", MAX_PAGE_SIZE_ENV)):
             raw = env.get(var, "").strip()
             if raw:
-                values[key] = _positive_int(raw, var, error=ConfigurationError)
-                if values[key] < 1:
-                    raise ConfigurationError(f"{var} must be a whole number of at least 1, got {raw!r}")
+                values[key] = _whole_number(raw, var, minimum=1, error=ConfigurationError)
         # One of the two set alone: the other follows it (a small maximum lowers the default, a large
         # default raises the maximum). Both set and contradicting each other is an error.
         if "max_page_size" not in values and values.get("default_page_size", 0) > MAX_PAGE_SIZE:
@@ -293,8 +295,8 @@ class PageRequest:
         size = _last_value(query, "page_size")
         sort_values = [v for v in _query_values(query, "sort") if v.strip()]
         return cls(
-            page=_positive_int(page, "page") if page is not None else 1,
-            page_size=_positive_int(size, "page_size") if size is not None else None,
+            page=_whole_number(page, "page") if page is not None else 1,  # below 1: normalized() clamps it
+            page_size=_whole_number(size, "page_size") if size is not None else None,
             sort=parse_sort(sort_values) or None,
         )
 
