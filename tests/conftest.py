@@ -16,10 +16,13 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 import sqlalchemy as sa
 
+from wfkit.plugins import load_plugins
+from wfkit.registry import Registry
 from wfkit.store import migrations
 from wfkit.store.db import create_engine
 from wfkit.store.models import TABLES
@@ -153,3 +156,87 @@ def installed_plugins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
         )
         targets[name] = target
     return targets
+
+
+@pytest.fixture(scope="session")
+def samples() -> Registry:
+    """A registry with the sample workflows (plugins/wfkit-samples, installed in the test environment)."""
+    registry = Registry()
+    report = load_plugins(registry, environ={"WFKIT_LOAD_PLUGINS": "samples"})
+    assert [p.name for p in report.plugins if p.loaded] == ["samples"], report.messages()
+    return registry
+
+
+# --------------------------------------------------------------------------- running the command line
+
+#: The installed console script of the environment the tests run in.
+WFKIT = str(Path(sys.executable).with_name("wfkit"))
+
+
+class CliResult(NamedTuple):
+    """What a command did, in the shape of ``subprocess.CompletedProcess`` whichever way it ran."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class WfkitCli:
+    """Runs ``wfkit`` for a test, with the caller's ``WFKIT_*`` settings removed and ``env`` set.
+
+    :meth:`run` and :meth:`start` run the real console script in a subprocess (for exit codes,
+    signals, entry points: what only a process shows); :meth:`invoke` runs it in this process
+    through Click's ``CliRunner``, for tests that only read what a command prints. ``url=`` is short
+    for ``WFKIT_DATABASE_URL``.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None):
+        self.env = dict(env or {})
+
+    def using(self, **env: str) -> WfkitCli:
+        """The same runner with more settings."""
+        return WfkitCli({**self.env, **env})
+
+    def environ(self, url: str | None = None, env: dict[str, str] | None = None) -> dict[str, str]:
+        """The whole environment a subprocess gets."""
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("WFKIT_")}
+        environ.update(self.env)
+        if url:
+            environ["WFKIT_DATABASE_URL"] = url
+        environ.update(env or {})
+        return environ
+
+    def run(self, *args: str, url: str | None = None, env: dict[str, str] | None = None, timeout: float = 60,
+            **popen: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([WFKIT, *args], capture_output=True, text=True, env=self.environ(url, env),
+                              timeout=timeout, **popen)
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([WFKIT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=self.environ())
+
+    def python(self, *args: str, url: str | None = None, env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``python ARGS`` (``-c code``, ``-m module``, a script) in the same environment as :meth:`run`."""
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=self.environ(url, env),
+                              timeout=timeout)
+
+    def invoke(self, *args: str, url: str | None = None, env: dict[str, str] | None = None) -> CliResult:
+        from click.testing import CliRunner
+
+        from wfkit.cli import cli
+
+        changes: dict[str, str | None] = {k: None for k in os.environ if k.startswith("WFKIT_")}
+        changes.update(self.env)
+        if url:
+            changes["WFKIT_DATABASE_URL"] = url
+        changes.update(env or {})
+        result = CliRunner().invoke(cli, list(args), prog_name="wfkit", env=changes)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception  # a traceback a user would have seen: the test fails with it
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+@pytest.fixture
+def wfkit_cli() -> WfkitCli:
+    return WfkitCli()

@@ -4,38 +4,34 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 FIXTURES = ("good", "broken-import", "raising-hook", "dup-a", "dup-b", "typo")
-WFKIT = str(Path(sys.executable).with_name("wfkit"))
 
 
-@pytest.fixture(scope="module")
-def installed(installed_plugins):
-    return installed_plugins
+@pytest.fixture
+def installed(wfkit_cli, installed_plugins):
+    """``installed(plugins, select=None)``: ``wfkit`` with these fixture plugins installed (and
+    ``WFKIT_LOAD_PLUGINS=select``, if given)."""
 
+    def with_plugins(plugins, select=None):
+        env = {"PYTHONPATH": os.pathsep.join(str(installed_plugins[p]) for p in plugins)}
+        if select is not None:
+            env["WFKIT_LOAD_PLUGINS"] = select
+        return wfkit_cli.using(**env)
 
-def run(installed, plugins, *args, select=None, python_code=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WFKIT_")}
-    env["PYTHONPATH"] = os.pathsep.join(str(installed[p]) for p in plugins)
-    if select is not None:
-        env["WFKIT_LOAD_PLUGINS"] = select
-    cmd = [sys.executable, "-c", python_code] if python_code else [WFKIT, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    return with_plugins
 
 
 def test_good_plugin_is_discovered(installed):
-    out = run(installed, ["good"], "list-workflows", select="good")
+    out = installed(["good"], select="good").run("list-workflows")
     assert out.returncode == 0 and out.stderr == ""
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["NAME", "DESCRIPTION", "PLUGIN"]
     assert lines[1].split()[0] == "good-count" and lines[1].split()[-1] == "good"
     assert lines[2].startswith("good-greet") and "Greet someone by name." in lines[2]
-    doc = json.loads(run(installed, ["good"], "list-workflows", "--json", select="good").stdout)
+    doc = json.loads(installed(["good"], select="good").run("list-workflows", "--json").stdout)
     assert doc == [
         {"name": "good-count", "description": "Count to a limit", "plugin": "good"},
         {"name": "good-greet", "description": "Greet someone by name.", "plugin": "good"},
@@ -43,7 +39,7 @@ def test_good_plugin_is_discovered(installed):
 
 
 def test_broken_plugins_are_skipped_and_reported(installed):
-    out = run(installed, FIXTURES, "list-workflows", "--json")
+    out = installed(FIXTURES).run("list-workflows", "--json")
     assert out.returncode == 0, out.stderr
     names = {w["name"]: w["plugin"] for w in json.loads(out.stdout)}
     assert names["good-greet"] == "good" and names["shared-name"] == "dup-a"
@@ -59,7 +55,7 @@ def test_broken_plugins_are_skipped_and_reported(installed):
 
 
 def test_plugins_command(installed):
-    doc = json.loads(run(installed, FIXTURES, "plugins", "--json").stdout)
+    doc = json.loads(installed(FIXTURES).run("plugins", "--json").stdout)
     by_name = {p["name"]: p for p in doc["plugins"]}
     good = by_name["good"]
     assert good == {
@@ -68,30 +64,30 @@ def test_plugins_command(installed):
     }
     assert by_name["raising"]["loaded"] is False and "RuntimeError" in by_name["raising"]["error"]
     assert by_name["dup-b"]["workflows"] == []
-    text = run(installed, FIXTURES, "plugins").stdout
+    text = installed(FIXTURES).run("plugins").stdout
     assert "good: loaded" in text and "broken_import: FAILED" in text and "wfkit-test-good 1.2.3" in text
 
 
 def test_load_plugins_selection(installed):
     # empty: none load
-    out = run(installed, ["good"], "list-workflows", select="")
+    out = installed(["good"], select="").run("list-workflows")
     assert out.returncode == 0 and out.stdout.startswith("No workflows are registered.")
     assert "pip install" in out.stdout and "wfkit_register_workflows" in out.stdout
     # by distribution name, and unknown names are reported
-    out = run(installed, ["good", "broken-import"], "list-workflows", "--json", select="wfkit-test-good, nope")
+    out = installed(["good", "broken-import"], select="wfkit-test-good, nope").run("list-workflows", "--json")
     assert [w["name"] for w in json.loads(out.stdout)] == ["good-count", "good-greet"]
     assert out.stderr.strip() == "Warning: WFKIT_LOAD_PLUGINS names 'nope', but no installed plugin has that name"
-    doc = json.loads(run(installed, ["good", "broken-import"], "plugins", "--json", select="good").stdout)
+    doc = json.loads(installed(["good", "broken-import"], select="good").run("plugins", "--json").stdout)
     broken = next(p for p in doc["plugins"] if p["name"] == "broken_import")
     assert broken["loaded"] is False and broken["error"] is None  # not selected, so never imported
 
 
 def test_graph_command(installed):
-    out = run(installed, ["good"], "graph", "good-greet", "--format", "json", "-p", "who=Ann", select="good")
+    out = installed(["good"], select="good").run("graph", "good-greet", "--format", "json", "-p", "who=Ann")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["entry_point"] == "hello" and [n["name"] for n in doc["nodes"]] == ["hello"]
-    out = run(installed, ["good"], "graph", "good-count", select="good")
+    out = installed(["good"], select="good").run("graph", "good-count")
     assert out.returncode == 0 and out.stdout.startswith("flowchart") and "below_limit" in out.stdout
 
 
@@ -106,7 +102,7 @@ def test_graph_command(installed):
     ],
 )
 def test_graph_command_errors(installed, args, code, message):
-    out = run(installed, ["good"], *args, select="good")
+    out = installed(["good"], select="good").run(*args)
     assert out.returncode == code, (out.stdout, out.stderr)
     assert message in out.stderr and "Traceback" not in out.stderr
 
@@ -124,7 +120,7 @@ def test_listing_stays_light_and_loads_once_across_threads(installed):
         "print(sorted(p.name for p in report.plugins if p.loaded), [p.error for p in report.plugins if p.name == 'good'])\n"
         "print([m for m in ('sqlalchemy', 'sqlmodel', 'alembic', 'pydantic') if m in sys.modules])\n"
     )
-    out = run(installed, FIXTURES, python_code=code)
+    out = installed(FIXTURES).python("-c", code)
     assert out.returncode == 0, out.stderr
     loaded, heavy = out.stdout.splitlines()
     assert "'good'" in loaded and "[None]" in loaded  # the good plugin's hook ran once (a second run would fail)
@@ -140,9 +136,9 @@ def test_hookimpl_from_the_top_level_package_is_pluggys_marker():
 
 
 def test_the_plugin_template_works_as_shipped(installed):
-    out = run(installed, ["template"], "list-workflows", "--json", select="my-workflows")
+    out = installed(["template"], select="my-workflows").run("list-workflows", "--json")
     assert json.loads(out.stdout) == [
         {"name": "hello", "description": "Greet someone, loudly if asked.", "plugin": "my-workflows"}
     ]
-    out = run(installed, ["template"], "graph", "hello", select="my-workflows")
+    out = installed(["template"], select="my-workflows").run("graph", "hello")
     assert '-->|"wants_shouting"|' in out.stdout

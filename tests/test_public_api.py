@@ -4,7 +4,6 @@ import paths plugin authors and services use."""
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
 from pathlib import Path
 
@@ -56,13 +55,13 @@ def test_the_import_paths_plugin_authors_and_services_use():
     assert wfkit.Repository.__module__ == "wfkit.store.repository"
 
 
-def test_importing_wfkit_and_its_light_names_loads_no_sqlalchemy_nor_pydantic():
+def test_importing_wfkit_and_its_light_names_loads_no_sqlalchemy_nor_pydantic(wfkit_cli):
     code = (
         "import sys, wfkit\n"
         "from wfkit import END, Registry, Runtime, StateGraph, WfkitError, hookimpl, list_workflows, http_status\n"
         "import wfkit.graph, wfkit.registry, wfkit.plugins, wfkit.events\n"
         "print([m for m in ('sqlalchemy', 'sqlmodel', 'alembic', 'pydantic') if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = wfkit_cli.python("-c", code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

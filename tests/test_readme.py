@@ -23,16 +23,12 @@ def test_plugin_example_in_readme():
     ]
 
 
-def test_every_wfkit_command_in_readme_exists():
-    from click.testing import CliRunner
-
-    from wfkit.cli import cli
-
+def test_every_wfkit_command_in_readme_exists(wfkit_cli):
     commands = set(re.findall(r"^wfkit ([a-z-]+(?: [a-z-]+)?)", README, re.M))
     assert commands
     for command in commands:
-        out = CliRunner().invoke(cli, [*command.split(), "--help"])
-        assert out.exit_code == 0, (command, out.output)
+        out = wfkit_cli.invoke(*command.split(), "--help")
+        assert out.returncode == 0, (command, out.stdout, out.stderr)
 
 
 def test_the_demo_runs_the_samples_and_shows_their_history(tmp_path):

@@ -1,14 +1,14 @@
-"""The ``wfkit`` command, run as a real subprocess."""
+"""The ``wfkit`` command: what it prints (in process, through Click's runner), and its exit codes
+and one-line errors (as a real subprocess)."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import uuid
 from datetime import timedelta
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,19 +16,10 @@ from factories import T0, add, add_history, make_run
 from wfkit.store import migrations
 from wfkit.store.models import RunStatus
 
-WFKIT = str(Path(sys.executable).with_name("wfkit"))
 HEAD = migrations.head()
 
 
-def wfkit(*args: str, url: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("WFKIT_")}
-    if url:
-        full_env["WFKIT_DATABASE_URL"] = url
-    full_env.update(env or {})
-    return subprocess.run([WFKIT, *args], capture_output=True, text=True, env=full_env, timeout=60)
-
-
-def assert_one_line_error(out: subprocess.CompletedProcess, code: int, text: str) -> None:
+def assert_one_line_error(out: Any, code: int, text: str) -> None:
     assert out.returncode == code, (out.stdout, out.stderr)
     assert "Traceback" not in out.stderr
     assert text in out.stderr
@@ -57,8 +48,8 @@ def history(engine):
 # --------------------------------------------------------------------------- runs list
 
 
-def test_list_human(db_url, history):
-    out = wfkit("runs", "list", "--page-size", "5", url=db_url)
+def test_list_human(wfkit_cli, db_url, history):
+    out = wfkit_cli.invoke("runs", "list", "--page-size", "5", url=db_url)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["ID", "WORKFLOW", "STATUS", "CREATED", "DURATION"]
@@ -69,8 +60,8 @@ def test_list_human(db_url, history):
     assert all(line[at:].split()[0] in ("completed", "failed", "cancelled") for line in lines[1:6])
 
 
-def test_list_json(db_url, history):
-    out = wfkit("runs", "list", "--json", "--page", "2", "--page-size", "10", url=db_url)
+def test_list_json(wfkit_cli, db_url, history):
+    out = wfkit_cli.invoke("runs", "list", "--json", "--page", "2", "--page-size", "10", url=db_url)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert (doc["total"], doc["page"], doc["page_size"], doc["total_pages"]) == (23, 2, 10, 3)
@@ -79,28 +70,28 @@ def test_list_json(db_url, history):
                                    "started_at", "completed_at", "created_at", "updated_at", "cancel_requested_at"}
 
 
-def test_list_filters_and_sort(db_url, history):
-    out = wfkit("runs", "list", "--json", "--workflow", "alpha", "--status", "failed,cancelled",
+def test_list_filters_and_sort(wfkit_cli, db_url, history):
+    out = wfkit_cli.invoke("runs", "list", "--json", "--workflow", "alpha", "--status", "failed,cancelled",
                 "--sort", "created_at", url=db_url)
     doc = json.loads(out.stdout)
     want = [str(r.id) for r in history if r.workflow_name == "alpha" and r.status in ("failed", "cancelled")]
     assert [r["id"] for r in doc["data"]] == want and doc["total"] == len(want)
-    repeated = wfkit("runs", "list", "--json", "--workflow", "alpha", "--status", "failed", "--status",
+    repeated = wfkit_cli.invoke("runs", "list", "--json", "--workflow", "alpha", "--status", "failed", "--status",
                      "cancelled", "--sort", "created_at", url=db_url)
     assert json.loads(repeated.stdout) == doc
 
 
-def test_list_empty_states(db_url):
-    out = wfkit("runs", "list", url=db_url)
+def test_list_empty_states(wfkit_cli, db_url):
+    out = wfkit_cli.invoke("runs", "list", url=db_url)
     assert out.stdout == "No runs yet.\npage 1 of 1 (0 runs)\n"
-    out = wfkit("runs", "list", "--status", "failed", url=db_url)
+    out = wfkit_cli.invoke("runs", "list", "--status", "failed", url=db_url)
     assert out.stdout.startswith("No runs match these filters.")
-    doc = json.loads(wfkit("runs", "list", "--json", url=db_url).stdout)
+    doc = json.loads(wfkit_cli.invoke("runs", "list", "--json", url=db_url).stdout)
     assert doc == {"data": [], "total": 0, "page": 1, "page_size": 20, "total_pages": 1}
 
 
-def test_page_past_the_end(db_url, history):
-    out = wfkit("runs", "list", "--page", "9", url=db_url)
+def test_page_past_the_end(wfkit_cli, db_url, history):
+    out = wfkit_cli.invoke("runs", "list", "--page", "9", url=db_url)
     assert out.returncode == 0 and out.stdout == "page 9 of 2 (23 runs): past the last page\n"
 
 
@@ -114,163 +105,163 @@ def test_page_past_the_end(db_url, history):
         (["--page-size", "x"], "'x' is not a valid integer"),
     ],
 )
-def test_list_bad_input(db_url, history, args, message):
-    assert_one_line_error(wfkit("runs", "list", *args, url=db_url), 2, message)
-    assert json.loads(wfkit("runs", "list", "--json", url=db_url).stdout)["total"] == 23  # nothing changed
+def test_list_bad_input(wfkit_cli, db_url, history, args, message):
+    assert_one_line_error(wfkit_cli.run("runs", "list", *args, url=db_url), 2, message)
+    assert json.loads(wfkit_cli.invoke("runs", "list", "--json", url=db_url).stdout)["total"] == 23  # nothing changed
 
 
-def test_bad_pagination_setting(db_url):
-    out = wfkit("runs", "list", url=db_url, env={"WFKIT_MAX_PAGE_SIZE": "lots"})
+def test_bad_pagination_setting(wfkit_cli, db_url):
+    out = wfkit_cli.run("runs", "list", url=db_url, env={"WFKIT_MAX_PAGE_SIZE": "lots"})
     assert_one_line_error(out, 2, "WFKIT_MAX_PAGE_SIZE must be a whole number, got 'lots'")
 
 
-def test_page_size_setting_from_environment(db_url, history):
-    doc = json.loads(wfkit("runs", "list", "--json", url=db_url, env={"WFKIT_DEFAULT_PAGE_SIZE": "4"}).stdout)
+def test_page_size_setting_from_environment(wfkit_cli, db_url, history):
+    doc = json.loads(wfkit_cli.invoke("runs", "list", "--json", url=db_url, env={"WFKIT_DEFAULT_PAGE_SIZE": "4"}).stdout)
     assert doc["page_size"] == 4 and len(doc["data"]) == 4 and doc["total_pages"] == 6
 
 
 # --------------------------------------------------------------------------- one run
 
 
-def test_show(db_url, history):
+def test_show(wfkit_cli, db_url, history):
     run = history[-1]
-    out = wfkit("runs", "show", str(run.id), url=db_url)
+    out = wfkit_cli.invoke("runs", "show", str(run.id), url=db_url)
     assert out.returncode == 0, out.stderr
     fields = dict(line.split(None, 1) for line in out.stdout.splitlines())
     assert fields["id"] == str(run.id) and fields["workflow"] == "beta" and fields["status"] == "completed"
     assert fields["result"] == '{"answer": 42}' and fields["duration"] == "1.50s"
-    doc = json.loads(wfkit("runs", "show", str(run.id), "--json", url=db_url).stdout)
+    doc = json.loads(wfkit_cli.invoke("runs", "show", str(run.id), "--json", url=db_url).stdout)
     assert doc["id"] == str(run.id) and doc["params"] == {"i": 22} and doc["created_at"].startswith("2026-01-01T12:22:00")
 
 
-def test_stages_and_decisions(db_url, history):
+def test_stages_and_decisions(wfkit_cli, db_url, history):
     rid = str(history[-1].id)
-    out = wfkit("runs", "stages", rid, url=db_url)
+    out = wfkit_cli.invoke("runs", "stages", rid, url=db_url)
     lines = out.stdout.splitlines()
     assert lines[0].split()[:3] == ["NODE", "ITER", "STATUS"]
     assert [line.split()[0] for line in lines[1:]] == ["load", "score", "save"]
-    doc = json.loads(wfkit("runs", "stages", rid, "--json", url=db_url).stdout)
+    doc = json.loads(wfkit_cli.invoke("runs", "stages", rid, "--json", url=db_url).stdout)
     assert [s["node_name"] for s in doc] == ["load", "score", "save"] and doc[0]["output_snapshot"] == {"i": 1}
-    out = wfkit("runs", "decisions", rid, url=db_url)
+    out = wfkit_cli.invoke("runs", "decisions", rid, url=db_url)
     lines = out.stdout.splitlines()
     assert lines[1].split()[:4] == ["load", "score", "p0", "true"]
-    doc = json.loads(wfkit("runs", "decisions", rid, "--json", url=db_url).stdout)
+    doc = json.loads(wfkit_cli.invoke("runs", "decisions", rid, "--json", url=db_url).stdout)
     assert [(d["from_node"], d["to_node"]) for d in doc] == [("load", "score"), ("score", "save")]
 
 
-def test_run_without_history(db_url, history):
+def test_run_without_history(wfkit_cli, db_url, history):
     rid = str(history[0].id)
-    assert wfkit("runs", "stages", rid, url=db_url).stdout == "This run has no stages yet.\n"
-    assert json.loads(wfkit("runs", "decisions", rid, "--json", url=db_url).stdout) == []
+    assert wfkit_cli.invoke("runs", "stages", rid, url=db_url).stdout == "This run has no stages yet.\n"
+    assert json.loads(wfkit_cli.invoke("runs", "decisions", rid, "--json", url=db_url).stdout) == []
 
 
 @pytest.mark.parametrize("command", ["show", "stages", "decisions"])
-def test_unknown_and_malformed_ids(db_url, command):
+def test_unknown_and_malformed_ids(wfkit_cli, db_url, command):
     missing = str(uuid.uuid4())
-    assert_one_line_error(wfkit("runs", command, missing, url=db_url), 1, f"no run with id {missing}")
-    assert_one_line_error(wfkit("runs", command, "not-a-uuid", "--json", url=db_url), 2, "invalid run id 'not-a-uuid'")
+    assert_one_line_error(wfkit_cli.run("runs", command, missing, url=db_url), 1, f"no run with id {missing}")
+    assert_one_line_error(wfkit_cli.run("runs", command, "not-a-uuid", "--json", url=db_url), 2, "invalid run id 'not-a-uuid'")
 
 
 # --------------------------------------------------------------------------- database selection and migration
 
 
-def test_database_url_flag_before_or_after_the_command(db_url, history, tmp_path):
+def test_database_url_flag_before_or_after_the_command(wfkit_cli, db_url, history, tmp_path):
     other = f"sqlite:///{tmp_path}/elsewhere.db"  # not migrated: an error if it were used
     for args in (["--database-url", db_url, "runs", "list", "--json"], ["runs", "list", "--json", "--database-url", db_url]):
-        out = wfkit(*args, url=other)
+        out = wfkit_cli.invoke(*args, url=other)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["total"] == 23
 
 
-def test_not_migrated(new_database):
+def test_not_migrated(wfkit_cli, new_database):
     url = new_database()
     for args in (["runs", "list"], ["runs", "show", str(uuid.uuid4())]):
-        assert_one_line_error(wfkit(*args, url=url), 1, "run `wfkit db upgrade`")
+        assert_one_line_error(wfkit_cli.run(*args, url=url), 1, "run `wfkit db upgrade`")
 
 
-def test_db_commands(new_database):
+def test_db_commands(wfkit_cli, new_database):
     url = new_database()
-    out = wfkit("db", "current", url=url)
+    out = wfkit_cli.invoke("db", "current", url=url)
     assert out.returncode == 0 and "not migrated (run `wfkit db upgrade`)" in out.stdout
-    out = wfkit("db", "upgrade", url=url)
+    out = wfkit_cli.invoke("db", "upgrade", url=url)
     assert out.returncode == 0, out.stderr
     assert f"from base to {HEAD}" in out.stdout
-    assert f"already at revision {HEAD}" in wfkit("db", "upgrade", url=url).stdout
-    doc = json.loads(wfkit("db", "current", "--json", url=url).stdout)
+    assert f"already at revision {HEAD}" in wfkit_cli.invoke("db", "upgrade", url=url).stdout
+    doc = json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)
     assert doc["current"] == doc["head"] == HEAD and doc["up_to_date"] is True
-    assert "matches wfkit's models" in wfkit("db", "check", url=url).stdout
-    assert json.loads(wfkit("runs", "list", "--json", url=url).stdout)["total"] == 0
-    assert_one_line_error(wfkit("db", "upgrade", "nope", url=url), 2, "unknown revision 'nope'")
-    out = wfkit("db", "downgrade", "base", url=url)  # not a terminal, no --yes: refused, nothing dropped
+    assert "matches wfkit's models" in wfkit_cli.invoke("db", "check", url=url).stdout
+    assert json.loads(wfkit_cli.invoke("runs", "list", "--json", url=url).stdout)["total"] == 0
+    assert_one_line_error(wfkit_cli.invoke("db", "upgrade", "nope", url=url), 2, "unknown revision 'nope'")
+    out = wfkit_cli.invoke("db", "downgrade", "base", url=url)  # not a terminal, no --yes: refused, nothing dropped
     assert_one_line_error(out, 2, "a downgrade to base removes every wfkit table and its data: add --yes")
-    assert json.loads(wfkit("db", "current", "--json", url=url).stdout)["current"] == HEAD
-    out = wfkit("db", "downgrade", "base", "--yes", url=url)
+    assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == HEAD
+    out = wfkit_cli.invoke("db", "downgrade", "base", "--yes", url=url)
     assert out.returncode == 0 and f"from {HEAD} to base" in out.stdout
-    assert_one_line_error(wfkit("runs", "list", url=url), 1, "wfkit db upgrade")
+    assert_one_line_error(wfkit_cli.invoke("runs", "list", url=url), 1, "wfkit db upgrade")
 
 
-def test_db_history_and_path(tmp_path):
-    doc = json.loads(wfkit("db", "history", "--json").stdout)
+def test_db_history_and_path(wfkit_cli, tmp_path):
+    doc = json.loads(wfkit_cli.invoke("db", "history", "--json").stdout)
     assert doc[0]["revision"] == "0001" and doc[-1]["revision"] == HEAD and doc[-1]["is_head"] is True
-    out = wfkit("db", "path", env={"XDG_DATA_HOME": str(tmp_path)})
+    out = wfkit_cli.invoke("db", "path", env={"XDG_DATA_HOME": str(tmp_path)})
     assert out.stdout.strip() == f"sqlite:///{tmp_path}/wfkit/wfkit.db"
-    out = wfkit("db", "path", url="postgresql://me:secret@db.example/wf")
+    out = wfkit_cli.invoke("db", "path", url="postgresql://me:secret@db.example/wf")
     assert out.stdout.strip() == "postgresql+psycopg://me:***@db.example/wf"
 
 
-def test_bad_database_url():
-    assert_one_line_error(wfkit("runs", "list", url="mysql://x@y/z"), 2, "unsupported database 'mysql'")
-    assert_one_line_error(wfkit("runs", "list", "--database-url", "::"), 2, "invalid database URL '::'")
+def test_bad_database_url(wfkit_cli):
+    assert_one_line_error(wfkit_cli.run("runs", "list", url="mysql://x@y/z"), 2, "unsupported database 'mysql'")
+    assert_one_line_error(wfkit_cli.run("runs", "list", "--database-url", "::"), 2, "invalid database URL '::'")
 
 
-def test_unreachable_database():
-    out = wfkit("runs", "list", url="postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+def test_unreachable_database(wfkit_cli):
+    out = wfkit_cli.run("runs", "list", url="postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
     assert_one_line_error(out, 1, "cannot use the database at postgresql+psycopg://nobody@127.0.0.1:1/none")
 
 
 # --------------------------------------------------------------------------- start-up cost
 
 
-def test_help_and_import_do_not_load_sqlalchemy():
+def test_help_and_import_do_not_load_sqlalchemy(wfkit_cli):
     code = (
         "import sys, wfkit\n"
         "from wfkit.cli import cli\n"
         "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
         "print('sqlalchemy' in sys.modules, 'sqlmodel' in sys.modules, 'alembic' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = wfkit_cli.python("-c", code)
     assert out.stdout.strip().splitlines()[-1] == "False False False"
     assert "runs" in out.stdout and "db" in out.stdout
 
 
-def test_version():
-    out = wfkit("--version")
+def test_version(wfkit_cli):
+    out = wfkit_cli.invoke("--version")
     assert out.returncode == 0 and out.stdout.startswith("wfkit, version ")
 
 
-def test_db_check_names_each_difference(new_database):
+def test_db_check_names_each_difference(wfkit_cli, new_database):
     url = new_database()
-    out = wfkit("db", "check", url=url)
+    out = wfkit_cli.run("db", "check", url=url)
     assert out.returncode == 1 and "not migrated (run `wfkit db upgrade`)" in out.stderr
-    wfkit("db", "upgrade", url=url)
+    wfkit_cli.invoke("db", "upgrade", url=url)
     from wfkit.store.db import create_engine
 
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP INDEX ix_stages_node_name")
     engine.dispose()
-    out = wfkit("db", "check", url=url)
+    out = wfkit_cli.run("db", "check", url=url)
     assert out.returncode == 1 and out.stderr.splitlines()[-1].strip() == "add_index ix_stages_node_name on stages"
 
 
-def test_list_workflows_command_does_not_load_sqlalchemy():
+def test_list_workflows_command_does_not_load_sqlalchemy(wfkit_cli):
     code = (
         "import sys\nfrom wfkit.cli import cli\n"
         "try:\n    cli(['list-workflows'])\nexcept SystemExit:\n    pass\n"
         "print('HEAVY', [m for m in ('sqlalchemy', 'sqlmodel', 'alembic', 'pydantic') if m in sys.modules])\n"
         "print('CLI', sorted(m for m in sys.modules if m.startswith('wfkit.cli.')), 'wfkit.graph.state_graph' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = wfkit_cli.python("-c", code)
     assert out.returncode == 0, out.stderr
     heavy, modules = out.stdout.strip().splitlines()[-2:]
     assert heavy == "HEAVY []"
@@ -287,12 +278,12 @@ def test_list_workflows_command_does_not_load_sqlalchemy():
         (["runs", "list", "--bogus"], "--bogus"),
     ],
 )
-def test_click_usage_errors_are_one_line_too(args, message):
-    assert_one_line_error(wfkit(*args), 2, message)
+def test_click_usage_errors_are_one_line_too(wfkit_cli, args, message):
+    assert_one_line_error(wfkit_cli.run(*args), 2, message)
 
 
-def test_a_bare_group_shows_its_help():
-    out = wfkit("runs")
+def test_a_bare_group_shows_its_help(wfkit_cli):
+    out = wfkit_cli.run("runs")
     assert out.returncode == 2 and "Commands:" in out.stdout + out.stderr and "Error" not in out.stderr
 
 
@@ -304,19 +295,18 @@ def test_params_from_json_then_pairs_the_last_value_of_a_key_wins():
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal for stdin needs POSIX")
 @pytest.mark.parametrize(("answer", "code", "current"), [("n", 1, HEAD), ("y", 0, None)])
-def test_downgrade_to_base_asks_at_a_terminal(tmp_path, answer, code, current):
+def test_downgrade_to_base_asks_at_a_terminal(wfkit_cli, tmp_path, answer, code, current):
     import pty
 
     url = f"sqlite:///{tmp_path}/asked.db"
-    assert wfkit("db", "upgrade", url=url).returncode == 0
+    assert wfkit_cli.invoke("db", "upgrade", url=url).returncode == 0
     master, slave = pty.openpty()
     try:
         os.write(master, f"{answer}\n".encode())
-        out = subprocess.run([WFKIT, "db", "downgrade", "base"], stdin=slave, capture_output=True, text=True,
-                             env={**os.environ, "WFKIT_DATABASE_URL": url}, timeout=60)
+        out = wfkit_cli.run("db", "downgrade", "base", url=url, stdin=slave)
     finally:
         os.close(slave)
         os.close(master)
     assert out.returncode == code, out.stderr
     assert "Remove every wfkit table" in out.stderr
-    assert json.loads(wfkit("db", "current", "--json", url=url).stdout)["current"] == current
+    assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == current

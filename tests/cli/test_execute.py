@@ -8,10 +8,8 @@ which pauses where a test asks (inside a node, or just after one) and drops a ma
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,30 +20,20 @@ from factories import saved_checkpoint
 from wfkit.store.models import Checkpoint, RunStatus, StageStatus
 from wfkit.store.repository import Repository
 
-WFKIT = str(Path(sys.executable).with_name("wfkit"))
 FINAL = {"count": 4, "log": ["s1:0", "s2:1", "s3:2", "s4:3"]}
 
 
 @pytest.fixture
-def env(db_url, installed_plugins, tmp_path):
+def cli(wfkit_cli, db_url, installed_plugins, tmp_path):
+    """``wfkit`` with the fixture plugin ``steps`` installed, on the test's database."""
     markers = tmp_path / "markers"
     markers.mkdir()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("WFKIT_")}
-    environ.update(
+    return wfkit_cli.using(
         PYTHONPATH=str(installed_plugins["steps"]),
         WFKIT_DATABASE_URL=db_url,
         WFKIT_LOAD_PLUGINS="steps",
         WFKIT_TEST_MARKERS=str(markers),
     )
-    return environ
-
-
-def wfkit(env, *args, timeout=60):
-    return subprocess.run([WFKIT, *args], capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def start(env, *args):
-    return subprocess.Popen([WFKIT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 30) -> None:
@@ -65,8 +53,8 @@ def only_run(db_url):
     return page.data[0]
 
 
-def test_run_prints_progress_and_the_result(env):
-    out = wfkit(env, "run", "steps")
+def test_run_prints_progress_and_the_result(cli):
+    out = cli.run("run", "steps")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("run ") and lines[0].endswith("started: steps")
@@ -76,8 +64,8 @@ def test_run_prints_progress_and_the_result(env):
     assert json.loads(lines[-1].removeprefix("result: ")) == FINAL
 
 
-def test_run_json_keeps_stdout_clean(env, db_url):
-    out = wfkit(env, "run", "steps", "--json")
+def test_run_json_keeps_stdout_clean(cli, db_url):
+    out = cli.run("run", "steps", "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["status"] == "completed" and doc["result"] == FINAL and doc["workflow_name"] == "steps"
@@ -85,26 +73,26 @@ def test_run_json_keeps_stdout_clean(env, db_url):
     assert only_run(db_url).id.hex == doc["id"].replace("-", "")
 
 
-def test_failure_then_resume_from_the_command_line(env, db_url):
-    out = wfkit(env, "run", "steps", "-p", "fail_in=s3")
+def test_failure_then_resume_from_the_command_line(cli, db_url):
+    out = cli.run("run", "steps", "-p", "fail_in=s3")
     assert out.returncode == 1
     assert "status: failed" in out.stdout and "error: node 's3' (iteration 1) failed: RuntimeError" in out.stdout
     run = only_run(db_url)
     assert f"Resume it with: wfkit runs resume {run.id}" in out.stderr
-    out = wfkit(env, "runs", "resume", str(run.id), "--json")
+    out = cli.run("runs", "resume", str(run.id), "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["result"] == FINAL
     stages = Repository(db_url).get_stages(run.id)
     assert [(s.node_name, s.status.value) for s in stages] == [
         ("s1", "completed"), ("s2", "completed"), ("s3", "failed"), ("s3", "completed"), ("s4", "completed")
     ]
-    out = wfkit(env, "runs", "resume", str(run.id))
+    out = cli.run("runs", "resume", str(run.id))
     assert out.returncode == 2 and out.stderr.strip() == (
         "Error: a run cannot go from completed to running: completed is final"
     )
 
 
-def test_bad_input(env):
+def test_bad_input(cli):
     for args, code, message in [
         (["run", "stepz"], 1, "no workflow named 'stepz'; did you mean 'steps'?"),
         (["run", "steps", "--params-json", "[]"], 2, "must be a JSON object"),
@@ -112,32 +100,32 @@ def test_bad_input(env):
         (["runs", "resume", "00000000-0000-4000-8000-000000000000"], 1, "no run with id"),
         (["runs", "delete", "00000000-0000-4000-8000-000000000000"], 1, "no run with id"),
     ]:
-        out = wfkit(env, *args)
+        out = cli.run(*args)
         assert out.returncode == code, (args, out.stderr)
         assert message in out.stderr and "Traceback" not in out.stderr
 
 
-def test_cancel_from_another_process_then_resume(env, db_url, tmp_path):
-    proc = start(env, "run", "steps", "-p", "pause_in=s2", "-p", "pause_seconds=1.5")
+def test_cancel_from_another_process_then_resume(cli, db_url, tmp_path):
+    proc = cli.start("run", "steps", "-p", "pause_in=s2", "-p", "pause_seconds=1.5")
     wait_for(tmp_path / "markers" / "s2-in", proc)
     run = only_run(db_url)
-    out = wfkit(env, "runs", "cancel", str(run.id))
+    out = cli.run("runs", "cancel", str(run.id))
     assert out.returncode == 0 and out.stdout.strip() == f"cancel requested: run {run.id} stops before its next node"
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "status: cancelled" in stdout
     run = only_run(db_url)
     assert run.status is RunStatus.CANCELLED
     assert [s.node_name for s in Repository(db_url).get_stages(run.id)] == ["s1", "s2"]  # s3 never started
-    out = wfkit(env, "runs", "cancel", str(run.id))
+    out = cli.run("runs", "cancel", str(run.id))
     assert out.returncode == 2 and "cannot go from cancelled to cancelled" in out.stderr
-    out = wfkit(env, "runs", "resume", str(run.id), "--json")
+    out = cli.run("runs", "resume", str(run.id), "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["result"] == FINAL
     assert [s.node_name for s in Repository(db_url).get_stages(run.id)] == ["s1", "s2", "s3", "s4"]
 
 
-def test_ctrl_c_cancels_cleanly_and_says_how_to_resume(env, db_url, tmp_path):
+def test_ctrl_c_cancels_cleanly_and_says_how_to_resume(cli, db_url, tmp_path):
     """Ctrl-C inside node s2: s2 is cancelled (failed), and runs again on resume."""
-    proc = start(env, "run", "steps", "-p", "pause_in=s2")
+    proc = cli.start("run", "steps", "-p", "pause_in=s2")
     wait_for(tmp_path / "markers" / "s2-in", proc)
     time.sleep(0.2)  # s2 has been running for at least this long
     proc.send_signal(signal.SIGINT)
@@ -152,12 +140,12 @@ def test_ctrl_c_cancels_cleanly_and_says_how_to_resume(env, db_url, tmp_path):
     stages = Repository(db_url).get_stages(run.id)
     assert [(s.node_name, s.status.value) for s in stages] == [("s1", "completed"), ("s2", "failed")]
     assert stages[1].duration_ms >= 150  # the time s2 ran until Ctrl-C, not a leftover of s1
-    out = wfkit(env, "runs", "resume", str(run.id))
+    out = cli.run("runs", "resume", str(run.id))
     assert out.returncode == 0 and "status: completed" in out.stdout
 
 
-def test_ctrl_c_with_json_still_prints_the_run_on_stdout(env, db_url, tmp_path):
-    proc = start(env, "run", "steps", "-p", "pause_in=s2", "--json")
+def test_ctrl_c_with_json_still_prints_the_run_on_stdout(cli, db_url, tmp_path):
+    proc = cli.start("run", "steps", "-p", "pause_in=s2", "--json")
     wait_for(tmp_path / "markers" / "s2-in", proc)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=30)
@@ -170,18 +158,18 @@ def test_ctrl_c_with_json_still_prints_the_run_on_stdout(env, db_url, tmp_path):
     )
 
 
-def test_decisions_print_their_predicate_and_result(env):
-    out = wfkit({**env, "WFKIT_LOAD_PLUGINS": "samples"}, "run", "branching", "-p", "priority=express")
+def test_decisions_print_their_predicate_and_result(cli):
+    out = cli.run("run", "branching", "-p", "priority=express", env={"WFKIT_LOAD_PLUGINS": "samples"})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "    receive -> express [is_express=true]" in lines
     assert "    express -> ship [unconditional]" in lines and "    ship -> END [unconditional]" in lines
 
 
-def test_delete(env, db_url):
-    wfkit(env, "run", "steps")
+def test_delete(cli, db_url):
+    cli.run("run", "steps")
     run = only_run(db_url)
-    out = wfkit(env, "runs", "delete", str(run.id))
+    out = cli.run("runs", "delete", str(run.id))
     assert out.returncode == 0 and out.stdout.strip() == f"deleted run {run.id}"
     assert Repository(db_url).list_runs().total == 0
     with Repository(db_url).engine.connect() as conn:  # the checkpoint went with the run
@@ -189,9 +177,9 @@ def test_delete(env, db_url):
 
 
 @pytest.mark.parametrize("where", ["in", "after"])
-def test_sigkill_then_forced_resume(env, db_url, tmp_path, where):
+def test_sigkill_then_forced_resume(cli, db_url, tmp_path, where):
     """Kill -9 inside node s2, or just after s2 completed (before that step was committed)."""
-    proc = start(env, "run", "steps", "-p", f"pause_{where}=s2")
+    proc = cli.start("run", "steps", "-p", f"pause_{where}=s2")
     wait_for(tmp_path / "markers" / f"s2-{where}", proc)
     proc.kill()
     proc.communicate(timeout=30)
@@ -208,9 +196,9 @@ def test_sigkill_then_forced_resume(env, db_url, tmp_path, where):
     assert snapshot.state == stages[1].input_snapshot == {"count": 1, "log": ["s1:0"]}
     assert [(d.from_node, d.to_node) for d in repo.get_decisions(run.id)] == [("s1", "s2")]
 
-    out = wfkit(env, "runs", "resume", str(run.id))
+    out = cli.run("runs", "resume", str(run.id))
     assert out.returncode == 2 and "--force" in out.stderr
-    out = wfkit(env, "runs", "resume", str(run.id), "--force", "--json")
+    out = cli.run("runs", "resume", str(run.id), "--force", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["result"] == FINAL  # the same as an uninterrupted run
 
@@ -231,21 +219,21 @@ def test_sigkill_then_forced_resume(env, db_url, tmp_path, where):
         engine.dispose()
 
 
-def test_run_against_a_missing_or_unreachable_database(env, tmp_path):
+def test_run_against_a_missing_or_unreachable_database(cli, tmp_path):
     missing = tmp_path / "nothing.db"
-    out = wfkit({**env, "WFKIT_DATABASE_URL": f"sqlite:///{missing}"}, "run", "steps")
+    out = cli.run("run", "steps", url=f"sqlite:///{missing}")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"there is no database at {missing}: run `wfkit db upgrade`" in out.stderr
     assert not missing.exists()  # running does not leave an empty database behind
-    out = wfkit({**env, "WFKIT_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"}, "run", "steps")
+    out = cli.run("run", "steps", url="postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("Error: cannot use the database at postgresql+psycopg://nobody@127.0.0.1:1/none")
 
 
-def test_ctrl_c_between_nodes_keeps_the_completed_node(env, db_url, tmp_path):
+def test_ctrl_c_between_nodes_keeps_the_completed_node(cli, db_url, tmp_path):
     """Ctrl-C just after s2 completed (before that step was committed): s2 stays completed, with its
     decision and checkpoint, and resume goes on with s3 without running s2 again."""
-    proc = start(env, "run", "steps", "-p", "pause_after=s2")
+    proc = cli.start("run", "steps", "-p", "pause_after=s2")
     wait_for(tmp_path / "markers" / "s2-after", proc)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
@@ -256,20 +244,20 @@ def test_ctrl_c_between_nodes_keeps_the_completed_node(env, db_url, tmp_path):
     assert [(s.node_name, s.status.value) for s in repo.get_stages(run.id)] == [("s1", "completed"), ("s2", "completed")]
     assert [(d.from_node, d.to_node) for d in repo.get_decisions(run.id)] == [("s1", "s2"), ("s2", "s3")]
     assert saved_checkpoint(db_url, run.id)[1].next_node == "s3"
-    out = wfkit(env, "runs", "resume", str(run.id), "--json")
+    out = cli.run("runs", "resume", str(run.id), "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["result"] == FINAL
     assert [s.node_name for s in repo.get_stages(run.id)] == ["s1", "s2", "s3", "s4"]
 
 
-def test_cancel_force_from_the_command_line(env, db_url, tmp_path):
-    proc = start(env, "run", "steps", "-p", "pause_in=s2", "-p", "pause_seconds=30")
+def test_cancel_force_from_the_command_line(cli, db_url, tmp_path):
+    proc = cli.start("run", "steps", "-p", "pause_in=s2", "-p", "pause_seconds=30")
     wait_for(tmp_path / "markers" / "s2-in", proc)
     proc.kill()  # the process is gone; the run says running
     proc.communicate(timeout=30)
     run = only_run(db_url)
     assert run.status is RunStatus.RUNNING
-    out = wfkit(env, "runs", "cancel", str(run.id), "--force", "--json")
+    out = cli.run("runs", "cancel", str(run.id), "--force", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"] == "cancelled"
-    out = wfkit(env, "runs", "resume", str(run.id), "--json")
+    out = cli.run("runs", "resume", str(run.id), "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["result"] == FINAL

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from factories import add, add_history, make_run
@@ -68,12 +65,12 @@ def test_resume_checks(engine, status, force, allowed):
             control.check_resume(run.id, force=force)
 
 
-def test_run_control_loads_no_plugin_and_no_workflow(db_url):
+def test_run_control_loads_no_plugin_and_no_workflow(wfkit_cli, db_url):
     code = (
         "import sys\nfrom wfkit.executor.control import RunControl\nfrom wfkit import plugins\n"
         f"RunControl({db_url!r}).repository.list_runs()\n"
         "print(plugins._default_report is None)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = wfkit_cli.python("-c", code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"

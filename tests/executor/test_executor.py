@@ -24,18 +24,10 @@ from wfkit.errors import (
 from wfkit.events import CallbackObserver, Event, LoggingObserver, MultiObserver
 from wfkit.executor import Executor, checkpoints
 from wfkit.graph import END, Snapshot
-from wfkit.plugins import load_plugins
 from wfkit.registry import Registry
 from wfkit.runtime import Runtime
 from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus
 from wfkit.store.repository import Repository
-
-
-@pytest.fixture(scope="module")
-def samples() -> Registry:
-    reg = Registry()
-    load_plugins(reg, environ={"WFKIT_LOAD_PLUGINS": "samples"})
-    return reg
 
 
 class Recorder:

@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -39,33 +36,27 @@ def test_seed_is_deterministic(engine, new_database):
     assert first == second
 
 
-def test_service_example_runs(db_url, engine):
+def test_service_example_runs(wfkit_cli, db_url, engine):
     seed_history(engine, 50)
-    env = {**os.environ, "WFKIT_DATABASE_URL": db_url}
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "newest_run_with_stages.py")],
-                         capture_output=True, text=True, env=env)
+    out = wfkit_cli.python(str(ROOT / "examples" / "newest_run_with_stages.py"), url=db_url)
     assert out.returncode == 0, out.stderr
     run_id = uuid.UUID(out.stdout.strip())
     assert Repository(engine).get_stages(run_id)
     assert "failed runs; the newest:" in out.stderr
 
 
-def test_seed_command_line(db_url):
-    env = {**os.environ, "WFKIT_DATABASE_URL": db_url}
+def test_seed_command_line(wfkit_cli, db_url):
     for _ in range(2):  # each time new runs (a new seed), so a second call adds to the first
-        out = subprocess.run([sys.executable, "-m", "wfkit.store.seed", "--runs", "12"], capture_output=True, text=True,
-                             env=env)
+        out = wfkit_cli.python("-m", "wfkit.store.seed", "--runs", "12", url=db_url)
         assert out.returncode == 0 and out.stdout.startswith("added 12 runs"), out.stderr
     assert Repository(db_url).list_runs().total == 24
-    again = subprocess.run([sys.executable, "-m", "wfkit.store.seed", "--runs", "12", "--seed", "5"], capture_output=True,
-                           text=True, env=env)
+    again = wfkit_cli.python("-m", "wfkit.store.seed", "--runs", "12", "--seed", "5", url=db_url)
     assert again.returncode == 0 and again.stdout.strip().endswith("(--seed 5)")
 
 
-def test_seed_command_line_on_a_database_that_is_not_migrated(tmp_path):
+def test_seed_command_line_on_a_database_that_is_not_migrated(wfkit_cli, tmp_path):
     missing = tmp_path / "none.db"
-    out = subprocess.run([sys.executable, "-m", "wfkit.store.seed", "--database-url", f"sqlite:///{missing}"],
-                         capture_output=True, text=True)
+    out = wfkit_cli.python("-m", "wfkit.store.seed", "--database-url", f"sqlite:///{missing}")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip() == "Error: the database is not migrated to the newest revision: run `wfkit db upgrade` first"
     assert not missing.exists()

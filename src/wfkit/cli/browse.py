@@ -23,10 +23,12 @@ from wfkit.cli.common import (
 from wfkit.formatting import format_ms as fmt_ms
 
 
-def _repository() -> Any:
+def _read(read: Callable[[Any], Any]) -> Any:
+    """``read(repository)`` on a repository for the database in use, closed after (with its engine)."""
     from wfkit.store.repository import Repository
 
-    return Repository(database_url())
+    with Repository(database_url()) as repository:
+        return read(repository)
 
 
 @runs.command("list")
@@ -64,7 +66,7 @@ def runs_list(
 
     filters = RunFilters(workflow_name=workflow_name, status=statuses)
     request = PageRequest(page=page, page_size=page_size, sort=sort)
-    result = _repository().list_runs(request, filters)
+    result = _read(lambda repo: repo.list_runs(request, filters))
     if as_json:
         echo_json(result.to_dict())
         return
@@ -93,7 +95,7 @@ def runs_list(
 @database_url_option
 def runs_show(run_id: str, as_json: bool) -> None:
     """Show one run: status, times, params, result or error."""
-    run = _repository().find_run(run_id)
+    run = _read(lambda repo: repo.find_run(run_id))
     if as_json:
         echo_json(run.to_dict())
         return
@@ -134,7 +136,7 @@ def _echo_related(items: list[Any], as_json: bool, empty: str, headers: tuple[st
 def runs_stages(run_id: str, as_json: bool) -> None:
     """List a run's stages (node executions), oldest first."""
     _echo_related(
-        _repository().get_stages(run_id), as_json, "This run has no stages yet.",
+        _read(lambda repo: repo.get_stages(run_id)), as_json, "This run has no stages yet.",
         ("NODE", "ITER", "STATUS", "DURATION", "STARTED", "OUTPUT / ERROR"),
         lambda s: (s.node_name, s.iteration, s.status.value, fmt_ms(s.duration_ms), fmt_time(s.created_at),
                    fmt_value(s.error_message or s.output_snapshot)),
@@ -148,7 +150,7 @@ def runs_stages(run_id: str, as_json: bool) -> None:
 def runs_decisions(run_id: str, as_json: bool) -> None:
     """List a run's routing decisions, oldest first."""
     _echo_related(
-        _repository().get_decisions(run_id), as_json, "This run has no decisions yet.",
+        _read(lambda repo: repo.get_decisions(run_id)), as_json, "This run has no decisions yet.",
         ("FROM", "TO", "PREDICATE", "RESULT", "AT", "REASON"),
         lambda d: (d.from_node, d.to_node or "END", d.predicate_name or "-", str(d.predicate_result).lower(),
                    fmt_time(d.created_at), fmt_value(d.reason)),
