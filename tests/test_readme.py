@@ -51,3 +51,28 @@ def test_the_demo_runs_the_samples_and_shows_their_history(tmp_path):
     assert "page 1 of 1 (3 runs)" in text
     assert re.search(r"^review +publish +score_ok +true ", text, re.M)  # the review loop's decisions
     assert (tmp_path / "demo" / "wfkit.db").exists()
+
+
+def test_the_layout_tree_matches_the_code():
+    """README's tree lists every module and package of src/wfkit, and nothing that is not there."""
+    root = Path(__file__).parents[1]
+    block = re.search(r"## Layout\n\n```\n(.*?)```", README, re.S).group(1)
+    listed, parents = set(), []
+    for line in block.splitlines():
+        if not line.startswith("  "):
+            continue  # the top-level folders (src/wfkit/, tests/, ...)
+        name = line.split()[0]
+        depth = (len(line) - len(line.lstrip())) // 2
+        parents[depth - 1:] = [name.rstrip("/")]
+        listed.add("/".join(parents))
+    package = root / "src" / "wfkit"
+    present = set()
+    for path in package.rglob("*"):
+        relative = path.relative_to(package)
+        if "__pycache__" in relative.parts or relative.parts[:2] == ("store", "alembic") and len(relative.parts) > 2:
+            continue  # the migration scripts are listed as their folder
+        if path.is_dir():
+            present.add(relative.as_posix())
+        elif path.suffix == ".py" and not (path.name == "__init__.py" and len(relative.parts) > 1):
+            present.add(relative.as_posix())
+    assert listed == present
