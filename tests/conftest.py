@@ -54,23 +54,23 @@ class Databases:
         if backend == "sqlite":
             return f"sqlite:///{self.tmp / (name + '.db')}"
         admin = sa.make_url(_pg_admin_url()).set(drivername="postgresql+psycopg")
-        engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        finally:
-            engine.dispose()
+        _on_server(admin, f'CREATE DATABASE "{name}"')
         self.pg_created.append((admin.render_as_string(hide_password=False), name))
         return admin.set(database=name).render_as_string(hide_password=False)
 
     def drop_all(self) -> None:
         for admin, name in self.pg_created:
-            engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-            try:
-                with engine.connect() as conn:
-                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                engine.dispose()
+            _on_server(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _on_server(admin_url: Any, statement: str) -> None:
+    """One statement outside a transaction (CREATE / DROP DATABASE), on a connection of its own."""
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")

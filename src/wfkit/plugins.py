@@ -34,7 +34,7 @@ import pluggy
 
 from wfkit import hookspecs
 from wfkit.errors import RegistrationError, error_text
-from wfkit.registry import Factory, Registry, Workflow, WorkflowInfo
+from wfkit.registry import Registry, Workflow, WorkflowInfo
 
 if TYPE_CHECKING:
     from wfkit.events import Observer
@@ -240,16 +240,8 @@ def default_registry() -> Registry:
     return _default
 
 
-def register(
-    name: str,
-    factory: Factory | None = None,
-    description: str | None = None,
-    *,
-    params: type | str | None = None,
-    replace: bool = False,
-) -> Any:
-    """Register a workflow in the default registry (also usable as a decorator)."""
-    return _default.register(name, factory, description, params=params, replace=replace)
+#: Register a workflow in the default registry (also usable as a decorator): ``Registry.register``.
+register = _default.register
 
 
 def get_workflow(name: str) -> Workflow:

@@ -118,7 +118,8 @@ def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
     """Cancel a run: a pending one at once, a running one before its next node (from any terminal)."""
     from wfkit.executor.control import RunControl
 
-    run = RunControl(database_url()).cancel(run_id, force=force)
+    with RunControl(database_url()) as control:
+        run = control.cancel(run_id, force=force)
     if as_json:
         echo_json(run.to_dict())
     elif run.status.value == "cancelled":
@@ -135,5 +136,6 @@ def runs_delete(run_id: str, force: bool) -> None:
     """Delete a run with its stages, decisions and checkpoint."""
     from wfkit.executor.control import RunControl
 
-    RunControl(database_url()).delete(run_id, force=force)
+    with RunControl(database_url()) as control:
+        control.delete(run_id, force=force)
     click.echo(f"deleted run {run_id}")

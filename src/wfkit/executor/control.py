@@ -31,11 +31,24 @@ class RunControl:
 
     ``database``: an engine, a URL, or None for the configured default (it must be migrated).
     ``repository``: a repository to read through instead (the executor shares its own).
+    Use it as a context manager, or call :meth:`close`, to close what it opened.
     """
 
     def __init__(self, database: Engine | str | None = None, *, repository: Repository | None = None):
+        self._own_repository = repository is None
         self.repository = repository if repository is not None else Repository(database)
         self.engine = self.repository.engine
+
+    def close(self) -> None:
+        """Close the repository (and engine) this made; one handed in stays open."""
+        if self._own_repository:
+            self.repository.close()
+
+    def __enter__(self) -> RunControl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def cancel(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
         """Cancel a run: a pending one at once; a running one before its next node (from any process).

@@ -113,44 +113,45 @@ class RunLoop:
             raise
 
     def _steps(self) -> None:
-        walker = self.walker
         while self.before_step():
             try:
-                decision = walker.step()
+                result: RouteDecision | GraphError = self.walker.step()
             except GraphError as err:
-                self.node_failed(err)
-                return
-            if not self.stepped(decision):
+                result = err
+            if not self.stepped(result):
                 return
         self.finish()
 
     async def _asteps(self) -> None:
-        walker = self.walker
         while self.before_step():
-            task = asyncio.ensure_future(walker.astep())
-            try:
-                while True:
-                    done, _ = await asyncio.wait({task}, timeout=CANCEL_POLL_S)
-                    if done:
-                        break
-                    if self.cancel.is_set():
-                        task.cancel()
-                        await asyncio.wait({task})
-                        break
-                decision = task.result()
-            except asyncio.CancelledError as err:
-                if not task.done():
-                    task.cancel()
-                self.interrupted(err)
-                if self.cancel.is_set() and not _current_task_cancelling():
-                    return
-                raise
-            except GraphError as err:
-                self.node_failed(err)
-                return
-            if not self.stepped(decision):
+            result = await self._astep()
+            if result is None or not self.stepped(result):
                 return
         self.finish()
+
+    async def _astep(self) -> RouteDecision | GraphError | None:
+        """One step with the node as a task, cancelled if this process's executor cancels the run
+        (None then: the run has ended cancelled)."""
+        task = asyncio.ensure_future(self.walker.astep())
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=CANCEL_POLL_S)
+                if done:
+                    break
+                if self.cancel.is_set():
+                    task.cancel()
+                    await asyncio.wait({task})
+                    break
+            return task.result()
+        except asyncio.CancelledError as err:
+            if not task.done():
+                task.cancel()
+            self.interrupted(err)
+            if self.cancel.is_set() and not _current_task_cancelling():
+                return None
+            raise
+        except GraphError as err:
+            return err
 
     def crashed(self, err: BaseException) -> None:
         """The walk was interrupted (Ctrl-C, task cancelled) or history could not be written: end the
@@ -228,9 +229,12 @@ class RunLoop:
         self.emit(DecisionMade(self.run_id, decision.from_node, decision.to_node, decision.predicate_name,
                                decision.predicate_result, decision.reason))
 
-    def stepped(self, decision: RouteDecision) -> bool:
-        """After a successful step: record it; whether the walk may go on."""
-        self.after_step(decision)
+    def stepped(self, result: RouteDecision | GraphError) -> bool:
+        """After a step: record it (or its node's failure); whether the walk may go on."""
+        if isinstance(result, GraphError):
+            self.node_failed(result)
+            return False
+        self.after_step(result)
         return self.outcome is None
 
     def stage_failed(self, error: str, duration_ms: float) -> None:
