@@ -1,11 +1,13 @@
 """How fast does the command line start? `wfkit list-workflows` and `wfkit --help` against raw floors.
 
-Measures the median wall time (over --repeat runs, after a warm-up) of:
+Measures the median wall time (over --repeat rounds, after a warm-up) of:
   - python -c pass                                   (the interpreter alone)
   - python -c "import click, pluggy" + an entry-point scan of the group 'wfkit'  (the floor)
   - wfkit --help
   - wfkit list-workflows                             (with whatever plugins are installed)
 and checks that list-workflows imports none of sqlalchemy, sqlmodel, alembic, pydantic.
+The commands take turns (each round runs each once), so that the machine's drift over the
+seconds of a run falls on all of them alike.
 
 Targets: list-workflows under 0.15 s median, and within 1.5x of the floor.
 
@@ -27,14 +29,17 @@ FLOOR = "import click, pluggy\nfrom importlib.metadata import entry_points\nentr
 HEAVY = ("sqlalchemy", "sqlmodel", "alembic", "pydantic")
 
 
-def median_seconds(cmd: list[str], repeat: int) -> float:
-    subprocess.run(cmd, capture_output=True, check=True)  # warm the OS caches
-    times = []
+def median_seconds(commands: list[list[str]], repeat: int) -> list[float]:
+    """The median wall time of each command, the commands taking turns ``repeat`` times."""
+    for cmd in commands:
+        subprocess.run(cmd, capture_output=True, check=True)  # warm the OS caches
+    times: list[list[float]] = [[] for _ in commands]
     for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(cmd, capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for cmd, seen in zip(commands, times):
+            start = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True)
+            seen.append(time.perf_counter() - start)
+    return [statistics.median(seen) for seen in times]
 
 
 def heavy_modules_loaded() -> list[str]:
@@ -53,12 +58,14 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
 
-    rows = [
-        ("python -c pass", median_seconds([PY, "-c", "pass"], args.repeat)),
-        ("floor: import click, pluggy + entry-point scan", median_seconds([PY, "-c", FLOOR], args.repeat)),
-        ("wfkit --help", median_seconds([WFKIT, "--help"], args.repeat)),
-        ("wfkit list-workflows", median_seconds([WFKIT, "list-workflows"], args.repeat)),
+    commands = [
+        ("python -c pass", [PY, "-c", "pass"]),
+        ("floor: import click, pluggy + entry-point scan", [PY, "-c", FLOOR]),
+        ("wfkit --help", [WFKIT, "--help"]),
+        ("wfkit list-workflows", [WFKIT, "list-workflows"]),
     ]
+    medians = median_seconds([cmd for _, cmd in commands], args.repeat)
+    rows = [(name, seconds) for (name, _), seconds in zip(commands, medians)]
     floor = rows[1][1]
     print(f"{'command':50} {'median ms':>10} {'x floor':>8}")
     for name, seconds in rows:

@@ -21,7 +21,6 @@ entry-point names or distribution names; empty means none; unset means all.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import threading
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 
 GROUP = "wfkit"
 LOAD_PLUGINS_ENV = "WFKIT_LOAD_PLUGINS"
-log = logging.getLogger("wfkit.plugins")
 
 
 @dataclass
@@ -271,6 +269,9 @@ def plugin_manager() -> pluggy.PluginManager:
 def plugin_observers() -> list[Observer]:
     """The observers that installed plugins contribute through ``wfkit_observers()``; a hook that
     raises or returns something else is logged (with its traceback) and its observers left out."""
+    import logging  # here, not at the top: `wfkit list-workflows` loads this module and never logs
+
+    log = logging.getLogger("wfkit.plugins")
     found: list[Observer] = []
     for call in call_each(plugin_manager(), "wfkit_observers"):
         try:
