@@ -1,6 +1,6 @@
 # make demo   create .venv, install wfkit and the sample workflows, build a demo database and browse it
 # make test   create .venv, install wfkit, the samples and the test dependencies, run the whole suite
-# make bench  the benchmarks (see bench/README.md)
+# make bench  the three benchmarks (see bench/README.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -20,6 +20,8 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed
+	$(BIN)/python bench/bench_cli.py
+	$(BIN)/python bench/bench_executor.py
 	$(BIN)/python bench/bench_repository.py
 
 clean:

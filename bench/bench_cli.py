@@ -11,7 +11,11 @@ seconds of a run falls on all of them alike.
 
 Targets: list-workflows under 0.15 s median, and within 1.5x of the floor.
 
-    python bench/bench_cli.py [--repeat 30]
+    python bench/bench_cli.py [--repeat 30] [--against OTHER_VENV/bin]
+
+--against measures another installation's floor and commands in the same turns (an older
+checkout's virtual environment, say) and prints how this one compares: a before/after figure
+taken on the same stretch of the machine.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ def heavy_modules_loaded() -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--against", type=Path, metavar="BIN",
+                        help="another installation's bin directory (its python and wfkit) to measure in the same turns")
     args = parser.parse_args()
 
     commands = [
@@ -64,6 +70,13 @@ def main() -> int:
         ("wfkit --help", [WFKIT, "--help"]),
         ("wfkit list-workflows", [WFKIT, "list-workflows"]),
     ]
+    if args.against is not None:
+        other_py, other_wfkit = str(args.against / "python"), str(args.against / "wfkit")
+        commands += [
+            ("against: floor", [other_py, "-c", FLOOR]),
+            ("against: wfkit --help", [other_wfkit, "--help"]),
+            ("against: wfkit list-workflows", [other_wfkit, "list-workflows"]),
+        ]
     medians = median_seconds([cmd for _, cmd in commands], args.repeat)
     rows = [(name, seconds) for (name, _), seconds in zip(commands, medians)]
     floor = rows[1][1]
@@ -71,6 +84,10 @@ def main() -> int:
     for name, seconds in rows:
         print(f"{name:50} {seconds * 1000:10.1f} {seconds / floor:8.2f}")
     listing = rows[3][1]
+    if args.against is not None:
+        other_floor, other_listing = rows[4][1], rows[6][1]
+        print(f"list-workflows: {listing / floor:.2f}x of its floor here, {other_listing / other_floor:.2f}x "
+              f"against; here / against: {listing / other_listing:.2f}x")
     heavy = heavy_modules_loaded()
     checks = [
         ("list-workflows median under 150 ms", listing < 0.150),

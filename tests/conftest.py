@@ -216,10 +216,10 @@ class WfkitCli:
                                 env=self.environ())
 
     def python(self, *args: str, url: str | None = None, env: dict[str, str] | None = None,
-               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+               timeout: float = 60, **popen: Any) -> subprocess.CompletedProcess[str]:
         """``python ARGS`` (``-c code``, ``-m module``, a script) in the same environment as :meth:`run`."""
         return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=self.environ(url, env),
-                              timeout=timeout)
+                              timeout=timeout, **popen)
 
     def invoke(self, *args: str, url: str | None = None, env: dict[str, str] | None = None) -> CliResult:
         from click.testing import CliRunner

@@ -69,7 +69,7 @@ _EXPORTS: dict[str, str] = {
     "create_engine": "wfkit.store.db",
     # executing and controlling runs
     "Executor": "wfkit.executor",
-    "RunControl": "wfkit.executor.control",
+    "RunControl": "wfkit.executor",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -85,7 +85,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return list(__all__)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
@@ -112,8 +112,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         WorkflowNotFoundError,
         http_status,
     )
-    from wfkit.executor import Executor
-    from wfkit.executor.control import RunControl
+    from wfkit.executor import Executor, RunControl
     from wfkit.graph import END, StateGraph
     from wfkit.hookspecs import hookimpl
     from wfkit.plugins import default_registry, get_workflow, list_workflows, register

@@ -17,7 +17,7 @@ The module implements hooks with the ``wfkit.hookimpl`` marker (or
 
 ``wfkit_register_workflows`` is called once per process, the first time the
 default registry is used (``wfkit list-workflows``,
-``wfkit.plugins.get_workflow(...)``); ``wfkit_observers`` once per executor
+``wfkit.get_workflow(...)``); ``wfkit_observers`` once per executor
 made without a registry of its own (``Executor(url)``). Each plugin is called on its own: if its
 module fails to import or its ``wfkit_register_workflows`` raises, that
 plugin is skipped (its registrations undone) and the failure is reported by

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any, ContextManager
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -91,7 +91,8 @@ class HookCall:
 
 
 def call_each(pm: pluggy.PluginManager, hook: str, *, only: object = None,
-              around: Callable[[str], ContextManager[Any]] | None = None, **kwargs: Any) -> list[HookCall]:
+              around: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None,
+              **kwargs: Any) -> list[HookCall]:
     """Call ``hook`` on each plugin that implements it (or on the plugin object ``only``), one at a
     time, with the ``kwargs`` each implementation asks for.
 
@@ -274,13 +275,15 @@ def plugin_observers() -> list[Observer]:
     log = logging.getLogger("wfkit.plugins")
     found: list[Observer] = []
     for call in call_each(plugin_manager(), "wfkit_observers"):
-        try:
-            if call.error is not None:
-                raise call.error
-            given = _observer_list(call.result)
-        except Exception as err:
+        problem = call.error
+        if problem is None:
+            try:
+                given = _observer_list(call.result)
+            except Exception as err:  # not a list, or an iterable that raises: the plugin's failure
+                problem = err
+        if problem is not None:
             log.error("plugin %r: wfkit_observers() raised, or returned neither an observer, a list of them, "
-                      "nor None; its observers are skipped: %s", call.plugin, error_text(err), exc_info=err)
+                      "nor None; its observers are skipped: %s", call.plugin, error_text(problem), exc_info=problem)
             continue
         for observer in given:
             if hasattr(observer, "on_event"):

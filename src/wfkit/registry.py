@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -128,12 +129,14 @@ class Workflow:
             )
         if self.params_model is None:
             return dict(params)
+        model = self.resolve_params_model()
         try:
-            return self.resolve_params_model().model_validate(dict(params))
+            return model.model_validate(dict(params))
         except Exception as err:
-            # pydantic's ValidationError, told by its shape: importing pydantic here would load it
-            # for every user of the registry, `wfkit list-workflows` included.
-            if type(err).__name__ != "ValidationError" or not callable(getattr(err, "errors", None)):
+            # The model's own import loaded pydantic; this module never imports it, so that the
+            # registry (and `wfkit list-workflows`) stays light, as the layers contract requires.
+            pydantic = sys.modules.get("pydantic")
+            if pydantic is None or not isinstance(err, pydantic.ValidationError):
                 raise
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}" for e in err.errors()

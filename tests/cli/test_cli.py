@@ -191,13 +191,13 @@ def test_db_commands(wfkit_cli, new_database):
     assert doc["current"] == doc["head"] == HEAD and doc["up_to_date"] is True
     assert "matches wfkit's models" in wfkit_cli.invoke("db", "check", url=url).stdout
     assert json.loads(wfkit_cli.invoke("runs", "list", "--json", url=url).stdout)["total"] == 0
-    assert_one_line_error(wfkit_cli.invoke("db", "upgrade", "nope", url=url), 2, "unknown revision 'nope'")
-    out = wfkit_cli.invoke("db", "downgrade", "base", url=url)  # not a terminal, no --yes: refused, nothing dropped
+    assert_one_line_error(wfkit_cli.run("db", "upgrade", "nope", url=url), 2, "unknown revision 'nope'")
+    out = wfkit_cli.run("db", "downgrade", "base", url=url)  # not a terminal, no --yes: refused, nothing dropped
     assert_one_line_error(out, 2, "a downgrade to base removes every wfkit table and its data: add --yes")
     assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == HEAD
     out = wfkit_cli.invoke("db", "downgrade", "base", "--yes", url=url)
     assert out.returncode == 0 and f"from {HEAD} to base" in out.stdout
-    assert_one_line_error(wfkit_cli.invoke("runs", "list", url=url), 1, "wfkit db upgrade")
+    assert_one_line_error(wfkit_cli.run("runs", "list", url=url), 1, "wfkit db upgrade")
 
 
 def test_db_history_and_path(wfkit_cli, tmp_path):

@@ -65,12 +65,24 @@ def test_resume_checks(engine, status, force, allowed):
             control.check_resume(run.id, force=force)
 
 
-def test_run_control_loads_no_plugin_and_no_workflow(wfkit_cli, db_url):
+def test_run_control_loads_no_executor_engine_or_plugins(wfkit_cli, db_url):
+    """What cancelling or deleting needs is the database: neither the executor, nor the graph engine,
+    nor the plugin machinery is loaded for it."""
     code = (
-        "import sys\nfrom wfkit.executor.control import RunControl\nfrom wfkit import plugins\n"
-        f"RunControl({db_url!r}).repository.list_runs()\n"
-        "print(plugins._default_report is None)"
+        "import sys, uuid\nfrom wfkit.executor import RunControl\n"
+        f"with RunControl({db_url!r}) as control:\n"
+        "    try:\n        control.cancel(uuid.uuid4())\n    except Exception as err:\n        print(type(err).__name__)\n"
+        "print(sorted(m for m in sys.modules if m in ('wfkit.executor.executor', 'wfkit.executor.run_loop',"
+        " 'wfkit.plugins', 'wfkit.registry', 'wfkit.graph', 'pluggy')))"
     )
     out = wfkit_cli.python("-c", code)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "True"
+    assert out.stdout.split() == ["NotFoundError", "[]"]
+
+
+def test_a_database_or_a_repository_not_both(engine):
+    from wfkit.errors import ConfigurationError
+    from wfkit.store.repository import Repository
+
+    with pytest.raises(ConfigurationError, match="a database or a repository"):
+        RunControl(engine, repository=Repository(engine))

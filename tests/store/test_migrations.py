@@ -93,14 +93,12 @@ def installed_wheel(tmp_path_factory):
     return tmp
 
 
-def test_migrations_work_from_an_installed_wheel(installed_wheel, empty_url):
+def test_migrations_work_from_an_installed_wheel(wfkit_cli, installed_wheel, empty_url):
     site = installed_wheel / "site"
     assert (site / "wfkit" / "store" / "alembic" / "versions").is_dir()
-    env = {**os.environ, "PYTHONPATH": str(site), "WFKIT_DATABASE_URL": empty_url}
+    wheel_cli = wfkit_cli.using(PYTHONPATH=str(site), WFKIT_DATABASE_URL=empty_url)
     code = "import wfkit, sys; from wfkit.cli import main; print(wfkit.__file__, file=sys.stderr); main()"
-    run = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, "-c", code, *args], cwd=installed_wheel, env=env, capture_output=True, text=True
-    )
+    run = lambda *args: wheel_cli.python("-c", code, *args, cwd=installed_wheel)  # noqa: E731
     out = run("db", "upgrade")
     assert out.returncode == 0, out.stderr
     assert str(site) in out.stderr  # the wheel's copy ran, not the source tree

@@ -116,7 +116,7 @@ def runs_resume(run_id: str, force: bool, as_json: bool) -> None:
 @database_url_option
 def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
     """Cancel a run: a pending one at once, a running one before its next node (from any terminal)."""
-    from wfkit.executor.control import RunControl
+    from wfkit.executor import RunControl
 
     with RunControl(database_url()) as control:
         run = control.cancel(run_id, force=force)
@@ -134,7 +134,7 @@ def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
 @database_url_option
 def runs_delete(run_id: str, force: bool) -> None:
     """Delete a run with its stages, decisions and checkpoint."""
-    from wfkit.executor.control import RunControl
+    from wfkit.executor import RunControl
 
     with RunControl(database_url()) as control:
         control.delete(run_id, force=force)

@@ -36,25 +36,33 @@ def encode(snapshot: Snapshot, state_json: str | None = None) -> str:
     input), spliced in rather than encoded a second time. Without it the state is encoded here,
     and :class:`~wfkit.errors.StateNotSerializableError` names the key that cannot be stored.
     """
+    fields = snapshot.to_dict()
+    state = fields.pop("state")
     if state_json is None:
-        state_json = dumps_state(snapshot.state, "the checkpoint's state")
-    rest = dumps({"next_node": snapshot.next_node, "counters": snapshot.counters, "format": FORMAT})
+        state_json = dumps_state(state, "the checkpoint's state")
+    rest = dumps({**fields, "format": FORMAT})
     return f'{{"state":{state_json},{rest[1:]}'
 
 
-def decode(state_data: Mapping[str, Any], run_id: uuid.UUID | str = "?") -> Snapshot:
-    """The snapshot stored as ``state_data``; :class:`~wfkit.errors.CheckpointError` if it is not
-    in this wfkit's format."""
+def decode(state_data: Mapping[str, Any], run_id: uuid.UUID | str | None = None) -> Snapshot:
+    """The snapshot stored as ``state_data`` (of run ``run_id``, for messages);
+    :class:`~wfkit.errors.CheckpointError` if it is not in this wfkit's format."""
+    what = "the checkpoint" if run_id is None else f"the checkpoint of run {run_id}"
     found = state_data.get("format") if isinstance(state_data, Mapping) else None
+    if found is None:
+        raise CheckpointError(
+            f"{what} was not written by wfkit's executor (it has no format number; synthetic history, "
+            "such as `python -m wfkit.store.seed` writes, has none): it cannot be resumed"
+        )
     if found != FORMAT:
         raise CheckpointError(
-            f"the checkpoint of run {run_id} is in format {found!r}; this wfkit reads format {FORMAT} "
+            f"{what} is in format {found!r}; this wfkit reads format {FORMAT} "
             "(resume the run with the wfkit that wrote it, or start a new run)"
         )
     try:
         return Snapshot.from_dict(state_data)
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"the checkpoint of run {run_id} is damaged: {type(err).__name__}: {err}") from None
+        raise CheckpointError(f"{what} is damaged: {type(err).__name__}: {err}") from None
 
 
 def load(repository: Repository, run_id: uuid.UUID) -> Snapshot | None:

@@ -5,7 +5,7 @@ delete`` use it directly, and so can any service that manages runs it does not e
 :class:`~wfkit.executor.Executor` uses it too, adding what only the executing process can do
 (stopping its own runs at once).
 
-    from wfkit.executor.control import RunControl
+    from wfkit.executor import RunControl            # or wfkit.RunControl
     control = RunControl("postgresql://wfkit@db.internal/wfkit")
     control.cancel(run_id)            # a running run stops before its next node, wherever it runs
 """
@@ -16,7 +16,7 @@ import uuid
 
 from sqlalchemy.engine import Engine
 
-from wfkit.errors import InvalidStatusError
+from wfkit.errors import ConfigurationError, InvalidStatusError
 from wfkit.ids import parse_uuid
 from wfkit.store.models import Run, RunStatus, check_transition
 from wfkit.store.recorder import SqlRecorder
@@ -35,6 +35,8 @@ class RunControl:
     """
 
     def __init__(self, database: Engine | str | None = None, *, repository: Repository | None = None):
+        if database is not None and repository is not None:
+            raise ConfigurationError("RunControl takes a database or a repository to read through, not both")
         self._own_repository = repository is None
         self.repository = repository if repository is not None else Repository(database)
         self.engine = self.repository.engine

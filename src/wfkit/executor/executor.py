@@ -167,13 +167,12 @@ class Executor:
         that this executor is executing stops before its next node without waiting for the database
         to say so, and the task of its async node, if one is running, is cancelled."""
         rid = parse_uuid(run_id)
-        try:
-            return self.control.cancel(rid, force=force)
-        finally:
-            with self._lock:
-                event = self._cancel.get(rid)
-            if event is not None:
-                event.set()
+        run = self.control.cancel(rid, force=force)  # raises, and stops nothing, if the cancel did not stand
+        with self._lock:
+            event = self._cancel.get(rid)
+        if event is not None:
+            event.set()
+        return run
 
     async def acancel(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
         """Like :meth:`cancel`, its database work in a thread (the event loop goes on meanwhile)."""
@@ -281,10 +280,17 @@ class Executor:
     @contextlib.contextmanager
     def _executing(self, plan: Plan, recorder: SqlRecorder | None) -> Iterator[RunLoop | None]:
         """The run's walk, set up on ``recorder`` (or a recorder of its own): None if there is nothing
-        to walk. The run's cancel flag is dropped afterwards, whatever happened."""
+        to walk. Whatever escapes the walk (Ctrl-C, a cancelled task, a failed write) ends the run
+        through :meth:`RunLoop.crashed` first; the run's cancel flag is dropped afterwards."""
         try:
             with contextlib.nullcontext(recorder) if recorder is not None else SqlRecorder(self.engine) as rec:
-                yield self._begin(rec, plan)
+                loop = self._begin(rec, plan)
+                try:
+                    yield loop
+                except BaseException as err:
+                    if loop is not None:
+                        loop.crashed(err)
+                    raise
         finally:
             with self._lock:
                 self._cancel.pop(plan.run_id, None)

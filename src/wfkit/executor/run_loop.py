@@ -96,23 +96,8 @@ class RunLoop:
     # -- the walks
 
     def walk(self) -> None:
-        """Run the graph to its end (or until it fails or is cancelled), recording every step."""
-        try:
-            self._steps()
-        except BaseException as err:
-            self.crashed(err)
-            raise
-
-    async def awalk(self) -> None:
-        """Like :meth:`walk`, awaiting async nodes: a cancel (from this process's executor) cancels the
-        task of the node that is running; a cancelled task ends the run cancelled, and is re-raised."""
-        try:
-            await self._asteps()
-        except BaseException as err:
-            self.crashed(err)
-            raise
-
-    def _steps(self) -> None:
+        """Run the graph to its end (or until it fails or is cancelled), recording every step. Whatever
+        escapes it (Ctrl-C, a failed write) must go through :meth:`crashed` on its way out."""
         while self.before_step():
             try:
                 result: RouteDecision | GraphError = self.walker.step()
@@ -122,7 +107,9 @@ class RunLoop:
                 return
         self.finish()
 
-    async def _asteps(self) -> None:
+    async def awalk(self) -> None:
+        """Like :meth:`walk`, awaiting async nodes: a cancel (from this process's executor) cancels the
+        task of the node that is running; a cancelled task ends the run cancelled, and is re-raised."""
         while self.before_step():
             result = await self._astep()
             if result is None or not self.stepped(result):

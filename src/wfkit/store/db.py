@@ -1,4 +1,4 @@
-"""Database URLs, engines and sessions.
+"""Database URLs, engines, connection settings and the translation of driver errors.
 
 The URL comes from (first that is set): an explicit argument (the CLI's
 ``--database-url``), the ``WFKIT_DATABASE_URL`` environment variable, else a

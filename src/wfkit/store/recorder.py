@@ -2,8 +2,9 @@
 
 This is the executor's hot path, so it talks to the database driver directly
 (sqlite3 or psycopg) with a handful of fixed SQL statements, storing values in
-exactly the form the SQLModel tables define (the repository reads them back
-through the ORM, and the tests check both agree).
+exactly the form the SQLModel tables define (:mod:`wfkit.store.codec` is that
+form; the repository reads the rows back through it, and the tests check both
+against what the ORM stores and loads).
 
 Writes are batched per step boundary: the completion of a stage, the decision
 that follows it, the checkpoint and the run's ``updated_at`` (whose UPDATE

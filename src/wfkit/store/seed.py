@@ -2,7 +2,9 @@
 
 ``seed_history(engine, runs=1000)`` writes deterministic (seeded) runs spread
 over :data:`WORKFLOW_NAMES` and every run status, one run a minute going back
-from ``now``; one run in ten gets 5 stages and 4 decisions (and a checkpoint).
+from ``now``; one run in ten gets 5 stages and 4 decisions (and a checkpoint row
+holding the last state: history to browse, not to resume, since its runs were never
+executed; a resume says so).
 Rows are converted by the columns' own SQLAlchemy types (so they are stored
 exactly as an ORM or Core insert would store them) and then written in large
 batches through the driver: ``executemany`` on SQLite, ``COPY`` on PostgreSQL.
