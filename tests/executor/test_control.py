@@ -80,6 +80,21 @@ def test_run_control_loads_no_executor_engine_or_plugins(wfkit_cli, db_url):
     assert out.stdout.split() == ["NotFoundError", "[]"]
 
 
+def test_interrupt_stages_takes_an_id_as_text_and_refuses_a_malformed_one(engine):
+    from wfkit.errors import InvalidQueryError
+
+    run = make_run(status=RunStatus.FAILED)
+    add(engine, run)
+    add_history(engine, run, ["a"])
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE stages SET status = 'started'")
+    control = RunControl(engine)
+    assert control.interrupt_stages(str(run.id)) == 1
+    assert control.repository.get_stages(run.id)[0].error_message == INTERRUPTED
+    with pytest.raises(InvalidQueryError, match="invalid run id 'not-a-uuid'"):
+        control.interrupt_stages("not-a-uuid")
+
+
 def test_a_database_or_a_repository_not_both(engine):
     from wfkit.errors import ConfigurationError
     from wfkit.store.repository import Repository

@@ -581,8 +581,15 @@ def test_the_checkpoint_format_round_trips_and_refuses_what_it_cannot_store():
 @pytest.mark.parametrize("state_data, problem", [
     ({"state": {}, "next_node": None, "counters": {}}, "was not written by wfkit's executor .* cannot be resumed"),
     ({"state": {}, "next_node": None, "counters": {}, "format": 2}, "is in format 2; this wfkit reads format 1"),
-    ({"next_node": "x", "format": 1}, "is damaged: KeyError"),
-    ({"state": 5, "format": 1}, "is damaged: TypeError"),
+    ({"state": {}, "next_node": None, "counters": {}, "format": True}, "is in format True"),
+    ({"next_node": "x", "format": 1}, "is damaged: it lacks 'state', 'counters'"),
+    ({"state": {"a": 1}, "counters": {}, "format": 1}, "is damaged: it lacks 'next_node'"),
+    ({"state": 5, "next_node": None, "counters": {}, "format": 1}, "is damaged: 'state' must be a JSON object, not int"),
+    ({"state": {}, "next_node": [], "counters": {}, "format": 1}, r"is damaged: 'next_node' must be a node name or null, not \[\]"),
+    ({"state": {}, "next_node": "b", "counters": {"a": -1}, "format": 1}, "is damaged: 'counters' must map node names"),
+    ({"state": {}, "next_node": "b", "counters": [["a", 1]], "format": 1}, "is damaged: 'counters' must map node names"),
+    ([1, 2, 3], "is damaged: a JSON object was expected, not list"),
+    (None, "is damaged: a JSON object was expected, not NoneType"),
 ])
 def test_a_checkpoint_in_another_format_is_a_clear_error(state_data, problem):
     with pytest.raises(CheckpointError, match=f"the checkpoint of run r1 {problem}"):

@@ -44,25 +44,44 @@ def encode(snapshot: Snapshot, state_json: str | None = None) -> str:
     return f'{{"state":{state_json},{rest[1:]}'
 
 
-def decode(state_data: Mapping[str, Any], run_id: uuid.UUID | str | None = None) -> Snapshot:
+def decode(state_data: Any, run_id: uuid.UUID | str | None = None) -> Snapshot:
     """The snapshot stored as ``state_data`` (of run ``run_id``, for messages);
-    :class:`~wfkit.errors.CheckpointError` if it is not in this wfkit's format."""
+    :class:`~wfkit.errors.CheckpointError` if it is not in this wfkit's format. The shape is checked
+    here; whether ``next_node`` and the counters name nodes of the workflow, the walker checks."""
     what = "the checkpoint" if run_id is None else f"the checkpoint of run {run_id}"
-    found = state_data.get("format") if isinstance(state_data, Mapping) else None
+    if not isinstance(state_data, Mapping):
+        raise CheckpointError(f"{what} is damaged: a JSON object was expected, not {type(state_data).__name__}")
+    found = state_data.get("format")
     if found is None:
         raise CheckpointError(
             f"{what} was not written by wfkit's executor (it has no format number; synthetic history, "
             "such as `python -m wfkit.store.seed` writes, has none): it cannot be resumed"
         )
-    if found != FORMAT:
+    if type(found) is not int or found != FORMAT:
         raise CheckpointError(
             f"{what} is in format {found!r}; this wfkit reads format {FORMAT} "
             "(resume the run with the wfkit that wrote it, or start a new run)"
         )
-    try:
-        return Snapshot.from_dict(state_data)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{what} is damaged: {type(err).__name__}: {err}") from None
+    problem = _shape_problem(state_data)
+    if problem:
+        raise CheckpointError(f"{what} is damaged: {problem}")
+    return Snapshot.from_dict(state_data)
+
+
+def _shape_problem(data: Mapping[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's fields (format 1), or None."""
+    missing = [key for key in ("state", "next_node", "counters") if key not in data]
+    if missing:
+        return f"it lacks {', '.join(repr(key) for key in missing)}"
+    state, next_node, counters = data["state"], data["next_node"], data["counters"]
+    if not isinstance(state, dict):
+        return f"'state' must be a JSON object, not {type(state).__name__}"
+    if next_node is not None and not isinstance(next_node, str):
+        return f"'next_node' must be a node name or null, not {next_node!r}"
+    if not isinstance(counters, dict) or not all(
+            isinstance(k, str) and type(v) is int and v >= 0 for k, v in counters.items()):
+        return f"'counters' must map node names to visit counts, not {counters!r}"
+    return None
 
 
 def load(repository: Repository, run_id: uuid.UUID) -> Snapshot | None:

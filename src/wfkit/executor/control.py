@@ -99,8 +99,10 @@ class RunControl:
             check_transition(run.status, RunStatus.RUNNING)
         return run
 
-    def interrupt_stages(self, run_id: uuid.UUID) -> int:
+    def interrupt_stages(self, run_id: uuid.UUID | str) -> int:
         """Mark the stages a run left ``started`` (its process died, or their end was not written) as
-        failed with :data:`INTERRUPTED`; return how many. Done before a resume."""
+        failed with :data:`INTERRUPTED`; return how many. For a run about to be resumed, after
+        :meth:`check_resume`: a run still executing somewhere would have its live stage marked too."""
+        rid = parse_uuid(run_id)
         with SqlRecorder(self.engine) as recorder:
-            return recorder.interrupt_stages(run_id, INTERRUPTED)
+            return recorder.interrupt_stages(rid, INTERRUPTED)
