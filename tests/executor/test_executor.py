@@ -758,3 +758,67 @@ def test_an_autocommit_engine_still_writes_each_step_atomically_and_keeps_its_se
                 assert driver.autocommit is True
     finally:
         engine.dispose()
+
+
+# --------------------------------------------------------------------------- interrupts at a step boundary
+
+
+class _Interrupt:
+    """Raises KeyboardInterrupt (as Ctrl-C or a signal would) at one chosen point of the second step."""
+
+    def __init__(self, monkeypatch, point: str):
+        from wfkit.store.recorder import SqlRecorder
+
+        self.fired = False
+        seen = {"step_done": 0}
+        step_done = SqlRecorder.step_done
+        run = SqlRecorder._run
+
+        def interrupting_step_done(recorder, *args, **kwargs):
+            seen["step_done"] += 1
+            if point == "before buffering" and seen["step_done"] == 2:
+                self.fire()
+            step_done(recorder, *args, **kwargs)
+            if point == "after buffering" and seen["step_done"] == 2:
+                self.fire()
+
+        def interrupting_run(recorder, name, params):
+            # SQLite writes a step statement by statement: interrupt it between the completion and
+            # the checkpoint, inside the open transaction
+            if point == "mid-write" and name == "upsert_checkpoint" and seen["step_done"] == 2 and not self.fired:
+                self.fire()
+            return run(recorder, name, params)
+
+        monkeypatch.setattr(SqlRecorder, "step_done", interrupting_step_done)
+        monkeypatch.setattr(SqlRecorder, "_run", interrupting_run)
+
+    def fire(self) -> None:
+        self.fired = True
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("point", ["before buffering", "after buffering", "mid-write"])
+def test_an_interrupt_at_a_step_boundary_never_commits_half_a_step(engine, monkeypatch, point):
+    """Whatever the instant, a completed node's stage, decision and checkpoint are committed together
+    or not at all: the resumed run runs no completed node again, and ends as an uninterrupted one."""
+    if point == "mid-write" and engine.dialect.name == "postgresql":
+        pytest.skip("on PostgreSQL a step is one statement: there is no instant inside it to interrupt")
+    calls: list[str] = []
+    executor = Executor(engine, registry=chain_registry("four", "abcd", calls, "", lambda: True))
+    interrupt = _Interrupt(monkeypatch, point)
+    with pytest.raises(KeyboardInterrupt):
+        executor.execute("four")
+    assert interrupt.fired
+    monkeypatch.undo()
+    [run] = executor.repository.list_runs().data
+    assert run.status is RunStatus.CANCELLED
+    stages = executor.repository.get_stages(run.id)
+    completed = [s.node_name for s in stages if s.status is StageStatus.COMPLETED]
+    decisions = [d.from_node for d in executor.repository.get_decisions(run.id)]
+    node, snapshot = saved_checkpoint(engine, run.id)
+    assert decisions == completed and node == completed[-1]  # history and checkpoint agree
+    assert snapshot.next_node == "abcd"[len(completed)] and snapshot.state == {"seen": completed}
+    resumed = executor.resume(run.id)
+    assert resumed.status is RunStatus.COMPLETED and resumed.result == {"seen": list("abcd")}
+    after = [s.node_name for s in executor.repository.get_stages(run.id) if s.status is StageStatus.COMPLETED]
+    assert after == list("abcd")  # no completed node ran again

@@ -201,14 +201,15 @@ class RunLoop:
             self.stage_failed(str(err), cap.duration_ms)
             self.fail(str(err))
             return
-        self.recorder.end_stage(self.stage_id, StageStatus.COMPLETED, output_json=updates_json,
-                                duration_ms=cap.duration_ms)
-        self.stage_id = None  # completed: nothing after this may mark it failed
-        self.recorder.decision(self.run_id, decision.from_node, decision.to_node, decision.predicate_name,
-                               decision.predicate_result, decision.reason)
         self.steps += 1
-        if walker.done or self.steps % self.checkpoint_every == 0:
-            self.recorder.checkpoint(self.run_id, self.node, checkpoints.encode(walker.snapshot(), self.state_json))
+        due = walker.done or self.steps % self.checkpoint_every == 0
+        checkpoint = (self.node, checkpoints.encode(walker.snapshot(), self.state_json)) if due else None
+        # The stage is no longer this loop's to fail before its completion is buffered: interrupted in
+        # between, it stays 'started' (and runs again on resume) rather than ending twice.
+        stage_id, self.stage_id = self.stage_id, None
+        self.recorder.step_done(self.run_id, stage_id, updates_json, cap.duration_ms,
+                                (decision.from_node, decision.to_node, decision.predicate_name,
+                                 decision.predicate_result, decision.reason), checkpoint)
         if not self.observed:
             return
         self.emit(StageCompleted(self.run_id, self.node, self.iteration, MappingProxyType(dict(cap.updates or {})),

@@ -111,7 +111,6 @@ class SqlRecorder:
         self._cursor: Any = None
         self._restore: tuple[str, Any] = ("", None)  # the driver setting to put back on close
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
-        self._step_time: Any = None  # when the last stage ended: its decision and checkpoint share it
 
     # -- connection
 
@@ -315,22 +314,31 @@ class SqlRecorder:
 
     def end_stage(self, stage_id: uuid.UUID, status: StageStatus, *, duration_ms: float,
                   error: str | None = None, output_json: str | None = None) -> None:
-        """Buffer a stage's completion or failure (``output_json``: the node's updates as JSON text)."""
-        self._step_time = self.codec.time(utcnow())
+        """Buffer a stage's end alone (a failure; a completion goes with its decision: :meth:`step_done`)."""
         self._pending.append(("end_stage", (status.value, output_json, duration_ms, error, self.codec.id(stage_id))))
 
-    def decision(self, run_id: uuid.UUID, from_node: str, to_node: str | None, predicate_name: str | None,
-                 predicate_result: bool, reason: str) -> None:
-        """Buffer a routing decision."""
-        self._pending.append(("insert_decision", (self.codec.id(uuid.uuid4()), self.codec.id(run_id), from_node, to_node,
-                                                  predicate_name, self.codec.flag(predicate_result), reason,
-                                                  self._step_time or self.codec.time(utcnow()))))
+    def step_done(self, run_id: uuid.UUID, stage_id: uuid.UUID, output_json: str, duration_ms: float,
+                  decision: tuple[str, str | None, str | None, bool, str],
+                  checkpoint: tuple[str, str] | None) -> None:
+        """Buffer a completed step as one piece: the stage's completion (``output_json``: the node's
+        updates as JSON text), its decision ``(from_node, to_node, predicate_name, predicate_result,
+        reason)``, and the checkpoint ``(node just completed, state_data as JSON text)`` if one is due
+        (its format is the executor's business: :mod:`wfkit.executor.checkpoints`).
 
-    def checkpoint(self, run_id: uuid.UUID, node: str | None, state_data_json: str) -> None:
-        """Buffer the run's checkpoint: ``node`` just completed, and ``state_data`` as JSON text (its
-        format is the executor's business: :mod:`wfkit.executor.checkpoints`)."""
-        now = self._step_time or self.codec.time(utcnow())
-        self._pending.append(("upsert_checkpoint", (self.codec.id(run_id), state_data_json, node, now, now)))
+        The three join the buffer in one operation, so that an interrupt (Ctrl-C, a signal) can never
+        leave a completion buffered without its checkpoint: committed later with the run's end, that
+        half step would make a resume run the node again."""
+        codec = self.codec
+        now, rid = codec.time(utcnow()), codec.id(run_id)
+        from_node, to_node, predicate_name, predicate_result, reason = decision
+        writes = [
+            ("end_stage", (StageStatus.COMPLETED.value, output_json, duration_ms, None, codec.id(stage_id))),
+            ("insert_decision", (codec.id(uuid.uuid4()), rid, from_node, to_node, predicate_name,
+                                 codec.flag(predicate_result), reason, now)),
+        ]
+        if checkpoint is not None:
+            writes.append(("upsert_checkpoint", (rid, checkpoint[1], checkpoint[0], now, now)))
+        self._pending += writes  # one operation: see above
 
 
 _STATEMENTS = {
@@ -360,8 +368,10 @@ def _statements_for(dialect_name: str) -> tuple[dict[str, str], dict[tuple[Any, 
 
 
 class _WriteGuard:
-    """Driver errors during a write: roll back, drop the buffer, raise a wfkit error saying what failed.
-    (A small class rather than a generator context manager: it wraps every write.)"""
+    """Anything that interrupts a write (a driver error, Ctrl-C, a signal, a cancelled task): roll back
+    and drop the buffer, so that no part of the interrupted transaction is committed later with
+    another write; a driver error becomes a wfkit error saying what failed. (A small class rather
+    than a generator context manager: it wraps every write.)"""
 
     __slots__ = ("recorder",)
 
@@ -372,7 +382,7 @@ class _WriteGuard:
         return None
 
     def __exit__(self, kind: Any, err: Any, tb: Any) -> bool:
-        if err is None or not isinstance(err, Exception) or isinstance(err, WfkitError) or not is_driver_error(err):
+        if err is None:
             return False
         recorder = self.recorder
         if recorder._conn is not None:
@@ -381,6 +391,7 @@ class _WriteGuard:
             except Exception:
                 pass
         recorder._pending.clear()
-        with translate_errors(recorder.engine):  # not migrated, unreachable, refused: say which
-            raise err
+        if isinstance(err, Exception) and not isinstance(err, WfkitError) and is_driver_error(err):
+            with translate_errors(recorder.engine):  # not migrated, unreachable, refused: say which
+                raise err
         return False
