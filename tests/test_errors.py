@@ -51,6 +51,51 @@ def test_anything_else_is_a_500():
     assert http_status(RuntimeError("x")) == 500
 
 
+def _raised(make):
+    try:
+        make()
+    except Exception as err:
+        return err
+    raise AssertionError("nothing raised")
+
+
+def test_a_wrapped_wfkit_error_keeps_its_status():
+    def wrapped_from():
+        try:
+            raise NotFoundError("no run")
+        except NotFoundError as err:
+            raise RuntimeError("the service failed") from err
+
+    def wrapped_while_handling():
+        try:
+            raise InvalidQueryError("bad page")
+        except InvalidQueryError:
+            raise RuntimeError("the service failed")  # noqa: B904 - the implicit context is the point
+
+    def wrapped_twice():
+        try:
+            wrapped_from()
+        except RuntimeError as err:
+            raise ValueError("outer") from err
+
+    def context_suppressed():
+        try:
+            raise NotFoundError("no run")
+        except NotFoundError:
+            raise RuntimeError("unrelated") from None
+
+    assert http_status(_raised(wrapped_from)) == 404
+    assert http_status(_raised(wrapped_while_handling)) == 400
+    assert http_status(_raised(wrapped_twice)) == 404
+    assert http_status(_raised(context_suppressed)) == 500
+
+
+def test_a_cause_chain_that_loops_ends():
+    a, b = RuntimeError("a"), RuntimeError("b")
+    a.__cause__, b.__cause__ = b, a
+    assert http_status(a) == 500
+
+
 def _error_classes() -> dict[str, type]:
     return {name: cls for name, cls in inspect.getmembers(errors, inspect.isclass)
             if issubclass(cls, WfkitError) and cls.__module__ == errors.__name__}

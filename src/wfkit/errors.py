@@ -3,8 +3,9 @@
 Every error wfkit raises on purpose derives from :class:`WfkitError`, so a caller can catch the
 whole family with one ``except``. Messages are one line and name the bad value and what is
 allowed instead. ``http_status`` is what an HTTP face answers (:func:`http_status` maps any
-exception); the command line derives its exit code from it: 2 for bad input (a 4xx status other
-than 404), 1 for the rest (not found, or a failure)::
+exception, following what a wrapped exception was raised from); the command line derives its exit
+code from it: 2 for bad input (a 4xx status other than 404), 1 for the rest (not found, or a
+failure)::
 
     WfkitError                        500  base of the family
     +-- NotFoundError                 404  a run (or other record) that does not exist
@@ -190,6 +191,26 @@ def error_text(err: BaseException) -> str:
 
 
 def http_status(err: BaseException) -> int:
-    """The HTTP status code that answers ``err``: its class's ``http_status``, 500 for anything
-    that is not a :class:`WfkitError`."""
-    return err.http_status if isinstance(err, WfkitError) else 500
+    """The HTTP status code that answers ``err``: the ``http_status`` of the first
+    :class:`WfkitError` in its chain (``err`` itself, then what it was raised from or while
+    handling), so that a service wrapping a wfkit error keeps its status; 500 if there is none."""
+    found = wfkit_error_in(err)
+    return found.http_status if found is not None else 500
+
+
+def wfkit_error_in(err: BaseException) -> WfkitError | None:
+    """The first :class:`WfkitError` in ``err``'s chain: ``err``, its ``__cause__`` (``raise ... from``),
+    else its ``__context__`` (raised while handling) unless that was suppressed; None if there is none."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, WfkitError):
+            return current
+        seen.add(id(current))
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif not current.__suppress_context__:
+            current = current.__context__
+        else:
+            current = None
+    return None
