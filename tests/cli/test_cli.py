@@ -206,17 +206,49 @@ def test_db_history_and_path(wfkit_cli, tmp_path):
     out = wfkit_cli.invoke("db", "path", env={"XDG_DATA_HOME": str(tmp_path)})
     assert out.stdout.strip() == f"sqlite:///{tmp_path}/wfkit/wfkit.db"
     out = wfkit_cli.invoke("db", "path", url="postgresql://me:secret@db.example/wf")
-    assert out.stdout.strip() == "postgresql+psycopg://me:***@db.example/wf"
+    assert out.stdout.strip() == "postgresql://me:***@db.example/wf"  # as written, the password masked
+    out = wfkit_cli.invoke("db", "path", url="postgresql://me@db.example/wf?password=secret&sslmode=require")
+    assert out.stdout.strip() == "postgresql://me@db.example/wf?password=***&sslmode=require"
+
+
+def test_bad_data_directory_is_one_line_naming_it_and_the_setting(wfkit_cli, tmp_path):
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    for data_home, command in [("/proc/nope", ("db", "upgrade")), (str(not_a_dir), ("db", "upgrade")),
+                               (str(not_a_dir), ("runs", "list"))]:
+        out = wfkit_cli.run(*command, env={"XDG_DATA_HOME": data_home})
+        assert_one_line_error(out, 2, f"cannot use the data directory {data_home}/wfkit for the default database")
+        assert "set XDG_DATA_HOME to a directory wfkit may write" in out.stderr
+
+
+def test_in_memory_and_empty_database_urls_are_refused(wfkit_cli):
+    for url in ("sqlite:///:memory:", "sqlite://"):
+        out = wfkit_cli.run("db", "upgrade", "--database-url", url)
+        assert_one_line_error(out, 2, f"{url!r} is an in-memory SQLite database, which lives only as long as one command")
+        out = wfkit_cli.run("runs", "list", env={"WFKIT_DATABASE_URL": url})
+        assert_one_line_error(out, 2, "is an in-memory SQLite database")
+    assert_one_line_error(wfkit_cli.run("--database-url", "", "runs", "list"), 2, "'--database-url': is empty")
+
+
+def test_database_messages_say_what_is_wrong(wfkit_cli, tmp_path):
+    out = wfkit_cli.run("db", "upgrade", "--database-url", "sqlite:////proc/wfkit-test.db")
+    assert_one_line_error(out, 2, "cannot create the SQLite database /proc/wfkit-test.db")
+    assert "wfkit db upgrade" not in out.stderr  # no advice that leads back here
+    out = wfkit_cli.run("db", "upgrade", "--database-url", f"sqlite:///{tmp_path}")
+    assert_one_line_error(out, 2, f"the SQLite database {tmp_path} is a directory: name a file in it")
 
 
 def test_bad_database_url(wfkit_cli):
     assert_one_line_error(wfkit_cli.run("runs", "list", url="mysql://x@y/z"), 2, "unsupported database 'mysql'")
     assert_one_line_error(wfkit_cli.run("runs", "list", "--database-url", "::"), 2, "invalid database URL '::'")
+    out = wfkit_cli.run("runs", "list", "--database-url", "postgresql://me:secret@db:port/x")  # a bad port
+    assert_one_line_error(out, 2, "invalid database URL 'postgresql://me:***@db:port/x'")
+    assert "secret" not in out.stderr
 
 
 def test_unreachable_database(wfkit_cli):
     out = wfkit_cli.run("runs", "list", url="postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
-    assert_one_line_error(out, 1, "cannot use the database at postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert_one_line_error(out, 1, "cannot use the database at postgresql://nobody@127.0.0.1:1/none")
 
 
 # --------------------------------------------------------------------------- start-up cost

@@ -227,7 +227,7 @@ def test_run_against_a_missing_or_unreachable_database(cli, tmp_path):
     assert not missing.exists()  # running does not leave an empty database behind
     out = cli.run("run", "steps", url="postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr.startswith("Error: cannot use the database at postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert out.stderr.startswith("Error: cannot use the database at postgresql://nobody@127.0.0.1:1/none")
 
 
 def test_ctrl_c_between_nodes_keeps_the_completed_node(cli, db_url, tmp_path):

@@ -9,6 +9,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+import wfkit.errors
 import wfkit.store.db
 from wfkit.errors import ConfigurationError, NotFoundError
 from wfkit.store import migrations
@@ -302,3 +303,54 @@ def test_the_default_database_gets_its_directory(monkeypatch, tmp_path):
     finally:
         engine.dispose()
     assert default_database_path() == tmp_path / "data" / "wfkit" / "wfkit.db" and default_database_path().exists()
+
+
+def test_the_databases_wfkit_creates_are_private(tmp_path, monkeypatch):
+    """Run history holds params and state: the data directory 0700, new database files 0600."""
+    import stat
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("WFKIT_DATABASE_URL", raising=False)
+    migrations.upgrade(None)
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    assert mode(default_database_path().parent) == 0o700 and mode(default_database_path()) == 0o600
+    given = tmp_path / "given.db"
+    migrations.upgrade(f"sqlite:///{given}")
+    assert mode(given) == 0o600
+    existing = tmp_path / "existing.db"
+    existing.write_bytes(b"")
+    existing.chmod(0o644)
+    migrations.upgrade(f"sqlite:///{existing}")
+    assert mode(existing) == 0o644  # a file the user made keeps the mode they gave it
+
+
+def test_passwords_never_show(tmp_path):
+    from wfkit.store.db import display_url, mask_password
+
+    assert mask_password("postgresql://me:s3cret@db/x") == "postgresql://me:***@db/x"
+    assert mask_password("postgresql://me:p@ss@db:5432/x") == "postgresql://me:***@db:5432/x"
+    assert mask_password("postgresql://me@db/x?sslmode=require&password=s3cret") == \
+        "postgresql://me@db/x?sslmode=require&password=***"
+    assert mask_password("sqlite:///x.db") == "sqlite:///x.db"
+    engine = create_engine("postgresql://me@127.0.0.1:1/x?password=s3cret&connect_timeout=1")
+    assert display_url(engine) == "postgresql://me@127.0.0.1:1/x?password=***&connect_timeout=1"
+    assert "s3cret" not in repr(Repository(engine))
+    with pytest.raises(wfkit.errors.DatabaseError) as caught:
+        Repository(engine).find_run("00000000-0000-4000-8000-000000000000")
+    assert "s3cret" not in str(caught.value) and "postgresql://me@127.0.0.1:1/x?password=***" in str(caught.value)
+
+
+def test_a_read_only_database_says_so(tmp_path):
+    from wfkit.errors import DatabaseError
+    from wfkit.executor import RunControl
+
+    from factories import add, make_run
+
+    path = tmp_path / "ro.db"
+    migrations.upgrade(f"sqlite:///{path}")
+    run = make_run()
+    engine = create_engine(f"sqlite:///{path}")
+    add(engine, run)
+    engine.dispose()
+    with pytest.raises(DatabaseError, match="is read-only here"):
+        RunControl(f"sqlite:///file:{path}?mode=ro&uri=true").cancel(run.id)

@@ -253,7 +253,7 @@ def test_missing_sqlite_file_is_not_created(tmp_path):
 
 def test_unreachable_postgresql_is_a_database_error():
     repo = Repository("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
-    with pytest.raises(DatabaseError, match=r"cannot use the database at postgresql\+psycopg://nobody@127.0.0.1:1/none"):
+    with pytest.raises(DatabaseError, match=r"cannot use the database at postgresql://nobody@127.0.0.1:1/none"):
         repo.find_run(uuid.uuid4())
 
 

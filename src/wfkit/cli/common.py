@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from wfkit.errors import WfkitError
+from wfkit.errors import ConfigurationError, WfkitError
 
 RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 _URL_KEY = "wfkit.database_url"
@@ -78,8 +78,12 @@ class WfkitGroup(click.Group):
 
 
 def _remember_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    if value:
-        ctx.meta[_URL_KEY] = value
+    if value is None:
+        return
+    if not value.strip():
+        raise click.BadParameter("is empty: give a database URL, or leave the option out to use "
+                                 "WFKIT_DATABASE_URL or the default database", param_hint="'--database-url'")
+    ctx.meta[_URL_KEY] = value
 
 
 def database_url_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -94,7 +98,21 @@ def database_url_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def database_url() -> str | None:
-    return click.get_current_context().meta.get(_URL_KEY)
+    """The ``--database-url`` given (None: the library resolves the environment and the default).
+    An in-memory SQLite database, from either, is refused: it would live for this command only."""
+    from wfkit.store.db import is_in_memory, resolve_database_url
+
+    given = click.get_current_context().meta.get(_URL_KEY)
+    resolved = resolve_database_url(given)
+    try:
+        in_memory = is_in_memory(resolved)
+    except Exception:  # not a URL at all: the library says so, in its own words
+        in_memory = False
+    if in_memory:
+        raise ConfigurationError(
+            f"{resolved!r} is an in-memory SQLite database, which lives only as long as one command: "
+            "give a file instead, such as sqlite:///wfkit.db")
+    return given
 
 
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:

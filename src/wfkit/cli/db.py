@@ -25,7 +25,9 @@ def db() -> None:
 def _where() -> str:
     from wfkit.store.db import display_url, normalize_url, resolve_database_url
 
-    return display_url(normalize_url(resolve_database_url(database_url())))
+    written = resolve_database_url(database_url())
+    normalize_url(written)  # a bad URL is an error here too
+    return display_url(written)
 
 
 @db.command("upgrade")

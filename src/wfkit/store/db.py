@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 import urllib.parse
 import weakref
@@ -24,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine, make_url
 
-from wfkit.errors import ConfigurationError, DatabaseError, DatabaseNotMigratedError
+from wfkit.errors import ConfigurationError, DatabaseError, DatabaseNotMigratedError, WfkitError
 
 DATABASE_URL_ENV = "WFKIT_DATABASE_URL"
 #: Milliseconds a SQLite connection waits for another writer before giving up.
@@ -66,7 +67,7 @@ def normalize_url(url: str) -> sa.URL:
         parsed.port  # noqa: B018 - a port that is not a number fails here (or in make_url), not at connect time
     except (exc.ArgumentError, ValueError):
         raise ConfigurationError(
-            f"invalid database URL {url!r}: expected e.g. sqlite:///path/to/wfkit.db "
+            f"invalid database URL {mask_password(url)!r}: expected e.g. sqlite:///path/to/wfkit.db "
             "or postgresql://user@host/dbname"
         ) from None
     if parsed.drivername in ("postgresql", "postgres"):
@@ -90,12 +91,26 @@ def normalize_url(url: str) -> sa.URL:
     return parsed
 
 
-def display_url(url: str | sa.URL) -> str:
-    """The URL with any password hidden, fit for messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return str(url)
+#: The URL each engine made by :func:`create_engine` was given, as written (messages echo it so).
+_WRITTEN_URLS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+# user:password@ in the authority, and a password= query parameter (libpq's URLs take both)
+_AUTHORITY_PASSWORD = re.compile(r"(://[^/?#@:]*):[^/?#]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def mask_password(url: str) -> str:
+    """``url`` as written, its password (after ``user:``, or a ``password=`` parameter) as ``***``."""
+    return _QUERY_PASSWORD.sub(r"\1***", _AUTHORITY_PASSWORD.sub(r"\1:***@", url))
+
+
+def display_url(url: str | sa.URL | Engine) -> str:
+    """A database URL fit for messages: as the user wrote it (for an engine, the URL it was made
+    from), the password masked."""
+    if isinstance(url, Engine):
+        url = _WRITTEN_URLS.get(url) or url.url
+    if not isinstance(url, str):
+        url = url.render_as_string(hide_password=False)
+    return mask_password(url)
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -121,6 +136,39 @@ def _sqlite_file(parsed: sa.URL) -> Path | None:
     return Path(database).expanduser()
 
 
+def _make_data_directory(directory: Path) -> None:
+    """The per-user data directory, made private (0700) if wfkit creates it; a one-line error naming
+    it and the settings that move it if it cannot be made."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not directory.is_dir():
+            raise NotADirectoryError(f"{directory} is not a directory")
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ConfigurationError(
+            f"cannot use the data directory {directory} for the default database ({reason}): set "
+            f"XDG_DATA_HOME to a directory wfkit may write, or give the database with {DATABASE_URL_ENV} "
+            "or --database-url"
+        ) from None
+
+
+def _create_private(path: Path) -> Any:
+    """A ``do_connect`` hook: create the SQLite file, readable by its owner only, before SQLite opens
+    it (SQLite would create it with the umask's mode: world-readable, usually)."""
+    def do_connect(_dialect: Any, _record: Any, _cargs: list[Any], _cparams: dict[str, Any]) -> None:
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise ConfigurationError(
+                f"cannot create the SQLite database {path}: {err.strerror or err}"
+                + (" (the directory is not writable)" if isinstance(err, PermissionError) else "")
+            ) from None
+
+    return do_connect
+
+
 def _open_existing_only(path: Path) -> Any:
     """A ``do_connect`` hook: open the SQLite file read-write through a URI with mode=rw, so a
     missing file is an error instead of a new empty database (the engine's URL stays as given)."""
@@ -139,22 +187,30 @@ def _open_existing_only(path: Path) -> Any:
 def create_engine(url: str | None = None, *, create_missing: bool = True, **kwargs: Any) -> Engine:
     """An engine for ``url`` (resolved as :func:`resolve_database_url` says).
 
-    For a SQLite file, ``create_missing`` (the default) lets SQLite create the file (and, for
-    the per-user default, its directory; a directory given by hand must exist); with ``create_missing=False``
-    a missing file is an error at first use instead (readers never leave
-    empty database files behind).
+    For a SQLite file, ``create_missing`` (the default) creates the file on first use if it does
+    not exist (and, for the per-user default, its directory; a directory given by hand must exist);
+    with ``create_missing=False`` a missing file is an error at first use instead (readers never
+    leave empty database files behind). Run history holds params and state, so what wfkit creates
+    is private: the per-user data directory 0700, a new database file 0600 (SQLite gives its
+    journal files the same mode).
     Extra keyword arguments go to :func:`sqlalchemy.create_engine`.
     """
-    parsed = normalize_url(resolve_database_url(url))
+    written = resolve_database_url(url)
+    parsed = normalize_url(written)
     if parsed.get_backend_name() == "sqlite":
         path = _sqlite_file(parsed)
         engine = sa.create_engine(parsed, **kwargs)
+        _WRITTEN_URLS[engine] = written
+        if path is not None and path.is_dir():
+            raise ConfigurationError(f"the SQLite database {path} is a directory: name a file in it, "
+                                     f"such as {path / 'wfkit.db'}")
         if path is not None and create_missing:
             if path.expanduser().absolute() == default_database_path():  # the per-user data directory
-                path.parent.mkdir(parents=True, exist_ok=True)
+                _make_data_directory(path.parent)
             elif not path.parent.is_dir():  # a typo in a path given by hand must not make directories
                 raise ConfigurationError(f"cannot create the SQLite database {path}: "
                                          f"the directory {path.parent} does not exist")
+            event.listen(engine, "do_connect", _create_private(path))
         elif path is not None:
             event.listen(engine, "do_connect", _open_existing_only(path))
         event.listen(engine, "connect", _sqlite_on_connect)
@@ -168,6 +224,7 @@ def create_engine(url: str | None = None, *, create_missing: bool = True, **kwar
     if "synchronous_commit" not in options:
         connect_args["options"] = f"{options} -c synchronous_commit=off".strip()
     engine = sa.create_engine(parsed, connect_args=connect_args, **kwargs)
+    _WRITTEN_URLS[engine] = written
     if ping_idle:
         _ping_when_idle(engine, PING_AFTER_IDLE_S)
     ASYNC_COMMIT_ENGINES.add(engine)
@@ -257,6 +314,29 @@ def migration_connection(conn: sa.Connection) -> Iterator[None]:
         conn.commit()
 
 
+def is_in_memory(url: str | sa.URL) -> bool:
+    """Whether ``url`` names an in-memory SQLite database (it lives as long as its engine)."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    return database in ("", ":memory:") or "mode=memory" in database
+
+
+def _directory_problem(directory: Path) -> str | None:
+    """Why ``directory`` cannot be the data directory (an ancestor is a file, or not writable), or None."""
+    probe = directory
+    while not probe.exists():
+        if probe.parent == probe:
+            return None
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory"
+    if probe != directory and not os.access(probe, os.W_OK):
+        return f"{probe} is not writable"
+    return None
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -279,7 +359,7 @@ def translate_errors(engine: Engine) -> Iterator[None]:
         yield
     except exc.TimeoutError as err:
         raise DatabaseError(
-            f"no free connection to the database at {display_url(engine.url)} (all are in use): {_first_line(err)}"
+            f"no free connection to the database at {display_url(engine)} (all are in use): {_first_line(err)}"
         ) from err
     except Exception as err:
         if not is_driver_error(err):
@@ -288,18 +368,35 @@ def translate_errors(engine: Engine) -> Iterator[None]:
         raise _translated(engine, orig) from err
 
 
-def _translated(engine: Engine, orig: BaseException) -> DatabaseError:
+def _translated(engine: Engine, orig: BaseException) -> WfkitError:
     text = f"{type(orig).__name__} {orig}".lower()
-    where = display_url(engine.url)
+    where = display_url(engine)
+    sqlite = engine.url.get_backend_name() == "sqlite"
     if "no such column" in text or "undefinedcolumn" in text or "has no column named" in text:
         return DatabaseNotMigratedError(
             f"the database at {where} is older than this wfkit (a column is missing): run `wfkit db upgrade`"
         )
     if "no such table" in text or "undefinedtable" in text:
+        if sqlite and is_in_memory(engine.url):
+            return DatabaseNotMigratedError(
+                f"the database at {where} has no wfkit tables: an in-memory SQLite database lives only as long as "
+                "its engine (one command of the command line), so migrate and use it through one engine, or use a file")
         return DatabaseNotMigratedError(f"the database at {where} has no wfkit tables: run `wfkit db upgrade` first")
-    path = _sqlite_file(engine.url) if engine.url.get_backend_name() == "sqlite" else None
+    path = _sqlite_file(engine.url) if sqlite else None
     if "unable to open database file" in text and path is not None and not path.exists():
+        if path.expanduser().absolute() == default_database_path():
+            problem = _directory_problem(path.parent)
+            if problem:
+                return ConfigurationError(
+                    f"cannot use the data directory {path.parent} for the default database ({problem}): set "
+                    f"XDG_DATA_HOME to a directory wfkit may write, or give the database with {DATABASE_URL_ENV} "
+                    "or --database-url")
         return DatabaseNotMigratedError(f"there is no database at {path}: run `wfkit db upgrade` to create it")
+    if sqlite and ("readonly database" in text or "disk i/o error" in text and path is not None and path.exists()
+                   and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))):
+        return DatabaseError(
+            f"the SQLite database at {where} is read-only here (opened read-only, or the file or its directory, "
+            "where SQLite keeps its -wal and -shm files, is not writable by this user): wfkit needs to write")
     if any(cls.__name__ in ("OperationalError", "InterfaceError") for cls in type(orig).__mro__):
         return DatabaseError(f"cannot use the database at {where}: {_first_line(orig)}")
     return DatabaseError(f"the database at {where} answered: {_first_line(orig)}")

@@ -32,7 +32,7 @@ from wfkit.errors import NotFoundError
 from wfkit.ids import parse_uuid
 from wfkit.store.codec import codec_for, row_loader
 from wfkit.store.connections import ThreadConnections
-from wfkit.store.db import as_engine, translate_errors
+from wfkit.store.db import as_engine, display_url, translate_errors
 from wfkit.store.models import Checkpoint, Decision, Run, Stage
 from wfkit.store.query import (
     DECISIONS,
@@ -103,7 +103,7 @@ class Repository:
         }
 
     def __repr__(self) -> str:
-        return f"Repository({self.engine.url.render_as_string(hide_password=True)!r})"
+        return f"Repository({display_url(self.engine)!r})"
 
     # -- the public reads
 
