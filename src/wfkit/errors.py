@@ -32,6 +32,9 @@ ConfigurationError is bad input: its values come from whoever runs wfkit (a flag
 environment variable, an argument). A service checks its settings when it starts, so that
 none of them reaches a request.
 
+Outside the family, :class:`Interrupted` (a ``KeyboardInterrupt``) is what wfkit's command line
+raises when SIGTERM or SIGHUP arrives, so that a run ends as it does on Ctrl-C.
+
 Standard library only.
 """
 
@@ -179,6 +182,16 @@ class NodeError(GraphError):
 
     def __reduce__(self):
         return (type(self), (self.node, self.iteration, self.detail))
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal that asks the process to stop (SIGTERM, SIGHUP), raised where Ctrl-C raises
+    ``KeyboardInterrupt``, so that everything that handles Ctrl-C handles it too."""
+
+    def __init__(self, signal_name: str, reason: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.reason = reason
 
 
 # --------------------------------------------------------------------------- helpers

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import traceback
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -41,11 +42,15 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form, with ``kind`` first: a copy (snapshots, read-only views of the run's
-        state, become dicts), so that changing it changes nothing in the run."""
+        state, become dicts), so that changing it changes nothing in the run. An exception becomes
+        ``traceback``: its formatted traceback (see :func:`traceback_text`)."""
         data: dict[str, Any] = {"kind": self.kind}
         for f in fields(self):
             value = getattr(self, f.name)
-            data[f.name] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
+            if isinstance(value, BaseException) or f.name == "exception":
+                data["traceback"] = traceback_text(value)
+            else:
+                data[f.name] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
         data["run_id"] = str(self.run_id)
         return data
 
@@ -76,8 +81,10 @@ class StageCompleted(Event):
 class StageFailed(Event):
     node: str
     iteration: int
-    error: str
+    error: str  # one line
     duration_ms: float
+    #: what failed the stage (a node's exception is the ``__cause__`` of the NodeError), if anything raised
+    exception: BaseException | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +103,8 @@ class RunCompleted(Event):
 
 @dataclass(frozen=True, slots=True)
 class RunFailed(Event):
-    error: str
+    error: str  # one line
+    exception: BaseException | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +122,15 @@ _KINDS: dict[type, str] = {
     RunFailed: "run_failed",
     RunCancelled: "run_cancelled",
 }
+
+
+def traceback_text(err: BaseException | None) -> str | None:
+    """The formatted traceback of what failed: for an error that wraps the exception a node (or a
+    predicate) raised, that exception's own traceback, where the bug is; None for None."""
+    if err is None:
+        return None
+    cause = err.__cause__ if err.__cause__ is not None else err
+    return "".join(traceback.format_exception(cause)).rstrip()
 
 
 @runtime_checkable
@@ -166,15 +183,27 @@ def describe(event: Event) -> str:
 
 
 class LoggingObserver:
-    """Logs each event as one line on ``logger`` (default ``wfkit.run``) at ``level`` (INFO)."""
+    """Logs each event as one line on ``logger`` (default ``wfkit.run``) at ``level`` (INFO); a failed
+    stage or run at ERROR, a stage with the traceback of what failed it."""
 
     def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO):
         self.logger = logger or logging.getLogger("wfkit.run")
         self.level = level
 
     def on_event(self, event: Event) -> None:
-        if self.logger.isEnabledFor(self.level):
-            self.logger.log(self.level, describe(event))
+        failed = isinstance(event, (StageFailed, RunFailed))
+        level = max(self.level, logging.ERROR) if failed else self.level
+        if self.logger.isEnabledFor(level):
+            exception = event.exception if isinstance(event, StageFailed) else None
+            self.logger.log(level, describe(event), exc_info=_exc_info(exception))
+
+
+def _exc_info(err: BaseException | None) -> Any:
+    # The node's own exception (the cause of a NodeError) carries the traceback worth reading.
+    if err is None:
+        return None
+    cause = err.__cause__ if err.__cause__ is not None else err
+    return (type(cause), cause, cause.__traceback__)
 
 
 class CallbackObserver:

@@ -67,7 +67,8 @@ def test_list_json(wfkit_cli, db_url, history):
     assert (doc["total"], doc["page"], doc["page_size"], doc["total_pages"]) == (23, 2, 10, 3)
     assert [r["id"] for r in doc["data"]] == [str(r.id) for r in reversed(history)][10:20]
     assert set(doc["data"][0]) == {"id", "workflow_name", "status", "params", "result", "error_message",
-                                   "started_at", "completed_at", "created_at", "updated_at", "cancel_requested_at"}
+                                   "started_at", "completed_at", "created_at", "updated_at", "cancel_requested_at",
+                                   "cancel_reason"}
 
 
 def test_list_filters_and_sort(wfkit_cli, db_url, history):

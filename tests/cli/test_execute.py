@@ -79,6 +79,15 @@ def test_failure_then_resume_from_the_command_line(cli, db_url):
     assert "status: failed" in out.stdout and "error: node 's3' (iteration 1) failed: RuntimeError" in out.stdout
     run = only_run(db_url)
     assert f"Resume it with: wfkit runs resume {run.id}" in out.stderr
+    # the node's traceback is kept, one command away; the error stays one line
+    shown = cli.run("runs", "show", str(run.id), "--traceback")
+    assert shown.returncode == 0 and "traceback of s3 (iteration 1):\nTraceback (most recent call last):" in shown.stdout
+    assert shown.stdout.rstrip().endswith("RuntimeError: s3 could not reach its service")
+    doc = json.loads(cli.run("runs", "show", str(run.id), "--traceback", "--json").stdout)
+    assert doc["traceback"].endswith("RuntimeError: s3 could not reach its service") and "\n" not in doc["error_message"]
+    verbose = cli.run("runs", "stages", str(run.id), "-v").stdout
+    assert "s3 (iteration 1) failed:\nTraceback (most recent call last):" in verbose
+    assert "Traceback" not in cli.run("runs", "stages", str(run.id)).stdout
     out = cli.run("runs", "resume", str(run.id), "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["result"] == FINAL
@@ -115,6 +124,8 @@ def test_cancel_from_another_process_then_resume(cli, db_url, tmp_path):
     assert proc.returncode == 1 and "status: cancelled" in stdout
     run = only_run(db_url)
     assert run.status is RunStatus.CANCELLED
+    assert run.cancel_reason.startswith("cancel requested with `wfkit runs cancel` by ") and "(pid " in run.cancel_reason
+    assert f"cancelled  {run.cancel_reason}" in cli.run("runs", "show", str(run.id)).stdout
     assert [s.node_name for s in Repository(db_url).get_stages(run.id)] == ["s1", "s2"]  # s3 never started
     out = cli.run("runs", "cancel", str(run.id))
     assert out.returncode == 2 and "cannot go from cancelled to cancelled" in out.stderr
@@ -136,7 +147,7 @@ def test_ctrl_c_cancels_cleanly_and_says_how_to_resume(cli, db_url, tmp_path):
         f"Run {run.id} cancelled (Ctrl-C). Resume it with: wfkit runs resume {run.id}"
     )
     assert "Traceback" not in stderr
-    assert run.status is RunStatus.CANCELLED
+    assert run.status is RunStatus.CANCELLED and run.cancel_reason == "interrupted by Ctrl-C (SIGINT)"
     stages = Repository(db_url).get_stages(run.id)
     assert [(s.node_name, s.status.value) for s in stages] == [("s1", "completed"), ("s2", "failed")]
     assert stages[1].duration_ms >= 150  # the time s2 ran until Ctrl-C, not a leftover of s1

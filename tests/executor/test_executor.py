@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import uuid
 from datetime import datetime
@@ -140,6 +141,14 @@ def test_failure_cancel_and_resume_events(engine):
     assert (failed_stage.node, failed_stage.iteration) == ("b", 1) and failed_stage.duration_ms >= 0
     assert failed_stage.error == failed_run.error == run.error_message
     assert failed_stage.to_dict()["error"] == run.error_message
+    # the node's own exception travels with the events, and its traceback is stored on the stage
+    assert isinstance(failed_stage.exception.__cause__, ValueError) and failed_run.exception is failed_stage.exception
+    traceback_text = failed_stage.to_dict()["traceback"]
+    assert traceback_text.startswith("Traceback (most recent call last):")
+    assert 'raise ValueError(f"{n} is broken")' in traceback_text and traceback_text.endswith("ValueError: b is broken")
+    assert failed_run.to_dict()["traceback"] == traceback_text
+    [stage] = [s for s in executor.repository.get_stages(run.id) if s.status is StageStatus.FAILED]
+    assert stage.error_traceback == traceback_text and "\n" not in stage.error_message
 
     rec.events.clear()
     fixed["value"] = True
@@ -159,8 +168,10 @@ def test_failure_cancel_and_resume_events(engine):
     gated.cancel(run_id)
     gate.set()
     gated.wait(run_id, timeout=10)
-    assert isinstance(rec.events[-1], RunCancelled) and rec.events[-1].reason == "cancel requested"
-    assert rec.events[-1].to_dict() == {"kind": "run_cancelled", "run_id": str(run_id), "reason": "cancel requested"}
+    assert isinstance(rec.events[-1], RunCancelled) and rec.events[-1].reason.startswith("cancel requested by ")
+    assert rec.events[-1].to_dict() == {"kind": "run_cancelled", "run_id": str(run_id), "reason": rec.events[-1].reason}
+    stored = gated.repository.find_run(run_id)
+    assert stored.cancel_reason == rec.events[-1].reason and f"(pid {os.getpid()})" in stored.cancel_reason
 
 
 def test_an_observer_that_raises_does_not_break_the_run(engine, samples, caplog):
@@ -212,6 +223,18 @@ def test_plugin_observers_that_fail_are_logged_and_left_out(caplog):
     assert "'test-observers-0': wfkit_observers() raised" in caplog.text and "observer hook bug" in caplog.text
     assert "'test-observers-1': wfkit_observers() raised, or returned neither" in caplog.text
     assert "'test-observers-2': wfkit_observers() returned 'not an observer', which has no on_event" in caplog.text
+
+
+def test_the_logging_observer_logs_failures_at_error_with_the_traceback(engine, caplog):
+    calls: list[str] = []
+    executor = Executor(engine, registry=chain_registry("flaky", "ab", calls, "b", lambda: False),
+                        observers=[LoggingObserver()])
+    with caplog.at_level(logging.INFO, logger="wfkit.run"):
+        executor.execute("flaky")
+    stage_line, run_line = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "b (iteration 1) failed" in stage_line.getMessage() and stage_line.exc_info[0] is ValueError
+    assert "failed: node 'b'" in run_line.getMessage() and run_line.exc_info is None
+    assert 'raise ValueError(f"{n} is broken")' in caplog.text
 
 
 def test_logging_observer(engine, samples, caplog):
@@ -457,7 +480,7 @@ def test_async_cancel_cancels_the_running_node_task(engine):
     assert run.status is RunStatus.CANCELLED
     stages = executor.repository.get_stages(run.id)
     assert [(s.node_name, s.status.value) for s in stages] == [("first", "completed"), ("slow", "failed")]
-    assert stages[1].error_message == "cancelled: cancelled while running"
+    assert stages[1].error_message == "cancelled: cancel requested while the node ran"
 
     async def fast_slow(state):
         return {"slow": "fast now"}
@@ -702,7 +725,7 @@ def test_a_cancel_request_stops_the_next_stage_from_starting(engine, samples):
     with SqlRecorder(engine) as rec:
         rec.start_run(plan.run_id, RunStatus.PENDING)
         assert rec.begin_stage(plan.run_id, "receive", 1, "{}")[1] is False
-        assert rec.request_cancel(plan.run_id)
+        assert rec.request_cancel(plan.run_id, "asked by the test")
         assert rec.begin_stage(plan.run_id, "batch", 1, "{}") == (None, True)
     assert [s.node_name for s in executor.repository.get_stages(plan.run_id)] == ["receive"]
 

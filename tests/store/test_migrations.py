@@ -27,7 +27,7 @@ def tables(url: str) -> set[str]:
 def test_schema_matches_the_models_after_upgrade(empty_url):
     assert migrations.current(empty_url) is None
     migrations.upgrade(empty_url)
-    assert migrations.current(empty_url) == migrations.head() == "0002"
+    assert migrations.current(empty_url) == migrations.head() == "0003"
     assert tables(empty_url) == WFKIT_TABLES
     assert migrations.check(empty_url) == []
 
@@ -51,19 +51,19 @@ def test_round_trip_upgrade_downgrade_upgrade(empty_url):
     assert tables(empty_url) == set()
     migrations.upgrade(empty_url, "0001")
     assert tables(empty_url) == WFKIT_TABLES
-    assert [d[0] for d in migrations.check(empty_url)] == ["add_column"]  # 0002's column is missing
+    assert [d[0] for d in migrations.check(empty_url)] == ["add_column"] * 3  # the later migrations' columns
     migrations.upgrade(empty_url)
     assert migrations.check(empty_url) == []
 
 
 def test_unknown_revision_is_a_clear_error(empty_url):
-    with pytest.raises(ConfigurationError, match="unknown revision 'zzz': known revisions are 0001, 0002 \\(or head, base\\)"):
+    with pytest.raises(ConfigurationError, match="unknown revision 'zzz': known revisions are 0001, 0002, 0003 \\(or head, base\\)"):
         migrations.upgrade(empty_url, "zzz")
 
 
 def test_history():
     revs = migrations.history()
-    assert [r.revision for r in revs] == ["0001", "0002"]
+    assert [r.revision for r in revs] == ["0001", "0002", "0003"]
     assert revs[-1].is_head and revs[0].down_revision is None
     assert "run history tables" in revs[0].message
 

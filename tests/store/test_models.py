@@ -71,7 +71,7 @@ def test_to_dict_uses_snake_case_in_declared_order():
     data = run.to_dict()
     assert list(data) == [
         "id", "workflow_name", "status", "params", "result", "error_message",
-        "started_at", "completed_at", "created_at", "updated_at", "cancel_requested_at",
+        "started_at", "completed_at", "created_at", "updated_at", "cancel_requested_at", "cancel_reason",
     ]
     assert data["status"] == "pending"
     assert uuid.UUID(data["id"]) == run.id

@@ -91,13 +91,19 @@ def runs_list(
 
 @runs.command("show")
 @click.argument("run_id")
+@click.option("--traceback", "with_traceback", is_flag=True,
+              help="Also show the traceback of the exception that failed the run's stage, if one did.")
 @json_option
 @database_url_option
-def runs_show(run_id: str, as_json: bool) -> None:
+def runs_show(run_id: str, with_traceback: bool, as_json: bool) -> None:
     """Show one run: status, times, params, result or error."""
-    run = _read(lambda repo: repo.find_run(run_id))
+    run, stages = _read(lambda repo: (repo.find_run(run_id), repo.get_stages(run_id) if with_traceback else []))
+    failed = next((s for s in reversed(stages) if s.error_traceback), None)
     if as_json:
-        echo_json(run.to_dict())
+        doc = run.to_dict()
+        if with_traceback:
+            doc["traceback"] = failed.error_traceback if failed is not None else None
+        echo_json(doc)
         return
     rows = [
         ("id", run.id),
@@ -113,9 +119,16 @@ def runs_show(run_id: str, as_json: bool) -> None:
     ]
     if run.error_message:
         rows.append(("error", run.error_message))
+    if run.cancel_reason:
+        rows.append(("cancelled" if run.status.value == "cancelled" else "cancel asked", run.cancel_reason))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key.ljust(width)}  {value}")
+    if with_traceback:
+        if failed is None:
+            click.echo("\nNo traceback: no stage of this run failed with an exception.")
+        else:
+            click.echo(f"\ntraceback of {failed.node_name} (iteration {failed.iteration}):\n{failed.error_traceback}")
 
 
 def _echo_related(items: list[Any], as_json: bool, empty: str, headers: tuple[str, ...],
@@ -131,16 +144,22 @@ def _echo_related(items: list[Any], as_json: bool, empty: str, headers: tuple[st
 
 @runs.command("stages")
 @click.argument("run_id")
+@click.option("-v", "--verbose", is_flag=True, help="Show the traceback of each stage that failed with one.")
 @json_option
 @database_url_option
-def runs_stages(run_id: str, as_json: bool) -> None:
+def runs_stages(run_id: str, verbose: bool, as_json: bool) -> None:
     """List a run's stages (node executions), oldest first."""
+    stages = _read(lambda repo: repo.get_stages(run_id))
     _echo_related(
-        _read(lambda repo: repo.get_stages(run_id)), as_json, "This run has no stages yet.",
+        stages, as_json, "This run has no stages yet.",
         ("NODE", "ITER", "STATUS", "DURATION", "STARTED", "OUTPUT / ERROR"),
         lambda s: (s.node_name, s.iteration, s.status.value, fmt_ms(s.duration_ms), fmt_time(s.created_at),
                    fmt_value(s.error_message or s.output_snapshot)),
     )
+    if verbose and not as_json:
+        for stage in stages:
+            if stage.error_traceback:
+                click.echo(f"\n{stage.node_name} (iteration {stage.iteration}) failed:\n{stage.error_traceback}")
 
 
 @runs.command("decisions")

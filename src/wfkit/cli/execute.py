@@ -117,9 +117,12 @@ def runs_resume(run_id: str, force: bool, as_json: bool) -> None:
 def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
     """Cancel a run: a pending one at once, a running one before its next node (from any terminal)."""
     from wfkit.executor import RunControl
+    from wfkit.executor.control import where_from
 
+    command = f"`wfkit runs cancel{' --force' if force else ''}`"
     with RunControl(database_url()) as control:
-        run = control.cancel(run_id, force=force)
+        run = control.cancel(run_id, force=force, reason=f"{'forced' if force else 'cancel requested'} "
+                                                         f"with {command} by {where_from()}")
     if as_json:
         echo_json(run.to_dict())
     elif run.status.value == "cancelled":

@@ -12,6 +12,9 @@ delete`` use it directly, and so can any service that manages runs it does not e
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 import uuid
 
 from sqlalchemy.engine import Engine
@@ -24,6 +27,15 @@ from wfkit.store.repository import Repository
 
 #: What a stage killed by a process that is gone is marked with when its run is taken over.
 INTERRUPTED = "interrupted: the process executing this stage stopped before it finished"
+
+
+def where_from() -> str:
+    """Who is asking, from where: ``user on host (pid N)``, for the reasons stored on runs."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name for this uid (a container, say)
+        user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "an unknown user"
+    return f"{user} on {socket.gethostname()} (pid {os.getpid()})"
 
 
 class RunControl:
@@ -52,23 +64,29 @@ class RunControl:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def cancel(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
+    def cancel(self, run_id: uuid.UUID | str, *, force: bool = False, reason: str | None = None) -> Run:
         """Cancel a run: a pending one at once; a running one before its next node (from any process).
 
         ``force`` ends a running run as cancelled at once, for a run whose process is gone (it would
         otherwise stay ``running``); the stage it left started is marked failed, and the run can be
-        resumed. Should its process still be alive, it stops before its next node. Cancelling a
-        finished run is an :class:`InvalidStatusError`. Returns the run as it stands after.
+        resumed. Should its process still be alive, it stops before its next node (or, in its last
+        node, completes: its result is kept). Cancelling a finished run is an
+        :class:`InvalidStatusError`. ``reason`` is stored on the run (by default: who asked, from
+        where). Returns the run as it stands after.
         """
         rid = parse_uuid(run_id)
+        if reason is None:
+            reason = f"{'forced' if force else 'cancel requested'} by {where_from()}"
         run = self.repository.find_run(rid)
         check_transition(run.status, RunStatus.CANCELLED)
         with SqlRecorder(self.engine) as recorder:
             changed = False
             if run.status is RunStatus.PENDING:  # at once; unless it started meanwhile: then as a running run
-                changed = recorder.finish_run(rid, RunStatus.CANCELLED, from_status=RunStatus.PENDING) is not None
+                changed = recorder.finish_run(rid, RunStatus.CANCELLED, cancel_reason=reason,
+                                              from_status=RunStatus.PENDING) is not None
             if not changed:
-                changed = recorder.force_cancel(rid, INTERRUPTED) if force else recorder.request_cancel(rid)
+                changed = (recorder.force_cancel(rid, INTERRUPTED, reason) if force
+                           else recorder.request_cancel(rid, reason))
         now = self.repository.find_run(rid)
         if not changed:  # it moved on meanwhile (it finished): say where it is now
             check_transition(now.status, RunStatus.CANCELLED)

@@ -272,6 +272,7 @@ class Executor:
             error_message=loop.error if loop is not None else plan.error,
             started_at=plan.started_at, completed_at=finished.completed_at, created_at=plan.created_at,
             updated_at=finished.completed_at, cancel_requested_at=finished.cancel_requested_at,
+            cancel_reason=finished.cancel_reason,
         )
         return _load_run([values[field] for field in _RUN_FIELDS])
 

@@ -18,7 +18,14 @@ from time import perf_counter
 from types import MappingProxyType
 from typing import Any
 
-from wfkit.errors import DatabaseError, GraphError, MaxIterationsError, StateNotSerializableError, error_text
+from wfkit.errors import (
+    DatabaseError,
+    GraphError,
+    Interrupted,
+    MaxIterationsError,
+    StateNotSerializableError,
+    error_text,
+)
 from wfkit.events import (
     DecisionMade,
     Event,
@@ -29,6 +36,7 @@ from wfkit.events import (
     StageCompleted,
     StageFailed,
     StageStarted,
+    traceback_text,
 )
 from wfkit.executor import checkpoints
 from wfkit.graph import RouteDecision, Snapshot, StateGraph, Walker
@@ -133,8 +141,9 @@ class RunLoop:
         except asyncio.CancelledError as err:
             if not task.done():
                 task.cancel()
-            self.interrupted(err)
-            if self.cancel.is_set() and not _current_task_cancelling():
+            requested = self.cancel.is_set() and not _current_task_cancelling()  # we cancelled the node
+            self.interrupted(err, "cancel requested while the node ran" if requested else None)
+            if requested:
                 return None
             raise
         except GraphError as err:
@@ -149,10 +158,10 @@ class RunLoop:
             if isinstance(err, (KeyboardInterrupt, asyncio.CancelledError)):
                 self.interrupted(err)
             else:
-                self.stage_failed(error_text(err), self.capture.duration_ms)
+                self.stage_failed(error_text(err), self.capture.duration_ms, err)
                 # a stage whose completion was rolled back with the failed write is not left 'started'
                 self.recorder.interrupt_stages(self.run_id, f"its end was not recorded: {error_text(err)}")
-                self.fail(f"the run stopped: {error_text(err)}")
+                self.fail(f"the run stopped: {error_text(err)}", err)
         except DatabaseError:
             pass  # the database is what failed: the run stays as last committed, resumable with --force
 
@@ -225,35 +234,40 @@ class RunLoop:
         self.after_step(result)
         return self.outcome is None
 
-    def stage_failed(self, error: str, duration_ms: float) -> None:
+    def stage_failed(self, error: str, duration_ms: float, exception: BaseException | None = None) -> None:
+        """Buffer the current stage's failure: ``error`` one line, and the traceback of ``exception``."""
         if self.stage_id is not None:
-            self.recorder.end_stage(self.stage_id, StageStatus.FAILED, duration_ms=duration_ms, error=error)
-            self.emit(StageFailed(self.run_id, self.node, self.iteration, error, duration_ms))
+            self.recorder.end_stage(self.stage_id, StageStatus.FAILED, duration_ms=duration_ms, error=error,
+                                    traceback=traceback_text(exception))
+            self.emit(StageFailed(self.run_id, self.node, self.iteration, error, duration_ms, exception))
             self.stage_id = None
 
     def node_failed(self, err: GraphError) -> None:
         message = str(err)
-        self.stage_failed(message, self.capture.duration_ms)
-        self.fail(message)
+        self.stage_failed(message, self.capture.duration_ms, err)
+        self.fail(message, err)
 
-    def interrupted(self, err: BaseException) -> None:
-        """A KeyboardInterrupt or task cancellation during a node: the run ends cancelled, resumable."""
-        reason = "interrupted (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else "cancelled while running"
+    def interrupted(self, err: BaseException, reason: str | None = None) -> None:
+        """A KeyboardInterrupt, a signal or a task cancellation during a node: the run ends cancelled,
+        resumable, with the reason (by default, what ``err`` says)."""
+        reason = reason or interrupt_reason(err)
         # the walker never saw the node end: its time is what ran until now
         self.stage_failed(f"cancelled: {reason}", (perf_counter() - self.stage_began) * 1000.0)
         self.cancelled(reason)
 
     # -- the run's end
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str, exception: BaseException | None = None) -> None:
         self.finished = self.recorder.finish_run(self.run_id, RunStatus.FAILED, error=message)
         self.outcome, self.error = RunStatus.FAILED, message
-        self.emit(RunFailed(self.run_id, message))
+        self.emit(RunFailed(self.run_id, message, exception))
 
     def cancelled(self, reason: str) -> None:
-        self.finished = self.recorder.finish_run(self.run_id, RunStatus.CANCELLED, error=None)
+        """End the run cancelled: for ``reason`` unless a cancel request stored its own first."""
+        self.finished = self.recorder.finish_run(self.run_id, RunStatus.CANCELLED, cancel_reason=reason)
         self.outcome = RunStatus.CANCELLED
-        self.emit(RunCancelled(self.run_id, reason))
+        stored = self.finished.cancel_reason if self.finished is not None else None
+        self.emit(RunCancelled(self.run_id, stored or reason))
 
     def finish(self) -> None:
         if self.outcome is not None:
@@ -263,6 +277,15 @@ class RunLoop:
         self.finished = self.recorder.finish_run(self.run_id, RunStatus.COMPLETED, result_json=result_json)
         self.outcome, self.result = RunStatus.COMPLETED, result
         self.emit(RunCompleted(self.run_id, result))
+
+
+def interrupt_reason(err: BaseException) -> str:
+    """Why an interrupted run was cancelled, in words: Ctrl-C, a signal, a cancelled task."""
+    if isinstance(err, Interrupted):
+        return err.reason
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted by Ctrl-C (SIGINT)"
+    return "its asyncio task was cancelled"
 
 
 def _current_task_cancelling() -> bool:

@@ -191,6 +191,8 @@ class Run(_Record, table=True):
     updated_at: datetime = _created_at()
     #: set by ``wfkit runs cancel`` (any process); the executing process stops before its next node
     cancel_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    #: why the run was (or is to be) cancelled: Ctrl-C, a signal, who asked and from where, forced
+    cancel_reason: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
 
     @property
     def duration_ms(self) -> float | None:
@@ -226,7 +228,10 @@ class Stage(_Record, table=True):
     input_snapshot: Any | None = Field(default=None, sa_type=JSONType, nullable=True)
     output_snapshot: Any | None = Field(default=None, sa_type=JSONType, nullable=True)
     duration_ms: float | None = Field(default=None, nullable=True)
+    #: one line: what failed (the node's exception, or why the stage was ended)
     error_message: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
+    #: the formatted traceback of the exception that failed the stage, if there was one
+    error_traceback: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
     created_at: datetime = _created_at()
 
 

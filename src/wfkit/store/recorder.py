@@ -32,27 +32,31 @@ from wfkit.store.models import RunStatus, StageStatus, utcnow
 
 _INSERT_RUN = (
     "INSERT INTO runs (id, workflow_name, status, params, result, error_message, started_at, completed_at, "
-    "created_at, updated_at, cancel_requested_at) VALUES (?, ?, ?, {j}, NULL, NULL, ?, NULL, ?, ?, NULL)"
+    "created_at, updated_at, cancel_requested_at, cancel_reason) "
+    "VALUES (?, ?, ?, {j}, NULL, NULL, ?, NULL, ?, ?, NULL, NULL)"
 )
 _TOUCH_RUN = "UPDATE runs SET updated_at = ? WHERE id = ? RETURNING cancel_requested_at"
 _START_RUN = (
     "UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?), updated_at = ?, completed_at = NULL, "
-    "error_message = NULL, cancel_requested_at = NULL WHERE id = ? AND status = ?"
+    "error_message = NULL, cancel_requested_at = NULL, cancel_reason = NULL WHERE id = ? AND status = ?"
 )
-# RETURNING: the run's cancel request, if another process made one, belongs in the Run returned.
+# RETURNING: the run's cancel request and its reason, if another process made one, belong in the
+# Run returned; a reason given here is kept only if no request gave one first. The run may be in
+# either of two statuses (a completion is recorded over a forced cancel: see finish_run).
 _FINISH_RUN = (
-    "UPDATE runs SET status = ?, result = {j}, error_message = ?, completed_at = ?, updated_at = ? "
-    "WHERE id = ? AND status = ? RETURNING cancel_requested_at"
+    "UPDATE runs SET status = ?, result = {j}, error_message = ?, completed_at = ?, updated_at = ?, "
+    "cancel_reason = COALESCE(cancel_reason, ?) WHERE id = ? AND status IN (?, ?) "
+    "RETURNING cancel_requested_at, cancel_reason"
 )
 _REQUEST_CANCEL = (
-    "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, ?), updated_at = ? "
-    "WHERE id = ? AND status = ?"
+    "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, ?), "
+    "cancel_reason = COALESCE(cancel_reason, ?), updated_at = ? WHERE id = ? AND status = ?"
 )
 # A forced cancel: the run ends cancelled now, and its cancel request is recorded too, so that a
 # process still executing it (if there is one after all) stops before its next node.
 _FORCE_CANCEL = (
-    "UPDATE runs SET status = ?, cancel_requested_at = COALESCE(cancel_requested_at, ?), completed_at = ?, "
-    "updated_at = ? WHERE id = ? AND status = ?"
+    "UPDATE runs SET status = ?, cancel_requested_at = COALESCE(cancel_requested_at, ?), cancel_reason = ?, "
+    "completed_at = ?, updated_at = ? WHERE id = ? AND status = ?"
 )
 _DELETE_RUN = "DELETE FROM runs WHERE id = ? AND status <> ?"
 _DELETE_RUN_ANY = "DELETE FROM runs WHERE id = ?"
@@ -68,7 +72,10 @@ _TOUCH_AND_START_STAGE = (
     "duration_ms, error_message, created_at) SELECT ?, ?, ?, ?, ?, {j}, NULL, NULL, NULL, ? FROM t "
     "WHERE t.cancel_requested_at IS NULL) SELECT cancel_requested_at FROM t"
 )
-_END_STAGE = "UPDATE stages SET status = ?, output_snapshot = {j}, duration_ms = ?, error_message = ? WHERE id = ?"
+_END_STAGE = (
+    "UPDATE stages SET status = ?, output_snapshot = {j}, duration_ms = ?, error_message = ?, error_traceback = ? "
+    "WHERE id = ?"
+)
 _INSERT_DECISION = (
     "INSERT INTO decisions (id, run_id, from_node, to_node, predicate_name, predicate_result, reason, created_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -82,10 +89,12 @@ _INTERRUPT_STAGES = "UPDATE stages SET status = ?, error_message = ? WHERE run_i
 
 
 class Finished(NamedTuple):
-    """A run's end as written: when, and its cancel request (made by anyone, before the end) if any."""
+    """A run's end as written: when, and its cancel request (made by anyone, before the end) and the
+    reason stored for it, if any."""
 
     completed_at: datetime
     cancel_requested_at: datetime | None
+    cancel_reason: str | None
 
 
 class SqlRecorder:
@@ -246,30 +255,38 @@ class SqlRecorder:
                                                      StageStatus.STARTED.value)))
 
     def finish_run(self, run_id: uuid.UUID, status: RunStatus, *, error: str | None = None,
-                   result_json: str | None = None, from_status: RunStatus = RunStatus.RUNNING) -> Finished | None:
+                   result_json: str | None = None, cancel_reason: str | None = None,
+                   from_status: RunStatus = RunStatus.RUNNING) -> Finished | None:
         """Buffered writes plus the run's final status (and result, as JSON text), in one transaction;
-        return when, with the run's cancel request if it has one, or None if the run was not
-        ``from_status``."""
+        return when, with the run's cancel request and its reason if it has one, or None if the run
+        was not ``from_status``. ``cancel_reason`` is stored unless a request stored one first.
+
+        A completion is recorded also over a forced cancel: a run force-cancelled (its process
+        thought gone) whose process was alive after all, and completed all its work, keeps its
+        result rather than ending cancelled without one."""
         now = utcnow()
+        also = RunStatus.CANCELLED if status is RunStatus.COMPLETED else from_status
         row = self._write(self._take_pending(), ("finish_run", (
-            status.value, result_json, error, self.codec.time(now), self.codec.time(now), self.codec.id(run_id),
-            from_status.value)), returning=True)
+            status.value, result_json, error, self.codec.time(now), self.codec.time(now), cancel_reason,
+            self.codec.id(run_id), from_status.value, also.value)), returning=True)
         if row is None:
             return None
-        return Finished(now, None if row[0] is None else self.codec.time_in(row[0]))
+        return Finished(now, None if row[0] is None else self.codec.time_in(row[0]), row[1])
 
-    def request_cancel(self, run_id: uuid.UUID) -> bool:
-        """Record a cancel request for a running run (its executor stops before the next node)."""
+    def request_cancel(self, run_id: uuid.UUID, reason: str) -> bool:
+        """Record a cancel request for a running run, and why (its executor stops before the next
+        node); a run asked before keeps the first request and its reason."""
         now = self.codec.time(utcnow())
-        return self._write([], ("request_cancel", (now, now, self.codec.id(run_id), RunStatus.RUNNING.value))) == 1
+        return self._write([], ("request_cancel", (now, reason, now, self.codec.id(run_id),
+                                                   RunStatus.RUNNING.value))) == 1
 
-    def force_cancel(self, run_id: uuid.UUID, stage_message: str) -> bool:
-        """End a running run as cancelled now (its process is gone), marking the stages it left
-        ``started`` as failed with ``stage_message``; one transaction. False if it was not running."""
+    def force_cancel(self, run_id: uuid.UUID, stage_message: str, reason: str) -> bool:
+        """End a running run as cancelled now (its process is gone), with ``reason``, marking the stages
+        it left ``started`` as failed with ``stage_message``; one transaction. False if it was not running."""
         now = self.codec.time(utcnow())
         rid = self.codec.id(run_id)
         interrupt = ("interrupt_stages", (StageStatus.FAILED.value, stage_message, rid, StageStatus.STARTED.value))
-        return self._write([interrupt], ("force_cancel", (RunStatus.CANCELLED.value, now, now, now, rid,
+        return self._write([interrupt], ("force_cancel", (RunStatus.CANCELLED.value, now, reason, now, now, rid,
                                                           RunStatus.RUNNING.value))) == 1
 
     def delete_run(self, run_id: uuid.UUID, *, force: bool = False) -> bool:
@@ -313,9 +330,11 @@ class SqlRecorder:
         return stage_id, False
 
     def end_stage(self, stage_id: uuid.UUID, status: StageStatus, *, duration_ms: float,
-                  error: str | None = None, output_json: str | None = None) -> None:
-        """Buffer a stage's end alone (a failure; a completion goes with its decision: :meth:`step_done`)."""
-        self._pending.append(("end_stage", (status.value, output_json, duration_ms, error, self.codec.id(stage_id))))
+                  error: str | None = None, traceback: str | None = None, output_json: str | None = None) -> None:
+        """Buffer a stage's end alone (a failure, with its one-line error and the formatted traceback if
+        there is one; a completion goes with its decision: :meth:`step_done`)."""
+        self._pending.append(("end_stage", (status.value, output_json, duration_ms, error, traceback,
+                                            self.codec.id(stage_id))))
 
     def step_done(self, run_id: uuid.UUID, stage_id: uuid.UUID, output_json: str, duration_ms: float,
                   decision: tuple[str, str | None, str | None, bool, str],
@@ -332,7 +351,7 @@ class SqlRecorder:
         now, rid = codec.time(utcnow()), codec.id(run_id)
         from_node, to_node, predicate_name, predicate_result, reason = decision
         writes = [
-            ("end_stage", (StageStatus.COMPLETED.value, output_json, duration_ms, None, codec.id(stage_id))),
+            ("end_stage", (StageStatus.COMPLETED.value, output_json, duration_ms, None, None, codec.id(stage_id))),
             ("insert_decision", (codec.id(uuid.uuid4()), rid, from_node, to_node, predicate_name,
                                  codec.flag(predicate_result), reason, now)),
         ]
