@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+# user:password@ in the authority, and a password= query parameter (libpq's URLs take both)
+_AUTHORITY_PASSWORD = re.compile(r"(://[^/?#@:]*):[^/?#]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
 
 def format_ms(value: float | None) -> str:
     """A duration in milliseconds for people: ``"-"``, ``"85us"``, ``"12.3ms"``, ``"4.20s"``."""
@@ -12,3 +18,8 @@ def format_ms(value: float | None) -> str:
     if value < 1:
         return f"{value * 1000:.0f}us"
     return f"{value:.1f}ms"
+
+
+def mask_password(url: str) -> str:
+    """``url`` as written, its password (after ``user:``, or a ``password=`` parameter) as ``***``."""
+    return _QUERY_PASSWORD.sub(r"\1***", _AUTHORITY_PASSWORD.sub(r"\1:***@", url))

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from factories import saved_checkpoint
+from wfkit.formatting import mask_password
 from wfkit.store.models import Checkpoint, RunStatus, StageStatus
 from wfkit.store.repository import Repository
 
@@ -119,7 +120,11 @@ def test_cancel_from_another_process_then_resume(cli, db_url, tmp_path):
     wait_for(tmp_path / "markers" / "s2-in", proc)
     run = only_run(db_url)
     out = cli.run("runs", "cancel", str(run.id))
-    assert out.returncode == 0 and out.stdout.strip() == f"cancel requested: run {run.id} stops before its next node"
+    assert out.returncode == 0 and out.stdout.splitlines() == [
+        f"cancel requested: if a process is executing run {run.id}, it stops before its next node "
+        "(a run in its last node completes).",
+        f"If none is (its process was killed), end the run now with: wfkit runs cancel {run.id} --force",
+    ]
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "status: cancelled" in stdout
     run = only_run(db_url)
@@ -153,6 +158,57 @@ def test_ctrl_c_cancels_cleanly_and_says_how_to_resume(cli, db_url, tmp_path):
     assert stages[1].duration_ms >= 150  # the time s2 ran until Ctrl-C, not a leftover of s1
     out = cli.run("runs", "resume", str(run.id))
     assert out.returncode == 0 and "status: completed" in out.stdout
+
+
+@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+@pytest.mark.parametrize("nodes", ["plain", "async"])
+def test_sigterm_and_sighup_end_the_run_cancelled_as_ctrl_c_does(cli, db_url, tmp_path, name, code, nodes):
+    """Containers, systemd and Kubernetes stop with SIGTERM; a closed terminal sends SIGHUP."""
+    extra = ["-p", "async_nodes=true"] if nodes == "async" else []
+    proc = cli.start("run", "steps", "-p", "pause_in=s2", *extra)
+    wait_for(tmp_path / "markers" / "s2-in", proc)
+    proc.send_signal(getattr(signal, name))
+    stdout, stderr = proc.communicate(timeout=30)
+    run = only_run(db_url)
+    assert proc.returncode == code, stderr
+    assert stderr.strip().splitlines()[-1] == f"Run {run.id} cancelled ({name}). Resume it with: wfkit runs resume {run.id}"
+    assert "Traceback" not in stderr
+    reason = {"SIGTERM": "terminated by SIGTERM", "SIGHUP": "hung up (SIGHUP)"}[name]
+    assert run.status is RunStatus.CANCELLED and run.cancel_reason == reason
+    stages = Repository(db_url).get_stages(run.id)
+    assert [(s.node_name, s.status.value) for s in stages] == [("s1", "completed"), ("s2", "failed")]
+    assert stages[1].error_message == f"cancelled: {reason}"
+    out = cli.run("runs", "resume", str(run.id), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["result"] == FINAL
+
+
+def test_hints_keep_the_database_given_on_the_command_line(cli, db_url, tmp_path):
+    """A printed next step reaches the same database: --database-url in it (password masked)."""
+    elsewhere = cli.using(WFKIT_DATABASE_URL="sqlite:////nonexistent/never-used.db")
+    out = elsewhere.run("--database-url", db_url, "run", "steps", "-p", "fail_in=s2")
+    run = only_run(db_url)
+    assert f"Resume it with: wfkit --database-url {mask_password(db_url)} runs resume {run.id}" in out.stderr
+    missing = tmp_path / "missing.db"
+    out = elsewhere.run("runs", "list", "--database-url", f"sqlite:///{missing}")
+    assert f"run `wfkit --database-url sqlite:///{missing} db upgrade` to create it" in out.stderr
+    secret = "postgresql://me:s3cret@127.0.0.1:1/none?connect_timeout=1"
+    out = elsewhere.run("runs", "resume", str(run.id), "--database-url", secret)
+    assert "s3cret" not in out.stderr
+
+
+def test_a_closed_stdout_stops_the_printing_not_the_run(cli, db_url):
+    """`wfkit run ... | head -1`: the run completes, nothing is printed about the broken pipe."""
+    import subprocess
+
+    from conftest import WFKIT
+
+    script = f"{WFKIT} run steps -p pause_in=s1 -p pause_seconds=0.5 | head -1"  # head is gone before s2
+    out = subprocess.run(["bash", "-c", f"set -o pipefail; {script}; echo exit=${{PIPESTATUS[0]}}"],
+                         capture_output=True, text=True, env=cli.environ(), timeout=60)
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("run ") and lines[-1] == "exit=0", (out.stdout, out.stderr)
+    assert out.stderr == ""
+    assert only_run(db_url).status is RunStatus.COMPLETED
 
 
 def test_ctrl_c_with_json_still_prints_the_run_on_stdout(cli, db_url, tmp_path):

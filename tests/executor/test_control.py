@@ -39,7 +39,7 @@ def test_delete_refuses_a_running_run_unless_forced(engine):
     run = make_run(status=RunStatus.RUNNING)
     add(engine, run)
     control = RunControl(engine)
-    with pytest.raises(InvalidStatusError, match="is running: cancel it first, or force the deletion"):
+    with pytest.raises(InvalidStatusError, match=r"is running: cancel it first \(`wfkit runs cancel .*`\), or, if its"):
         control.delete(run.id)
     control.delete(run.id, force=True)
     with pytest.raises(NotFoundError, match=f"no run with id {run.id}"):

@@ -325,7 +325,8 @@ def test_the_databases_wfkit_creates_are_private(tmp_path, monkeypatch):
 
 
 def test_passwords_never_show(tmp_path):
-    from wfkit.store.db import display_url, mask_password
+    from wfkit.formatting import mask_password
+    from wfkit.store.db import display_url
 
     assert mask_password("postgresql://me:s3cret@db/x") == "postgresql://me:***@db/x"
     assert mask_password("postgresql://me:p@ss@db:5432/x") == "postgresql://me:***@db:5432/x"

@@ -67,13 +67,16 @@ class WfkitGroup(click.Group):
         except click.Abort:
             click.echo("Aborted!", err=True)
             sys.exit(1)
+        except BrokenPipeError:  # the reader of stdout went away (`| head`): stop as other tools do
+            silence_stdout()
+            sys.exit(128 + 13)  # as if killed by SIGPIPE
         sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except WfkitError as err:
-            click.echo(f"Error: {err}", err=True)
+            click.echo(f"Error: {with_database_url(str(err))}", err=True)
             ctx.exit(exit_code_for(err))
 
 
@@ -95,6 +98,39 @@ def database_url_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         callback=_remember_url,
         help="Database URL (default: $WFKIT_DATABASE_URL, else the per-user SQLite file; see `wfkit db path`).",
     )(fn)
+
+
+def wfkit_command(*args: str) -> str:
+    """A next step to print, copy-pasteable: ``wfkit ARGS``, with the ``--database-url`` this command
+    was given, if one was (its password masked), so that it reaches the same database."""
+    import shlex
+
+    from wfkit.formatting import mask_password
+
+    ctx = click.get_current_context(silent=True)
+    url = ctx.meta.get(_URL_KEY) if ctx is not None else None
+    prefix = ["wfkit", "--database-url", shlex.quote(mask_password(url))] if url else ["wfkit"]
+    return " ".join([*prefix, *(shlex.quote(arg) for arg in args)])
+
+
+def with_database_url(message: str) -> str:
+    """``message`` with each `wfkit ...` command it suggests given this command's ``--database-url``."""
+    if "`wfkit " not in message:
+        return message
+    return message.replace("`wfkit ", "`" + wfkit_command() + " ")
+
+
+def silence_stdout() -> None:
+    """Send what is still written to stdout nowhere: its reader is gone, and a last flush at exit
+    would otherwise print a BrokenPipeError of its own."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (a test's captured stdout)
+        pass
 
 
 def database_url() -> str | None:

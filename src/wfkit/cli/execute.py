@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -17,23 +20,65 @@ from wfkit.cli.common import (
     params_options,
     parse_params,
     runs,
+    silence_stdout,
     warn_plugin_failures,
+    wfkit_command,
 )
+
+#: The signals that stop a run as Ctrl-C does (containers, systemd and Kubernetes send SIGTERM;
+#: a closed terminal SIGHUP), with the reason stored on the run.
+STOP_SIGNALS = {"SIGTERM": "terminated by SIGTERM", "SIGHUP": "hung up (SIGHUP)"}
 
 
 class _Progress:
-    """Prints each event of a run as one line, as it happens."""
+    """Prints each event of a run as one line, as it happens. A stdout whose reader went away
+    (``| head``) is not the run's failure: printing stops, the run goes on."""
 
     def __init__(self, to_stderr: bool):
         self.to_stderr = to_stderr
         self.run_id: Any = None
+        self.closed = False
 
     def on_event(self, event: Any) -> None:
         from wfkit.events import RunStarted, describe
 
         if isinstance(event, RunStarted):
             self.run_id = event.run_id
-        click.echo(describe(event), err=self.to_stderr)
+        self.echo(describe(event), err=self.to_stderr)
+
+    def echo(self, text: str, err: bool = False) -> None:
+        if self.closed and not err:
+            return
+        try:
+            click.echo(text, err=err)
+        except BrokenPipeError:
+            if err:
+                raise
+            self.closed = True
+            silence_stdout()
+
+
+@contextlib.contextmanager
+def _stopping_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`wfkit.errors.Interrupted` where Ctrl-C raises
+    KeyboardInterrupt, so that the run ends cancelled, resumable, as on Ctrl-C. A second one while
+    the run is being ended is ignored (the first is being honoured)."""
+    from wfkit.errors import Interrupted
+
+    def handler(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        for other in installed:
+            signal.signal(other, signal.SIG_IGN)
+        raise Interrupted(name, STOP_SIGNALS[name])
+
+    installed = {getattr(signal, name): None for name in STOP_SIGNALS if hasattr(signal, name)}
+    for signum in installed:
+        installed[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, previous in installed.items():
+            signal.signal(signum, previous)
 
 
 def _executor(progress: _Progress) -> Any:
@@ -42,31 +87,48 @@ def _executor(progress: _Progress) -> Any:
     return Executor(database_url(), observers=[progress])
 
 
-def _finish(run: Any, as_json: bool) -> None:
+def _finish(run: Any, as_json: bool, progress: _Progress) -> None:
     """Print the finished run; exit 0 if it completed, else 1."""
     if as_json:
-        echo_json(run.to_dict())
+        progress.echo(json.dumps(run.to_dict(), indent=2, ensure_ascii=False))
     else:
-        click.echo(f"status: {run.status.value}")
+        progress.echo(f"status: {run.status.value}")
         if run.result is not None:
-            click.echo(f"result: {json.dumps(run.result, ensure_ascii=False, sort_keys=True)}")
+            progress.echo(f"result: {json.dumps(run.result, ensure_ascii=False, sort_keys=True)}")
         if run.error_message:
-            click.echo(f"error: {run.error_message}")
+            progress.echo(f"error: {run.error_message}")
         if run.status.value in ("failed", "cancelled"):
-            click.echo(f"Resume it with: wfkit runs resume {run.id}", err=True)
+            click.echo(f"Resume it with: {wfkit_command('runs', 'resume', str(run.id))}", err=True)
     sys.exit(0 if run.status.value == "completed" else 1)
 
 
-def _interrupted(progress: _Progress, executor: Any, as_json: bool) -> None:
-    """After Ctrl-C: say how to resume; with --json, stdout still gets the run as it ended."""
-    if progress.run_id is None:
-        click.echo("Interrupted.", err=True)
-        sys.exit(1)
-    click.echo(f"Run {progress.run_id} cancelled (Ctrl-C). Resume it with: wfkit runs resume {progress.run_id}",
-               err=True)
+def _interrupted(err: KeyboardInterrupt, progress: _Progress, executor: Any, as_json: bool) -> None:
+    """After Ctrl-C or a stop signal: say how the run stands and how to go on; with --json, stdout
+    still gets the run as it ended. Exit 1 after Ctrl-C, 128 + the signal's number after a signal."""
+    from wfkit.errors import Interrupted, WfkitError
+
+    name = err.signal_name if isinstance(err, Interrupted) else "Ctrl-C"
+    code = 128 + getattr(signal, name) if isinstance(err, Interrupted) else 1
+    rid = progress.run_id
+    if rid is None:
+        click.echo("Interrupted: no run was created." if name == "Ctrl-C" else f"Interrupted ({name}): no run was "
+                   "created.", err=True)
+        sys.exit(code)
+    try:
+        run = executor.repository.find_run(rid)
+    except WfkitError as read_err:
+        click.echo(f"Run {rid} was interrupted ({name}), and how it ended could not be read: {read_err}. "
+                   f"See it with: {wfkit_command('runs', 'show', str(rid))}", err=True)
+        sys.exit(code)
+    if run.status.value == "running":  # the run could not be ended (the database failed meanwhile)
+        click.echo(f"Run {rid} was interrupted ({name}) but could not be ended: it still says running. "
+                   f"Take it over with: {wfkit_command('runs', 'resume', str(rid), '--force')}", err=True)
+    else:
+        click.echo(f"Run {rid} {run.status.value} ({name}). "
+                   f"Resume it with: {wfkit_command('runs', 'resume', str(rid))}", err=True)
     if as_json:
-        echo_json(executor.repository.find_run(progress.run_id).to_dict())
-    sys.exit(1)
+        progress.echo(json.dumps(run.to_dict(), indent=2, ensure_ascii=False))
+    sys.exit(code)
 
 
 @cli.command("run")
@@ -77,8 +139,9 @@ def _interrupted(progress: _Progress, executor: Any, as_json: bool) -> None:
 def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, as_json: bool) -> None:
     """Run workflow NAME, printing each stage and decision as it happens.
 
-    Exit code 0 when the run completes, 1 when it fails or is cancelled.
-    Ctrl-C cancels the run cleanly; `wfkit runs resume ID` continues it.
+    Exit code 0 when the run completes, 1 when it fails or is cancelled. Ctrl-C,
+    SIGTERM and SIGHUP cancel the run cleanly (exit 1, 143, 129); `wfkit runs
+    resume ID` continues it.
     With --json, stdout holds only the final run (progress goes to stderr).
     """
     params = parse_params(param_pairs, params_json)
@@ -86,10 +149,11 @@ def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, as
     executor = _executor(progress)
     warn_plugin_failures()
     try:
-        run = executor.execute(name, params)
-    except KeyboardInterrupt:
-        _interrupted(progress, executor, as_json)
-    _finish(run, as_json)
+        with _stopping_on_signals():
+            run = executor.execute(name, params)
+    except KeyboardInterrupt as err:
+        _interrupted(err, progress, executor, as_json)
+    _finish(run, as_json, progress)
 
 
 @runs.command("resume")
@@ -102,10 +166,11 @@ def runs_resume(run_id: str, force: bool, as_json: bool) -> None:
     progress = _Progress(to_stderr=as_json)
     executor = _executor(progress)
     try:
-        run = executor.resume(run_id, force=force)
-    except KeyboardInterrupt:
-        _interrupted(progress, executor, as_json)
-    _finish(run, as_json)
+        with _stopping_on_signals():
+            run = executor.resume(run_id, force=force)
+    except KeyboardInterrupt as err:
+        _interrupted(err, progress, executor, as_json)
+    _finish(run, as_json, progress)
 
 
 @runs.command("cancel")
@@ -128,7 +193,10 @@ def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
     elif run.status.value == "cancelled":
         click.echo(f"run {run.id} cancelled")
     else:
-        click.echo(f"cancel requested: run {run.id} stops before its next node")
+        click.echo(f"cancel requested: if a process is executing run {run.id}, it stops before its next node "
+                   "(a run in its last node completes).")
+        click.echo(f"If none is (its process was killed), end the run now with: "
+                   f"{wfkit_command('runs', 'cancel', str(run.id), '--force')}")
 
 
 @runs.command("delete")

@@ -100,7 +100,8 @@ class RunControl:
             deleted = recorder.delete_run(rid, force=force)
         if not deleted:  # it is running (the check and the delete are one statement)
             raise InvalidStatusError(
-                f"run {rid} is running: cancel it first, or force the deletion (--force) if its process is gone"
+                f"run {rid} is running: cancel it first (`wfkit runs cancel {rid}`), or, if its process is gone, "
+                f"delete it anyway with `wfkit runs delete {rid} --force` (force=True)"
             )
 
     def check_resume(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
@@ -111,7 +112,7 @@ class RunControl:
             if not force:
                 raise InvalidStatusError(
                     f"run {run.id} is running: if no process is executing it any more (it was killed), "
-                    "take it over with --force (force=True)"
+                    f"take it over with `wfkit runs resume {run.id} --force` (force=True)"
                 )
         else:
             check_transition(run.status, RunStatus.RUNNING)

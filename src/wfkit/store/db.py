@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 import urllib.parse
 import weakref
@@ -26,6 +25,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine, make_url
 
 from wfkit.errors import ConfigurationError, DatabaseError, DatabaseNotMigratedError, WfkitError
+from wfkit.formatting import mask_password
 
 DATABASE_URL_ENV = "WFKIT_DATABASE_URL"
 #: Milliseconds a SQLite connection waits for another writer before giving up.
@@ -93,16 +93,6 @@ def normalize_url(url: str) -> sa.URL:
 
 #: The URL each engine made by :func:`create_engine` was given, as written (messages echo it so).
 _WRITTEN_URLS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
-# user:password@ in the authority, and a password= query parameter (libpq's URLs take both)
-_AUTHORITY_PASSWORD = re.compile(r"(://[^/?#@:]*):[^/?#]*@")
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
-
-
-def mask_password(url: str) -> str:
-    """``url`` as written, its password (after ``user:``, or a ``password=`` parameter) as ``***``."""
-    return _QUERY_PASSWORD.sub(r"\1***", _AUTHORITY_PASSWORD.sub(r"\1:***@", url))
-
-
 def display_url(url: str | sa.URL | Engine) -> str:
     """A database URL fit for messages: as the user wrote it (for an engine, the URL it was made
     from), the password masked."""

@@ -7,8 +7,10 @@ for ``pause_seconds``, once, inside that node or just after it completed
 the file ``<WFKIT_TEST_MARKERS>/<run id or node>-<where>`` so the test knows
 when to strike. A pause happens only if its marker does not exist yet, so a
 resumed run does not pause again. Pausing never changes the state.
+Param ``async_nodes`` (true) makes the nodes ``async def`` (a pause inside one awaits).
 """
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -18,12 +20,17 @@ import wfkit
 NODES = ("s1", "s2", "s3", "s4")
 
 
-def _pause(name: str, seconds: float) -> None:
+def _first_time(name: str) -> bool:
     marker = Path(os.environ["WFKIT_TEST_MARKERS"]) / name
     if marker.exists():
-        return
+        return False
     marker.touch()
-    time.sleep(seconds)
+    return True
+
+
+def _pause(name: str, seconds: float) -> None:
+    if _first_time(name):
+        time.sleep(seconds)
 
 
 def steps(graph, runtime, params):
@@ -32,17 +39,22 @@ def steps(graph, runtime, params):
     fail_in = params.get("fail_in")
 
     def make(node):
+        def work(state):
+            if node == fail_in and _first_time(f"{node}-failed"):  # fails once: "the author fixed it"
+                raise RuntimeError(f"{node} could not reach its service")
+            return {"count": state["count"] + 1, "log": [*state["log"], f"{node}:{state['count']}"]}
+
         def step(state):
             if node == pause_in:
                 _pause(f"{node}-in", seconds)
-            if node == fail_in:
-                marker = Path(os.environ["WFKIT_TEST_MARKERS"]) / f"{node}-failed"
-                if not marker.exists():  # fails once: "the author fixed it" before the resume
-                    marker.touch()
-                    raise RuntimeError(f"{node} could not reach its service")
-            return {"count": state["count"] + 1, "log": [*state["log"], f"{node}:{state['count']}"]}
+            return work(state)
 
-        return step
+        async def async_step(state):
+            if node == pause_in and _first_time(f"{node}-in"):
+                await asyncio.sleep(seconds)
+            return work(state)
+
+        return async_step if params.get("async_nodes") else step
 
     for node in NODES:
         graph.add_node(node, make(node))
