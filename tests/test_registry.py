@@ -254,3 +254,32 @@ def test_the_default_registry_is_not_reentrant_while_plugins_load():
     finally:
         plugins._loading.active = False
         plugins._default_report = report
+
+
+def test_max_iterations_can_be_raised_by_the_registration_or_the_factory():
+    from wfkit.errors import MaxIterationsError
+
+    def looping(limit_in_factory=None):
+        def factory(graph, runtime, params):
+            if limit_in_factory:
+                graph.set_max_iterations(limit_in_factory)
+            graph.add_node("again", lambda s: {"n": s["n"] + 1}).set_entry_point("again")
+            graph.add_edge("again", "again", when=lambda s: s["n"] < 150, name="more").set_finish_point("again")
+            return {"n": 0}
+        return factory
+
+    reg = Registry()
+    reg.register("default", looping())
+    reg.register("raised", looping(), max_iterations=200)
+    reg.register("by-factory", looping(limit_in_factory=300))
+    graph, state = reg.get("default").build()
+    with pytest.raises(MaxIterationsError, match=r"registry.register\(\.\.\., max_iterations=N\), or "
+                                                  r"graph.set_max_iterations\(N\) in the factory"):
+        graph.run(state)
+    assert graph.max_iterations == 100
+    for name, limit in [("raised", 200), ("by-factory", 300)]:
+        graph, state = reg.get(name).build()
+        assert graph.max_iterations == limit and graph.run(state).state == {"n": 150}
+    for bad in (0, -1, True, 2.5, "10"):
+        with pytest.raises(RegistrationError, match="max_iterations of workflow 'x' must be a whole number"):
+            reg.register("x", looping(), max_iterations=bad)

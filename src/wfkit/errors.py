@@ -147,7 +147,8 @@ class MaxIterationsError(GraphError):
         self.node = node
         self.limit = limit
         super().__init__(f"node {node!r} would run more than max_iterations={limit} times in one run; "
-                         "fix the loop's exit condition or raise StateGraph(max_iterations=...)")
+                         "fix the loop's exit condition, or allow more: registry.register(..., max_iterations=N), "
+                         "or graph.set_max_iterations(N) in the factory")
 
     def __reduce__(self):
         return (type(self), (self.node, self.limit))

@@ -89,6 +89,9 @@ class Workflow:
     description: str = ""
     params_model: type | str | None = None
     plugin: str = LOCAL
+    #: how many times any one node may run in one run (None: StateGraph's default); the factory may
+    #: also set it, with ``graph.set_max_iterations(n)``
+    max_iterations: int | None = None
 
     def resolve_params_model(self) -> Any:
         """The params model class; an import path (``"pkg.mod:Model"``) is imported now, on first need."""
@@ -147,11 +150,15 @@ class Workflow:
         self, params: Mapping[str, Any] | None = None, runtime: Runtime | None = None
     ) -> tuple[StateGraph, dict[str, Any]]:
         """Run the factory on a fresh graph: the validated graph and the initial state."""
+        return self.build_checked(self.validate_params(params), runtime)
+
+    def build_checked(self, checked: Any, runtime: Runtime | None = None) -> tuple[StateGraph, dict[str, Any]]:
+        """Like :meth:`build`, for params that :meth:`validate_params` returned already."""
         from wfkit.graph import StateGraph
         from wfkit.runtime import Runtime
 
-        checked = self.validate_params(params)
-        graph = StateGraph(self.name)
+        graph = StateGraph(self.name) if self.max_iterations is None else \
+            StateGraph(self.name, max_iterations=self.max_iterations)
         try:
             state = self.factory(graph, runtime if runtime is not None else Runtime(), checked)
         except WfkitError:
@@ -188,6 +195,7 @@ class Registry:
         description: str | None = None,
         *,
         params: type | str | None = None,
+        max_iterations: int | None = None,
         replace: bool = False,
     ) -> Any:
         """Register ``factory`` under ``name``; without a factory, return a decorator that does.
@@ -195,17 +203,22 @@ class Registry:
         ``description`` defaults to the first line of the factory's docstring;
         ``params`` is an optional pydantic model for the workflow's params, or
         its import path (``"pkg.module:Model"``) so that merely listing
-        workflows does not import pydantic.
+        workflows does not import pydantic. ``max_iterations`` bounds how many
+        times any one node may run in one run (default 100).
         A name that is taken is an error naming both sources, unless ``replace=True``.
         """
         if factory is None:
 
             def decorator(fn: Factory) -> Factory:
-                self.register(name, fn, description, params=params, replace=replace)
+                self.register(name, fn, description, params=params, max_iterations=max_iterations, replace=replace)
                 return fn
 
             return decorator
         check_name(name)
+        if max_iterations is not None and (isinstance(max_iterations, bool) or not isinstance(max_iterations, int)
+                                           or max_iterations < 1):
+            raise RegistrationError(f"max_iterations of workflow {name!r} must be a whole number of at least 1, "
+                                    f"got {max_iterations!r}")
         if not callable(factory):
             raise RegistrationError(f"the factory of workflow {name!r} must be callable, got {type(factory).__name__}")
         if params is not None and not (
@@ -223,6 +236,7 @@ class Registry:
             description=_first_line(description if description is not None else factory.__doc__),
             params_model=params,
             plugin=plugin,
+            max_iterations=max_iterations,
         )
         with self._lock:
             existing = self._workflows.get(name)

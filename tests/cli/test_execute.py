@@ -102,6 +102,14 @@ def test_failure_then_resume_from_the_command_line(cli, db_url):
     )
 
 
+def test_a_workflow_that_cannot_build_is_one_line_and_creates_no_run(cli, db_url):
+    out = cli.run("run", "unbuildable")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == ("Error: the factory of workflow 'unbuildable' raised RuntimeError: "
+                                  "the settings file is missing")
+    assert Repository(db_url).list_runs().total == 0  # and so no resume hint that could never succeed
+
+
 def test_bad_input(cli):
     for args, code, message in [
         (["run", "stepz"], 1, "no workflow named 'stepz'; did you mean 'steps'?"),

@@ -28,6 +28,7 @@ from wfkit.graph import END, Snapshot
 from wfkit.registry import Registry
 from wfkit.runtime import Runtime
 from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus
+from wfkit.store.recorder import SqlRecorder
 from wfkit.store.repository import Repository
 
 
@@ -328,15 +329,61 @@ def test_cold_start_errors_create_no_run(engine, samples):
         Executor(engine, registry=samples, checkpoint_every=0)
 
 
-def test_factory_failure_fails_the_run(engine):
+def test_a_workflow_that_does_not_build_creates_no_run(engine):
+    """The graph is built and validated before the run is recorded: a factory that raises, or a
+    graph that does not validate, is an error to the caller, and no run (with a resume that could
+    never succeed) is left behind."""
+    from wfkit.errors import GraphValidationError, WorkflowBuildError
+
     reg = Registry()
 
     def broken(graph, runtime, params):
         raise KeyError("config")
 
+    def invalid(graph, runtime, params):
+        graph.add_node("a", lambda s: None)  # no entry point, no way out
+        return {}
+
+    def unstorable(graph, runtime, params):
+        graph.add_node("a", lambda s: None).set_entry_point("a").set_finish_point("a")
+        return {"when": datetime.now()}
+
     reg.register("broken", broken)
-    run = Executor(engine, registry=reg).execute("broken")
-    assert run.status is RunStatus.FAILED and "the factory of workflow 'broken' raised KeyError" in run.error_message
+    reg.register("invalid", invalid)
+    reg.register("unstorable", unstorable)
+    executor = Executor(engine, registry=reg)
+    with pytest.raises(WorkflowBuildError, match="the factory of workflow 'broken' raised KeyError"):
+        executor.execute("broken")
+    with pytest.raises(GraphValidationError, match="graph 'invalid' is invalid"):
+        executor.start("invalid")
+    with pytest.raises(StateNotSerializableError, match="initial state of workflow 'unstorable'.*key 'when'"):
+        asyncio.run(executor.aexecute("unstorable"))
+    assert executor.repository.list_runs().total == 0
+
+
+def test_a_resume_whose_workflow_no_longer_builds_leaves_the_run_as_it_was(engine):
+    from wfkit.errors import WorkflowBuildError
+
+    calls: list[str] = []
+    reg = chain_registry("two", "ab", calls, "b", lambda: False)
+    executor = Executor(engine, registry=reg)
+    run = executor.execute("two")
+    assert run.status is RunStatus.FAILED
+
+    def now_broken(graph, runtime, params):
+        raise RuntimeError("the new version cannot build")
+
+    reg.register("two", now_broken, replace=True)
+    with pytest.raises(WorkflowBuildError, match="the new version cannot build"):
+        executor.resume(run.id)
+    after = executor.repository.find_run(run.id)
+    assert after.to_dict() == run.to_dict()  # untouched: still failed, same error, same times
+
+
+def pending_run(executor: Executor, name: str, params: dict | None = None):
+    """The plan of a run created pending, as start() creates it, without starting it."""
+    with SqlRecorder(executor.engine) as recorder:
+        return executor._cold_start(name, params, recorder, start=False)
 
 
 def gate_registry(gate: threading.Event, started: threading.Event, asynchronous: bool = False) -> Registry:
@@ -425,7 +472,7 @@ def test_a_cancel_while_a_pending_run_starts_is_not_lost(engine, samples):
     from wfkit.store.recorder import SqlRecorder
 
     executor = Executor(engine, registry=samples)
-    plan = executor._cold_start("branching", {})
+    plan = pending_run(executor, "branching")
     find_run = executor.repository.find_run
 
     def find_then_start(run_id):
@@ -446,10 +493,10 @@ def test_a_cancel_while_a_pending_run_starts_is_not_lost(engine, samples):
 def test_a_run_cancelled_before_its_thread_starts_it_just_ends(engine, samples, caplog):
     """cancel() wins against the background start: the run stays cancelled, nothing is logged as failed."""
     executor = Executor(engine, registry=samples)
-    plan = executor._cold_start("branching", {})
+    plan = pending_run(executor, "branching")
     assert executor.cancel(plan.run_id).status is RunStatus.CANCELLED
     with caplog.at_level(logging.ERROR):
-        executor._hot_in_background(plan)  # what start()'s thread does, late
+        executor._hot_in_background(plan, executor._open_recorder())  # what start()'s thread does, late
         assert asyncio.run(executor._ahot(plan)).status is RunStatus.CANCELLED  # and astart()'s task
     assert not caplog.records
     run = executor.repository.find_run(plan.run_id)
@@ -458,7 +505,7 @@ def test_a_run_cancelled_before_its_thread_starts_it_just_ends(engine, samples, 
 
 def test_cancel_a_pending_run_at_once(engine, samples):
     executor = Executor(engine, registry=samples)
-    run_id = executor._cold_start("branching", {}).run_id
+    run_id = pending_run(executor, "branching").run_id
     run = executor.cancel(run_id)
     assert run.status is RunStatus.CANCELLED and run.completed_at is not None
     assert executor.resume(run_id).status is RunStatus.COMPLETED
@@ -704,7 +751,7 @@ def test_text_that_only_looks_like_a_nul_escape_is_stored(engine):
     assert Repository(engine).find_run(run.id).result == tricky
 
 
-def test_ctrl_c_while_the_graph_is_built_cancels_the_run(engine):
+def test_ctrl_c_while_the_graph_is_built_leaves_no_run(engine):
     reg = Registry()
 
     def interrupted(graph, runtime, params):
@@ -714,14 +761,14 @@ def test_ctrl_c_while_the_graph_is_built_cancels_the_run(engine):
     executor = Executor(engine, registry=reg)
     with pytest.raises(KeyboardInterrupt):
         executor.execute("interrupted")
-    assert executor.repository.list_runs().data[0].status is RunStatus.CANCELLED
+    assert executor.repository.list_runs().total == 0  # the graph is built before the run is recorded
 
 
 def test_a_cancel_request_stops_the_next_stage_from_starting(engine, samples):
     from wfkit.store.recorder import SqlRecorder
 
     executor = Executor(engine, registry=samples)
-    plan = executor._cold_start("branching", {})
+    plan = pending_run(executor, "branching")
     with SqlRecorder(engine) as rec:
         rec.start_run(plan.run_id, RunStatus.PENDING)
         assert rec.begin_stage(plan.run_id, "receive", 1, "{}")[1] is False
@@ -738,7 +785,7 @@ def test_force_cancel_ends_a_run_whose_process_is_gone_and_it_resumes(engine, sa
 
     executor = Executor(engine, registry=samples)
     expected = Executor(engine, registry=samples).execute("branching").result
-    plan = executor._cold_start("branching", {})
+    plan = pending_run(executor, "branching")
     with SqlRecorder(engine) as rec:  # what the dead process had written
         rec.start_run(plan.run_id, RunStatus.PENDING)
         rec.begin_stage(plan.run_id, "receive", 1, "{}")
@@ -845,3 +892,28 @@ def test_an_interrupt_at_a_step_boundary_never_commits_half_a_step(engine, monke
     assert resumed.status is RunStatus.COMPLETED and resumed.result == {"seen": list("abcd")}
     after = [s.node_name for s in executor.repository.get_stages(run.id) if s.status is StageStatus.COMPLETED]
     assert after == list("abcd")  # no completed node ran again
+
+
+def test_a_full_pool_is_a_clear_error_and_no_run_is_left_pending(db_url):
+    """Each background run holds a connection: with the pool full, start() says which limit was hit
+    (and how to raise it) before creating a run that could never start."""
+    from wfkit.errors import DatabaseError
+    from wfkit.store.db import create_engine
+
+    gate, started = threading.Event(), threading.Event()
+    engine = create_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    try:
+        executor = Executor(engine, registry=gate_registry(gate, started))
+        first = executor.start("gated")
+        assert started.wait(10)
+        with pytest.raises(DatabaseError, match=r"all 1 connections of the engine's pool are in use "
+                                                r"\(pool_size=1, max_overflow=0; each run being executed holds one\)"):
+            executor.start("gated")
+        with pytest.raises(DatabaseError, match="pool_size=1"):
+            asyncio.run(executor.astart("gated"))
+        gate.set()
+        assert executor.wait(first, timeout=10).status is RunStatus.COMPLETED
+        assert executor.repository.list_runs().total == 1  # no other run was created
+    finally:
+        gate.set()
+        engine.dispose()

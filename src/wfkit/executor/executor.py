@@ -39,14 +39,14 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from wfkit.errors import InvalidParamsError, InvalidStatusError, WfkitError, error_text
-from wfkit.events import MultiObserver, Observer, RunCancelled, RunFailed, RunStarted
+from wfkit.errors import CheckpointError, GraphError, InvalidParamsError, InvalidStatusError
+from wfkit.events import MultiObserver, Observer, RunStarted
 from wfkit.executor import checkpoints
 from wfkit.executor.control import RunControl
 from wfkit.executor.run_loop import Plan, RunLoop, StageCapture
 from wfkit.graph import Walker
 from wfkit.ids import parse_uuid
-from wfkit.jsontext import check_json
+from wfkit.jsontext import check_json, dumps_state
 from wfkit.plugins import default_registry, plugin_observers
 from wfkit.registry import Registry
 from wfkit.runtime import Runtime
@@ -97,18 +97,24 @@ class Executor:
     def execute(self, name: str, params: Mapping[str, Any] | None = None) -> Run:
         """Create a run of workflow ``name`` and execute it to the end; return the finished run."""
         with SqlRecorder(self.engine) as recorder:
-            return self._hot(self._cold_start(name, params, recorder), recorder)
+            return self._hot(self._cold_start(name, params, recorder, start=True), recorder)
 
     async def aexecute(self, name: str, params: Mapping[str, Any] | None = None) -> Run:
         """Like :meth:`execute`, awaiting async nodes (a cancelled task cancels the run)."""
         with SqlRecorder(self.engine) as recorder:
-            return await self._ahot(self._cold_start(name, params, recorder), recorder)
+            return await self._ahot(self._cold_start(name, params, recorder, start=True), recorder)
 
     def start(self, name: str, params: Mapping[str, Any] | None = None) -> uuid.UUID:
-        """Create a run and execute it in a background thread; return its id at once (see :meth:`wait`)."""
-        plan = self._cold_start(name, params)
-        thread = threading.Thread(target=self._hot_in_background, name=f"wfkit-run-{plan.run_id}", args=(plan,),
-                                  daemon=True)
+        """Create a run and execute it in a background thread; return its id at once (see :meth:`wait`).
+        The run's connection is taken before the run is created: with the pool full, this raises."""
+        recorder = self._open_recorder()
+        try:
+            plan = self._cold_start(name, params, recorder, start=False)
+        except BaseException:
+            recorder.close()
+            raise
+        thread = threading.Thread(target=self._hot_in_background, name=f"wfkit-run-{plan.run_id}",
+                                  args=(plan, recorder), daemon=True)
         with self._lock:
             self._threads[plan.run_id] = thread
             self._cancel.setdefault(plan.run_id, threading.Event())  # a cancel() before it starts is seen
@@ -120,9 +126,15 @@ class Executor:
         and a cancel through this executor cancels the task of the node that is running (one from
         another process stops it before its next node). Returns the run's id at once (see
         :meth:`await_run`). Should the loop end first, the run ends cancelled, resumable."""
-        plan = await asyncio.to_thread(self._cold_start, name, params)
+        recorder = await asyncio.to_thread(self._open_recorder)
+        try:
+            plan = await asyncio.to_thread(lambda: self._cold_start(name, params, recorder, start=False))
+        except BaseException:
+            recorder.close()
+            raise
         rid = plan.run_id
-        task = asyncio.get_running_loop().create_task(self._ahot_in_background(plan), name=f"wfkit-run-{rid}")
+        task = asyncio.get_running_loop().create_task(self._ahot_in_background(plan, recorder),
+                                                      name=f"wfkit-run-{rid}")
         with self._lock:
             self._tasks[rid] = task
             self._cancel.setdefault(rid, threading.Event())
@@ -197,9 +209,20 @@ class Executor:
 
     # -- phases
 
-    def _cold_start(self, name: str, params: Mapping[str, Any] | None, recorder: SqlRecorder | None = None) -> Plan:
-        """Resolve the workflow, check its params, create the run as pending. Given the hot start's
-        ``recorder``, create it running instead: creation and start in one transaction."""
+    def _open_recorder(self) -> SqlRecorder:
+        """A recorder with its connection taken now: a run that has one never waits for the pool (a
+        full pool is an error to the caller, before any run is created)."""
+        recorder = SqlRecorder(self.engine)
+        recorder.__enter__()
+        return recorder
+
+    def _cold_start(self, name: str, params: Mapping[str, Any] | None, recorder: SqlRecorder, *,
+                    start: bool) -> Plan:
+        """Resolve the workflow, check its params, build and validate its graph, and only then create
+        the run: a factory that raises or a graph that does not validate is an error to the caller,
+        and no run is recorded (factories do not see the run's id, so nothing needs it before).
+        With ``start``, the run is created running (creation and start in one statement), else
+        pending."""
         workflow = self.registry.get(name)
         checked = workflow.validate_params(params)
         stored = checked.model_dump(mode="json") if hasattr(checked, "model_dump") else dict(checked)
@@ -207,25 +230,42 @@ class Executor:
             check_json(stored)
         except (TypeError, ValueError) as err:
             raise InvalidParamsError(f"params of workflow {name!r} must be JSON-serializable: {err}") from None
+        graph, initial = workflow.build_checked(checked, self.runtime)
+        capture = StageCapture()
+        walker = Walker(graph, initial, observer=capture)
+        state_json = dumps_state(walker.state, f"the initial state of workflow {name!r}")
         run_id = uuid.uuid4()
-        if recorder is not None:
+        if start:
             created_at, started_at = recorder.create_and_start_run(run_id, name, stored)
-            return Plan(run_id, workflow, stored, RunStatus.RUNNING, None, False, created_at, started_at,
-                        started=True)
-        with SqlRecorder(self.engine) as own:
-            created_at = own.create_run(run_id, name, stored)
-        return Plan(run_id, workflow, stored, RunStatus.PENDING, None, False, created_at)
+        else:
+            created_at, started_at = recorder.create_run(run_id, name, stored), None
+        return Plan(run_id, workflow, stored, RunStatus.RUNNING if start else RunStatus.PENDING, walker, capture,
+                    state_json, False, created_at, started_at, started=start)
 
     def _prepare_resume(self, run_id: uuid.UUID | str, force: bool) -> Plan:
+        """Check that the run may resume, and rebuild its walk where its checkpoint left it: a workflow
+        that no longer builds, or a checkpoint that does not fit its graph, is an error before the
+        run is touched."""
         run = self.control.check_resume(run_id, force=force)
         workflow = self.registry.get(run.workflow_name)
         snapshot = checkpoints.load(self.repository, run.id)
+        graph, initial = workflow.build(run.params, self.runtime)
+        capture = StageCapture()
+        if snapshot is None:
+            walker = Walker(graph, initial, observer=capture)
+        else:
+            try:
+                walker = Walker.from_snapshot(graph, snapshot, observer=capture)
+            except GraphError as err:
+                raise CheckpointError(f"the checkpoint of run {run.id} does not fit workflow {workflow.name!r} "
+                                      f"as it is now: {err}") from None
+        state_json = dumps_state(walker.state, "the state to resume from")
         self.control.interrupt_stages(run.id)  # stages a dead process (or a lost write) left 'started'
-        return Plan(run.id, workflow, run.params, run.status, snapshot, True, run.created_at, run.started_at)
+        return Plan(run.id, workflow, run.params, run.status, walker, capture, state_json, True, run.created_at,
+                    run.started_at)
 
     def _begin(self, recorder: SqlRecorder, plan: Plan) -> RunLoop | None:
-        """Mark the run running, build its graph, and set up the walk (None if the build failed, or
-        if the run was cancelled before it started)."""
+        """Mark the run running and set up its walk (None if it was cancelled before it started)."""
         run_id = plan.run_id
         if not plan.started:
             started = recorder.start_run(run_id, plan.from_status)
@@ -235,44 +275,23 @@ class Executor:
                     return None  # cancelled before it started: nothing to run (the outcome reads it back)
                 raise InvalidStatusError(f"run {run_id} is {now.status.value} now (it changed meanwhile); not started")
             plan.started_at = plan.started_at or started
+        with self._lock:
+            cancel = self._cancel.setdefault(run_id, threading.Event())
+        loop = RunLoop(recorder, run_id, plan.walker, plan.capture, plan.state_json, observers=self.observers,
+                       checkpoint_every=self.checkpoint_every, cancel=cancel)
         self.observers.on_event(RunStarted(run_id, plan.workflow.name, plan.params, plan.resumed))
-        capture = StageCapture()
-        try:
-            graph, initial = plan.workflow.build(plan.params, self.runtime)
-            if plan.snapshot is None:
-                walker = Walker(graph, initial, observer=capture)
-            else:
-                walker = Walker.from_snapshot(graph, plan.snapshot, observer=capture)
-            with self._lock:
-                cancel = self._cancel.setdefault(run_id, threading.Event())
-            return RunLoop(recorder, run_id, graph, walker, capture, observers=self.observers,
-                           checkpoint_every=self.checkpoint_every, cancel=cancel)
-        except WfkitError as err:
-            plan.error = str(err)
-            plan.failed = recorder.finish_run(run_id, RunStatus.FAILED, error=plan.error)
-            self.observers.on_event(RunFailed(run_id, plan.error))
-            return None
-        except BaseException as err:  # Ctrl-C, or a factory bug: the run must not stay 'running'
-            if isinstance(err, (KeyboardInterrupt, asyncio.CancelledError)):
-                recorder.finish_run(run_id, RunStatus.CANCELLED)
-                self.observers.on_event(RunCancelled(run_id, "interrupted while building the graph"))
-            else:
-                recorder.finish_run(run_id, RunStatus.FAILED, error=f"building the graph failed: {error_text(err)}")
-            raise
+        return loop
 
     def _outcome(self, plan: Plan, loop: RunLoop | None) -> Run:
         """The finished run, from what this process wrote (no read back), or as stored if unsure."""
-        finished = loop.finished if loop is not None else plan.failed
-        if finished is None or (loop is not None and loop.outcome is None):
+        finished = loop.finished if loop is not None else None
+        if loop is None or finished is None or loop.outcome is None:
             return self.repository.find_run(plan.run_id)
         values = dict(
-            id=plan.run_id, workflow_name=plan.workflow.name,
-            status=loop.outcome if loop is not None else RunStatus.FAILED,
-            params=plan.params, result=loop.result if loop is not None else None,
-            error_message=loop.error if loop is not None else plan.error,
-            started_at=plan.started_at, completed_at=finished.completed_at, created_at=plan.created_at,
-            updated_at=finished.completed_at, cancel_requested_at=finished.cancel_requested_at,
-            cancel_reason=finished.cancel_reason,
+            id=plan.run_id, workflow_name=plan.workflow.name, status=loop.outcome, params=plan.params,
+            result=loop.result, error_message=loop.error, started_at=plan.started_at,
+            completed_at=finished.completed_at, created_at=plan.created_at, updated_at=finished.completed_at,
+            cancel_requested_at=finished.cancel_requested_at, cancel_reason=finished.cancel_reason,
         )
         return _load_run([values[field] for field in _RUN_FIELDS])
 
@@ -308,14 +327,18 @@ class Executor:
                 await loop.awalk()
         return self._outcome(plan, loop)
 
-    def _hot_in_background(self, plan: Plan) -> None:
+    def _hot_in_background(self, plan: Plan, recorder: SqlRecorder) -> None:
         try:
-            self._hot(plan)
+            self._hot(plan, recorder)
         except Exception:  # recorded in the run where possible; never kill the thread silently
             log.exception("run %s failed in the background", plan.run_id)
+        finally:
+            recorder.close()
 
-    async def _ahot_in_background(self, plan: Plan) -> None:
+    async def _ahot_in_background(self, plan: Plan, recorder: SqlRecorder) -> None:
         try:
-            await self._ahot(plan)
+            await self._ahot(plan, recorder)
         except Exception:  # as in a thread (a cancelled task is recorded as a cancelled run, and re-raised)
             log.exception("run %s failed in the background", plan.run_id)
+        finally:
+            recorder.close()

@@ -39,7 +39,7 @@ from wfkit.events import (
     traceback_text,
 )
 from wfkit.executor import checkpoints
-from wfkit.graph import RouteDecision, Snapshot, StateGraph, Walker
+from wfkit.graph import RouteDecision, StateGraph, Walker
 from wfkit.jsontext import dumps, dumps_state
 from wfkit.registry import Workflow
 from wfkit.store.models import RunStatus, StageStatus
@@ -55,14 +55,14 @@ class Plan:
 
     run_id: uuid.UUID
     workflow: Workflow
-    params: dict[str, Any]
+    params: dict[str, Any]  # as stored
     from_status: RunStatus
-    snapshot: Snapshot | None  # where a resumed run's walk stands (None: from the beginning)
+    walker: Walker  # on the validated graph, at the start or where a resumed run's checkpoint left it
+    capture: StageCapture  # the walker's observer
+    state_json: str  # the walker's state, encoded already (checked before anything was written)
     resumed: bool
     created_at: datetime
     started_at: datetime | None = None
-    error: str | None = None
-    failed: Finished | None = None  # the graph could not be built: how the run ended
     started: bool = False  # already moved to running (together with its creation)
 
 
@@ -84,13 +84,12 @@ class StageCapture:
 class RunLoop:
     """One execution of one run: the bookkeeping around each step, shared by the sync and async walks."""
 
-    def __init__(self, recorder: SqlRecorder, run_id: uuid.UUID, graph: StateGraph, walker: Walker,
-                 capture: StageCapture, *, observers: MultiObserver, checkpoint_every: int,
-                 cancel: threading.Event):
-        self.recorder, self.run_id, self.graph, self.walker, self.capture = recorder, run_id, graph, walker, capture
+    def __init__(self, recorder: SqlRecorder, run_id: uuid.UUID, walker: Walker, capture: StageCapture,
+                 state_json: str, *, observers: MultiObserver, checkpoint_every: int, cancel: threading.Event):
+        self.recorder, self.run_id, self.walker, self.capture = recorder, run_id, walker, capture
+        self.graph: StateGraph = walker.graph
         self.observers, self.checkpoint_every, self.cancel = observers, checkpoint_every, cancel
-        self.state_json = dumps_state(walker.state, "the state to resume from" if walker.counters else
-                                      f"the initial state of workflow {graph.name!r}")
+        self.state_json = state_json  # the state the next stage starts from, as stored
         self.stage_id: uuid.UUID | None = None
         self.stage_began = 0.0  # perf_counter() when the current stage's start was recorded
         self.node = ""

@@ -96,6 +96,12 @@ class StateGraph:
         self._valid = False
         return self
 
+    def set_max_iterations(self, limit: int) -> StateGraph:
+        """Allow any one node to run at most ``limit`` times in one walk (default 100)."""
+        self._max_iterations = limit
+        self._valid = False
+        return self
+
     def set_result_key(self, key: str | None) -> StateGraph:
         """Make ``state[key]`` at the end the run's result, instead of the whole final state."""
         self.result_key = key

@@ -304,6 +304,17 @@ def migration_connection(conn: sa.Connection) -> Iterator[None]:
         conn.commit()
 
 
+def _pool_limit(engine: Engine) -> str:
+    """What limit a pool timeout hit, and how to raise it."""
+    pool = engine.pool
+    size, overflow = getattr(pool, "size", lambda: None)(), getattr(pool, "_max_overflow", None)
+    if size is None or overflow is None:
+        return "the engine's pool has no connection free"
+    return (f"all {size + max(overflow, 0)} connections of the engine's pool are in use (pool_size={size}, "
+            f"max_overflow={overflow}; each run being executed holds one): pass wfkit.create_engine(url, "
+            "pool_size=..., max_overflow=...) to the Executor, or run fewer runs at once")
+
+
 def is_in_memory(url: str | sa.URL) -> bool:
     """Whether ``url`` names an in-memory SQLite database (it lives as long as its engine)."""
     parsed = make_url(url) if isinstance(url, str) else url
@@ -348,9 +359,8 @@ def translate_errors(engine: Engine) -> Iterator[None]:
     try:
         yield
     except exc.TimeoutError as err:
-        raise DatabaseError(
-            f"no free connection to the database at {display_url(engine)} (all are in use): {_first_line(err)}"
-        ) from err
+        raise DatabaseError(f"no free connection to the database at {display_url(engine)}: {_pool_limit(engine)}"
+                            ) from err
     except Exception as err:
         if not is_driver_error(err):
             raise

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from wfkit.errors import DatabaseError, WfkitError
@@ -410,7 +411,8 @@ class _WriteGuard:
             except Exception:
                 pass
         recorder._pending.clear()
-        if isinstance(err, Exception) and not isinstance(err, WfkitError) and is_driver_error(err):
-            with translate_errors(recorder.engine):  # not migrated, unreachable, refused: say which
+        if isinstance(err, Exception) and not isinstance(err, WfkitError) and (
+                is_driver_error(err) or isinstance(err, sa_exc.TimeoutError)):
+            with translate_errors(recorder.engine):  # not migrated, unreachable, refused, pool full: say which
                 raise err
         return False

@@ -82,9 +82,15 @@ class PauseAfter:
                 _pause(f"{event.node}-after", float(params.get("pause_seconds", 30)))
 
 
+def unbuildable(graph, runtime, params):
+    """A factory that cannot build its graph."""
+    raise RuntimeError("the settings file is missing")
+
+
 @wfkit.hookimpl
 def wfkit_register_workflows(registry):
     registry.register("steps", steps)
+    registry.register("unbuildable", unbuildable)
 
 
 @wfkit.hookimpl
