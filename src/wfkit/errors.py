@@ -25,7 +25,8 @@ failure)::
     +-- GraphError                    500  a graph built or walked wrongly
         +-- GraphValidationError      500  ... the problems StateGraph.validate() found
         +-- MaxIterationsError        500  ... a node visited more than max_iterations times
-        +-- NoRouteError              500  ... no edge leaving a node could be taken
+        +-- RouteError                500  ... no edge leaving a node could be chosen (a predicate raised)
+        |   +-- NoRouteError          500  ... no edge leaving a node holds
         +-- NodeError                 500  ... a node raised or returned a non-mapping
 
 ConfigurationError is bad input: its values come from whoever runs wfkit (a flag, an
@@ -154,15 +155,27 @@ class MaxIterationsError(GraphError):
         return (type(self), (self.node, self.limit))
 
 
-class NoRouteError(GraphError):
+class RouteError(GraphError):
+    """No edge leaving a node could be chosen, after the node itself completed: ``.node``; a predicate
+    that raised is ``.predicate`` (its exception is the ``__cause__``)."""
+
+    def __init__(self, node: str, message: str, predicate: str | None = None):
+        self.node = node
+        self.predicate = predicate
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.node, str(self), self.predicate))
+
+
+class NoRouteError(RouteError):
     """No edge leaving a node could be taken: every predicate tried was false (``.tried`` names them)."""
 
     def __init__(self, node: str, tried: list[str]):
-        self.node = node
         self.tried = list(tried)
         names = ", ".join(self.tried) if self.tried else "none (the node has no outgoing edges)"
-        super().__init__(f"no edge from node {node!r} holds; predicates tried: {names}; "
-                         "add an unconditional edge last as the fallback")
+        super().__init__(node, f"no edge from node {node!r} holds; predicates tried: {names}; "
+                               "add an unconditional edge last as the fallback", self.tried[-1] if self.tried else None)
 
     def __reduce__(self):
         return (type(self), (self.node, self.tried))

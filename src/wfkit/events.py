@@ -170,6 +170,8 @@ def describe(event: Event) -> str:
             return f"  + {node} (iteration {it}) completed in {format_ms(ms)}"
         case StageFailed(node=node, iteration=it, error=error, duration_ms=ms):
             return f"  x {node} (iteration {it}) failed after {format_ms(ms)}: {error}"
+        case DecisionMade(from_node=src, predicate_result=False, reason=reason):
+            return f"    {src} -> (no route): {reason}"
         case DecisionMade(from_node=src, to_node=dst, predicate_name=pred, predicate_result=held):
             via = f"{pred}={str(held).lower()}" if pred else "unconditional"
             return f"    {src} -> {dst or 'END'} [{via}]"

@@ -650,8 +650,9 @@ def test_the_checkpoint_format_round_trips_and_refuses_what_it_cannot_store():
 
 @pytest.mark.parametrize("state_data, problem", [
     ({"state": {}, "next_node": None, "counters": {}}, "was not written by wfkit's executor .* cannot be resumed"),
-    ({"state": {}, "next_node": None, "counters": {}, "format": 2}, "is in format 2; this wfkit reads format 1"),
+    ({"state": {}, "next_node": None, "counters": {}, "format": 3}, "is in format 3; this wfkit reads formats 1, 2"),
     ({"state": {}, "next_node": None, "counters": {}, "format": True}, "is in format True"),
+    ({"state": {}, "next_node": "b", "counters": {}, "route_from": "a", "format": 2}, "is damaged: 'route_from' must be a node name"),
     ({"next_node": "x", "format": 1}, "is damaged: it lacks 'state', 'counters'"),
     ({"state": {"a": 1}, "counters": {}, "format": 1}, "is damaged: it lacks 'next_node'"),
     ({"state": 5, "next_node": None, "counters": {}, "format": 1}, "is damaged: 'state' must be a JSON object, not int"),
@@ -917,3 +918,55 @@ def test_a_full_pool_is_a_clear_error_and_no_run_is_left_pending(db_url):
     finally:
         gate.set()
         engine.dispose()
+
+
+# --------------------------------------------------------------------------- routing that fails after a node
+
+
+@pytest.mark.parametrize("failure", ["no edge holds", "the predicate raises"])
+def test_a_routing_failure_is_the_routes_not_the_nodes_and_a_resume_routes_again(engine, failure):
+    """The node succeeded: its stage is completed, a decision records that no edge held, the run
+    fails with the routing error, and a resume chooses the route again without running the node."""
+    from wfkit.errors import NoRouteError, RouteError
+
+    calls: list[str] = []
+    fixed = {"value": False}
+
+    def ready(state):
+        if not fixed["value"] and failure == "the predicate raises":
+            raise KeyError("threshold")
+        return fixed["value"]
+
+    def factory(graph, runtime, params):
+        graph.add_node("a", lambda s: calls.append("a") or {"a": True})
+        graph.add_node("b", lambda s: calls.append("b") or {"b": True})
+        graph.set_entry_point("a")
+        graph.add_edge("a", "b", when=ready, name="ready")
+        graph.add_edge("b", END)
+        return {}
+
+    reg = Registry()
+    reg.register("routed", factory)
+    events = Recorder()
+    executor = Executor(engine, registry=reg, observers=[events])
+    run = executor.execute("routed")
+    assert run.status is RunStatus.FAILED and calls == ["a"]
+    expected = NoRouteError if failure == "no edge holds" else RouteError
+    assert isinstance(events.events[-1].exception, expected)
+    [stage] = executor.repository.get_stages(run.id)
+    assert stage.node_name == "a" and stage.status is StageStatus.COMPLETED  # the node is not blamed
+    [decision] = executor.repository.get_decisions(run.id)
+    assert (decision.from_node, decision.to_node, decision.predicate_name, decision.predicate_result) == \
+        ("a", None, "ready", False)
+    assert decision.reason == run.error_message
+    node, snapshot = saved_checkpoint(engine, run.id)
+    assert (node, snapshot.next_node, snapshot.route_from, snapshot.state) == ("a", None, "a", {"a": True})
+
+    again = executor.resume(run.id)  # still no route: fails again, runs nothing
+    assert again.status is RunStatus.FAILED and calls == ["a"]
+    fixed["value"] = True
+    done = executor.resume(run.id)
+    assert done.status is RunStatus.COMPLETED and done.result == {"a": True, "b": True}
+    assert calls == ["a", "b"]  # a ran once
+    decisions = [(d.from_node, d.to_node, d.predicate_result) for d in executor.repository.get_decisions(run.id)]
+    assert decisions == [("a", None, False), ("a", None, False), ("a", "b", True), ("b", None, True)]

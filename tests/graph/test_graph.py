@@ -733,3 +733,28 @@ def test_observer_may_implement_only_some_methods():
     obs = Decisions()
     loop_graph().run({"count": 0}, observer=obs)
     assert obs.seen == ["inc", "inc", None]
+
+
+def test_a_route_that_fails_keeps_the_nodes_work_and_can_be_chosen_again():
+    open_gate = {"value": False}
+    graph = (StateGraph().add_node("a", inc).add_node("b", inc).set_entry_point("a")
+             .add_edge("a", "b", when=lambda s: open_gate["value"], name="gate").add_edge("b", END))
+    walker = graph.walker({})
+    with pytest.raises(NoRouteError):
+        walker.step()
+    assert (walker.state, walker.counters, walker.route_from, walker.node, walker.done) == ({"count": 1}, {"a": 1}, "a",
+                                                                                            None, False)
+    snapshot = walker.snapshot()
+    assert snapshot.route_from == "a" and Snapshot.from_dict(snapshot.to_dict()) == snapshot
+    with pytest.raises(GraphError, match="the route from node 'a' is still to be chosen: call reroute"):
+        walker.step()
+    resumed = Walker.from_snapshot(graph, snapshot)
+    with pytest.raises(NoRouteError):
+        resumed.reroute()  # still closed: nothing moved
+    assert resumed.route_from == "a" and resumed.counters == {"a": 1}
+    open_gate["value"] = True
+    assert resumed.reroute().to_node == "b" and resumed.route_from is None
+    resumed.run()
+    assert resumed.state == {"count": 2} and resumed.done
+    with pytest.raises(GraphError, match="cannot resume the walk: route_from 'nope'"):
+        Walker(graph, {}, node=None, route_from="nope")

@@ -171,6 +171,7 @@ def runs_decisions(run_id: str, as_json: bool) -> None:
     _echo_related(
         _read(lambda repo: repo.get_decisions(run_id)), as_json, "This run has no decisions yet.",
         ("FROM", "TO", "PREDICATE", "RESULT", "AT", "REASON"),
-        lambda d: (d.from_node, d.to_node or "END", d.predicate_name or "-", str(d.predicate_result).lower(),
+        lambda d: (d.from_node, d.to_node or ("END" if d.predicate_result else "(no route)"), d.predicate_name or "-",
+                   str(d.predicate_result).lower(),
                    fmt_time(d.created_at), fmt_value(d.reason)),
     )

@@ -6,10 +6,12 @@ run's row of the ``checkpoints`` table, and a resume rebuilds the walk from it
 (``Walker.from_snapshot``), so that completed nodes do not run again. ``state_data`` holds the
 snapshot's JSON form plus the format's number::
 
-    {"state": {...}, "next_node": "review", "counters": {"draft": 1}, "format": 1}
+    {"state": {...}, "next_node": "review", "counters": {"draft": 1}, "route_from": null, "format": 2}
 
-(``next_node`` is null once the walk reached END). ``checkpoint_node`` holds the node just completed.
-The store writes and reads this as opaque JSON; only this module knows its shape.
+(``next_node`` is null once the walk reached END; ``route_from`` names a node that completed but
+whose route could not be chosen: a resume chooses it again). ``checkpoint_node`` holds the node
+just completed. Format 1, written before ``route_from`` existed, is read too. The store writes and
+reads this as opaque JSON; only this module knows its shape.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from wfkit.jsontext import dumps, dumps_state
 if TYPE_CHECKING:
     from wfkit.store.repository import Repository
 
-#: The version of the layout of ``checkpoints.state_data`` that this wfkit writes and reads.
-FORMAT = 1
+#: The version of the layout of ``checkpoints.state_data`` that this wfkit writes.
+FORMAT = 2
+#: The versions it reads (1 had no ``route_from``).
+READS = (1, 2)
 
 
 def encode(snapshot: Snapshot, state_json: str | None = None) -> str:
@@ -57,9 +61,9 @@ def decode(state_data: Any, run_id: uuid.UUID | str | None = None) -> Snapshot:
             f"{what} was not written by wfkit's executor (it has no format number; synthetic history, "
             "such as `python -m wfkit.store.seed` writes, has none): it cannot be resumed"
         )
-    if type(found) is not int or found != FORMAT:
+    if type(found) is not int or found not in READS:
         raise CheckpointError(
-            f"{what} is in format {found!r}; this wfkit reads format {FORMAT} "
+            f"{what} is in format {found!r}; this wfkit reads formats {', '.join(map(str, READS))} "
             "(resume the run with the wfkit that wrote it, or start a new run)"
         )
     problem = _shape_problem(state_data)
@@ -69,7 +73,7 @@ def decode(state_data: Any, run_id: uuid.UUID | str | None = None) -> Snapshot:
 
 
 def _shape_problem(data: Mapping[str, Any]) -> str | None:
-    """What is wrong with a checkpoint's fields (format 1), or None."""
+    """What is wrong with a checkpoint's fields, or None."""
     missing = [key for key in ("state", "next_node", "counters") if key not in data]
     if missing:
         return f"it lacks {', '.join(repr(key) for key in missing)}"
@@ -81,6 +85,9 @@ def _shape_problem(data: Mapping[str, Any]) -> str | None:
     if not isinstance(counters, dict) or not all(
             isinstance(k, str) and type(v) is int and v >= 0 for k, v in counters.items()):
         return f"'counters' must map node names to visit counts, not {counters!r}"
+    route_from = data.get("route_from")
+    if route_from is not None and not (isinstance(route_from, str) and next_node is None):
+        return f"'route_from' must be a node name (with no next node) or null, not {route_from!r}"
     return None
 
 

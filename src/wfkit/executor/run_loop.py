@@ -23,6 +23,7 @@ from wfkit.errors import (
     GraphError,
     Interrupted,
     MaxIterationsError,
+    RouteError,
     StateNotSerializableError,
     error_text,
 )
@@ -105,6 +106,8 @@ class RunLoop:
     def walk(self) -> None:
         """Run the graph to its end (or until it fails or is cancelled), recording every step. Whatever
         escapes it (Ctrl-C, a failed write) must go through :meth:`crashed` on its way out."""
+        if not self.rerouted():
+            return
         while self.before_step():
             try:
                 result: RouteDecision | GraphError = self.walker.step()
@@ -117,6 +120,8 @@ class RunLoop:
     async def awalk(self) -> None:
         """Like :meth:`walk`, awaiting async nodes: a cancel (from this process's executor) cancels the
         task of the node that is running; a cancelled task ends the run cancelled, and is re-raised."""
+        if not self.rerouted():
+            return
         while self.before_step():
             result = await self._astep()
             if result is None or not self.stepped(result):
@@ -198,7 +203,7 @@ class RunLoop:
             self.emit(StageStarted(self.run_id, node, iteration, MappingProxyType(walker.state)))
         return True
 
-    def after_step(self, decision: RouteDecision) -> None:
+    def after_step(self, decision: RouteDecision, *, checkpoint_now: bool = False) -> None:
         """Buffer the stage's completion, the decision and the checkpoint (committed at the next boundary)."""
         walker, cap = self.walker, self.capture
         assert self.stage_id is not None
@@ -210,28 +215,56 @@ class RunLoop:
             self.fail(str(err))
             return
         self.steps += 1
-        due = walker.done or self.steps % self.checkpoint_every == 0
+        due = checkpoint_now or walker.done or self.steps % self.checkpoint_every == 0
         checkpoint = (self.node, checkpoints.encode(walker.snapshot(), self.state_json)) if due else None
         # The stage is no longer this loop's to fail before its completion is buffered: interrupted in
         # between, it stays 'started' (and runs again on resume) rather than ending twice.
         stage_id, self.stage_id = self.stage_id, None
-        self.recorder.step_done(self.run_id, stage_id, updates_json, cap.duration_ms,
-                                (decision.from_node, decision.to_node, decision.predicate_name,
-                                 decision.predicate_result, decision.reason), checkpoint)
+        self.recorder.step_done(self.run_id, (stage_id, updates_json, cap.duration_ms), _row(decision), checkpoint)
         if not self.observed:
             return
         self.emit(StageCompleted(self.run_id, self.node, self.iteration, MappingProxyType(dict(cap.updates or {})),
                                  cap.duration_ms))
-        self.emit(DecisionMade(self.run_id, decision.from_node, decision.to_node, decision.predicate_name,
-                               decision.predicate_result, decision.reason))
+        self.emit(DecisionMade(self.run_id, *_row(decision)))
 
     def stepped(self, result: RouteDecision | GraphError) -> bool:
         """After a step: record it (or its node's failure); whether the walk may go on."""
+        if isinstance(result, RouteError):
+            self.route_failed(result)
+            return False
         if isinstance(result, GraphError):
             self.node_failed(result)
             return False
         self.after_step(result)
         return self.outcome is None
+
+    def route_failed(self, err: RouteError) -> None:
+        """The node completed but no edge leaving it could be chosen: record the node's completion,
+        a decision saying that no edge held, and a checkpoint at the node (a resume chooses the route
+        again, without running the node again); then fail the run with the routing error."""
+        self.after_step(_no_route(err), checkpoint_now=True)
+        if self.outcome is None:
+            self.fail(str(err), err)
+
+    def rerouted(self) -> bool:
+        """A run resumed after a routing failure: choose the route again first. Whether the walk may go on."""
+        walker = self.walker
+        node = walker.route_from
+        if node is None:
+            return True
+        try:
+            decision = walker.reroute()
+        except RouteError as err:
+            decision, failed = _no_route(err), err
+        else:
+            failed = None
+        checkpoint = (node, checkpoints.encode(walker.snapshot(), self.state_json))
+        self.recorder.step_done(self.run_id, None, _row(decision), checkpoint)
+        self.emit(DecisionMade(self.run_id, *_row(decision)))
+        if failed is not None:
+            self.fail(str(failed), failed)
+            return False
+        return True
 
     def stage_failed(self, error: str, duration_ms: float, exception: BaseException | None = None) -> None:
         """Buffer the current stage's failure: ``error`` one line, and the traceback of ``exception``."""
@@ -276,6 +309,18 @@ class RunLoop:
         self.finished = self.recorder.finish_run(self.run_id, RunStatus.COMPLETED, result_json=result_json)
         self.outcome, self.result = RunStatus.COMPLETED, result
         self.emit(RunCompleted(self.run_id, result))
+
+
+def _row(decision: RouteDecision) -> tuple[str, str | None, str | None, bool, str]:
+    """A decision as the recorder and the events take it."""
+    return (decision.from_node, decision.to_node, decision.predicate_name, decision.predicate_result,
+            decision.reason)
+
+
+def _no_route(err: RouteError) -> RouteDecision:
+    """The decision that records a routing failure: no edge held (``predicate_result`` false, no
+    ``to_node``), with the predicate that last failed or raised, and why."""
+    return RouteDecision(err.node, None, err.predicate, False, str(err))
 
 
 def interrupt_reason(err: BaseException) -> str:

@@ -125,21 +125,26 @@ class Snapshot:
     """Where a walk stands between two nodes: enough to resume it without re-running finished nodes.
 
     ``next_node`` is None once the walk reached END; ``counters`` maps node name to visits so far.
+    ``route_from`` names a node that completed but whose route could not be chosen (a
+    :class:`~wfkit.errors.RouteError`): resuming chooses it again before anything runs.
     The ``state`` dict is shared with the walker (which never mutates it): do not mutate it either.
     """
 
     state: dict[str, Any]
     next_node: str | None
     counters: dict[str, int] = field(default_factory=dict)
+    route_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: ``state``, ``next_node``, ``counters``."""
-        return {"state": self.state, "next_node": self.next_node, "counters": dict(self.counters)}
+        """The JSON form: ``state``, ``next_node``, ``counters``, ``route_from``."""
+        return {"state": self.state, "next_node": self.next_node, "counters": dict(self.counters),
+                "route_from": self.route_from}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
         """Read back what :meth:`to_dict` wrote."""
-        return cls(dict(data["state"]), data.get("next_node"), dict(data.get("counters") or {}))
+        return cls(dict(data["state"]), data.get("next_node"), dict(data.get("counters") or {}),
+                   data.get("route_from"))
 
 
 class WalkObserver(Protocol):

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from wfkit.errors import GraphError, GraphValidationError, NodeError, NoRouteError
+from wfkit.errors import GraphError, GraphValidationError, NodeError, NoRouteError, RouteError
 from wfkit.graph.parts import (
     END,
     Edge,
@@ -281,7 +281,7 @@ class StateGraph:
     def route(self, name: str, state: State) -> RouteDecision:
         """Choose the edge leaving ``name`` for ``state``: the first, in added order, whose predicate holds.
 
-        Raises :class:`NoRouteError` if none holds, :class:`GraphError` if a predicate raises.
+        Raises :class:`NoRouteError` if none holds, :class:`RouteError` if a predicate raises.
         """
         edges = self._out.get(name)
         if not edges:
@@ -297,8 +297,8 @@ class StateGraph:
                 try:
                     held = pred.fn(view)
                 except Exception as exc:
-                    raise GraphError(f"predicate {pred.name!r} on edge {_edge_label(edge)} raised "
-                                     f"{type(exc).__name__}: {exc}") from exc
+                    raise RouteError(name, f"predicate {pred.name!r} on edge {_edge_label(edge)} raised "
+                                           f"{type(exc).__name__}: {exc}", pred.name) from exc
                 if not held:
                     failed.append(pred.name)
                     continue

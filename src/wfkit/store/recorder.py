@@ -337,13 +337,14 @@ class SqlRecorder:
         self._pending.append(("end_stage", (status.value, output_json, duration_ms, error, traceback,
                                             self.codec.id(stage_id))))
 
-    def step_done(self, run_id: uuid.UUID, stage_id: uuid.UUID, output_json: str, duration_ms: float,
+    def step_done(self, run_id: uuid.UUID, stage: tuple[uuid.UUID, str, float] | None,
                   decision: tuple[str, str | None, str | None, bool, str],
                   checkpoint: tuple[str, str] | None) -> None:
-        """Buffer a completed step as one piece: the stage's completion (``output_json``: the node's
-        updates as JSON text), its decision ``(from_node, to_node, predicate_name, predicate_result,
-        reason)``, and the checkpoint ``(node just completed, state_data as JSON text)`` if one is due
-        (its format is the executor's business: :mod:`wfkit.executor.checkpoints`).
+        """Buffer a completed step as one piece: the stage's completion ``(stage_id, output_json: the
+        node's updates as JSON text, duration_ms)`` (None for a route chosen again, with no node run),
+        its decision ``(from_node, to_node, predicate_name, predicate_result, reason)``, and the
+        checkpoint ``(node just completed, state_data as JSON text)`` if one is due (its format is the
+        executor's business: :mod:`wfkit.executor.checkpoints`).
 
         The three join the buffer in one operation, so that an interrupt (Ctrl-C, a signal) can never
         leave a completion buffered without its checkpoint: committed later with the run's end, that
@@ -351,11 +352,11 @@ class SqlRecorder:
         codec = self.codec
         now, rid = codec.time(utcnow()), codec.id(run_id)
         from_node, to_node, predicate_name, predicate_result, reason = decision
-        writes = [
-            ("end_stage", (StageStatus.COMPLETED.value, output_json, duration_ms, None, None, codec.id(stage_id))),
-            ("insert_decision", (codec.id(uuid.uuid4()), rid, from_node, to_node, predicate_name,
-                                 codec.flag(predicate_result), reason, now)),
+        writes = [] if stage is None else [
+            ("end_stage", (StageStatus.COMPLETED.value, stage[1], stage[2], None, None, codec.id(stage[0]))),
         ]
+        writes.append(("insert_decision", (codec.id(uuid.uuid4()), rid, from_node, to_node, predicate_name,
+                                           codec.flag(predicate_result), reason, now)))
         if checkpoint is not None:
             writes.append(("upsert_checkpoint", (rid, checkpoint[1], checkpoint[0], now, now)))
         self._pending += writes  # one operation: see above
