@@ -219,6 +219,33 @@ def test_a_closed_stdout_stops_the_printing_not_the_run(cli, db_url):
     assert only_run(db_url).status is RunStatus.COMPLETED
 
 
+def test_a_terminated_database_connection_is_one_line_and_the_run_is_ended(cli, db_url, tmp_path, backend):
+    """The server kills the run's connection mid-run: one line, no SQLAlchemy traceback, and the run
+    ends failed (on a fresh connection), resumable."""
+    if backend != "postgresql":
+        pytest.skip("a SQLite database has no server process to terminate")
+    import sqlalchemy as sa
+
+    proc = cli.start("run", "steps", "-p", "pause_in=s2", "-p", "pause_seconds=1")
+    wait_for(tmp_path / "markers" / "s2-in", proc)
+    admin = sa.create_engine(sa.make_url(db_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            killed = conn.exec_driver_sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                          "WHERE datname = current_database() AND pid <> pg_backend_pid()").scalar()
+    finally:
+        admin.dispose()
+    assert killed >= 1
+    stdout, stderr = proc.communicate(timeout=30)
+    run = only_run(db_url)
+    assert proc.returncode == 1
+    [line] = stderr.strip().splitlines()
+    assert line.startswith("Error: ") and "Traceback" not in stderr and "Exception during reset" not in stderr
+    assert run.status is RunStatus.FAILED and f"resume it with `wfkit runs resume {run.id}`" in line
+    out = cli.run("runs", "resume", str(run.id), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["result"] == FINAL
+
+
 def test_ctrl_c_with_json_still_prints_the_run_on_stdout(cli, db_url, tmp_path):
     proc = cli.start("run", "steps", "-p", "pause_in=s2", "--json")
     wait_for(tmp_path / "markers" / "s2-in", proc)

@@ -9,6 +9,7 @@ import os
 import threading
 import uuid
 from datetime import datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -551,11 +552,14 @@ def test_astart_await_run_and_acancel(engine, samples):
     async def scenario():
         run_id = await executor.astart("gated")
         await asyncio.wait_for(until_started(), 10)
-        still = await executor.await_run(run_id, timeout=0.05)
-        assert still.status is RunStatus.RUNNING
+        with pytest.raises(TimeoutError, match=f"run {run_id} has not ended after 0.05 s; it goes on"):
+            await executor.await_(run_id, timeout=0.05)
+        assert executor.repository.find_run(run_id).status is RunStatus.RUNNING
+        with pytest.raises(InvalidStatusError, match="await executor.await_"):
+            executor.wait(run_id)  # it would block the loop that runs it
         requested = await executor.acancel(run_id)
         assert requested.cancel_requested_at is not None
-        return await executor.await_run(run_id, timeout=5)
+        return await executor.await_(run_id, timeout=5)
 
     run = asyncio.run(scenario())
     assert run.status is RunStatus.CANCELLED  # in 'slow', which sleeps 10 s: its task was cancelled
@@ -574,7 +578,7 @@ def test_astart_await_run_and_acancel(engine, samples):
     assert done.status is RunStatus.COMPLETED and threaded.status is RunStatus.COMPLETED
     with pytest.raises(NotFoundError):
         other.repository.find_run(done.id)
-    assert other._tasks == {}  # a finished run's task is not kept
+    assert other._background == {}  # a finished run's task is not kept
 
 
 def test_a_loop_that_ends_first_cancels_its_runs_and_await_run_still_answers(engine):
@@ -591,7 +595,7 @@ def test_a_loop_that_ends_first_cancels_its_runs_and_await_run_still_answers(eng
     run = asyncio.run(executor.await_run(run_id, timeout=5))  # another loop
     assert run.status is RunStatus.CANCELLED
     assert [s.status.value for s in executor.repository.get_stages(run_id)] == ["completed", "failed"]
-    assert executor._tasks == {}
+    assert executor._background == {}
 
 
 def test_cancelling_the_awaiting_task_cancels_the_run(engine):
@@ -970,3 +974,41 @@ def test_a_routing_failure_is_the_routes_not_the_nodes_and_a_resume_routes_again
     assert calls == ["a", "b"]  # a ran once
     decisions = [(d.from_node, d.to_node, d.predicate_result) for d in executor.repository.get_decisions(run.id)]
     assert decisions == [("a", None, False), ("a", None, False), ("a", "b", True), ("b", None, True)]
+
+
+def test_waiting_is_like_a_future_and_close_waits_for_the_threads(engine, samples):
+    """wait() with a timeout raises TimeoutError while the run goes on; wait() works on any run this
+    executor started, a task's too (from another thread); close() waits for its threads, and the
+    executor is a context manager."""
+    gate, started = threading.Event(), threading.Event()
+    with Executor(engine, registry=gate_registry(gate, started)) as executor:
+        run_id = executor.start("gated")
+        assert started.wait(10)
+        with pytest.raises(TimeoutError, match=f"run {run_id} has not ended after 0.2 s"):
+            executor.wait(run_id, timeout=0.2)
+        assert executor.repository.find_run(run_id).status is RunStatus.RUNNING
+        gate.set()
+        assert executor.wait(run_id, timeout=10).status is RunStatus.COMPLETED
+        slow_gate, slow_started = threading.Event(), threading.Event()
+        slow = Executor(engine, registry=gate_registry(slow_gate, slow_started))
+        left_running = slow.start("gated")
+        assert slow_started.wait(10)
+        threading.Timer(0.3, slow_gate.set).start()
+        slow.close()  # returns once the run has ended
+        assert slow.repository.find_run(left_running).status is RunStatus.COMPLETED
+
+    executor = Executor(engine, registry=samples)
+    loop_started = threading.Event()
+    results: dict[str, Any] = {}
+
+    async def on_a_loop():
+        results["id"] = await executor.astart("text-pipeline")
+        loop_started.set()
+        await asyncio.sleep(0.5)  # keep the loop alive while another thread waits
+
+    runner = threading.Thread(target=lambda: asyncio.run(on_a_loop()))
+    runner.start()
+    assert loop_started.wait(10)
+    assert executor.wait(results["id"], timeout=10).status is RunStatus.COMPLETED  # from this thread
+    runner.join(10)
+    assert executor.await_run == executor.await_  # the earlier name stays

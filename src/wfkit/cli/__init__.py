@@ -20,4 +20,9 @@ __all__ = ["cli", "main"]
 
 def main() -> None:
     """The console script's entry point."""
+    import logging
+
+    # SQLAlchemy's pool logs the failed reset of a broken connection (a terminated server process,
+    # say) with a long traceback; the command reports the failure itself, in one line.
+    logging.getLogger("sqlalchemy.pool").addHandler(logging.NullHandler())
     cli(prog_name="wfkit")

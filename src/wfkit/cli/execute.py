@@ -23,7 +23,9 @@ from wfkit.cli.common import (
     silence_stdout,
     warn_plugin_failures,
     wfkit_command,
+    with_database_url,
 )
+from wfkit.errors import WfkitError
 
 #: The signals that stop a run as Ctrl-C does (containers, systemd and Kubernetes send SIGTERM;
 #: a closed terminal SIGHUP), with the reason stored on the run.
@@ -102,6 +104,25 @@ def _finish(run: Any, as_json: bool, progress: _Progress) -> None:
     sys.exit(0 if run.status.value == "completed" else 1)
 
 
+def _failed_midway(err: Exception, progress: _Progress, executor: Any) -> None:
+    """The run could not go on (the database failed under it, say): the error, and how the run
+    stands, in one line; exit 1."""
+    from wfkit.errors import WfkitError
+
+    rid = progress.run_id
+    try:
+        status = executor.repository.find_run(rid).status.value
+    except WfkitError:
+        status = None
+    if status == "running" or status is None:
+        how = (f"it may still say running: once the database answers, take it over with "
+               f"`{wfkit_command('runs', 'resume', str(rid), '--force')}`")
+    else:
+        how = f"it ended {status}: resume it with `{wfkit_command('runs', 'resume', str(rid))}`"
+    click.echo(f"Error: {with_database_url(str(err))} (run {rid}: {how})", err=True)
+    sys.exit(1)
+
+
 def _interrupted(err: KeyboardInterrupt, progress: _Progress, executor: Any, as_json: bool) -> None:
     """After Ctrl-C or a stop signal: say how the run stands and how to go on; with --json, stdout
     still gets the run as it ended. Exit 1 after Ctrl-C, 128 + the signal's number after a signal."""
@@ -153,6 +174,10 @@ def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, as
             run = executor.execute(name, params)
     except KeyboardInterrupt as err:
         _interrupted(err, progress, executor, as_json)
+    except WfkitError as err:
+        if progress.run_id is None:
+            raise
+        _failed_midway(err, progress, executor)
     _finish(run, as_json, progress)
 
 
@@ -170,6 +195,10 @@ def runs_resume(run_id: str, force: bool, as_json: bool) -> None:
             run = executor.resume(run_id, force=force)
     except KeyboardInterrupt as err:
         _interrupted(err, progress, executor, as_json)
+    except WfkitError as err:
+        if progress.run_id is None:
+            raise
+        _failed_midway(err, progress, executor)
     _finish(run, as_json, progress)
 
 

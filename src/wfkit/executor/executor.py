@@ -35,6 +35,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -78,6 +79,7 @@ class Executor:
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise InvalidParamsError(f"checkpoint_every must be a whole number of at least 1, got {checkpoint_every!r}")
         self.engine = as_engine(database, create_missing=False)  # it must exist, migrated
+        self._own_engine = not isinstance(database, Engine)
         self.registry = registry if registry is not None else default_registry()
         self.runtime = runtime if runtime is not None else Runtime()
         extra = list(observers)
@@ -88,8 +90,7 @@ class Executor:
         self.repository = Repository(self.engine)
         self.control = RunControl(repository=self.repository)
         self._cancel: dict[uuid.UUID, threading.Event] = {}
-        self._threads: dict[uuid.UUID, threading.Thread] = {}
-        self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._background: dict[uuid.UUID, _Background] = {}  # the runs started by start() and astart()
         self._lock = threading.Lock()
 
     # -- public API
@@ -115,9 +116,7 @@ class Executor:
             raise
         thread = threading.Thread(target=self._hot_in_background, name=f"wfkit-run-{plan.run_id}",
                                   args=(plan, recorder), daemon=True)
-        with self._lock:
-            self._threads[plan.run_id] = thread
-            self._cancel.setdefault(plan.run_id, threading.Event())  # a cancel() before it starts is seen
+        self._track(plan.run_id, _Background(thread=thread))
         thread.start()
         return plan.run_id
 
@@ -125,7 +124,7 @@ class Executor:
         """Like :meth:`start`, as a task on the running event loop: its async nodes are awaited there,
         and a cancel through this executor cancels the task of the node that is running (one from
         another process stops it before its next node). Returns the run's id at once (see
-        :meth:`await_run`). Should the loop end first, the run ends cancelled, resumable."""
+        :meth:`await_`). Should the loop end first, the run ends cancelled, resumable."""
         recorder = await asyncio.to_thread(self._open_recorder)
         try:
             plan = await asyncio.to_thread(lambda: self._cold_start(name, params, recorder, start=False))
@@ -135,44 +134,67 @@ class Executor:
         rid = plan.run_id
         task = asyncio.get_running_loop().create_task(self._ahot_in_background(plan, recorder),
                                                       name=f"wfkit-run-{rid}")
-        with self._lock:
-            self._tasks[rid] = task
-            self._cancel.setdefault(rid, threading.Event())
-        task.add_done_callback(lambda _: self._forget_task(rid, task))
+        self._track(rid, _Background(task=task))
         return rid
 
-    def _forget_task(self, run_id: uuid.UUID, task: asyncio.Task[None]) -> None:
+    def _track(self, run_id: uuid.UUID, background: _Background) -> None:
         with self._lock:
-            if self._tasks.get(run_id) is task:
-                del self._tasks[run_id]
+            self._background[run_id] = background
+            self._cancel.setdefault(run_id, threading.Event())  # a cancel() before it starts is seen
 
     def wait(self, run_id: uuid.UUID | str, timeout: float | None = None) -> Run:
-        """Wait for a run started by :meth:`start` in this executor; return it as it stands."""
+        """Wait for a run this executor started (:meth:`start` or :meth:`astart`) to end, and return
+        it; a run it did not start is returned as it stands. Like a future's ``result(timeout)``: a
+        run still going after ``timeout`` seconds raises :class:`TimeoutError` (the run goes on)."""
         rid = parse_uuid(run_id)
         with self._lock:
-            thread = self._threads.get(rid)
-        if thread is not None:
-            thread.join(timeout)
-            if not thread.is_alive():
-                with self._lock:
-                    self._threads.pop(rid, None)
+            background = self._background.get(rid)
+        if background is not None:
+            task = background.task
+            if task is not None and _on_loop_of(task):
+                raise InvalidStatusError(f"run {rid} runs as a task of this thread's event loop: waiting here "
+                                         "would stop it; await executor.await_(run_id) instead")
+            if not background.done.wait(timeout):
+                raise TimeoutError(f"run {rid} has not ended after {timeout} s; it goes on")
         return self.repository.find_run(rid)
 
-    async def await_run(self, run_id: uuid.UUID | str, timeout: float | None = None) -> Run:
-        """Like :meth:`wait`, without blocking the event loop, for a run started by :meth:`astart` (or
-        :meth:`start`) in this executor; return it as it stands."""
+    async def await_(self, run_id: uuid.UUID | str, timeout: float | None = None) -> Run:
+        """Like :meth:`wait`, without blocking the event loop (``a`` + ``wait`` is a keyword, hence the
+        underscore): for a run started by :meth:`astart` or :meth:`start` in this executor."""
         rid = parse_uuid(run_id)
         with self._lock:
-            task = self._tasks.get(rid)
-        if task is None:  # a thread's run, or a task that is over
-            return await asyncio.to_thread(self.wait, rid, timeout)
-        if task.get_loop() is asyncio.get_running_loop():
-            await asyncio.wait({task}, timeout=timeout)
-        else:  # a task of another loop cannot be awaited here: look until it is done
-            deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-            while not task.done() and (deadline is None or asyncio.get_running_loop().time() < deadline):
-                await asyncio.sleep(0.01)
+            background = self._background.get(rid)
+        if background is not None:
+            task = background.task
+            if task is not None and _on_loop_of(task):
+                await asyncio.wait({task}, timeout=timeout)
+                ended = task.done()
+            else:  # a thread's run, or a task of another loop
+                ended = await asyncio.to_thread(background.done.wait, timeout)
+            if not ended:
+                raise TimeoutError(f"run {rid} has not ended after {timeout} s; it goes on")
         return await asyncio.to_thread(self.repository.find_run, rid)
+
+    #: The earlier name of :meth:`await_`, kept for the code that uses it.
+    await_run = await_
+
+    def close(self) -> None:
+        """Wait for the runs this executor started in threads to end, then close its connections
+        (and the engine it made from a URL). Runs started with :meth:`astart` belong to their event
+        loop: await them (:meth:`await_`) before closing."""
+        with self._lock:
+            threads = [bg.thread for bg in self._background.values() if bg.thread is not None]
+        for thread in threads:
+            thread.join()
+        self.repository.close()
+        if self._own_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def cancel(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
         """Cancel a run (see :meth:`RunControl.cancel <wfkit.executor.control.RunControl.cancel>`); one
@@ -334,6 +356,7 @@ class Executor:
             log.exception("run %s failed in the background", plan.run_id)
         finally:
             recorder.close()
+            self._ended(plan.run_id)
 
     async def _ahot_in_background(self, plan: Plan, recorder: SqlRecorder) -> None:
         try:
@@ -342,3 +365,28 @@ class Executor:
             log.exception("run %s failed in the background", plan.run_id)
         finally:
             recorder.close()
+            self._ended(plan.run_id)
+
+    def _ended(self, run_id: uuid.UUID) -> None:
+        """A background run ended: its waiters go on, and it is forgotten (a later wait reads it)."""
+        with self._lock:
+            background = self._background.pop(run_id, None)
+        if background is not None:
+            background.done.set()
+
+
+@dataclass
+class _Background:
+    """A run this executor executes in the background: its thread or its task, and when it ended."""
+
+    thread: threading.Thread | None = None
+    task: asyncio.Task[None] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def _on_loop_of(task: asyncio.Task[None]) -> bool:
+    """Whether ``task`` belongs to the event loop running in this thread."""
+    try:
+        return task.get_loop() is asyncio.get_running_loop()
+    except RuntimeError:  # no loop runs in this thread
+        return False

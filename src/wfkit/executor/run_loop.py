@@ -159,15 +159,25 @@ class RunLoop:
         if self.outcome is not None:
             return
         try:
-            if isinstance(err, (KeyboardInterrupt, asyncio.CancelledError)):
-                self.interrupted(err)
-            else:
-                self.stage_failed(error_text(err), self.capture.duration_ms, err)
-                # a stage whose completion was rolled back with the failed write is not left 'started'
-                self.recorder.interrupt_stages(self.run_id, f"its end was not recorded: {error_text(err)}")
-                self.fail(f"the run stopped: {error_text(err)}", err)
+            self._end_after(err)
         except DatabaseError:
-            pass  # the database is what failed: the run stays as last committed, resumable with --force
+            # The connection may be what broke (a server restart, a terminated backend): once more on a
+            # fresh one. Should that fail too, the run stays as last committed, resumable with --force.
+            try:
+                with SqlRecorder(self.recorder.engine) as fresh:
+                    self.recorder = fresh
+                    self._end_after(err)
+            except DatabaseError:
+                pass
+
+    def _end_after(self, err: BaseException) -> None:
+        if isinstance(err, (KeyboardInterrupt, asyncio.CancelledError)):
+            self.interrupted(err)
+        else:
+            self.stage_failed(error_text(err), self.capture.duration_ms, err)
+            # a stage whose completion was rolled back with the failed write is not left 'started'
+            self.recorder.interrupt_stages(self.run_id, f"its end was not recorded: {error_text(err)}")
+            self.fail(f"the run stopped: {error_text(err)}", err)
 
     # -- around each step
 
