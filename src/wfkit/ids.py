@@ -14,6 +14,7 @@ def parse_uuid(value: uuid.UUID | str, what: str = "run id") -> uuid.UUID:
     try:
         return uuid.UUID(str(value).strip())
     except (ValueError, AttributeError, TypeError):
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:80] + f"... ({len(str(value)):,} characters)"
         raise InvalidQueryError(
-            f"invalid {what} {value!r}: expected a UUID such as 123e4567-e89b-12d3-a456-426614174000"
+            f"invalid {what} {shown}: expected a UUID such as 123e4567-e89b-12d3-a456-426614174000"
         ) from None

@@ -4,6 +4,7 @@ and one-line errors (as a real subprocess)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import os
 import sys
 import uuid
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from conftest import WFKIT
 from factories import T0, add, add_history, make_run
 from wfkit.store import migrations
 from wfkit.store.models import RunStatus
@@ -66,9 +68,12 @@ def test_list_json(wfkit_cli, db_url, history):
     doc = json.loads(out.stdout)
     assert (doc["total"], doc["page"], doc["page_size"], doc["total_pages"]) == (23, 2, 10, 3)
     assert [r["id"] for r in doc["data"]] == [str(r.id) for r in reversed(history)][10:20]
-    assert set(doc["data"][0]) == {"id", "workflow_name", "status", "params", "result", "error_message",
-                                   "started_at", "completed_at", "created_at", "updated_at", "cancel_requested_at",
-                                   "cancel_reason"}
+    summary = {"id", "workflow_name", "status", "error_message", "started_at", "completed_at", "created_at",
+               "updated_at", "cancel_requested_at", "cancel_reason"}
+    assert set(doc["data"][0]) == summary  # a listing leaves params and result out...
+    full = json.loads(wfkit_cli.invoke("runs", "list", "--json", "--full", "--page-size", "1", url=db_url).stdout)
+    assert set(full["data"][0]) == summary | {"params", "result"}  # ...unless asked
+    assert full["data"][0]["params"] == {"i": 22}
 
 
 def test_list_filters_and_sort(wfkit_cli, db_url, history):
@@ -89,6 +94,51 @@ def test_list_empty_states(wfkit_cli, db_url):
     assert out.stdout.startswith("No runs match these filters.")
     doc = json.loads(wfkit_cli.invoke("runs", "list", "--json", url=db_url).stdout)
     assert doc == {"data": [], "total": 0, "page": 1, "page_size": 20, "total_pages": 1}
+
+
+def test_list_takes_several_workflows_a_sort_in_any_case_and_says_when_a_size_was_limited(wfkit_cli, db_url,
+                                                                                           history):
+    both = json.loads(wfkit_cli.invoke("runs", "list", "--json", "--workflow", "alpha", "--workflow", "beta",
+                                       url=db_url).stdout)
+    assert both["total"] == 23
+    assert json.loads(wfkit_cli.invoke("runs", "list", "--json", "--workflow", "alpha,nope", url=db_url).stdout)[
+        "total"] == 11
+    upper = json.loads(wfkit_cli.invoke("runs", "list", "--json", "--sort", "-CREATED_AT", url=db_url).stdout)
+    assert upper == json.loads(wfkit_cli.invoke("runs", "list", "--json", "--sort", "-created_at", url=db_url).stdout)
+    out = wfkit_cli.invoke("runs", "list", "--json", "--page-size", "500", url=db_url)
+    assert json.loads(out.stdout)["page_size"] == 100 and "Note: page size limited to 100" in out.stderr
+
+
+def test_show_cuts_a_huge_value_at_a_terminal_only(wfkit_cli, engine):
+    from wfkit.cli.browse import SHOW_AT_TERMINAL
+
+    run = make_run(result={"text": "z" * 50_000})
+    add(engine, run)
+    url = engine.url.render_as_string(hide_password=False)
+    whole = wfkit_cli.invoke("runs", "show", str(run.id), url=url).stdout  # not a terminal: whole
+    assert "z" * 50_000 in whole
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        out = subprocess.run([WFKIT, "runs", "show", str(run.id)], stdout=slave, stderr=subprocess.PIPE,
+                             env=wfkit_cli.environ(url=url), timeout=60)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    assert out.returncode == 0
+    text = shown.decode()
+    assert "more characters: --full prints them" in text and "z" * 50_000 not in text
+    assert len(text) < SHOW_AT_TERMINAL + 2000
 
 
 def test_page_past_the_end(wfkit_cli, db_url, history):
@@ -318,6 +368,54 @@ def test_click_usage_errors_are_one_line_too(wfkit_cli, args, message):
 def test_a_bare_group_shows_its_help(wfkit_cli):
     out = wfkit_cli.run("runs")
     assert out.returncode == 2 and "Commands:" in out.stdout + out.stderr and "Error" not in out.stderr
+
+
+def test_a_param_the_model_declares_as_text_is_taken_as_text(wfkit_cli):
+    """text-pipeline's `text` is a str: -p text=null, NaN or [1,2] is that text, not JSON."""
+    for raw in ("null", "NaN", "[1,2]", "42"):
+        out = wfkit_cli.invoke("graph", "text-pipeline", "--format", "json", "-p", f"text={raw}")
+        assert out.returncode == 0, (raw, out.stderr)
+    out = wfkit_cli.run("graph", "review-loop", "-p", "threshold=NaN")  # a float param: NaN is no JSON
+    assert_one_line_error(out, 2, "threshold: NaN is not a JSON value wfkit can store")
+    out = wfkit_cli.run("graph", "review-loop", "-p", "max_rounds=" + "9" * 5000)
+    assert_one_line_error(out, 2, "max_rounds: Exceeds the limit")
+    assert len(out.stderr) < 300  # the 5000 digits are not echoed
+
+
+def test_params_json_from_a_file_or_standard_input(wfkit_cli, tmp_path):
+    path = tmp_path / "params.json"
+    path.write_text('{"priority": "express"}')
+    out = wfkit_cli.run("graph", "branching", "--format", "json", "--params-json", f"@{path}")
+    assert out.returncode == 0 and '"express"' in out.stdout
+    out = wfkit_cli.run("graph", "branching", "--format", "json", "--params-json", "-", input='{"priority": "express"}')
+    assert out.returncode == 0 and '"express"' in out.stdout
+    assert_one_line_error(wfkit_cli.run("graph", "branching", "--params-json", f"@{tmp_path}/missing.json"), 2,
+                          "cannot read")
+    deep = "[" * 2000 + "]" * 2000
+    assert_one_line_error(wfkit_cli.run("graph", "branching", "--params-json", '{"a": ' + deep + "}"), 2,
+                          "nests too deeply to read")
+
+
+def test_hostile_listing_input_is_one_line_and_exit_2(wfkit_cli, db_url):
+    out = wfkit_cli.run("runs", "list", url=db_url, env={"WFKIT_DEFAULT_PAGE_SIZE": "100000000000000000000"})
+    assert_one_line_error(out, 2, "WFKIT_DEFAULT_PAGE_SIZE must be")
+    out = wfkit_cli.run("runs", "list", "--page", str(2**70), url=db_url)
+    assert_one_line_error(out, 2, "is too large")
+    out = wfkit_cli.run("runs", "show", "x" * 100_000, url=db_url)
+    assert_one_line_error(out, 2, "invalid run id 'xxxx")
+    assert "(100,000 characters)" in out.stderr and len(out.stderr) < 400
+
+
+def test_filters_no_database_can_compare_are_bad_input(db_url):
+    from wfkit.errors import InvalidQueryError
+    from wfkit.store.query import RunFilters
+    from wfkit.store.repository import Repository
+
+    for bad, problem in (("a\x00b", "contains a NUL character"), ("a\ud800", "is not valid text")):
+        with pytest.raises(InvalidQueryError, match=problem):
+            Repository(db_url).list_runs(workflow_name=bad)
+        with pytest.raises(InvalidQueryError, match=problem):
+            RunFilters.from_query({"workflow_name": bad})
 
 
 def test_params_from_json_then_pairs_the_last_value_of_a_key_wins():

@@ -1012,3 +1012,56 @@ def test_waiting_is_like_a_future_and_close_waits_for_the_threads(engine, sample
     assert executor.wait(results["id"], timeout=10).status is RunStatus.COMPLETED  # from this thread
     runner.join(10)
     assert executor.await_run == executor.await_  # the earlier name stays
+
+
+def test_params_and_outputs_that_nest_too_deeply_are_refused_before_anything_is_stored(engine):
+    from wfkit.jsontext import MAX_DEPTH
+
+    def nested(levels):
+        value: Any = 1
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    reg = Registry()
+
+    def deep_output(graph, runtime, params):
+        graph.add_node("n", lambda s: {"payload": nested(MAX_DEPTH + 20)}).set_entry_point("n").set_finish_point("n")
+        return {}
+
+    reg.register("plain", lambda graph, runtime, params: graph.add_node("n", lambda s: None).set_entry_point("n")
+                 .set_finish_point("n") and {})
+    reg.register("deep-output", deep_output)
+    executor = Executor(engine, registry=reg)
+    with pytest.raises(InvalidParamsError, match=r"the params of workflow 'plain' .*key 'x' .*it nests deeper "
+                                                 r"than 100 levels"):
+        executor.execute("plain", {"x": nested(5000)})
+    assert executor.repository.list_runs().total == 0
+    run = executor.execute("deep-output")
+    assert run.status is RunStatus.FAILED
+    assert "the output of node 'n' cannot be stored: it nests deeper than 100 levels" in run.error_message
+    assert saved_checkpoint_or_none(engine, run.id) is None  # nothing of it was stored
+
+
+def saved_checkpoint_or_none(engine, run_id):
+    try:
+        return saved_checkpoint(engine, run_id)
+    except NotFoundError:
+        return None
+
+
+def test_one_deeply_nested_stored_row_does_not_break_a_listing(engine):
+    """A row written before the limit existed (or by hand), 300 levels deep: listings, to_dict and
+    show still work."""
+    from factories import add, make_run
+
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    run = make_run(params={"deep": deep}, result=deep)
+    add(engine, run)
+    repo = Repository(engine)
+    assert repo.list_runs(fields="summary").total == 1
+    [full] = repo.list_runs().data
+    assert json.dumps(full.to_dict()).count("[") == 600  # no serialisation depth limit
+    assert repo.find_run(run.id).to_dict()["result"] == deep

@@ -43,13 +43,56 @@ def test_last_partial_page_and_past_the_end(repo, engine):
     assert past.data == [] and past.total == 7 and past.page == 4
 
 
-def test_sizes_are_clamped(engine):
+def test_one_rule_for_pages_a_size_above_the_maximum_is_limited_below_one_refused(engine):
     add_runs(engine, 12)
     repo = Repository(engine, pagination=PaginationConfig(default_page_size=5, max_page_size=10))
     assert repo.list_runs().page_size == 5
-    assert len(repo.list_runs(PageRequest(page_size=50)).data) == 10
-    assert repo.list_runs(PageRequest(page=0, page_size=0)).page == 1
-    assert repo.list_runs(PageRequest(page=0, page_size=0)).page_size == 5
+    limited = repo.list_runs(PageRequest(page_size=50))
+    assert len(limited.data) == 10 and limited.page_size == 10  # the result says which size was used
+    for bad in (dict(page=0), dict(page=-1), dict(page_size=0), dict(page_size=-5)):
+        with pytest.raises(InvalidQueryError, match="must be a whole number of at least 1"):
+            PageRequest(**bad)
+    for query in ({"page": "0"}, {"page_size": "-1"}):  # the same rule for URL parameters
+        with pytest.raises(InvalidQueryError, match="must be a whole number of at least 1"):
+            PageRequest.from_query(query)
+    assert repo.list_runs(PageRequest.from_query({"page_size": "100000"})).page_size == 10
+    with pytest.raises(InvalidQueryError, match="page 4611686018427387904 is too far"):
+        repo.list_runs(PageRequest(page=2**62))
+
+
+def test_list_runs_takes_the_obvious_keywords_and_says_what_to_pass_otherwise(engine):
+    runs = add_runs(engine, 7, status=RunStatus.FAILED) + add_runs(engine, 2, workflow_name="other")
+    repo = Repository(engine)
+    page = repo.list_runs(page=2, page_size=3, sort="created_at", status="failed")
+    assert [r.id for r in page.data] == [r.id for r in runs[3:6]] and page.total == 7
+    assert repo.list_runs(workflow_name=["other", "demo"]).total == 9
+    assert repo.list_runs(workflow_name="other,nope").total == 2
+    with pytest.raises(InvalidQueryError, match=r"list_runs takes a page number or a PageRequest as its page, "
+                                                r"got '2' \(str\)"):
+        repo.list_runs(page="2")
+    with pytest.raises(InvalidQueryError, match="a PageRequest, or page=, page_size= and sort=, not both"):
+        repo.list_runs(PageRequest(page=2), page_size=5)
+    with pytest.raises(InvalidQueryError, match="a RunFilters, or workflow_name= and status=, not both"):
+        repo.list_runs(filters=RunFilters(status="failed"), status="completed")
+    with pytest.raises(InvalidQueryError, match=r"takes a RunFilters as its filters, got \{'status'"):
+        repo.list_runs(filters={"status": "failed"})
+    with pytest.raises(InvalidQueryError, match=r"page must be a whole number of at least 1, got '2' \(str\); "
+                                                "for text from a URL, use PageRequest.from_query"):
+        PageRequest(page="2")
+
+
+def test_a_summary_listing_reads_no_params_nor_results(engine):
+    run = make_run(params={"big": "x" * 100_000}, result={"big": "y" * 100_000})
+    add(engine, run)
+    repo = Repository(engine)
+    [full] = repo.list_runs().data
+    assert full.params == run.params and full.result == run.result
+    [summary] = repo.list_runs(fields="summary").data
+    assert (summary.id, summary.status, summary.params, summary.result) == (run.id, run.status, None, None)
+    assert summary.to_dict(exclude=("params", "result")) == {
+        k: v for k, v in full.to_dict().items() if k not in ("params", "result")}
+    with pytest.raises(InvalidQueryError, match="unknown fields 'some': expected one of full, summary"):
+        repo.list_runs(fields="some")
 
 
 def test_pages_do_not_overlap_when_times_tie(repo, engine):

@@ -32,7 +32,7 @@ sorts = st.lists(st.tuples(st.sampled_from(SORTABLE), st.booleans()), max_size=3
 
 
 def python_listing(rows, filters: RunFilters, sort: list[SortField], page: int, size: int):
-    chosen = [r for r in rows if (filters.workflow_name is None or r["workflow_name"] == filters.workflow_name)
+    chosen = [r for r in rows if (not filters.workflow_name or r["workflow_name"] in filters.workflow_name)
               and (not filters.status or r["status"] in filters.status)]
     keys = sort or [SortField("created_at", True)]
     if all(k.name != "id" for k in keys):
@@ -51,7 +51,7 @@ def python_listing(rows, filters: RunFilters, sort: list[SortField], page: int, 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     rows=st.lists(run_rows, max_size=25, unique_by=lambda r: r["id"]),
-    workflow=st.none() | st.sampled_from(NAMES),
+    workflow=st.none() | st.sampled_from(NAMES) | st.lists(st.sampled_from(NAMES), min_size=1, max_size=2),
     statuses=st.lists(st.sampled_from(list(RunStatus)), max_size=3),
     sort=sorts,
     page=st.integers(min_value=1, max_value=5),

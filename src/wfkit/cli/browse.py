@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,10 @@ from wfkit.cli.common import (
 from wfkit.formatting import format_ms as fmt_ms
 
 
+#: How much of a run's params or result `runs show` prints at a terminal (--full: all of it).
+SHOW_AT_TERMINAL = 2000
+
+
 def _read(read: Callable[[Any], Any]) -> Any:
     """``read(repository)`` on a repository for the database in use, closed after (with its engine)."""
     from wfkit.store.repository import Repository
@@ -32,7 +37,8 @@ def _read(read: Callable[[Any], Any]) -> Any:
 
 
 @runs.command("list")
-@click.option("--workflow", "workflow_name", metavar="NAME", help="Only runs of this workflow.")
+@click.option("--workflow", "workflow_names", multiple=True, metavar="NAME",
+              help="Only runs of this workflow; repeat or comma-separate for several.")
 @click.option(
     "--status",
     "statuses",
@@ -51,24 +57,36 @@ def _read(read: Callable[[Any], Any]) -> Any:
     help="Comma-separated fields, '-' for descending (default -created_at). "
     "Fields: id, workflow_name, status, created_at, updated_at, started_at, completed_at.",
 )
+@click.option("--full", is_flag=True, help="With --json: each run's params and result too (left out by default).")
 @json_option
 @database_url_option
 def runs_list(
-    workflow_name: str | None,
+    workflow_names: tuple[str, ...],
     statuses: tuple[str, ...],
     page: int,
     page_size: int | None,
     sort: str | None,
+    full: bool,
     as_json: bool,
 ) -> None:
-    """List runs, newest first, a page at a time."""
-    from wfkit.store.query import PageRequest, RunFilters
+    """List runs, newest first, a page at a time.
 
-    filters = RunFilters(workflow_name=workflow_name, status=statuses)
+    Example: wfkit runs list --status failed --workflow nightly-report --page 2
+    """
+    from wfkit.store.query import PageRequest, RunFilters
+    from wfkit.store.repository import SUMMARY_LEFT_OUT
+
+    filters = RunFilters(workflow_name=workflow_names, status=statuses)
     request = PageRequest(page=page, page_size=page_size, sort=sort)
-    result = _read(lambda repo: repo.list_runs(request, filters))
+    fields = "full" if full and as_json else "summary"
+    result = _read(lambda repo: repo.list_runs(request, filters, fields=fields))
+    if page_size is not None and result.page_size < page_size:
+        click.echo(f"Note: page size limited to {result.page_size} (WFKIT_MAX_PAGE_SIZE)", err=True)
     if as_json:
-        echo_json(result.to_dict())
+        doc = result.to_dict()
+        if fields == "summary":
+            doc["data"] = [run.to_dict(exclude=SUMMARY_LEFT_OUT) for run in result.data]
+        echo_json(doc)
         return
     if result.data:
         click.echo(
@@ -81,7 +99,7 @@ def runs_list(
             )
         )
     elif result.total == 0:
-        filtered = filters.workflow_name is not None or filters.status
+        filtered = filters.workflow_name or filters.status
         click.echo("No runs match these filters." if filtered else "No runs yet.")
     footer = f"page {result.page} of {result.total_pages} ({plural(result.total, 'run')})"
     if result.page > result.total_pages:
@@ -94,9 +112,14 @@ def runs_list(
 @click.option("--traceback", "with_traceback", is_flag=True,
               help="Also show the traceback of the exception that failed the run's stage, if one did.")
 @json_option
+@click.option("--full", is_flag=True, help=f"At a terminal, print params and result whole, however long "
+              f"(else cut at {SHOW_AT_TERMINAL} characters).")
 @database_url_option
-def runs_show(run_id: str, with_traceback: bool, as_json: bool) -> None:
-    """Show one run: status, times, params, result or error."""
+def runs_show(run_id: str, with_traceback: bool, full: bool, as_json: bool) -> None:
+    """Show one run: status, times, params, result or error.
+
+    Example: wfkit runs show 123e4567-e89b-12d3-a456-426614174000 --traceback
+    """
     run, stages = _read(lambda repo: (repo.find_run(run_id), repo.get_stages(run_id) if with_traceback else []))
     failed = next((s for s in reversed(stages) if s.error_traceback), None)
     if as_json:
@@ -114,8 +137,8 @@ def runs_show(run_id: str, with_traceback: bool, as_json: bool) -> None:
         ("completed", fmt_time(run.completed_at)),
         ("updated", fmt_time(run.updated_at)),
         ("duration", fmt_ms(run.duration_ms)),
-        ("params", json.dumps(run.params, ensure_ascii=False, sort_keys=True)),
-        ("result", "-" if run.result is None else json.dumps(run.result, ensure_ascii=False, sort_keys=True)),
+        ("params", _shown(run.params, full)),
+        ("result", "-" if run.result is None else _shown(run.result, full)),
     ]
     if run.error_message:
         rows.append(("error", run.error_message))
@@ -129,6 +152,14 @@ def runs_show(run_id: str, with_traceback: bool, as_json: bool) -> None:
             click.echo("\nNo traceback: no stage of this run failed with an exception.")
         else:
             click.echo(f"\ntraceback of {failed.node_name} (iteration {failed.iteration}):\n{failed.error_traceback}")
+
+
+def _shown(value: Any, full: bool) -> str:
+    """A JSON value for `runs show`: whole into a pipe or file, cut at a terminal unless ``full``."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if full or len(text) <= SHOW_AT_TERMINAL or not sys.stdout.isatty():
+        return text
+    return f"{text[:SHOW_AT_TERMINAL]}... ({len(text) - SHOW_AT_TERMINAL:,} more characters: --full prints them)"
 
 
 def _echo_related(items: list[Any], as_json: bool, empty: str, headers: tuple[str, ...],

@@ -21,6 +21,7 @@ from wfkit.cli.common import (
     parse_params,
     runs,
     silence_stdout,
+    text_fields_of,
     warn_plugin_failures,
     wfkit_command,
     with_database_url,
@@ -165,7 +166,9 @@ def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, as
     resume ID` continues it.
     With --json, stdout holds only the final run (progress goes to stderr).
     """
-    params = parse_params(param_pairs, params_json)
+    from wfkit.plugins import get_workflow
+
+    params = parse_params(param_pairs, params_json, text_fields_of(get_workflow(name)))
     progress = _Progress(to_stderr=as_json)
     executor = _executor(progress)
     warn_plugin_failures()

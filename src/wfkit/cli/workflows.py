@@ -11,6 +11,7 @@ from wfkit.cli.common import (
     params_options,
     parse_params,
     render_table,
+    text_fields_of,
     warn_plugin_failures,
 )
 
@@ -74,8 +75,8 @@ def graph_cmd(name: str, fmt: str, param_pairs: tuple[str, ...], params_json: st
     """Show the graph that workflow NAME builds (with default params, or those given)."""
     from wfkit.plugins import get_workflow
 
-    params = parse_params(param_pairs, params_json)
     workflow = get_workflow(name)
+    params = parse_params(param_pairs, params_json, text_fields_of(workflow))
     warn_plugin_failures()
     graph, _state = workflow.build(params)
     if fmt == "json":

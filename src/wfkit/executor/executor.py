@@ -40,14 +40,14 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from wfkit.errors import CheckpointError, GraphError, InvalidParamsError, InvalidStatusError
+from wfkit.errors import CheckpointError, GraphError, InvalidParamsError, InvalidStatusError, StateNotSerializableError
 from wfkit.events import MultiObserver, Observer, RunStarted
 from wfkit.executor import checkpoints
 from wfkit.executor.control import RunControl
 from wfkit.executor.run_loop import Plan, RunLoop, StageCapture
 from wfkit.graph import Walker
 from wfkit.ids import parse_uuid
-from wfkit.jsontext import check_json, dumps_state
+from wfkit.jsontext import dumps_state
 from wfkit.plugins import default_registry, plugin_observers
 from wfkit.registry import Registry
 from wfkit.runtime import Runtime
@@ -249,9 +249,9 @@ class Executor:
         checked = workflow.validate_params(params)
         stored = checked.model_dump(mode="json") if hasattr(checked, "model_dump") else dict(checked)
         try:
-            check_json(stored)
-        except (TypeError, ValueError) as err:
-            raise InvalidParamsError(f"params of workflow {name!r} must be JSON-serializable: {err}") from None
+            dumps_state(stored, f"the params of workflow {name!r}")
+        except StateNotSerializableError as err:
+            raise InvalidParamsError(str(err)) from None
         graph, initial = workflow.build_checked(checked, self.runtime)
         capture = StageCapture()
         walker = Walker(graph, initial, observer=capture)

@@ -218,7 +218,7 @@ class RunLoop:
         walker, cap = self.walker, self.capture
         assert self.stage_id is not None
         try:
-            self.state_json = dumps_state(walker.state, f"the state after node {self.node!r}")
+            self.state_json = dumps_state(walker.state, f"the state after node {self.node!r}", check_depth=False)
             updates_json = dumps_state(cap.updates or {}, f"the output of node {self.node!r}")
         except StateNotSerializableError as err:
             self.stage_failed(str(err), cap.duration_ms)

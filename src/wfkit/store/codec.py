@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -127,11 +127,12 @@ class Codec:
         return None
 
 
-def row_loader(model: type[M], columns: Sequence[sa.Column[Any]] | None = None, codec: Codec | None = None
-               ) -> Callable[[Sequence[Any]], M]:
+def row_loader(model: type[M], columns: Sequence[sa.Column[Any]] | None = None, codec: Codec | None = None,
+               absent: Mapping[str, Any] | None = None) -> Callable[[Sequence[Any]], M]:
     """A function from a row (the values of ``columns`` in order: by default all of the table's)
     to a detached ``model`` instance. With a ``codec``, each value is converted from its driver's
-    form; without, the values are taken to be the model's types already.
+    form; without, the values are taken to be the model's types already. ``absent`` gives the
+    value of each field the row leaves out.
 
     Listings load thousands of rows, so the function is generated for the columns (as
     :mod:`dataclasses` generates ``__init__``), doing what the ORM's loader does for a row
@@ -150,6 +151,9 @@ def row_loader(model: type[M], columns: Sequence[sa.Column[Any]] | None = None, 
         else:
             namespace[f"c{i}"] = convert
             lines.append(f"    values[{col.key!r}] = None if v{i} is None else c{i}(v{i})")
+    for i, (key, value) in enumerate((absent or {}).items()):
+        namespace[f"a{i}"] = value
+        lines.append(f"    values[{key!r}] = a{i}")
     lines.append("    return obj")
     exec("\n".join(lines), namespace)  # noqa: S102 - the text is made of column keys and indexes only
     load: Callable[[Sequence[Any]], M] = namespace["load"]

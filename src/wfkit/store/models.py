@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime, timezone
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -140,10 +141,23 @@ def check_transition(current: RunStatus | str, new: RunStatus | str) -> RunStatu
 class _Record(SQLModel):
     """Shared behaviour of the tables: a JSON form with fields in declared order."""
 
-    def to_dict(self) -> dict[str, Any]:
-        """The snake_case JSON form (UUIDs and times as strings), fields in declared order."""
-        dumped = self.model_dump(mode="json")
-        return {name: dumped[name] for name in type(self).model_fields}
+    def to_dict(self, *, exclude: Iterable[str] = ()) -> dict[str, Any]:
+        """The snake_case JSON form, fields in declared order (but those in ``exclude``): UUIDs as
+        text, times as ISO 8601 UTC (``...Z``), statuses as their values, JSON values as they are.
+        (Built by hand rather than by pydantic, whose depth limit would make one deeply nested
+        value break every listing that holds its run.)"""
+        left_out = set(exclude)
+        return {name: _json_value(self.__dict__.get(name)) for name in type(self).model_fields if name not in left_out}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
 
 
 def _status_type(enum_cls: type[enum.Enum]) -> sa.Enum:

@@ -30,6 +30,8 @@ T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+#: The largest page size a setting may ask for.
+PAGE_SIZE_LIMIT = 10_000
 DEFAULT_PAGE_SIZE_ENV = "WFKIT_DEFAULT_PAGE_SIZE"
 MAX_PAGE_SIZE_ENV = "WFKIT_MAX_PAGE_SIZE"
 
@@ -69,14 +71,14 @@ def parse_sort(spec: str | Sequence[str] | None, projection: Projection | None =
             if not item:
                 continue
             descending = item.startswith("-")
-            name = item[1:].strip() if item[0] in "+-" else item
+            name = (item[1:].strip() if item[0] in "+-" else item).lower()  # as --status: case is not meaning
             if not _FIELD_NAME.match(name):
                 allowed = (
                     f"allowed fields are {projection.allowed_sort()}"
                     if projection
                     else "expected field names, comma-separated, each with an optional leading '-' for descending"
                 )
-                raise InvalidQueryError(f"invalid sort field {item!r}: {allowed}")
+                raise InvalidQueryError(f"invalid sort field {_short(item)!r}: {allowed}")
             if projection is not None:
                 projection.column(name, purpose="sort")
             if name in seen:
@@ -183,16 +185,21 @@ DECISIONS = Projection(
 # --------------------------------------------------------------------------- pages
 
 
-def _whole_number(value: Any, what: str, *, minimum: int | None = None,
+def _whole_number(value: Any, what: str, *, minimum: int | None = None, maximum: int | None = None,
                   error: type[Exception] = InvalidQueryError) -> int:
     """``value`` (text, or a number) as an int; ``error`` naming ``what`` if it is not a whole
-    number, or is below ``minimum``."""
+    number, or is below ``minimum`` or above ``maximum``."""
+    text = str(value).strip()
     try:
-        number = int(str(value).strip())
+        number = int(text) if len(text) <= 30 else None  # longer than any count: not worth converting
     except (TypeError, ValueError):
-        raise error(f"{what} must be a whole number, got {value!r}") from None
+        number = None
+    if number is None:
+        raise error(f"{what} must be a whole number, got {_short(str(value))!r}")
     if minimum is not None and number < minimum:
         raise error(f"{what} must be a whole number of at least {minimum}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise error(f"{what} must be at most {maximum}, got {_short(str(value))!r}")
     return number
 
 
@@ -206,8 +213,8 @@ class PaginationConfig:
     def __post_init__(self) -> None:
         for name in ("default_page_size", "max_page_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigurationError(f"{name} must be a whole number of at least 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= PAGE_SIZE_LIMIT:
+                raise ConfigurationError(f"{name} must be a whole number from 1 to {PAGE_SIZE_LIMIT}, got {value!r}")
         if self.default_page_size > self.max_page_size:
             raise ConfigurationError(
                 f"default_page_size ({self.default_page_size}) must not exceed "
@@ -222,7 +229,7 @@ class PaginationConfig:
         for key, var in (("default_page_size", DEFAULT_PAGE_SIZE_ENV), ("max_page_size", MAX_PAGE_SIZE_ENV)):
             raw = env.get(var, "").strip()
             if raw:
-                values[key] = _whole_number(raw, var, minimum=1, error=ConfigurationError)
+                values[key] = _whole_number(raw, var, minimum=1, maximum=PAGE_SIZE_LIMIT, error=ConfigurationError)
         # One of the two set alone: the other follows it (a small maximum lowers the default, a large
         # default raises the maximum). Both set and contradicting each other is an error.
         if "max_page_size" not in values and values.get("default_page_size", 0) > MAX_PAGE_SIZE:
@@ -267,26 +274,35 @@ class PageRequest:
 
     ``page`` counts from 1; ``page_size`` None means the configured default;
     ``sort`` is a spec string (``"-created_at"``) or parsed :class:`SortField` s.
-    :meth:`normalized` clamps the numbers: a page below 1 becomes 1, a size
-    below 1 the default, a size above the maximum the maximum.
+    One rule for the library, the command line and the HTTP API: a page or a page size below 1,
+    or one that is not a whole number, is an :class:`InvalidQueryError`; a page size above the
+    configured maximum is limited to it (the result's ``page_size`` says which was used).
     """
 
     page: int = 1
     page_size: int | None = None
     sort: str | tuple[SortField, ...] | None = None
 
+    def __post_init__(self) -> None:
+        _check_count(self.page, "page")
+        if self.page_size is not None:
+            _check_count(self.page_size, "page_size")
+        if self.sort is not None and not isinstance(self.sort, (str, tuple)):
+            raise InvalidQueryError(f"sort must be a spec such as '-created_at,id' (or SortFields), "
+                                    f"got {self.sort!r} ({type(self.sort).__name__})")
+
     def normalized(self, config: PaginationConfig | None = None) -> PageRequest:
+        """With the configured default page size if none was asked, and no larger than the maximum."""
         config = config or PaginationConfig()
-        page = self.page if self.page and self.page >= 1 else 1
-        size = self.page_size
-        if size is None or size < 1:
-            size = config.default_page_size
-        size = min(size, config.max_page_size)
-        return PageRequest(page=page, page_size=size, sort=self.sort or None)
+        size = config.default_page_size if self.page_size is None else min(self.page_size, config.max_page_size)
+        if (self.page - 1) * size > MAX_OFFSET:
+            raise InvalidQueryError(f"page {self.page} is too far: pages of {size} runs reach only to page "
+                                    f"{MAX_OFFSET // size + 1}")
+        return PageRequest(page=self.page, page_size=size, sort=self.sort or None)
 
     @property
     def offset(self) -> int:
-        return (max(self.page, 1) - 1) * (self.page_size or DEFAULT_PAGE_SIZE)
+        return (self.page - 1) * (self.page_size or DEFAULT_PAGE_SIZE)
 
     @classmethod
     def from_query(cls, query: Mapping[str, Any]) -> PageRequest:
@@ -295,10 +311,26 @@ class PageRequest:
         size = _last_value(query, "page_size")
         sort_values = [v for v in _query_values(query, "sort") if v.strip()]
         return cls(
-            page=_whole_number(page, "page") if page is not None else 1,  # below 1: normalized() clamps it
-            page_size=_whole_number(size, "page_size") if size is not None else None,
+            page=_whole_number(page, "page", minimum=1) if page is not None else 1,
+            page_size=_whole_number(size, "page_size", minimum=1) if size is not None else None,
             sort=parse_sort(sort_values) or None,
         )
+
+
+#: The deepest offset a listing reaches (the databases' 64-bit integers, with room to spare).
+MAX_OFFSET = 2**62
+
+
+def _check_count(value: Any, what: str) -> None:
+    """``value`` must be a whole number of at least 1 (a Python int; text belongs to from_query)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        hint = "; for text from a URL, use PageRequest.from_query" if isinstance(value, str) else ""
+        raise InvalidQueryError(f"{what} must be a whole number of at least 1, got {value!r} "
+                                f"({type(value).__name__}){hint}")
+    if value < 1:
+        raise InvalidQueryError(f"{what} must be a whole number of at least 1, got {value}")
+    if value > MAX_OFFSET:
+        raise InvalidQueryError(f"{what} {value} is too large: at most {MAX_OFFSET}")
 
 
 class PageResult(BaseModel, Generic[T]):
@@ -350,9 +382,10 @@ def parse_statuses(values: Iterable[str | RunStatus]) -> tuple[RunStatus, ...]:
 
 @dataclass(frozen=True)
 class RunFilters:
-    """Filters of the run listing. ``status`` is one status or several (any of them matches)."""
+    """Filters of the run listing. ``workflow_name`` and ``status`` are each one value or several
+    (any of them matches); text may hold several, comma-separated."""
 
-    workflow_name: str | None = None
+    workflow_name: tuple[str, ...] = field(default=())
     status: tuple[RunStatus, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -362,15 +395,18 @@ class RunFilters:
         elif isinstance(status, (str, RunStatus)):
             status = (status,)
         object.__setattr__(self, "status", parse_statuses(status))
-        name = self.workflow_name
-        if name is not None:
-            name = str(name).strip() or None
-        object.__setattr__(self, "workflow_name", name)
+        names: Any = self.workflow_name
+        if names is None:
+            names = ()
+        elif isinstance(names, str):
+            names = (names,)
+        object.__setattr__(self, "workflow_name", parse_workflow_names(names))
 
     @classmethod
     def from_query(cls, query: Mapping[str, Any]) -> RunFilters:
         """Read ``workflow_name`` and ``status`` (repeated, or comma-separated) from query parameters."""
-        return cls(workflow_name=_last_value(query, "workflow_name"), status=parse_statuses(_query_values(query, "status")))
+        return cls(workflow_name=parse_workflow_names(_query_values(query, "workflow_name")),
+                   status=parse_statuses(_query_values(query, "status")))
 
     def apply(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
         """``stmt`` with these filters added as bound-parameter WHERE clauses."""
@@ -378,27 +414,58 @@ class RunFilters:
         return stmt.where(*clauses).params(self.values()) if clauses else stmt
 
     @property
-    def shape(self) -> tuple[bool, int]:
+    def shape(self) -> tuple[int, int]:
         """What the SQL of these filters depends on (not their values): statements are cached by it."""
-        return self.workflow_name is not None, len(self.status)
+        return len(self.workflow_name), len(self.status)
 
     def clauses(self) -> list[Any]:
         """The WHERE clauses, with bound parameters named as :meth:`values` names them."""
-        clauses: list[Any] = []
-        if self.workflow_name is not None:
-            column = RUNS.column("workflow_name", purpose="filter")
-            clauses.append(column == sa.bindparam("f_workflow_name", type_=sa.String()))
-        column = RUNS.column("status", purpose="filter")
-        if len(self.status) == 1:
-            clauses.append(column == sa.bindparam("f_status_0", type_=sa.String()))
-        elif self.status:
-            clauses.append(column.in_([sa.bindparam(f"f_status_{i}", type_=sa.String())
-                                       for i in range(len(self.status))]))
-        return clauses
+        return [clause for clause in (_any_of(RUNS.column("workflow_name", purpose="filter"), "f_workflow_name",
+                                              len(self.workflow_name)),
+                                      _any_of(RUNS.column("status", purpose="filter"), "f_status", len(self.status)))
+                if clause is not None]
 
     def values(self) -> dict[str, Any]:
         """The bound parameters' values (plain strings)."""
         values: dict[str, Any] = {f"f_status_{i}": status.value for i, status in enumerate(self.status)}
-        if self.workflow_name is not None:
-            values["f_workflow_name"] = self.workflow_name
+        values.update({f"f_workflow_name_{i}": name for i, name in enumerate(self.workflow_name)})
         return values
+
+
+def _any_of(column: Any, prefix: str, count: int) -> Any:
+    """``column = :prefix_0`` for one value, ``column IN (:prefix_0, ...)`` for several, None for none."""
+    if count == 0:
+        return None
+    if count == 1:
+        return column == sa.bindparam(f"{prefix}_0", type_=sa.String())
+    return column.in_([sa.bindparam(f"{prefix}_{i}", type_=sa.String()) for i in range(count)])
+
+
+def parse_workflow_names(values: Iterable[str]) -> tuple[str, ...]:
+    """Workflow names from values that may each hold several, comma-separated; duplicates dropped.
+    Text no database can compare (a NUL, a lone surrogate) is an :class:`InvalidQueryError`."""
+    out: list[str] = []
+    for value in values:
+        for item in str(value).split(","):
+            name = item.strip()
+            if not name:
+                continue
+            check_filter_text(name, "workflow name")
+            if name not in out:
+                out.append(name)
+    return tuple(out)
+
+
+def check_filter_text(text: str, what: str) -> str:
+    """``text`` if every database can compare it: no NUL character, no lone surrogate."""
+    if "\x00" in text:
+        raise InvalidQueryError(f"the {what} filter {_short(text)!r} contains a NUL character, which no name holds")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidQueryError(f"the {what} filter {_short(text)!r} is not valid text (a lone surrogate)") from None
+    return text
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from wfkit.errors import NotFoundError
+from wfkit.errors import InvalidQueryError, NotFoundError
 from wfkit.ids import parse_uuid
 from wfkit.store.codec import codec_for, row_loader
 from wfkit.store.connections import ThreadConnections
@@ -64,6 +64,38 @@ class Statement:
         return tuple(values[name] for name in self.positions)
 
 
+#: What ``list_runs(fields=...)`` takes: every column, or all but the ones that may be large.
+LISTING_FIELDS = ("full", "summary")
+#: The columns a summary listing leaves out (None in its runs).
+SUMMARY_LEFT_OUT = ("params", "result")
+_RUN_COLUMNS = tuple(Run.__table__.columns)
+_SUMMARY_COLUMNS = tuple(c for c in _RUN_COLUMNS if c.key not in SUMMARY_LEFT_OUT)
+
+
+def _page_request(page: PageRequest | int | None, page_size: int | None, sort: str | None) -> PageRequest:
+    """The page asked for, as a PageRequest or as keywords (not both)."""
+    if page is None or isinstance(page, int) and not isinstance(page, bool):
+        return PageRequest(page=1 if page is None else page, page_size=page_size, sort=sort)
+    if isinstance(page, PageRequest):
+        if page_size is not None or sort is not None:
+            raise InvalidQueryError("give list_runs a PageRequest, or page=, page_size= and sort=, not both")
+        return page
+    raise InvalidQueryError(f"list_runs takes a page number or a PageRequest as its page, got {page!r} "
+                            f"({type(page).__name__})")
+
+
+def _run_filters(filters: RunFilters | None, workflow_name: Any, status: Any) -> RunFilters:
+    """The filters asked for, as a RunFilters or as keywords (not both)."""
+    if filters is None:
+        return RunFilters(workflow_name=workflow_name or (), status=status or ())
+    if not isinstance(filters, RunFilters):
+        raise InvalidQueryError(f"list_runs takes a RunFilters as its filters, got {filters!r} "
+                                f"({type(filters).__name__}); or pass workflow_name= and status=")
+    if workflow_name is not None or status is not None:
+        raise InvalidQueryError("give list_runs a RunFilters, or workflow_name= and status=, not both")
+    return filters
+
+
 class Repository:
     """Read-only access to run history.
 
@@ -89,6 +121,8 @@ class Repository:
         self._autocommit = dialect.name == "postgresql"
         self._kept = ThreadConnections(self.engine) if ThreadConnections.suits(self.engine) else None
         self._decode = {model: row_loader(model, codec=self._codec) for model in (Run, Stage, Decision, Checkpoint)}
+        self._decode_summary = row_loader(Run, _SUMMARY_COLUMNS, codec=self._codec,
+                                          absent={column: None for column in SUMMARY_LEFT_OUT})
         self._lock = threading.Lock()
         self._listings: dict[Any, tuple[Statement, Statement]] = {}
         rid = sa.bindparam("rid", type_=sa.Uuid())
@@ -107,19 +141,28 @@ class Repository:
 
     # -- the public reads
 
-    def list_runs(self, page: PageRequest | None = None, filters: RunFilters | None = None) -> PageResult[Run]:
-        """One page of runs, newest first unless ``page.sort`` says otherwise.
+    def list_runs(self, page: PageRequest | int | None = None, filters: RunFilters | None = None, *,
+                  page_size: int | None = None, sort: str | None = None,
+                  workflow_name: str | Sequence[str] | None = None, status: str | Sequence[str] | None = None,
+                  fields: str = "full") -> PageResult[Run]:
+        """One page of runs, newest first unless the sort says otherwise.
 
-        The total counts every run that matches ``filters``. A page past the
-        end has empty ``data``.
+        Give the page as a :class:`PageRequest`, or as keywords (``list_runs(page=2, page_size=50,
+        sort="-created_at")``), and the filters as a :class:`RunFilters` or as keywords
+        (``workflow_name=``, ``status=``, each one value or several). ``fields="summary"`` leaves
+        each run's ``params`` and ``result`` out (they are None): a listing then reads none of
+        them, however large. The total counts every run that matches. A page past the end has empty
+        ``data``; a page size above the configured maximum is limited to it.
         """
-        request = (page or PageRequest()).normalized(self.pagination)
-        filters = filters or RunFilters()
-        sort = RUNS.resolve_sort(request.sort)
+        request = _page_request(page, page_size, sort).normalized(self.pagination)
+        filters = _run_filters(filters, workflow_name, status)
+        if fields not in LISTING_FIELDS:
+            raise InvalidQueryError(f"unknown fields {fields!r}: expected one of {', '.join(LISTING_FIELDS)}")
+        order = RUNS.resolve_sort(request.sort)
         size = request.page_size or self.pagination.default_page_size
-        count, rows = self._listing(filters, sort)
+        count, rows = self._listing(filters, order, fields)
         values = {**filters.values(), "limit": size, "offset": request.offset}
-        decode = self._decode[Run]
+        decode = self._decode[Run] if fields == "full" else self._decode_summary
 
         def read(cursor: Any) -> tuple[int, list[Run]]:
             total = self._execute(cursor, count, values).fetchone()[0]
@@ -175,9 +218,9 @@ class Repository:
         decode = self._decode[model]
         return [decode(row) for row in rows]
 
-    def _listing(self, filters: RunFilters, sort: Sequence[Any]) -> tuple[Statement, Statement]:
+    def _listing(self, filters: RunFilters, sort: Sequence[Any], fields: str) -> tuple[Statement, Statement]:
         """The COUNT and the page of a listing of this shape (built and compiled on first use)."""
-        key = (filters.shape, tuple(sort))
+        key = (filters.shape, tuple(sort), fields)
         found = self._listings.get(key)
         if found is not None:
             return found
@@ -189,7 +232,8 @@ class Repository:
         page_ids = (sa.select(Run.id).where(*where).order_by(*order)
                     .limit(sa.bindparam("limit", type_=sa.Integer()))
                     .offset(sa.bindparam("offset", type_=sa.Integer())).subquery())
-        rows = RUNS.select_all().join(page_ids, Run.id == page_ids.c.id).order_by(*order)
+        columns = _RUN_COLUMNS if fields == "full" else _SUMMARY_COLUMNS
+        rows = sa.select(*columns).join(page_ids, Run.id == page_ids.c.id).order_by(*order)
         dialect = self.engine.dialect
         found = (Statement.compile(count, dialect), Statement.compile(rows, dialect))
         with self._lock:
