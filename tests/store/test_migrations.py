@@ -180,3 +180,18 @@ def test_running_on_a_database_older_than_the_code_says_upgrade(empty_url):
                  .set_finish_point("a") and {})
     with pytest.raises(DatabaseNotMigratedError, match="older than this wfkit .* run `wfkit db upgrade`"):
         Executor(empty_url, registry=reg).execute("one")
+
+
+def test_on_sqlite_the_large_run_columns_come_last(empty_url, backend):
+    """SQLite reads a row's columns in order, through the pages of any large value before them: with
+    params and result last, a listing that reads neither reads no page of them."""
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL keeps large values out of line (TOAST): where their column stands costs nothing")
+    migrations.upgrade(empty_url)
+    engine = create_engine(empty_url)
+    try:
+        with engine.connect() as conn:
+            columns = [row[1] for row in conn.exec_driver_sql("PRAGMA table_info(runs)")]
+    finally:
+        engine.dispose()
+    assert columns[-2:] == ["params", "result"] and len(columns) == 12
