@@ -244,11 +244,36 @@ def test_db_commands(wfkit_cli, new_database):
     assert json.loads(wfkit_cli.invoke("runs", "list", "--json", url=url).stdout)["total"] == 0
     assert_one_line_error(wfkit_cli.run("db", "upgrade", "nope", url=url), 2, "unknown revision 'nope'")
     out = wfkit_cli.run("db", "downgrade", "base", url=url)  # not a terminal, no --yes: refused, nothing dropped
-    assert_one_line_error(out, 2, "a downgrade to base removes every wfkit table and its data: add --yes")
+    assert_one_line_error(out, 2, "to base removes every wfkit table, and all the run history in them: add --yes")
     assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == HEAD
     out = wfkit_cli.invoke("db", "downgrade", "base", "--yes", url=url)
     assert out.returncode == 0 and f"from {HEAD} to base" in out.stdout
     assert_one_line_error(wfkit_cli.run("runs", "list", url=url), 1, "wfkit db upgrade")
+
+
+def test_a_downgrade_that_removes_data_asks_however_it_is_spelled(wfkit_cli, new_database):
+    url = new_database()
+    assert wfkit_cli.invoke("db", "upgrade", url=url).returncode == 0
+    for spelled in ("-3", "base"):  # both end at base
+        out = wfkit_cli.run("db", "downgrade", "--", spelled, url=url)
+        assert_one_line_error(out, 2, "to base removes every wfkit table, and all the run history in them: add --yes")
+        assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == HEAD
+    assert wfkit_cli.run("db", "downgrade", "--", "-1", url=url).returncode == 0  # drops an empty column: no question
+    assert wfkit_cli.invoke("db", "upgrade", url=url).returncode == 0
+    from wfkit.store.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        add(engine, make_run(cancel_reason="by the test"))
+    finally:
+        engine.dispose()
+    out = wfkit_cli.run("db", "downgrade", "--", "-1", url=url)
+    assert_one_line_error(out, 2, "removes column runs.cancel_reason, which holds 1 value: add --yes to confirm")
+    out = wfkit_cli.run("db", "downgrade", "--", "-2", url=url)  # from 0001 after this: -1 reaches base
+    assert_one_line_error(out, 2, "add --yes")
+    assert wfkit_cli.run("db", "downgrade", "0001", "--yes", url=url).returncode == 0
+    assert_one_line_error(wfkit_cli.run("db", "downgrade", "--", "-1", url=url), 2, "to base removes every wfkit table")
+    assert_one_line_error(wfkit_cli.run("db", "upgrade", "+3", url=url), 2, "there is no revision +3 from it")
 
 
 def test_db_history_and_path(wfkit_cli, tmp_path):
@@ -439,5 +464,5 @@ def test_downgrade_to_base_asks_at_a_terminal(wfkit_cli, tmp_path, answer, code,
         os.close(slave)
         os.close(master)
     assert out.returncode == code, out.stderr
-    assert "Remove every wfkit table" in out.stderr
+    assert "to base removes every wfkit table, and all the run history in them. Go on?" in out.stderr
     assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == current

@@ -195,3 +195,46 @@ def test_on_sqlite_the_large_run_columns_come_last(empty_url, backend):
     finally:
         engine.dispose()
     assert columns[-2:] == ["params", "result"] and len(columns) == 12
+
+
+def _schema(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        inspector = sa.inspect(engine)
+        tables = set(inspector.get_table_names()) - {"alembic_version"}
+        return tables | {f"{t}.{c['name']}" for t in tables for c in inspector.get_columns(t)}
+    finally:
+        engine.dispose()
+
+
+def test_each_migration_names_what_its_downgrade_drops(empty_url):
+    """`wfkit db downgrade` warns about data in what a downgrade drops: each migration's DROPS must
+    be exactly that, so that a new migration cannot forget to say."""
+    migrations.upgrade(empty_url)
+    script = migrations._script()
+    for revision in reversed([r.revision for r in migrations.history()]):
+        before = _schema(empty_url)
+        migrations.downgrade(empty_url, "-1")
+        lost = before - _schema(empty_url)
+        tables = {item for item in lost if "." not in item}
+        lost = tables | {item for item in lost if item.split(".")[0] not in tables}
+        assert lost == set(script.get_revision(revision).module.DROPS), revision
+
+
+def test_plan_downgrade_names_what_holds_data(empty_url):
+    from factories import add, make_run
+
+    migrations.upgrade(empty_url)
+    plan = migrations.plan_downgrade(empty_url, "-1")
+    assert (plan.current, plan.target, plan.losses) == (migrations.head(), "0002", [])
+    engine = create_engine(empty_url)
+    try:
+        add(engine, make_run(cancel_reason="asked by the test"), make_run())
+    finally:
+        engine.dispose()
+    assert migrations.plan_downgrade(empty_url, "0002").losses == ["column runs.cancel_reason, which holds 1 value"]
+    assert migrations.plan_downgrade(empty_url, "base").losses[-1] == "table runs, which holds 2 rows"
+    with pytest.raises(ConfigurationError, match="-9 would go below base"):
+        migrations.plan_downgrade(empty_url, "-9")
+    with pytest.raises(ConfigurationError, match=r"the newest revision is 0003: there is no revision \+1"):
+        migrations.upgrade(empty_url, "+1")

@@ -54,23 +54,33 @@ def _report_move(verb: str, before: str | None, after: str | None) -> None:
 
 @db.command("downgrade")
 @click.argument("revision")
-@click.option("--yes", is_flag=True, help="Confirm a downgrade to 'base' (it removes every wfkit table and its data).")
+@click.option("--yes", is_flag=True, help="Confirm a downgrade that removes data (to base: every wfkit table).")
 @database_url_option
 def db_downgrade(revision: str, yes: bool) -> None:
-    """Migrate the database down to REVISION ('base' removes every wfkit table and its data: it asks
-    first, or takes --yes)."""
+    """Migrate the database down to REVISION (a revision, base, or -N steps).
+
+    A downgrade that ends at base (however it is spelled: base, -2...) removes every wfkit table;
+    one that drops a column or table holding data says what first. Either asks at a terminal,
+    and elsewhere needs --yes.
+
+    Example: wfkit db downgrade -- -1
+    """
     from wfkit.store import migrations
 
-    before = migrations.current(database_url())
-    if revision.strip().lower() == "base" and before is not None and not yes:
-        question = f"Remove every wfkit table of {_where()}, and all the run history in them?"
+    plan = migrations.plan_downgrade(database_url(), revision)
+    removes = (["every wfkit table, and all the run history in them"] if plan.target is None and plan.current
+               else plan.losses)
+    if removes and not yes:
+        what = "; ".join(removes)
         if not sys.stdin.isatty():
-            raise click.UsageError("a downgrade to base removes every wfkit table and its data: add --yes to confirm")
-        if not click.confirm(question, default=False, err=True):
+            raise click.UsageError(f"this downgrade of {_where()} to {plan.target or 'base'} removes {what}: "
+                                   "add --yes to confirm")
+        if not click.confirm(f"Downgrading {_where()} to {plan.target or 'base'} removes {what}. Go on?",
+                             default=False, err=True):
             click.echo("nothing changed", err=True)
             sys.exit(1)
-    migrations.downgrade(database_url(), revision)
-    _report_move("downgraded", before, migrations.current(database_url()))
+    migrations.downgrade(database_url(), plan.target or "base")
+    _report_move("downgraded", plan.current, migrations.current(database_url()))
 
 
 @db.command("current")

@@ -88,14 +88,94 @@ def _run_command(engine_or_url: Engine | str | None, name: str, *args: Any, crea
 
 
 def upgrade(engine_or_url: Engine | str | None = None, revision: str = "head") -> None:
-    """Migrate the database up to ``revision`` (default: the newest)."""
-    _run_command(engine_or_url, "upgrade", _resolve(revision))
+    """Migrate the database up to ``revision`` (default: the newest; ``+1``: one step)."""
+    with engine_for(engine_or_url) as engine:
+        target = resolve_target(current(engine), revision, down=False)
+        _run_command(engine, "upgrade", target or "base")
 
 
 def downgrade(engine_or_url: Engine | str | None = None, revision: str = "-1") -> None:
-    """Migrate the database down to ``revision`` (``base`` removes every wfkit table). A SQLite
-    file that does not exist is an error, not a new empty database."""
-    _run_command(engine_or_url, "downgrade", _resolve(revision), create_missing=False)
+    """Migrate the database down to ``revision`` (``-1``: one step; ``base`` removes every wfkit
+    table). A SQLite file that does not exist is an error, not a new empty database.
+    :func:`plan_downgrade` says first what a downgrade would remove."""
+    with engine_for(engine_or_url, create_missing=False) as engine:
+        target = resolve_target(current(engine), revision, down=True)
+        _run_command(engine, "downgrade", target or "base", create_missing=False)
+
+
+def resolve_target(at: str | None, revision: str, *, down: bool) -> str | None:
+    """The revision a move from ``at`` (None: base) to ``revision`` ends at (None: base): ``head``,
+    ``base``, a revision, or a number of steps (``+1``, ``-2``); one line of error for a move past
+    the newest revision or below base, or in the wrong direction."""
+    chain = [r.revision for r in history()]
+    if at is not None and at not in chain:
+        raise ConfigurationError(f"the database is at revision {at!r}, which this wfkit does not know "
+                                 "(a newer wfkit made it?): use that wfkit to migrate it")
+    here = chain.index(at) if at is not None else -1
+    spec = revision.strip()
+    if spec in ("head", "heads"):
+        there = len(chain) - 1
+    elif spec == "base":
+        there = -1
+    elif spec[:1] in "+-" and spec[1:].isdigit():
+        steps = int(spec)
+        there = here + steps
+        where = f"the database is at {at or 'base'}"
+        if there > len(chain) - 1:
+            raise ConfigurationError(f"{where}, and the newest revision is {chain[-1]}: "
+                                     f"there is no revision {spec} from it")
+        if there < -1:
+            raise ConfigurationError(f"{where}: {spec} would go below base (to remove every wfkit table, "
+                                     "downgrade to base)")
+    else:
+        there = chain.index(_resolve(spec)) if spec in chain else chain.index(_full_revision(spec))
+    if down and there > here:
+        raise ConfigurationError(f"revision {spec} is newer than the database's ({at or 'base'}): "
+                                 "that is an upgrade (wfkit db upgrade)")
+    if not down and there < here:
+        raise ConfigurationError(f"revision {spec} is older than the database's ({at}): "
+                                 "that is a downgrade (wfkit db downgrade)")
+    return chain[there] if there >= 0 else None
+
+
+def _full_revision(spec: str) -> str:
+    """The revision a (possibly shortened) id names, or the unknown-revision error."""
+    _resolve(spec)
+    return _script().get_revision(spec).revision
+
+
+@dataclass(frozen=True)
+class DowngradePlan:
+    """What a downgrade would do: from where to where (None: base), and what it would remove
+    that holds data (one line each; empty if it removes no data)."""
+
+    current: str | None
+    target: str | None
+    losses: list[str]
+
+
+def plan_downgrade(engine_or_url: Engine | str | None, revision: str) -> DowngradePlan:
+    """Where a downgrade to ``revision`` ends, and which of the columns and tables the migrations it
+    undoes drop hold data. Each migration names what its downgrade drops (``DROPS``)."""
+    with engine_for(engine_or_url, create_missing=False) as engine:
+        at = current(engine)
+        target = resolve_target(at, revision, down=True)
+        chain = [r.revision for r in history()]
+        undone = chain[(chain.index(target) + 1 if target else 0):(chain.index(at) + 1 if at else 0)]
+        drops = [item for rev in reversed(undone) for item in getattr(_script().get_revision(rev).module, "DROPS", ())]
+        losses = []
+        with translate_errors(engine), engine.connect() as conn:
+            for item in drops:
+                table, _, column = item.partition(".")
+                if column:
+                    held = conn.exec_driver_sql(f"SELECT count(*) FROM {table} WHERE {column} IS NOT NULL").scalar()
+                    if held:
+                        losses.append(f"column {item}, which holds {held} value{'' if held == 1 else 's'}")
+                else:
+                    held = conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
+                    if held:
+                        losses.append(f"table {table}, which holds {held} row{'' if held == 1 else 's'}")
+    return DowngradePlan(at, target, losses)
 
 
 def current(engine_or_url: Engine | str | None = None) -> str | None:

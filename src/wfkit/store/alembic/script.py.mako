@@ -17,6 +17,9 @@ revision: str = ${repr(up_revision)}
 down_revision: str | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+#: What the downgrade drops, "table.column" or "table" (`wfkit db downgrade` says which of them hold
+#: data before it runs; tests/store/test_migrations.py checks the list against the downgrade).
+DROPS: tuple[str, ...] = ()
 
 
 def upgrade() -> None:

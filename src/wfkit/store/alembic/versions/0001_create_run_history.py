@@ -15,6 +15,8 @@ revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+#: What the downgrade drops (`wfkit db downgrade` says which of them hold data before it runs).
+DROPS = ("checkpoints", "decisions", "stages", "runs")
 
 # Frozen copies of the column types as they were at this revision: a migration
 # must not change meaning when the models change later.

@@ -14,6 +14,8 @@ revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+#: What the downgrade drops (`wfkit db downgrade` says which of them hold data before it runs).
+DROPS = ("runs.cancel_requested_at",)
 
 
 def upgrade() -> None:

@@ -20,6 +20,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+#: What the downgrade drops (`wfkit db downgrade` says which of them hold data before it runs).
+DROPS = ("runs.cancel_reason", "stages.error_traceback")
 #: The order of the runs table's columns on SQLite: the ones a listing reads first, the large ones last.
 SQLITE_RUN_COLUMNS = ("id", "workflow_name", "status", "error_message", "started_at", "completed_at", "created_at",
                       "updated_at", "cancel_requested_at", "cancel_reason", "params", "result")
