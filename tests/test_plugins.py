@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 
 import pytest
 
@@ -44,13 +46,14 @@ def test_broken_plugins_are_skipped_and_reported(installed):
     names = {w["name"]: w["plugin"] for w in json.loads(out.stdout)}
     assert names["good-greet"] == "good" and names["shared-name"] == "dup-a"
     assert "raising-half" not in names  # registered before the hook raised: undone
-    assert "dup-b-own" not in names  # dup-b failed as a whole
+    assert names["dup-b-own"] == "dup-b"  # a duplicate skips only that workflow, not the plugin
     warnings = [line for line in out.stderr.splitlines() if line.startswith("Warning: ")]
     assert len(warnings) == 4 and "Traceback" not in out.stderr
     stderr = out.stderr
     assert "plugin 'broken_import' (wfkit-test-broken-import 1.2.3) was skipped: failed to import wfkit_test_broken_import.plugin: ModuleNotFoundError: No module named 'wfkit_this_module_does_not_exist'" in stderr
     assert "plugin 'raising' (wfkit-test-raising-hook 1.2.3) was skipped: hook wfkit_register_workflows raised RuntimeError: the plugin's configuration is missing" in stderr
-    assert "plugin 'dup-b' (wfkit-test-dup-b 1.2.3) was skipped: hook wfkit_register_workflows raised DuplicateWorkflowError: workflow 'shared-name' is already registered by plugin 'dup-a'; plugin 'dup-b' cannot register it again" in stderr
+    assert ("plugin 'dup-b' (wfkit-test-dup-b 1.2.3) could not register workflow 'shared-name' (plugin 'dup-a' "
+            "registered it first, and keeps it)") in stderr
     assert "plugin 'typo' (wfkit-test-typo 1.2.3) was skipped: implements unknown hook(s) wfkit_register_workflow; known hooks: wfkit_observers, wfkit_register_workflows" in stderr
 
 
@@ -61,18 +64,22 @@ def test_plugins_command(installed):
     assert good == {
         "name": "good", "distribution": "wfkit-test-good", "version": "1.2.3", "module": "wfkit_test_good.plugin",
         "hooks": ["wfkit_register_workflows"], "workflows": ["good-count", "good-greet"], "loaded": True, "error": None,
+        "skipped": [],
     }
     assert by_name["raising"]["loaded"] is False and "RuntimeError" in by_name["raising"]["error"]
-    assert by_name["dup-b"]["workflows"] == []
+    assert by_name["dup-b"]["loaded"] is True and by_name["dup-b"]["workflows"] == ["dup-b-own"]
+    assert by_name["dup-b"]["skipped"] == ["workflow 'shared-name' (plugin 'dup-a' registered it first, and keeps it)"]
     text = installed(FIXTURES).run("plugins").stdout
     assert "good: loaded" in text and "broken_import: FAILED" in text and "wfkit-test-good 1.2.3" in text
+    assert "  skipped       workflow 'shared-name' (plugin 'dup-a' registered it first, and keeps it)" in text
 
 
 def test_load_plugins_selection(installed):
     # empty: none load
     out = installed(["good"], select="").run("list-workflows")
-    assert out.returncode == 0 and out.stdout.startswith("No workflows are registered.")
-    assert "pip install" in out.stdout and "wfkit_register_workflows" in out.stdout
+    assert out.returncode == 0 and out.stdout.startswith(
+        "No workflows are registered: plugin loading is turned off (WFKIT_LOAD_PLUGINS is set, and empty).")
+    assert "Installed plugins: " in out.stdout and "good" in out.stdout and "Unset WFKIT_LOAD_PLUGINS" in out.stdout
     # by distribution name, and unknown names are reported
     out = installed(["good", "broken-import"], select="wfkit-test-good, nope").run("list-workflows", "--json")
     assert [w["name"] for w in json.loads(out.stdout)] == ["good-count", "good-greet"]
@@ -142,3 +149,48 @@ def test_the_plugin_template_works_as_shipped(installed):
     ]
     out = installed(["template"], select="my-workflows").run("graph", "hello")
     assert '-->|"wants_shouting"|' in out.stdout
+
+
+def test_a_hostile_plugin_cannot_take_a_command_down(installed):
+    """Plugins that hang (importing, or in a hook), exit, raise KeyboardInterrupt, or print: each is
+    left out or contained, reported on stderr, and stdout holds only the command's output."""
+    cli = installed(["hostile", "good"]).using(WFKIT_PLUGIN_TIMEOUT="1")
+    started = time.monotonic()
+    out = cli.run("list-workflows", "--json", timeout=60)
+    assert time.monotonic() - started < 20  # bounded by the time limit, not by the plugins
+    assert out.returncode == 0, out.stderr
+    names = {w["name"]: w["plugin"] for w in json.loads(out.stdout)}  # stdout is the JSON, nothing else
+    assert names["printed"] == "prints" and names["good-greet"] == "good"
+    assert "hang-half" not in names  # registered before its hook hung: taken back
+    stderr = out.stderr
+    assert "hello from the prints plugin, at import" in stderr and "hello from the prints plugin, in its hook" in stderr
+    assert "plugin 'hang-import' (wfkit-test-hostile 1.2.3) was skipped: did not finish loading within 1 s " \
+           "(WFKIT_PLUGIN_TIMEOUT)" in stderr
+    assert "plugin 'hang-hook' (wfkit-test-hostile 1.2.3) was skipped: did not finish loading within 1 s" in stderr
+    assert "plugin 'exits' (wfkit-test-hostile 1.2.3) was skipped: failed to import wfkit_test_hostile.exits: " \
+           "SystemExit: 3" in stderr
+    assert "plugin 'interrupts' (wfkit-test-hostile 1.2.3) was skipped:" in stderr and "KeyboardInterrupt" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_plugin_whose_observers_hook_hangs_does_not_stop_a_run(installed, db_url):
+    cli = installed(["hostile"], select="prints,hang-observers").using(WFKIT_PLUGIN_TIMEOUT="1",
+                                                                       WFKIT_DATABASE_URL=db_url)
+    out = cli.run("run", "printed", "--json", timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "completed"
+    assert "wfkit_observers() did not return within 1 s" in out.stderr
+
+
+def test_ctrl_c_still_stops_a_command_while_a_plugin_hangs(installed):
+    proc = installed(["hostile"], select="hang-import").using(WFKIT_PLUGIN_TIMEOUT="60").start("list-workflows")
+    time.sleep(1.5)  # it is waiting for the hanging plugin
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 1 and "Aborted!" in stderr and "Traceback" not in stderr
+
+
+def test_a_bad_plugin_timeout_is_one_line(installed):
+    out = installed(["good"]).using(WFKIT_PLUGIN_TIMEOUT="soon").run("list-workflows")
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "Error: WFKIT_PLUGIN_TIMEOUT must be a number of seconds above 0, got 'soon'")

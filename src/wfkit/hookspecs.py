@@ -18,11 +18,13 @@ The module implements hooks with the ``wfkit.hookimpl`` marker (or
 ``wfkit_register_workflows`` is called once per process, the first time the
 default registry is used (``wfkit list-workflows``,
 ``wfkit.get_workflow(...)``); ``wfkit_observers`` once per executor
-made without a registry of its own (``Executor(url)``). Each plugin is called on its own: if its
-module fails to import or its ``wfkit_register_workflows`` raises, that
-plugin is skipped (its registrations undone) and the failure is reported by
-``wfkit plugins``; if its ``wfkit_observers`` raises, that is logged and its
-observers are left out. The other plugins load as usual.
+made without a registry of its own (``Executor(url)``). Each plugin is called on its own, in a
+thread of its own: if its module fails to import, exits, or its ``wfkit_register_workflows``
+raises (anything, SystemExit and KeyboardInterrupt too) or does not return within
+``WFKIT_PLUGIN_TIMEOUT`` seconds (10), that plugin is skipped (its registrations undone) and
+the failure is reported by ``wfkit plugins``; if its ``wfkit_observers`` raises or hangs, that
+is logged and its observers are left out. What a plugin prints while loading goes to stderr.
+The other plugins load as usual.
 The entry point's name is the plugin's name; ``WFKIT_LOAD_PLUGINS`` (a
 comma-separated list of plugin or distribution names) limits which load.
 """
@@ -48,9 +50,11 @@ def wfkit_register_workflows(registry: Registry) -> None:
     Called once, when plugins load, with the registry to fill. Call
     ``registry.register(name, factory, description, params=Model)`` (or use
     ``@registry.register(name)`` as a decorator) for each workflow. Names are
-    lowercase letters, digits, ``-``, ``_`` and ``.``; registering a name that
-    another plugin already registered raises ``DuplicateWorkflowError``, which
-    makes this plugin fail to load (the first plugin, by entry-point name, keeps it).
+    lowercase letters, digits, ``-``, ``_`` and ``.``. A name another plugin
+    registered already is skipped (the first plugin, by entry-point name, keeps
+    it; ``wfkit plugins`` reports it), and this plugin's other workflows register
+    as usual; registering one name twice from this plugin raises
+    ``DuplicateWorkflowError``, which makes the plugin fail to load.
     The return value is ignored.
     """
 

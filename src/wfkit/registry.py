@@ -178,6 +178,20 @@ class Workflow:
         return graph, dict(state)
 
 
+class PluginScope:
+    """What one plugin registered while it loaded, what it could not (a name taken first), and
+    whether it was left out (its registrations taken back, later ones refused). (A plain class, not
+    a dataclass: this module loads with every command, and a dataclass costs its creation.)"""
+
+    __slots__ = ("plugin", "added", "skipped", "abandoned")
+
+    def __init__(self, plugin: str):
+        self.plugin = plugin
+        self.added: list[tuple[str, Workflow | None]] = []
+        self.skipped: list[str] = []
+        self.abandoned = False
+
+
 class Registry:
     """A thread-safe map of workflow names to :class:`Workflow` s."""
 
@@ -229,7 +243,11 @@ class Registry:
                 f"params of workflow {name!r} must be a pydantic model class or its import path "
                 f"('package.module:Model'), got {params!r}"
             )
-        plugin = getattr(self._local, "plugin", None) or LOCAL
+        scope: PluginScope | None = getattr(self._local, "scope", None)
+        plugin = scope.plugin if scope is not None else LOCAL
+        if scope is not None and scope.abandoned:
+            raise RegistrationError(f"plugin {plugin!r} was left out (it took too long to load): "
+                                    f"workflow {name!r} is not registered")
         workflow = Workflow(
             name=name,
             factory=factory,
@@ -241,14 +259,20 @@ class Registry:
         with self._lock:
             existing = self._workflows.get(name)
             if existing is not None and not replace:
+                if scope is not None and existing.plugin != plugin:
+                    # Another plugin has the name: only this workflow is skipped (the first plugin, by
+                    # entry-point name, keeps it); the plugin's other workflows register as usual.
+                    scope.skipped.append(f"workflow {name!r} (plugin {existing.plugin!r} registered it first, "
+                                         f"and keeps it)" if existing.plugin != LOCAL else
+                                         f"workflow {name!r} (registered first by {_source(existing)})")
+                    return existing
                 raise DuplicateWorkflowError(
                     f"workflow {name!r} is already registered by {_source(existing)}; "
                     f"{_source(workflow)} cannot register it again (pass replace=True to replace it)"
                 )
             self._workflows[name] = workflow
-            added = getattr(self._local, "added", None)
-            if added is not None:
-                added.append((name, existing))
+            if scope is not None:
+                scope.added.append((name, existing))
         return workflow
 
     def unregister(self, name: str) -> None:
@@ -258,25 +282,34 @@ class Registry:
                 raise self._not_found(name)
 
     @contextlib.contextmanager
-    def plugin_scope(self, plugin: str) -> Iterator[None]:
-        """Registrations made inside (by this thread) are attributed to ``plugin`` and undone if the block raises.
+    def plugin_scope(self, plugin: str | PluginScope) -> Iterator[PluginScope]:
+        """Registrations made inside (by this thread) are attributed to the plugin and undone if the
+        block raises; a name another plugin registered first is skipped (``scope.skipped``) instead
+        of failing the whole plugin.
 
         Used by the plugin loader so that a plugin whose hook fails leaves nothing half-registered.
         """
-        added: list[tuple[str, Workflow | None]] = []
-        self._local.plugin, self._local.added = plugin, added
+        scope = plugin if isinstance(plugin, PluginScope) else PluginScope(plugin)
+        self._local.scope = scope
         try:
-            yield
+            yield scope
         except BaseException:
-            with self._lock:
-                for name, previous in reversed(added):
-                    if previous is None:
-                        self._workflows.pop(name, None)
-                    else:
-                        self._workflows[name] = previous
+            self.undo(scope)
             raise
         finally:
-            self._local.plugin = self._local.added = None
+            self._local.scope = None
+
+    def undo(self, scope: PluginScope, *, abandon: bool = False) -> None:
+        """Take back what a plugin registered in ``scope`` (from any thread); with ``abandon``, later
+        registrations in it are refused too (a plugin left out while its code still runs)."""
+        with self._lock:
+            scope.abandoned = scope.abandoned or abandon
+            for name, previous in reversed(scope.added):
+                if previous is None:
+                    self._workflows.pop(name, None)
+                else:
+                    self._workflows[name] = previous
+            scope.added.clear()
 
     # -- looking up
 

@@ -444,7 +444,7 @@ def test_filters_no_database_can_compare_are_bad_input(db_url):
 
 
 def test_params_from_json_then_pairs_the_last_value_of_a_key_wins():
-    from wfkit.cli.common import parse_params
+    from wfkit.cli.params import parse_params
 
     assert parse_params(["b=2", "c=x", "b=[3]"], '{"a": 1, "b": 1}') == {"a": 1, "b": [3], "c": "x"}
 

@@ -23,7 +23,6 @@ from wfkit.cli.common import (
 )
 from wfkit.formatting import format_ms as fmt_ms
 
-
 #: How much of a run's params or result `runs show` prints at a terminal (--full: all of it).
 SHOW_AT_TERMINAL = 2000
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import click
@@ -209,94 +208,6 @@ def cli() -> None:
 })
 def runs() -> None:
     """Browse run history: list runs, show one, its stages and decisions."""
-
-
-def parse_params(pairs: Sequence[str], params_json: str | None,
-                 text_fields: Collection[str] = ()) -> dict[str, Any]:
-    """``--params-json`` then ``-p key=value`` pairs over it, in order: a later value of a key
-    replaces an earlier one. ``--params-json @FILE`` reads the JSON from a file, ``-`` from
-    standard input. A ``-p`` value is read as JSON if it is a JSON value (a number, true, null,
-    a list...), else taken as text; for a key in ``text_fields`` (its params model says it is
-    text) it is always taken as text. NaN and the infinities are not JSON values."""
-    params: dict[str, Any] = {}
-    if params_json:
-        loaded = _load_params_json(params_json)
-        if not isinstance(loaded, dict):
-            raise click.BadParameter(
-                f"must be a JSON object, got {type(loaded).__name__}", param_hint="'--params-json'"
-            )
-        params.update(loaded)
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise click.BadParameter(f"expected key=value, got {_short(pair)!r}", param_hint="'-p' / '--param'")
-        params[key] = raw if key in text_fields else _param_value(key, raw)
-    return params
-
-
-def _load_params_json(given: str) -> Any:
-    """The JSON of ``--params-json``: the text itself, ``@FILE``'s contents, or ``-``: standard input."""
-    hint = "'--params-json'"
-    if given == "-":
-        text, where = sys.stdin.read(), "standard input"
-    elif given.startswith("@"):
-        try:
-            text, where = Path(given[1:]).expanduser().read_text(encoding="utf-8"), given[1:]
-        except (OSError, UnicodeDecodeError) as err:
-            raise click.BadParameter(f"cannot read {given[1:]!r}: {getattr(err, 'strerror', None) or err}",
-                                     param_hint=hint) from None
-    else:
-        text, where = given, None
-    try:
-        return json.loads(text, parse_constant=_not_json)
-    except json.JSONDecodeError as err:
-        source = f" in {where}" if where else ""
-        raise click.BadParameter(f"not valid JSON{source} ({err.msg} at position {err.pos})", param_hint=hint) from None
-    except RecursionError:
-        raise click.BadParameter("nests too deeply to read", param_hint=hint) from None
-    except ValueError as err:  # NaN, or a number too long to convert
-        raise click.BadParameter(f"cannot be read: {err}", param_hint=hint) from None
-
-
-def _param_value(key: str, raw: str) -> Any:
-    try:
-        return json.loads(raw, parse_constant=_not_json)
-    except (json.JSONDecodeError, RecursionError):
-        return raw  # not a JSON value: text
-    except ValueError as err:  # NaN, or a number too long to convert
-        raise click.BadParameter(f"{key}: {err}", param_hint="'-p' / '--param'") from None
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value wfkit can store")
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def text_fields_of(workflow: Any) -> frozenset[str]:
-    """The params a workflow's model declares as text (str, optional str, or a choice of strings):
-    their ``-p`` values are taken as they are, never read as JSON."""
-    import enum
-    import types
-    import typing
-
-    model = workflow.resolve_params_model()
-    if model is None:
-        return frozenset()
-
-    def is_text(annotation: Any) -> bool:
-        origin = typing.get_origin(annotation)
-        if origin in (typing.Union, types.UnionType):
-            options = [a for a in typing.get_args(annotation) if a is not type(None)]
-            return bool(options) and all(is_text(a) for a in options)
-        if origin is typing.Literal:
-            return all(isinstance(a, str) for a in typing.get_args(annotation))
-        return annotation is str or isinstance(annotation, type) and issubclass(annotation, (str, enum.StrEnum))
-
-    return frozenset(name for name, field in model.model_fields.items() if is_text(field.annotation))
 
 
 def params_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -18,14 +18,13 @@ from wfkit.cli.common import (
     echo_json,
     json_option,
     params_options,
-    parse_params,
     runs,
     silence_stdout,
-    text_fields_of,
     warn_plugin_failures,
     wfkit_command,
     with_database_url,
 )
+from wfkit.cli.params import parse_params, text_fields_of
 from wfkit.errors import WfkitError
 
 #: The signals that stop a run as Ctrl-C does (containers, systemd and Kubernetes send SIGTERM;

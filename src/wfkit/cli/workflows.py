@@ -9,9 +9,7 @@ from wfkit.cli.common import (
     echo_json,
     json_option,
     params_options,
-    parse_params,
     render_table,
-    text_fields_of,
     warn_plugin_failures,
 )
 
@@ -26,6 +24,14 @@ def list_workflows_cmd(as_json: bool) -> None:
     warn_plugin_failures()
     if as_json:
         echo_json([w.to_dict() for w in workflows])
+        return
+    from wfkit.plugins import LOAD_PLUGINS_ENV, plugin_report, selected_plugins
+
+    if not workflows and selected_plugins() == set() and plugin_report().plugins:
+        installed = ", ".join(p.name for p in plugin_report().plugins)
+        click.echo(f"No workflows are registered: plugin loading is turned off ({LOAD_PLUGINS_ENV} is set, and "
+                   f"empty).\nInstalled plugins: {installed}. Unset {LOAD_PLUGINS_ENV} to load them all, or name "
+                   "the ones to load.")
         return
     if not workflows:
         click.echo(
@@ -60,6 +66,8 @@ def plugins_cmd(as_json: bool) -> None:
         click.echo(f"  module        {p.module}")
         click.echo(f"  hooks         {', '.join(p.hooks) or '-'}")
         click.echo(f"  workflows     {', '.join(p.workflows) or '-'}")
+        for item in p.skipped:
+            click.echo(f"  skipped       {item}")
         if p.error:
             click.echo(f"  error         {p.error}")
 
@@ -74,6 +82,8 @@ def plugins_cmd(as_json: bool) -> None:
 def graph_cmd(name: str, fmt: str, param_pairs: tuple[str, ...], params_json: str | None) -> None:
     """Show the graph that workflow NAME builds (with default params, or those given)."""
     from wfkit.plugins import get_workflow
+
+    from wfkit.cli.params import parse_params, text_fields_of
 
     workflow = get_workflow(name)
     params = parse_params(param_pairs, params_json, text_fields_of(workflow))

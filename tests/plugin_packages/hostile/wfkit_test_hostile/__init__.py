@@ -1,0 +1,1 @@
+"""Plugins that misbehave on purpose (tests/test_plugins.py)."""

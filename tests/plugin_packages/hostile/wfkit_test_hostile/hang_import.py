@@ -1,0 +1,5 @@
+"""Hangs while it is imported."""
+
+import time
+
+time.sleep(3600)
