@@ -390,6 +390,51 @@ def test_click_usage_errors_are_one_line_too(wfkit_cli, args, message):
     assert_one_line_error(wfkit_cli.run(*args), 2, message)
 
 
+def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every command under ``group``, groups included, with its words after ``wfkit``."""
+    import click
+
+    found = []
+    for name in group.list_commands(None):
+        command = group.get_command(None, name)
+        found.append(((*path, name), command))
+        if isinstance(command, click.Group):
+            found += _commands(command, (*path, name))
+    return found
+
+
+def test_every_command_has_an_example_and_a_whole_summary(wfkit_cli):
+    from wfkit.cli import cli
+
+    commands = [((), cli), *_commands(cli)]
+    assert len(commands) == 20  # a new command is listed here, and gets an example
+    for words, command in commands:
+        assert "\n    Example: wfkit " in command.help or "\n    Example: WFKIT_" in command.help, words
+    for group in ([], ["runs"], ["db"]):
+        # a plain terminal's width, as a user meets it; Click cuts a summary that does not fit with "..."
+        out = wfkit_cli.run(*group, "--help", env={"COLUMNS": "80"})
+        listing = out.stdout.split("Commands:\n")[1]
+        assert listing.strip() and "..." not in listing, listing
+
+
+def test_runs_help_names_each_of_its_commands(wfkit_cli):
+    out = wfkit_cli.invoke("runs", "--help")
+    description = out.stdout.split("Options:")[0]
+    for name in ("list", "show", "stages", "decisions", "cancel", "resume", "delete"):
+        assert f"\n  {name} " in description, name
+
+
+def test_graph_takes_json_like_every_command(wfkit_cli):
+    as_json = wfkit_cli.invoke("graph", "review-loop", "--json")
+    assert as_json.returncode == 0
+    assert as_json.stdout == wfkit_cli.invoke("graph", "review-loop", "--format", "json").stdout
+    assert json.loads(as_json.stdout)["entry_point"] == "draft"
+    assert wfkit_cli.invoke("graph", "review-loop", "--format", "JSON").stdout == as_json.stdout
+    assert wfkit_cli.invoke("graph", "review-loop").stdout.startswith("flowchart TD\n")
+    assert_one_line_error(wfkit_cli.run("graph", "review-loop", "--json", "--format", "mermaid"), 2,
+                          "--json and --format mermaid ask for two formats: give one")
+
+
 def test_a_bare_group_shows_its_help(wfkit_cli):
     out = wfkit_cli.run("runs")
     assert out.returncode == 2 and "Commands:" in out.stdout + out.stderr and "Error" not in out.stderr

@@ -260,12 +260,21 @@ def test_ctrl_c_with_json_still_prints_the_run_on_stdout(cli, db_url, tmp_path):
     )
 
 
-def test_decisions_print_their_predicate_and_result(cli):
-    out = cli.run("run", "branching", "-p", "priority=express", env={"WFKIT_LOAD_PLUGINS": "samples"})
+def test_decisions_print_their_predicate_and_result_and_name_the_end_as_every_form_does(cli, db_url):
+    samples = {"WFKIT_LOAD_PLUGINS": "samples"}
+    out = cli.run("run", "branching", "-p", "priority=express", env=samples)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "    receive -> express [is_express=true]" in lines
     assert "    express -> ship [unconditional]" in lines and "    ship -> END [unconditional]" in lines
+    # the end is END in the history's text and in the chart; in JSON it is null (no node has that name)
+    run_id = str(only_run(db_url).id)
+    assert cli.run("runs", "decisions", run_id).stdout.splitlines()[-1].split()[:2] == ["ship", "END"]
+    assert json.loads(cli.run("runs", "decisions", run_id, "--json").stdout)[-1]["to_node"] is None
+    chart = cli.run("graph", "branching", env=samples).stdout
+    assert '    __end__(["END"])' in chart and "n_ship --> __end__" in chart and '"end"' not in chart
+    graph = json.loads(cli.run("graph", "branching", "--json", env=samples).stdout)
+    assert {"from_node": "ship", "to_node": None, "predicate": None} in graph["edges"]
 
 
 def test_delete(cli, db_url):

@@ -515,11 +515,11 @@ def describe_graph() -> StateGraph:
 def test_to_mermaid():
     assert describe_graph().to_mermaid() == (
         "flowchart TD\n"
-        '    __start__(["start"]) --> n_fetch_data\n'
+        '    __start__(["START"]) --> n_fetch_data\n'
         '    n_fetch_data["fetch-data"]\n'
         '    n_score_v2["score.v2"]\n'
         '    n_publish["publish"]\n'
-        '    __end__(["end"])\n'
+        '    __end__(["END"])\n'
         "    n_fetch_data --> n_score_v2\n"
         '    n_score_v2 -->|"score_ok"| n_publish\n'
         "    n_score_v2 --> n_fetch_data\n"
@@ -532,7 +532,7 @@ def test_to_mermaid_keeps_ids_distinct_and_escapes_labels():
          .add_edge("a-b", "a.b", when=always, name="x|y").set_entry_point("a-b"))
     assert g.to_mermaid() == (
         "flowchart TD\n"
-        '    __start__(["start"]) --> n_a_b\n'
+        '    __start__(["START"]) --> n_a_b\n'
         '    n_a_b["a-b"]\n'
         '    n_a_b_2["a.b"]\n'
         '    n_say__hi__["say #quot;hi#quot;#124;"]\n'

@@ -47,11 +47,23 @@ def test_service_example_runs(wfkit_cli, db_url, engine):
 
 def test_seed_command_line(wfkit_cli, db_url):
     for _ in range(2):  # each time new runs (a new seed), so a second call adds to the first
-        out = wfkit_cli.python("-m", "wfkit.store.seed", "--runs", "12", url=db_url)
+        out = wfkit_cli.python("-m", "wfkit.store.seed", "--runs", "12", "--database-url", db_url)
         assert out.returncode == 0 and out.stdout.startswith("added 12 runs"), out.stderr
     assert Repository(db_url).list_runs().total == 24
-    again = wfkit_cli.python("-m", "wfkit.store.seed", "--runs", "12", "--seed", "5", url=db_url)
+    again = wfkit_cli.python("-m", "wfkit.store.seed", "--runs", "12", "--seed", "5", "--database-url", db_url)
     assert again.returncode == 0 and again.stdout.strip().endswith("(--seed 5)")
+
+
+def test_seed_writes_only_into_a_database_it_is_given(wfkit_cli, db_url):
+    """Not into the default database, nor the one WFKIT_DATABASE_URL names: its runs' workflows do not exist."""
+    out = wfkit_cli.python("-m", "wfkit.store.seed", "--runs", "12", url=db_url)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("Error: name the database to add synthetic runs to with --database-url URL")
+    assert Repository(db_url).list_runs().total == 0
+    out = wfkit_cli.python("-m", "wfkit.store.seed", "--runs", "many", "--database-url", db_url)
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "Error: argument --runs: invalid int value: 'many' (see `python -m wfkit.store.seed --help`)")
 
 
 def test_seed_command_line_on_a_database_that_is_not_migrated(wfkit_cli, tmp_path):

@@ -178,7 +178,10 @@ def _echo_related(items: list[Any], as_json: bool, empty: str, headers: tuple[st
 @json_option
 @database_url_option
 def runs_stages(run_id: str, verbose: bool, as_json: bool) -> None:
-    """List a run's stages (node executions), oldest first."""
+    """List a run's stages (node executions), oldest first.
+
+    Example: wfkit runs stages 123e4567-e89b-12d3-a456-426614174000 -v
+    """
     stages = _read(lambda repo: repo.get_stages(run_id))
     _echo_related(
         stages, as_json, "This run has no stages yet.",
@@ -197,7 +200,10 @@ def runs_stages(run_id: str, verbose: bool, as_json: bool) -> None:
 @json_option
 @database_url_option
 def runs_decisions(run_id: str, as_json: bool) -> None:
-    """List a run's routing decisions, oldest first."""
+    """List a run's routing decisions, oldest first.
+
+    Example: wfkit runs decisions 123e4567-e89b-12d3-a456-426614174000 --json
+    """
     _echo_related(
         _read(lambda repo: repo.get_decisions(run_id)), as_json, "This run has no decisions yet.",
         ("FROM", "TO", "PREDICATE", "RESULT", "AT", "REASON"),

@@ -199,6 +199,8 @@ def cli() -> None:
     Configuration: --database-url, else WFKIT_DATABASE_URL, else a SQLite file
     in your user data directory. WFKIT_DEFAULT_PAGE_SIZE and WFKIT_MAX_PAGE_SIZE
     set listing page sizes (20 and 100 by default).
+
+    Example: wfkit run text-pipeline -p text="Hello, world" && wfkit runs list
     """
 
 
@@ -207,7 +209,19 @@ def cli() -> None:
     "resume": "execute", "cancel": "execute", "delete": "execute",
 })
 def runs() -> None:
-    """Browse run history: list runs, show one, its stages and decisions."""
+    """Browse, cancel, resume and delete runs.
+
+    \b
+    list       runs, newest first, a page at a time (filters, sort, --json)
+    show       one run: status, times, params, result or error
+    stages     a run's stages (node executions), oldest first
+    decisions  a run's routing decisions, oldest first
+    cancel     stop a run before its next node (--force: end it now)
+    resume     continue a failed or cancelled run from its checkpoint
+    delete     remove a run with its stages, decisions and checkpoint
+
+    Example: wfkit runs list --status failed
+    """
 
 
 def params_options(fn: Callable[..., Any]) -> Callable[..., Any]:

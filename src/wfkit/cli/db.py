@@ -19,7 +19,10 @@ from wfkit.cli.common import (
 
 @cli.group(cls=WfkitGroup)
 def db() -> None:
-    """Create and migrate the database schema."""
+    """Create and migrate the database schema.
+
+    Example: wfkit db upgrade
+    """
 
 
 def _where() -> str:
@@ -34,9 +37,12 @@ def _where() -> str:
 @click.argument("revision", default="head")
 @database_url_option
 def db_upgrade(revision: str) -> None:
-    """Migrate the database up to REVISION (default: head, the newest).
+    """Migrate the database up to REVISION (default: head).
 
-    Creates the database (a SQLite file) and its tables if needed.
+    REVISION is a revision id, head (the newest), or +N steps. Creates the
+    database (a SQLite file) and its tables if needed.
+
+    Example: wfkit db upgrade --database-url postgresql://localhost/wfkit
     """
     from wfkit.store import migrations
 
@@ -57,7 +63,9 @@ def _report_move(verb: str, before: str | None, after: str | None) -> None:
 @click.option("--yes", is_flag=True, help="Confirm a downgrade that removes data (to base: every wfkit table).")
 @database_url_option
 def db_downgrade(revision: str, yes: bool) -> None:
-    """Migrate the database down to REVISION (a revision, base, or -N steps).
+    """Migrate the database down to REVISION.
+
+    REVISION is a revision id, base (no tables), or -N steps.
 
     A downgrade that ends at base (however it is spelled: base, -2...) removes every wfkit table;
     one that drops a column or table holding data says what first. Either asks at a terminal,
@@ -87,7 +95,10 @@ def db_downgrade(revision: str, yes: bool) -> None:
 @json_option
 @database_url_option
 def db_current(as_json: bool) -> None:
-    """Show the revision the database is at."""
+    """Show the revision the database is at.
+
+    Example: wfkit db current --json
+    """
     from wfkit.store import migrations
 
     rev, head = migrations.current(database_url()), migrations.head()
@@ -103,7 +114,10 @@ def db_current(as_json: bool) -> None:
 @db.command("history")
 @json_option
 def db_history(as_json: bool) -> None:
-    """List the migrations wfkit ships, oldest first."""
+    """List the migrations wfkit ships, oldest first.
+
+    Example: wfkit db history
+    """
     from wfkit.store import migrations
 
     revs = migrations.history()
@@ -121,7 +135,12 @@ def db_history(as_json: bool) -> None:
 @db.command("check")
 @database_url_option
 def db_check() -> None:
-    """Compare the database's schema with wfkit's models; exit 1 if they differ."""
+    """Compare the database's schema with wfkit's models.
+
+    Exit 0 if they match; else list the differences and exit 1.
+
+    Example: wfkit db check
+    """
     from wfkit.store import migrations
 
     if migrations.current(database_url()) is None:
@@ -140,5 +159,11 @@ def db_check() -> None:
 @db.command("path")
 @database_url_option
 def db_path() -> None:
-    """Print the database URL in use (from --database-url, WFKIT_DATABASE_URL or the default)."""
+    """Print the database URL in use.
+
+    From --database-url, else WFKIT_DATABASE_URL, else the per-user SQLite
+    file; a password is shown as ***.
+
+    Example: WFKIT_DATABASE_URL=sqlite:///runs.db wfkit db path
+    """
     click.echo(_where())

@@ -158,12 +158,14 @@ def _interrupted(err: KeyboardInterrupt, progress: _Progress, executor: Any, as_
 @json_option
 @database_url_option
 def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, as_json: bool) -> None:
-    """Run workflow NAME, printing each stage and decision as it happens.
+    """Run workflow NAME, printing stages and decisions.
 
-    Exit code 0 when the run completes, 1 when it fails or is cancelled. Ctrl-C,
+    Each stage and decision is printed as it happens. Exit code 0 when the run completes, 1 when it fails or is cancelled. Ctrl-C,
     SIGTERM and SIGHUP cancel the run cleanly (exit 1, 143, 129); `wfkit runs
     resume ID` continues it.
     With --json, stdout holds only the final run (progress goes to stderr).
+
+    Example: wfkit run text-pipeline -p text="Hello, world"
     """
     from wfkit.plugins import get_workflow
 
@@ -189,7 +191,13 @@ def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, as
 @json_option
 @database_url_option
 def runs_resume(run_id: str, force: bool, as_json: bool) -> None:
-    """Continue a failed or cancelled run from its last checkpoint (completed nodes are not re-run)."""
+    """Continue a failed or cancelled run from its checkpoint.
+
+    Completed nodes are not run again: the run goes on from the last
+    checkpoint, with the state it had there.
+
+    Example: wfkit runs resume 123e4567-e89b-12d3-a456-426614174000
+    """
     progress = _Progress(to_stderr=as_json)
     executor = _executor(progress)
     try:
@@ -211,7 +219,14 @@ def runs_resume(run_id: str, force: bool, as_json: bool) -> None:
 @json_option
 @database_url_option
 def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
-    """Cancel a run: a pending one at once, a running one before its next node (from any terminal)."""
+    """Cancel a run, from any terminal.
+
+    A pending run is cancelled at once; a running one stops before its next
+    node (a run in its last node completes). --force ends a running run now,
+    for when its process is gone.
+
+    Example: wfkit runs cancel 123e4567-e89b-12d3-a456-426614174000
+    """
     from wfkit.executor import RunControl
     from wfkit.executor.control import where_from
 
@@ -235,7 +250,10 @@ def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Delete even a run that is 'running' (its process is gone).")
 @database_url_option
 def runs_delete(run_id: str, force: bool) -> None:
-    """Delete a run with its stages, decisions and checkpoint."""
+    """Delete a run with its stages, decisions and checkpoint.
+
+    Example: wfkit runs delete 123e4567-e89b-12d3-a456-426614174000
+    """
     from wfkit.executor import RunControl
 
     with RunControl(database_url()) as control:

@@ -17,7 +17,10 @@ from wfkit.cli.common import (
 @cli.command("list-workflows")
 @json_option
 def list_workflows_cmd(as_json: bool) -> None:
-    """List the workflows that installed plugins register."""
+    """List the workflows that installed plugins register.
+
+    Example: wfkit list-workflows --json
+    """
     from wfkit.plugins import list_workflows
 
     workflows = list_workflows()
@@ -47,7 +50,14 @@ def list_workflows_cmd(as_json: bool) -> None:
 @cli.command("plugins")
 @json_option
 def plugins_cmd(as_json: bool) -> None:
-    """List the installed plugins: distribution, hooks, workflows, and errors."""
+    """List installed plugins, their workflows and errors.
+
+    For each plugin (entry point in the group 'wfkit'): its distribution and
+    version, module, hooks, the workflows it registers, any it skipped, and
+    the error that stopped it loading.
+
+    Example: wfkit plugins --json
+    """
     from wfkit.plugins import plugin_report
 
     report = plugin_report()
@@ -75,21 +85,32 @@ def plugins_cmd(as_json: bool) -> None:
 @cli.command("graph")
 @click.argument("name")
 @click.option(
-    "--format", "fmt", type=click.Choice(["mermaid", "json"]), default="mermaid", show_default=True,
-    help="Output format.",
+    "--format", "fmt", type=click.Choice(["mermaid", "json"], case_sensitive=False), default=None,
+    help="Output format (default: mermaid).",
 )
+@json_option
 @params_options
-def graph_cmd(name: str, fmt: str, param_pairs: tuple[str, ...], params_json: str | None) -> None:
-    """Show the graph that workflow NAME builds (with default params, or those given)."""
+def graph_cmd(name: str, fmt: str | None, as_json: bool, param_pairs: tuple[str, ...],
+              params_json: str | None) -> None:
+    """Show the graph that workflow NAME builds.
+
+    The graph is built with the workflow's default params, or those given.
+    Mermaid by default (paste it into any mermaid viewer); --json for the
+    nodes and edges as JSON (an edge to END has "to_node": null).
+
+    Example: wfkit graph review-loop -p max_rounds=5
+    """
     from wfkit.plugins import get_workflow
 
     from wfkit.cli.params import parse_params, text_fields_of
 
+    if as_json and fmt is not None and fmt.lower() != "json":
+        raise click.UsageError(f"--json and --format {fmt} ask for two formats: give one")
     workflow = get_workflow(name)
     params = parse_params(param_pairs, params_json, text_fields_of(workflow))
     warn_plugin_failures()
     graph, _state = workflow.build(params)
-    if fmt == "json":
+    if as_json or (fmt or "").lower() == "json":
         echo_json(graph.to_dict())
     else:
         click.echo(graph.to_mermaid())

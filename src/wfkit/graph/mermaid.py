@@ -59,16 +59,17 @@ def link_number(graph: Drawable, edge_index: int) -> int:
 
 
 def to_mermaid(graph: Drawable) -> str:
-    """A mermaid ``flowchart TD``: a start marker to the entry point, END as an end marker,
-    conditional edges labelled with their predicate names."""
+    """A mermaid ``flowchart TD``: a START marker to the entry point, an END marker (labelled
+    END, as text output and :data:`wfkit.graph.END` name it), conditional edges labelled with
+    their predicate names."""
     ids = node_ids(graph)
     lines = ["flowchart TD"]
     if graph.entry_point is not None:
-        lines.append(f'    {START_ID}(["start"]) --> {ids[graph.entry_point]}')
+        lines.append(f'    {START_ID}(["START"]) --> {ids[graph.entry_point]}')
     for name in graph.nodes:
         lines.append(f'    {ids[name]}["{label_text(name)}"]')
     if any(edge.to_node is None for edge in graph.edges):
-        lines.append(f'    {END_ID}(["end"])')
+        lines.append(f'    {END_ID}(["END"])')
     for edge in graph.edges:
         dst = END_ID if edge.to_node is None else ids[edge.to_node]
         arrow = "-->" if edge.predicate is None else f'-->|"{label_text(edge.predicate.name)}"|'

@@ -10,8 +10,10 @@ exactly as an ORM or Core insert would store them) and then written in large
 batches through the driver: ``executemany`` on SQLite, ``COPY`` on PostgreSQL.
 A million runs takes well under a minute on either engine.
 
-From a shell: ``python -m wfkit.store.seed --runs 200 [--database-url URL]``
-(the database must be migrated first: ``wfkit db upgrade``).
+From a shell: ``python -m wfkit.store.seed --runs 200 --database-url URL`` (the database
+must be migrated first: ``wfkit db upgrade``). The URL is required, with no default: the
+seeded runs are of workflows that do not exist, so they are not written into the database a
+user's real runs are in unless the user names it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -264,13 +266,24 @@ def _large_sqlite_cache(conn: sa.Connection) -> Iterator[None]:
         raw.execute(f"PRAGMA cache_size={int(previous)}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line on stderr and exit 2, as with the ``wfkit`` command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"Error: {message} (see `{self.prog} --help`)\n")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m wfkit.store.seed", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m wfkit.store.seed", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="how many runs to add (default 200)")
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed, to make the same history again (default: a new one each time, printed)")
-    parser.add_argument("--database-url", default=None, help="default: $WFKIT_DATABASE_URL, else the per-user SQLite file")
+    parser.add_argument("--database-url", default=None,
+                        help="the database to add the runs to (required: `wfkit db path` prints the default one's)")
     args = parser.parse_args(argv)
+    if not args.database_url:
+        parser.error("name the database to add synthetic runs to with --database-url URL: the runs are of "
+                     "workflows that do not exist, so there is no default")
     if args.runs < 0:
         parser.error(f"--runs must be at least 0, got {args.runs}")
     from wfkit.store import migrations
