@@ -4,16 +4,16 @@ and one-line errors (as a real subprocess)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import os
+import subprocess
 import sys
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
-
 from conftest import WFKIT
+
 from factories import T0, add, add_history, make_run
 from wfkit.store import migrations
 from wfkit.store.models import RunStatus

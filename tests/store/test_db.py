@@ -342,10 +342,9 @@ def test_passwords_never_show(tmp_path):
 
 
 def test_a_read_only_database_says_so(tmp_path):
+    from factories import add, make_run
     from wfkit.errors import DatabaseError
     from wfkit.executor import RunControl
-
-    from factories import add, make_run
 
     path = tmp_path / "ro.db"
     migrations.upgrade(f"sqlite:///{path}")

@@ -100,9 +100,8 @@ def graph_cmd(name: str, fmt: str | None, as_json: bool, param_pairs: tuple[str,
 
     Example: wfkit graph review-loop -p max_rounds=5
     """
-    from wfkit.plugins import get_workflow
-
     from wfkit.cli.params import parse_params, text_fields_of
+    from wfkit.plugins import get_workflow
 
     if as_json and fmt is not None and fmt.lower() != "json":
         raise click.UsageError(f"--json and --format {fmt} ask for two formats: give one")
