@@ -6,7 +6,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -152,6 +152,20 @@ def _interrupted(err: KeyboardInterrupt, progress: _Progress, executor: Any, as_
     sys.exit(code)
 
 
+def _drive(go: Callable[[], Any], progress: _Progress, executor: Any, as_json: bool) -> None:
+    """Execute (``go``) with stop signals taken as Ctrl-C, then report how the run ended and exit."""
+    try:
+        with _stopping_on_signals():
+            run = go()
+    except KeyboardInterrupt as err:
+        _interrupted(err, progress, executor, as_json)
+    except WfkitError as err:
+        if progress.run_id is None:  # nothing was recorded: the plain one-line error
+            raise
+        _failed_midway(err, progress, executor)
+    _finish(run, as_json, progress)
+
+
 @cli.command("run")
 @click.argument("name")
 @params_options
@@ -173,16 +187,7 @@ def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, as
     progress = _Progress(to_stderr=as_json)
     executor = _executor(progress)
     warn_plugin_failures()
-    try:
-        with _stopping_on_signals():
-            run = executor.execute(name, params)
-    except KeyboardInterrupt as err:
-        _interrupted(err, progress, executor, as_json)
-    except WfkitError as err:
-        if progress.run_id is None:
-            raise
-        _failed_midway(err, progress, executor)
-    _finish(run, as_json, progress)
+    _drive(lambda: executor.execute(name, params), progress, executor, as_json)
 
 
 @runs.command("resume")
@@ -200,16 +205,7 @@ def runs_resume(run_id: str, force: bool, as_json: bool) -> None:
     """
     progress = _Progress(to_stderr=as_json)
     executor = _executor(progress)
-    try:
-        with _stopping_on_signals():
-            run = executor.resume(run_id, force=force)
-    except KeyboardInterrupt as err:
-        _interrupted(err, progress, executor, as_json)
-    except WfkitError as err:
-        if progress.run_id is None:
-            raise
-        _failed_midway(err, progress, executor)
-    _finish(run, as_json, progress)
+    _drive(lambda: executor.resume(run_id, force=force), progress, executor, as_json)
 
 
 @runs.command("cancel")

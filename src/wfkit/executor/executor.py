@@ -142,13 +142,17 @@ class Executor:
             self._background[run_id] = background
             self._cancel.setdefault(run_id, threading.Event())  # a cancel() before it starts is seen
 
+    def _started(self, run_id: uuid.UUID | str) -> tuple[uuid.UUID, _Background | None]:
+        """The run's id, and how it runs if this executor started it (else None)."""
+        rid = parse_uuid(run_id)
+        with self._lock:
+            return rid, self._background.get(rid)
+
     def wait(self, run_id: uuid.UUID | str, timeout: float | None = None) -> Run:
         """Wait for a run this executor started (:meth:`start` or :meth:`astart`) to end, and return
         it; a run it did not start is returned as it stands. Like a future's ``result(timeout)``: a
         run still going after ``timeout`` seconds raises :class:`TimeoutError` (the run goes on)."""
-        rid = parse_uuid(run_id)
-        with self._lock:
-            background = self._background.get(rid)
+        rid, background = self._started(run_id)
         if background is not None:
             task = background.task
             if task is not None and _on_loop_of(task):
@@ -161,9 +165,7 @@ class Executor:
     async def await_(self, run_id: uuid.UUID | str, timeout: float | None = None) -> Run:
         """Like :meth:`wait`, without blocking the event loop (``a`` + ``wait`` is a keyword, hence the
         underscore): for a run started by :meth:`astart` or :meth:`start` in this executor."""
-        rid = parse_uuid(run_id)
-        with self._lock:
-            background = self._background.get(rid)
+        rid, background = self._started(run_id)
         if background is not None:
             task = background.task
             if task is not None and _on_loop_of(task):
