@@ -78,8 +78,15 @@ def test_load_plugins_selection(installed):
     # empty: none load
     out = installed(["good"], select="").run("list-workflows")
     assert out.returncode == 0 and out.stdout.startswith(
-        "No workflows are registered: plugin loading is turned off (WFKIT_LOAD_PLUGINS is set, and empty).")
-    assert "Installed plugins: " in out.stdout and "good" in out.stdout and "Unset WFKIT_LOAD_PLUGINS" in out.stdout
+        "No workflows are registered: plugin loading is turned off (WFKIT_LOAD_PLUGINS is set, and empty); "
+        "installed plugins: good, samples. Unset WFKIT_LOAD_PLUGINS to load them all, or name the ones to load.")
+    # an unknown workflow says the same, not to install what is installed
+    for command in (["run", "good-greet"], ["graph", "good-greet"]):
+        out = installed(["good"], select="").run(*command)
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert out.stderr.strip() == ("Error: no workflow named 'good-greet'; plugin loading is turned off "
+                                      "(WFKIT_LOAD_PLUGINS is set, and empty); installed plugins: good, samples. Unset "
+                                      "WFKIT_LOAD_PLUGINS to load them all, or name the ones to load")
     # by distribution name, and unknown names are reported
     out = installed(["good", "broken-import"], select="wfkit-test-good, nope").run("list-workflows", "--json")
     assert [w["name"] for w in json.loads(out.stdout)] == ["good-count", "good-greet"]
@@ -180,6 +187,14 @@ def test_a_plugin_whose_observers_hook_hangs_does_not_stop_a_run(installed, db_u
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"] == "completed"
     assert "wfkit_observers() did not return within 1 s" in out.stderr
+
+
+@pytest.mark.parametrize("command", [["graph", "printed-model", "--json"], ["run", "printed-model", "--json"]])
+def test_a_params_model_imported_after_loading_prints_to_stderr_too(installed, db_url, command):
+    out = installed(["hostile"], select="prints").using(WFKIT_DATABASE_URL=db_url).run(*command, timeout=60)
+    assert out.returncode == 0, out.stderr
+    json.loads(out.stdout)  # the JSON document, nothing else
+    assert "hello from the prints plugin's params model, at import" in out.stderr
 
 
 def test_ctrl_c_still_stops_a_command_while_a_plugin_hangs(installed):

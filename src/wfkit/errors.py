@@ -219,25 +219,21 @@ def error_text(err: BaseException) -> str:
 
 def http_status(err: BaseException) -> int:
     """The HTTP status code that answers ``err``: the ``http_status`` of the first
-    :class:`WfkitError` in its chain (``err`` itself, then what it was raised from or while
-    handling), so that a service wrapping a wfkit error keeps its status; 500 if there is none."""
+    :class:`WfkitError` in its chain of causes (``err`` itself, then what it was raised ``from``), so
+    that a service wrapping a wfkit error keeps its status; 500 if there is none."""
     found = wfkit_error_in(err)
     return found.http_status if found is not None else 500
 
 
 def wfkit_error_in(err: BaseException) -> WfkitError | None:
-    """The first :class:`WfkitError` in ``err``'s chain: ``err``, its ``__cause__`` (``raise ... from``),
-    else its ``__context__`` (raised while handling) unless that was suppressed; None if there is none."""
+    """The first :class:`WfkitError` among ``err`` and its causes (``raise ... from``); None if there
+    is none. An error raised while handling another, without ``from``, is not a wrapping of it: a
+    bug in an ``except NotFoundError:`` block is a 500, not the 404 it happened to interrupt."""
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
         if isinstance(current, WfkitError):
             return current
         seen.add(id(current))
-        if current.__cause__ is not None:
-            current = current.__cause__
-        elif not current.__suppress_context__:
-            current = current.__context__
-        else:
-            current = None
+        current = current.__cause__
     return None

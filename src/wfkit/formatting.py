@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
-# user:password@ in the authority, and a password= query parameter (libpq's URLs take both)
-_AUTHORITY_PASSWORD = re.compile(r"(://[^/?#@:]*):[^/?#]*@")
+# user:password@ in the authority, and a password= query parameter (libpq's URLs take both). The
+# password runs to the last "@": SQLAlchemy takes "/", "?", "#" and "@" in one unescaped, so a mask
+# that stopped at any of them would show the rest.
+_AUTHORITY_PASSWORD = re.compile(r"(://[^/?#@:]*):.*@")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 

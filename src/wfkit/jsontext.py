@@ -34,10 +34,10 @@ def check_json(value: Any, *, check_depth: bool = True) -> str:
     try:
         text = _ENCODE(value)
     except RecursionError:
-        raise ValueError(_too_deep(value) or "it nests too deeply for JSON") from None
+        raise ValueError(too_deep(value) or "it nests too deeply for JSON") from None
     # Nesting deeper than the limit needs at least as many brackets: most values are spared the walk.
     if check_depth and text.count("[") + text.count("{") > MAX_DEPTH:
-        problem = _too_deep(value)
+        problem = too_deep(value)
         if problem:
             raise ValueError(problem)
     text.encode("utf-8")  # lone surrogates raise UnicodeEncodeError (a ValueError)
@@ -51,8 +51,9 @@ def check_json(value: Any, *, check_depth: bool = True) -> str:
 _CONTAINERS = (dict, list, tuple)
 
 
-def _too_deep(value: Any) -> str | None:
+def too_deep(value: Any) -> str | None:
     """Where ``value`` nests deeper than :data:`MAX_DEPTH` (the path to the first place), or None.
+    It recurses nowhere, so a value of any depth gets an answer.
 
     The containers are visited a level at a time, with no bookkeeping per item (this runs for
     every state with more than MAX_DEPTH containers); the path is looked for only once it is known

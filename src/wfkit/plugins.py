@@ -240,7 +240,17 @@ def load_plugins(
         known = {_normalize(p.name) for p in report.plugins} | {_normalize(p.distribution or "") for p in report.plugins}
         for name in sorted(allowed - known):
             report.warnings.append(f"{LOAD_PLUGINS_ENV} names {name!r}, but no installed plugin has that name")
+    if allowed == set() and report.plugins:
+        # An unknown workflow then says why there are none, not to install what is installed.
+        registry.empty_hint = loading_turned_off(report)
     return report
+
+
+def loading_turned_off(report: PluginReport) -> str:
+    """What to say when ``WFKIT_LOAD_PLUGINS`` is set and empty while plugins are installed."""
+    installed = ", ".join(p.name for p in report.plugins)
+    return (f"plugin loading is turned off ({LOAD_PLUGINS_ENV} is set, and empty); installed plugins: {installed}. "
+            f"Unset {LOAD_PLUGINS_ENV} to load them all, or name the ones to load")
 
 
 class _PluginThreads:

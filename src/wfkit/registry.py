@@ -80,6 +80,9 @@ def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
 
 
+_FIRST_IMPORT = threading.Lock()
+
+
 @dataclass(frozen=True)
 class Workflow:
     """A registered workflow: its factory, description, params model and the plugin that registered it."""
@@ -101,7 +104,13 @@ class Workflow:
 
             module_name, _, attr = model.partition(":")
             try:
-                obj: Any = importlib.import_module(module_name)
+                obj: Any = sys.modules.get(module_name)
+                if obj is None:
+                    # Plugin code imported after loading is still plugin code: what it prints goes to
+                    # stderr, never into a command's stdout (a --json document). One import at a time,
+                    # since the stream is swapped for the whole process meanwhile.
+                    with _FIRST_IMPORT, contextlib.redirect_stdout(sys.stderr):
+                        obj = importlib.import_module(module_name)
                 for part in attr.split("."):
                     obj = getattr(obj, part)
             except Exception as err:  # a plugin's module may raise anything while importing
@@ -130,6 +139,13 @@ class Workflow:
             raise InvalidParamsError(
                 f"params for workflow {self.name!r} must be a mapping of names to values, got {type(params).__name__}"
             )
+        from wfkit.jsontext import too_deep
+
+        # Before the model sees them: pydantic (validating, then dumping) stops at a depth of its own
+        # with a plain ValueError, and the limit is wfkit's to state.
+        problem = too_deep(dict(params))
+        if problem:
+            raise InvalidParamsError(f"invalid params for workflow {self.name!r}: {problem}")
         if self.params_model is None:
             return dict(params)
         model = self.resolve_params_model()
@@ -199,6 +215,8 @@ class Registry:
         self._lock = threading.RLock()
         self._workflows: dict[str, Workflow] = {}
         self._local = threading.local()
+        #: what an unknown name's error adds when no workflow is registered
+        self.empty_hint = "no workflows are registered (install a plugin package, see `wfkit plugins`)"
 
     # -- registering
 
@@ -347,7 +365,7 @@ class Registry:
         elif names:
             hint = f"; registered workflows: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}"
         else:
-            hint = "; no workflows are registered (install a plugin package, see `wfkit plugins`)"
+            hint = f"; {self.empty_hint}"
         return WorkflowNotFoundError(f"no workflow named {name!r}{hint}")
 
 

@@ -105,6 +105,13 @@ def test_list_takes_several_workflows_a_sort_in_any_case_and_says_when_a_size_wa
         "total"] == 11
     upper = json.loads(wfkit_cli.invoke("runs", "list", "--json", "--sort", "-CREATED_AT", url=db_url).stdout)
     assert upper == json.loads(wfkit_cli.invoke("runs", "list", "--json", "--sort", "-created_at", url=db_url).stdout)
+    # several sort fields, repeated or comma-separated alike; the first decides first
+    ids = [[r["id"] for r in json.loads(wfkit_cli.invoke("runs", "list", "--json", "--page-size", "30", *args,
+                                                         url=db_url).stdout)["data"]]
+           for args in (["--sort", "workflow_name", "--sort", "created_at"], ["--sort", "workflow_name,created_at"])]
+    assert ids[0] == ids[1]
+    expected = sorted(history, key=lambda r: (r.workflow_name, r.created_at))
+    assert ids[0] == [str(r.id) for r in expected]
     out = wfkit_cli.invoke("runs", "list", "--json", "--page-size", "500", url=db_url)
     assert json.loads(out.stdout)["page_size"] == 100 and "Note: page size limited to 100" in out.stderr
 
@@ -244,11 +251,18 @@ def test_db_commands(wfkit_cli, new_database):
     assert json.loads(wfkit_cli.invoke("runs", "list", "--json", url=url).stdout)["total"] == 0
     assert_one_line_error(wfkit_cli.run("db", "upgrade", "nope", url=url), 2, "unknown revision 'nope'")
     out = wfkit_cli.run("db", "downgrade", "base", url=url)  # not a terminal, no --yes: refused, nothing dropped
-    assert_one_line_error(out, 2, "to base removes every wfkit table, and all the run history in them: add --yes")
+    assert_one_line_error(out, 2, "to base removes every wfkit table, and all the run history in them: confirm with "
+                                  "`wfkit db downgrade --yes base`")
     assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == HEAD
     out = wfkit_cli.invoke("db", "downgrade", "base", "--yes", url=url)
     assert out.returncode == 0 and f"from {HEAD} to base" in out.stdout
     assert_one_line_error(wfkit_cli.run("runs", "list", url=url), 1, "wfkit db upgrade")
+    # the hints of `db current` and `db check` keep a --database-url given
+    given = ("--database-url", url)
+    assert f"(run `wfkit --database-url {url} db upgrade`)" in wfkit_cli.invoke(*given, "db", "current").stdout
+    assert f"(run `wfkit --database-url {url} db upgrade`)" in wfkit_cli.invoke(*given, "db", "check").stderr
+    wfkit_cli.invoke(*given, "db", "upgrade", "0002")
+    assert f"run `wfkit --database-url {url} db upgrade`)" in wfkit_cli.invoke(*given, "db", "current").stdout
 
 
 def test_a_downgrade_that_removes_data_asks_however_it_is_spelled(wfkit_cli, new_database):
@@ -256,7 +270,9 @@ def test_a_downgrade_that_removes_data_asks_however_it_is_spelled(wfkit_cli, new
     assert wfkit_cli.invoke("db", "upgrade", url=url).returncode == 0
     for spelled in ("-3", "base"):  # both end at base
         out = wfkit_cli.run("db", "downgrade", "--", spelled, url=url)
-        assert_one_line_error(out, 2, "to base removes every wfkit table, and all the run history in them: add --yes")
+        again = "-- -3" if spelled == "-3" else "base"
+        assert_one_line_error(out, 2, "to base removes every wfkit table, and all the run history in them: confirm "
+                                      f"with `wfkit db downgrade --yes {again}`")
         assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == HEAD
     assert wfkit_cli.run("db", "downgrade", "--", "-1", url=url).returncode == 0  # drops an empty column: no question
     assert wfkit_cli.invoke("db", "upgrade", url=url).returncode == 0
@@ -268,10 +284,16 @@ def test_a_downgrade_that_removes_data_asks_however_it_is_spelled(wfkit_cli, new
     finally:
         engine.dispose()
     out = wfkit_cli.run("db", "downgrade", "--", "-1", url=url)
-    assert_one_line_error(out, 2, "removes column runs.cancel_reason, which holds 1 value: add --yes to confirm")
+    assert_one_line_error(out, 2, "removes column runs.cancel_reason, which holds 1 value: confirm with "
+                                  "`wfkit db downgrade --yes -- -1`")
     out = wfkit_cli.run("db", "downgrade", "--", "-2", url=url)  # from 0001 after this: -1 reaches base
-    assert_one_line_error(out, 2, "add --yes")
-    assert wfkit_cli.run("db", "downgrade", "0001", "--yes", url=url).returncode == 0
+    assert_one_line_error(out, 2, "confirm with `wfkit db downgrade --yes -- -2`")
+    # the command it suggests works as written (with the database it was given)
+    out = wfkit_cli.run("--database-url", url, "db", "downgrade", "--", "-2")
+    again = out.stderr.split("confirm with `")[1].split("`")[0].split()
+    assert again[:3] == ["wfkit", "--database-url", url] and again[3:] == ["db", "downgrade", "--yes", "--", "-2"]
+    assert wfkit_cli.run(*again[1:]).returncode == 0
+    assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == "0001"
     assert_one_line_error(wfkit_cli.run("db", "downgrade", "--", "-1", url=url), 2, "to base removes every wfkit table")
     assert_one_line_error(wfkit_cli.run("db", "upgrade", "+3", url=url), 2, "there is no revision +3 from it")
 
@@ -290,15 +312,16 @@ def test_db_history_and_path(wfkit_cli, tmp_path):
 def test_bad_data_directory_is_one_line_naming_it_and_the_setting(wfkit_cli, tmp_path):
     not_a_dir = tmp_path / "a-file"
     not_a_dir.write_text("")
-    for data_home, command in [("/proc/nope", ("db", "upgrade")), (str(not_a_dir), ("db", "upgrade")),
-                               (str(not_a_dir), ("runs", "list"))]:
+    for data_home, command in [("/proc/nope", ("db", "upgrade")), ("/proc/nope", ("runs", "list")),
+                               (str(not_a_dir), ("db", "upgrade")), (str(not_a_dir), ("runs", "list"))]:
         out = wfkit_cli.run(*command, env={"XDG_DATA_HOME": data_home})
         assert_one_line_error(out, 2, f"cannot use the data directory {data_home}/wfkit for the default database")
         assert "set XDG_DATA_HOME to a directory wfkit may write" in out.stderr
 
 
 def test_in_memory_and_empty_database_urls_are_refused(wfkit_cli):
-    for url in ("sqlite:///:memory:", "sqlite://"):
+    for url in ("sqlite:///:memory:", "sqlite://", "sqlite:///file::memory:?uri=true",
+                "sqlite:///file:x?mode=memory&uri=true"):
         out = wfkit_cli.run("db", "upgrade", "--database-url", url)
         assert_one_line_error(out, 2, f"{url!r} is an in-memory SQLite database, which lives only as long as one command")
         out = wfkit_cli.run("runs", "list", env={"WFKIT_DATABASE_URL": url})
@@ -464,6 +487,12 @@ def test_params_json_from_a_file_or_standard_input(wfkit_cli, tmp_path):
     deep = "[" * 2000 + "]" * 2000
     assert_one_line_error(wfkit_cli.run("graph", "branching", "--params-json", '{"a": ' + deep + "}"), 2,
                           "nests too deeply to read")
+    # -p: too deep to parse, or deeper than wfkit stores, is an error (never quietly taken as text) ...
+    assert_one_line_error(wfkit_cli.run("graph", "branching", "-p", "a=" + deep), 2, "a: nests too deeply to read")
+    assert_one_line_error(wfkit_cli.run("graph", "branching", "-p", "a=" + "[" * 200 + "]" * 200), 2,
+                          "invalid params for workflow 'branching': it nests deeper than 100 levels (at ['a'][0]")
+    # ... unless the param is text
+    assert wfkit_cli.invoke("graph", "text-pipeline", "-p", "text=" + deep).returncode == 0
 
 
 def test_hostile_listing_input_is_one_line_and_exit_2(wfkit_cli, db_url):
@@ -486,6 +515,15 @@ def test_filters_no_database_can_compare_are_bad_input(db_url):
             Repository(db_url).list_runs(workflow_name=bad)
         with pytest.raises(InvalidQueryError, match=problem):
             RunFilters.from_query({"workflow_name": bad})
+    # each name is a bound parameter, which databases cap: too many is bad input, not a database error
+    from wfkit.store.query import MAX_FILTER_VALUES
+
+    repository = Repository(db_url)
+    assert repository.list_runs(workflow_name=[f"w{i}" for i in range(MAX_FILTER_VALUES)]).total == 0
+    for names in ([f"w{i}" for i in range(70_000)], ",".join(f"w{i}" for i in range(MAX_FILTER_VALUES + 1))):
+        with pytest.raises(InvalidQueryError, match=f"more than {MAX_FILTER_VALUES} workflow names in one filter"):
+            repository.list_runs(workflow_name=names)
+    assert repository.list_runs(workflow_name=["same"] * 70_000).total == 0  # duplicates count once
 
 
 def test_params_from_json_then_pairs_the_last_value_of_a_key_wins():

@@ -806,6 +806,45 @@ def test_force_cancel_ends_a_run_whose_process_is_gone_and_it_resumes(engine, sa
     assert resumed.status is RunStatus.COMPLETED and resumed.result == expected
 
 
+@pytest.mark.parametrize("where", ["last", "slow"])
+def test_a_forced_cancel_of_a_run_that_was_alive_keeps_a_completed_result(engine, where):
+    """cancel(force=True) while the process is in fact still in a node: if that was the last node,
+    the run completes with its result (its work is all done, nothing is lost); if more nodes were
+    to come, it stays cancelled and resumable."""
+    from wfkit.executor import RunControl
+
+    gate, started = threading.Event(), threading.Event()
+    reg = Registry()
+
+    def factory(graph, runtime, params):
+        def node(name):
+            def run(state):
+                if name == where:
+                    started.set()
+                    gate.wait(10)
+                return {name: True}
+            return run
+
+        for name in ("slow", "last"):
+            graph.add_node(name, node(name))
+        return graph.set_entry_point("slow").add_edge("slow", "last").set_finish_point("last") and {}
+
+    reg.register("two", factory)
+    with Executor(engine, registry=reg) as executor:
+        run_id = executor.start("two")
+        assert started.wait(10)
+        with RunControl(engine) as control:
+            assert control.cancel(run_id, force=True, reason="forced by the test").status is RunStatus.CANCELLED
+        gate.set()
+        run = executor.wait(run_id, timeout=10)
+    if where == "last":
+        assert run.status is RunStatus.COMPLETED and run.result == {"slow": True, "last": True}
+        assert [s.status for s in executor.repository.get_stages(run_id)] == [StageStatus.COMPLETED] * 2
+    else:
+        assert run.status is RunStatus.CANCELLED and run.result is None
+        assert run.cancel_reason == "forced by the test"
+
+
 def test_an_autocommit_engine_still_writes_each_step_atomically_and_keeps_its_setting(db_url, samples):
     """An engine made with AUTOCOMMIT: the recorder still groups a step's writes in one transaction
     (SQLite opens none by itself then), and hands connections back with the engine's setting."""
@@ -1032,11 +1071,21 @@ def test_params_and_outputs_that_nest_too_deeply_are_refused_before_anything_is_
     reg.register("plain", lambda graph, runtime, params: graph.add_node("n", lambda s: None).set_entry_point("n")
                  .set_finish_point("n") and {})
     reg.register("deep-output", deep_output)
+    from pydantic import BaseModel
+
+    class Anything(BaseModel):
+        data: Any = None
+
+    reg.register("modelled", lambda graph, runtime, params: graph.add_node("n", lambda s: None).set_entry_point("n")
+                 .set_finish_point("n") and {}, params=Anything)
     executor = Executor(engine, registry=reg)
-    with pytest.raises(InvalidParamsError, match=r"the params of workflow 'plain' .*key 'x' .*it nests deeper "
-                                                 r"than 100 levels"):
-        executor.execute("plain", {"x": nested(5000)})
-    assert executor.repository.list_runs().total == 0
+    for name, key in (("plain", "x"), ("modelled", "data")):  # a model's own depth limit is not reached first
+        for levels in (MAX_DEPTH + 1, 5000):
+            with pytest.raises(InvalidParamsError, match=rf"invalid params for workflow '{name}': it nests deeper "
+                                                         rf"than 100 levels \(at \['{key}'\]\[0\]"):
+                executor.execute(name, {key: nested(levels)})
+    assert executor.execute("modelled", {"data": nested(MAX_DEPTH - 1)}).status is RunStatus.COMPLETED
+    assert executor.repository.list_runs().total == 1
     run = executor.execute("deep-output")
     assert run.status is RunStatus.FAILED
     assert "the output of node 'n' cannot be stored: it nests deeper than 100 levels" in run.error_message
@@ -1065,3 +1114,31 @@ def test_one_deeply_nested_stored_row_does_not_break_a_listing(engine):
     [full] = repo.list_runs().data
     assert json.dumps(full.to_dict()).count("[") == 600  # no serialisation depth limit
     assert repo.find_run(run.id).to_dict()["result"] == deep
+
+
+def test_a_stored_row_too_deep_to_parse_is_a_clear_error_and_summaries_still_list(engine, wfkit_cli):
+    """Deeper than Python's JSON parser goes (written by hand: wfkit refuses to write it): the summary
+    listing never reads it, and whatever does read it gets a wfkit error, on the command line one line."""
+    from factories import add, make_run
+    from wfkit.errors import DatabaseError
+    from wfkit.store.models import Run
+
+    run = make_run()
+    add(engine, run)
+    text = "[" * 5000 + "1" + "]" * 5000
+    cast = "CAST(:text AS jsonb)" if engine.dialect.name == "postgresql" else ":text"
+    update = sa.text(f"UPDATE runs SET result = {cast} WHERE id = :id").bindparams(
+        sa.bindparam("id", type_=Run.__table__.c.id.type))
+    with engine.begin() as conn:
+        assert conn.execute(update, {"text": text, "id": run.id}).rowcount == 1
+    repo = Repository(engine)
+    assert [r.id for r in repo.list_runs(fields="summary").data] == [run.id]
+    for read in (lambda: repo.list_runs(), lambda: repo.find_run(run.id)):
+        with pytest.raises(DatabaseError, match=r"nests too deeply to be read .*\(list_runs\(fields='summary'\)"):
+            read()
+    url = engine.url.render_as_string(hide_password=False)
+    assert wfkit_cli.run("runs", "list", url=url).returncode == 0
+    out = wfkit_cli.run("runs", "show", str(run.id), url=url)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    [line] = out.stderr.strip().splitlines()
+    assert "nests too deeply to be read" in line

@@ -330,6 +330,11 @@ def test_passwords_never_show(tmp_path):
 
     assert mask_password("postgresql://me:s3cret@db/x") == "postgresql://me:***@db/x"
     assert mask_password("postgresql://me:p@ss@db:5432/x") == "postgresql://me:***@db:5432/x"
+    for password in ("s3/cret", "s3?cret", "s3#cret", "a:b/c?d#e@f"):
+        assert mask_password(f"postgresql://me:{password}@db:5432/x") == "postgresql://me:***@db:5432/x"
+        url = f"postgresql://me:{password}@127.0.0.1:1/x?connect_timeout=1"
+        assert display_url(create_engine(url)) == "postgresql://me:***@127.0.0.1:1/x?connect_timeout=1"
+        assert password not in repr(Repository(url))
     assert mask_password("postgresql://me@db/x?sslmode=require&password=s3cret") == \
         "postgresql://me@db/x?sslmode=require&password=***"
     assert mask_password("sqlite:///x.db") == "sqlite:///x.db"

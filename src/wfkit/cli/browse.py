@@ -51,10 +51,12 @@ def _read(read: Callable[[Any], Any]) -> Any:
 )
 @click.option(
     "--sort",
+    "sorts",
     metavar="FIELDS",
-    default=None,
-    help="Comma-separated fields, '-' for descending (default -created_at). "
-    "Fields: id, workflow_name, status, created_at, updated_at, started_at, completed_at.",
+    multiple=True,
+    help="Fields to sort by, '-' before one for descending; comma-separate or repeat for several, the first "
+    "deciding first (default -created_at). Fields: id, workflow_name, status, created_at, updated_at, started_at, "
+    "completed_at.",
 )
 @click.option("--full", is_flag=True, help="With --json: each run's params and result too (left out by default).")
 @json_option
@@ -64,7 +66,7 @@ def runs_list(
     statuses: tuple[str, ...],
     page: int,
     page_size: int | None,
-    sort: str | None,
+    sorts: tuple[str, ...],
     full: bool,
     as_json: bool,
 ) -> None:
@@ -76,7 +78,7 @@ def runs_list(
     from wfkit.store.repository import SUMMARY_LEFT_OUT
 
     filters = RunFilters(workflow_name=workflow_names, status=statuses)
-    request = PageRequest(page=page, page_size=page_size, sort=sort)
+    request = PageRequest(page=page, page_size=page_size, sort=",".join(sorts) or None)
     fields = "full" if full and as_json else "summary"
     result = _read(lambda repo: repo.list_runs(request, filters, fields=fields))
     if page_size is not None and result.page_size < page_size:

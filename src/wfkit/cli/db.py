@@ -14,6 +14,8 @@ from wfkit.cli.common import (
     echo_json,
     json_option,
     render_table,
+    wfkit_command,
+    with_database_url,
 )
 
 
@@ -81,8 +83,11 @@ def db_downgrade(revision: str, yes: bool) -> None:
     if removes and not yes:
         what = "; ".join(removes)
         if not sys.stdin.isatty():
+            # The whole command, --yes before the revision: after "--" (as a -N revision needs) it
+            # would be taken as a second revision.
+            again = wfkit_command("db", "downgrade", "--yes", *(["--"] if revision.startswith("-") else []), revision)
             raise click.UsageError(f"this downgrade of {_where()} to {plan.target or 'base'} removes {what}: "
-                                   "add --yes to confirm")
+                                   f"confirm with `{again}`")
         if not click.confirm(f"Downgrading {_where()} to {plan.target or 'base'} removes {what}. Go on?",
                              default=False, err=True):
             click.echo("nothing changed", err=True)
@@ -106,9 +111,10 @@ def db_current(as_json: bool) -> None:
         echo_json({"database_url": _where(), "current": rev, "head": head, "up_to_date": rev == head})
         return
     if rev is None:
-        click.echo(f"{_where()}: not migrated (run `wfkit db upgrade`)")
+        click.echo(with_database_url(f"{_where()}: not migrated (run `wfkit db upgrade`)"))
     else:
-        click.echo(f"{_where()}: {rev}" + (" (head)" if rev == head else f" (head is {head}: run `wfkit db upgrade`)"))
+        click.echo(with_database_url(
+            f"{_where()}: {rev}" + (" (head)" if rev == head else f" (head is {head}: run `wfkit db upgrade`)")))
 
 
 @db.command("history")
@@ -144,7 +150,7 @@ def db_check() -> None:
     from wfkit.store import migrations
 
     if migrations.current(database_url()) is None:
-        click.echo(f"{_where()}: not migrated (run `wfkit db upgrade`)", err=True)
+        click.echo(with_database_url(f"{_where()}: not migrated (run `wfkit db upgrade`)"), err=True)
         sys.exit(1)
     diffs = migrations.check(database_url())
     if not diffs:

@@ -65,8 +65,10 @@ def _load_params_json(given: str) -> Any:
 def _param_value(key: str, raw: str) -> Any:
     try:
         return json.loads(raw, parse_constant=_not_json)
-    except (json.JSONDecodeError, RecursionError):
+    except json.JSONDecodeError:
         return raw  # not a JSON value: text
+    except RecursionError:  # JSON, but deeper than the parser goes (and than wfkit stores)
+        raise click.BadParameter(f"{key}: nests too deeply to read", param_hint="'-p' / '--param'") from None
     except ValueError as err:  # NaN, or a number too long to convert
         raise click.BadParameter(f"{key}: {err}", param_hint="'-p' / '--param'") from None
 

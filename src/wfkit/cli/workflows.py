@@ -28,13 +28,10 @@ def list_workflows_cmd(as_json: bool) -> None:
     if as_json:
         echo_json([w.to_dict() for w in workflows])
         return
-    from wfkit.plugins import LOAD_PLUGINS_ENV, plugin_report, selected_plugins
+    from wfkit.plugins import loading_turned_off, plugin_report, selected_plugins
 
     if not workflows and selected_plugins() == set() and plugin_report().plugins:
-        installed = ", ".join(p.name for p in plugin_report().plugins)
-        click.echo(f"No workflows are registered: plugin loading is turned off ({LOAD_PLUGINS_ENV} is set, and "
-                   f"empty).\nInstalled plugins: {installed}. Unset {LOAD_PLUGINS_ENV} to load them all, or name "
-                   "the ones to load.")
+        click.echo(f"No workflows are registered: {loading_turned_off(plugin_report())}.")
         return
     if not workflows:
         click.echo(

@@ -321,7 +321,11 @@ def is_in_memory(url: str | sa.URL) -> bool:
     if parsed.get_backend_name() != "sqlite":
         return False
     database = parsed.database or ""
-    return database in ("", ":memory:") or "mode=memory" in database
+    if database in ("", ":memory:") or "mode=memory" in database:
+        return True
+    # A URI filename (uri=true): "file::memory:", or any name with mode=memory among the parameters.
+    uri = str(parsed.query.get("uri", "")).lower() in ("true", "1")
+    return uri and (database.startswith("file::memory:") or parsed.query.get("mode") == "memory")
 
 
 def _directory_problem(directory: Path) -> str | None:
@@ -333,8 +337,14 @@ def _directory_problem(directory: Path) -> str | None:
         probe = probe.parent
     if not probe.is_dir():
         return f"{probe} is not a directory"
-    if probe != directory and not os.access(probe, os.W_OK):
-        return f"{probe} is not writable"
+    # Trying is the only sure test: os.access says yes to root, and to file systems such as /proc
+    # that refuse every new entry. This runs only once a database was found missing.
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".wfkit-probe-", dir=probe))
+    except OSError as err:
+        return f"nothing can be created in {probe}: {err.strerror or err}"
     return None
 
 
@@ -361,6 +371,15 @@ def translate_errors(engine: Engine) -> Iterator[None]:
     except exc.TimeoutError as err:
         raise DatabaseError(f"no free connection to the database at {display_url(engine)}: {_pool_limit(engine)}"
                             ) from err
+    except RecursionError:
+        # Python's JSON parser (SQLite's rows, psycopg's jsonb loader) recurses once per level: a value
+        # stored before wfkit limited nesting, or written by hand, may be deeper than it can go.
+        from wfkit.jsontext import MAX_DEPTH
+
+        raise DatabaseError(
+            f"a value stored in the database at {display_url(engine)} nests too deeply to be read (wfkit stores at "
+            f"most {MAX_DEPTH} levels; this one was written otherwise): read runs without their params and result "
+            "(list_runs(fields='summary'), or `wfkit runs list` without --full)") from None
     except Exception as err:
         if not is_driver_error(err):
             raise

@@ -196,27 +196,36 @@ class Repository:
         """The one ``model`` row ``statement`` finds for a run id, or :class:`NotFoundError` (``missing``)."""
         rid = parse_uuid(run_id)
         values = {"rid": self._codec.id(rid)}
-        row = self._read(lambda cursor: self._execute(cursor, statement, values).fetchone())
-        if row is None:
+        decode = self._decode[model]
+
+        def read(cursor: Any) -> Any:
+            # Decoded inside the read, as listings are: a value the JSON parser cannot read is a
+            # wfkit error there (see translate_errors).
+            row = self._execute(cursor, statement, values).fetchone()
+            return None if row is None else decode(row)
+
+        found = self._read(read)
+        if found is None:
             raise NotFoundError(missing.format(rid=rid))
-        return self._decode[model](row)
+        return found
 
     def _related(self, run_id: uuid.UUID | str, model: type[Any]) -> list[Any]:
         rid = parse_uuid(run_id)
         values = {"rid": self._codec.id(rid)}
+
+        decode = self._decode[model]
 
         def read(cursor: Any) -> list[Any] | None:
             rows = self._execute(cursor, self._related_stmt[model], values).fetchall()
             # Only an empty answer needs the existence check: rows imply the run.
             if not rows and self._execute(cursor, self._run_exists, values).fetchone() is None:
                 return None
-            return rows
+            return [decode(row) for row in rows]
 
-        rows = self._read(read)
-        if rows is None:
+        found = self._read(read)
+        if found is None:
             raise NotFoundError(f"no run with id {rid}")
-        decode = self._decode[model]
-        return [decode(row) for row in rows]
+        return found
 
     def _listing(self, filters: RunFilters, sort: Sequence[Any], fields: str) -> tuple[Statement, Statement]:
         """The COUNT and the page of a listing of this shape (built and compiled on first use)."""

@@ -15,3 +15,5 @@ def flow(graph, runtime, params):
 def wfkit_register_workflows(registry):
     print("hello from the prints plugin, in its hook")
     registry.register("printed", flow)
+    # its params model is imported only when the workflow is first built, long after loading
+    registry.register("printed-model", flow, params="wfkit_test_hostile.prints_model:Params")
