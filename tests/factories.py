@@ -59,8 +59,8 @@ def add_history(engine: sa.Engine, run: Run, nodes: list[str]) -> tuple[list[Sta
 
 def saved_checkpoint(engine_or_url: Any, run_id: uuid.UUID) -> tuple[str | None, Snapshot]:
     """The node a run's checkpoint was saved after, and the snapshot saved, read as a resume reads them."""
-    row = Repository(engine_or_url).find_checkpoint(run_id)
-    return row.checkpoint_node, checkpoints.decode(row.state_data, run_id)
+    repo = Repository(engine_or_url)
+    return repo.find_checkpoint(run_id).checkpoint_node, checkpoints.load(repo, run_id)
 
 
 def count(engine: sa.Engine, model: Any) -> int:

@@ -17,6 +17,7 @@ from wfkit.errors import (
     InvalidParamsError,
     InvalidQueryError,
     InvalidStatusError,
+    LeaseLostError,
     NotFoundError,
     RegistrationError,
     WfkitError,
@@ -32,6 +33,7 @@ from wfkit.errors import (
         (WorkflowNotFoundError("x"), 404, 1),
         (InvalidStatusError("x"), 400, 2),
         (InvalidQueryError("x"), 400, 2),
+        (LeaseLostError("x"), 409, 1),  # a conflict, not bad input: this process lost its run
         (InvalidParamsError("x"), 400, 2),
         (ConfigurationError("x"), 400, 2),
         (DatabaseError("x"), 503, 1),

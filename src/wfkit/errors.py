@@ -5,12 +5,13 @@ whole family with one ``except``. Messages are one line and name the bad value a
 allowed instead. ``http_status`` is what an HTTP face answers (:func:`http_status` maps any
 exception, following what a wrapped exception was raised from); the command line derives its exit
 code from it: 2 for bad input (a 4xx status other than 404), 1 for the rest (not found, or a
-failure)::
+failure), unless a class says otherwise (``exit_code``)::
 
     WfkitError                        500  base of the family
     +-- NotFoundError                 404  a run (or other record) that does not exist
     |   +-- WorkflowNotFoundError     404  no workflow registered under that name
     +-- InvalidStatusError            400  a status, or a status change, that is not allowed
+    +-- LeaseLostError                409  this process no longer holds the run it was executing
     +-- InvalidQueryError             400  a bad filter, sort, page or id (also a ValueError)
     |   +-- InvalidParamsError        400  a workflow's params fail its params model
     +-- ConfigurationError            400  a setting or argument wfkit cannot use (also a ValueError)
@@ -47,6 +48,8 @@ class WfkitError(Exception):
 
     #: The HTTP status that answers this error (subclasses say theirs).
     http_status: int = 500
+    #: The command line's exit code for it, where its HTTP status does not say it (None: derived).
+    exit_code: int | None = None
 
 
 class NotFoundError(WfkitError):
@@ -63,6 +66,15 @@ class InvalidStatusError(WfkitError):
     """A status value or status transition that is not allowed."""
 
     http_status = 400
+
+
+class LeaseLostError(WfkitError):
+    """The run this process was executing was taken over by another process (its lease had
+    expired), or ended by a forced cancel: this process wrote nothing more and stopped. Not a
+    bad request (a conflict), and for the command line a failure (exit code 1)."""
+
+    http_status = 409
+    exit_code = 1
 
 
 class InvalidQueryError(WfkitError, ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 
 # user:password@ in the authority, and a password= query parameter (libpq's URLs take both). The
 # password runs to the last "@": SQLAlchemy takes "/", "?", "#" and "@" in one unescaped, so a mask
@@ -25,3 +26,11 @@ def format_ms(value: float | None) -> str:
 def mask_password(url: str) -> str:
     """``url`` as written, its password (after ``user:``, or a ``password=`` parameter) as ``***``."""
     return _QUERY_PASSWORD.sub(r"\1***", _AUTHORITY_PASSWORD.sub(r"\1:***@", url))
+
+
+def fmt_when(value: datetime, now: datetime | None = None) -> str:
+    """A moment for messages: ISO 8601 UTC to the second, and how far from now (``"in 12 s"``)."""
+    value = value.astimezone(timezone.utc)
+    delta = (value - (now or datetime.now(timezone.utc))).total_seconds()
+    away = f"in {delta:.0f} s" if delta >= 0 else f"{-delta:.0f} s ago"
+    return f"{value.strftime('%Y-%m-%dT%H:%M:%SZ')} ({away})"

@@ -69,7 +69,9 @@ def test_list_json(wfkit_cli, db_url, history):
     assert (doc["total"], doc["page"], doc["page_size"], doc["total_pages"]) == (23, 2, 10, 3)
     assert [r["id"] for r in doc["data"]] == [str(r.id) for r in reversed(history)][10:20]
     summary = {"id", "workflow_name", "status", "error_message", "started_at", "completed_at", "created_at",
-               "updated_at", "cancel_requested_at", "cancel_reason"}
+               "updated_at", "cancel_requested_at", "cancel_reason", "owner", "attempt", "lease_epoch",
+               "lease_expires_at", "current_stage_id", "current_node", "current_iteration",
+               "current_stage_started_at", "lease_expired"}
     assert set(doc["data"][0]) == summary  # a listing leaves params and result out...
     full = json.loads(wfkit_cli.invoke("runs", "list", "--json", "--full", "--page-size", "1", url=db_url).stdout)
     assert set(full["data"][0]) == summary | {"params", "result"}  # ...unless asked
@@ -268,13 +270,13 @@ def test_db_commands(wfkit_cli, new_database):
 def test_a_downgrade_that_removes_data_asks_however_it_is_spelled(wfkit_cli, new_database):
     url = new_database()
     assert wfkit_cli.invoke("db", "upgrade", url=url).returncode == 0
-    for spelled in ("-3", "base"):  # both end at base
+    for spelled in ("-4", "base"):  # both end at base
         out = wfkit_cli.run("db", "downgrade", "--", spelled, url=url)
-        again = "-- -3" if spelled == "-3" else "base"
+        again = "-- -4" if spelled == "-4" else "base"
         assert_one_line_error(out, 2, "to base removes every wfkit table, and all the run history in them: confirm "
                                       f"with `wfkit db downgrade --yes {again}`")
         assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == HEAD
-    assert wfkit_cli.run("db", "downgrade", "--", "-1", url=url).returncode == 0  # drops an empty column: no question
+    assert wfkit_cli.run("db", "downgrade", "--", "-2", url=url).returncode == 0  # drops empty columns: no question
     assert wfkit_cli.invoke("db", "upgrade", url=url).returncode == 0
     from wfkit.store.db import create_engine
 
@@ -283,6 +285,7 @@ def test_a_downgrade_that_removes_data_asks_however_it_is_spelled(wfkit_cli, new
         add(engine, make_run(cancel_reason="by the test"))
     finally:
         engine.dispose()
+    assert wfkit_cli.run("db", "downgrade", "--", "-1", url=url).returncode == 0  # to 0003: no data lost
     out = wfkit_cli.run("db", "downgrade", "--", "-1", url=url)
     assert_one_line_error(out, 2, "removes column runs.cancel_reason, which holds 1 value: confirm with "
                                   "`wfkit db downgrade --yes -- -1`")
@@ -295,7 +298,7 @@ def test_a_downgrade_that_removes_data_asks_however_it_is_spelled(wfkit_cli, new
     assert wfkit_cli.run(*again[1:]).returncode == 0
     assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == "0001"
     assert_one_line_error(wfkit_cli.run("db", "downgrade", "--", "-1", url=url), 2, "to base removes every wfkit table")
-    assert_one_line_error(wfkit_cli.run("db", "upgrade", "+3", url=url), 2, "there is no revision +3 from it")
+    assert_one_line_error(wfkit_cli.run("db", "upgrade", "+4", url=url), 2, "there is no revision +4 from it")
 
 
 def test_db_history_and_path(wfkit_cli, tmp_path):

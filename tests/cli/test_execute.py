@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from factories import saved_checkpoint
 from wfkit.formatting import mask_password
-from wfkit.store.models import Checkpoint, RunStatus, StageStatus
+from wfkit.store.models import Checkpoint, RunStatus, StageStatus, utcnow
 from wfkit.store.repository import Repository
 
 FINAL = {"count": 4, "log": ["s1:0", "s2:1", "s3:2", "s4:3"]}
@@ -289,35 +289,48 @@ def test_delete(cli, db_url):
 
 @pytest.mark.parametrize("where", ["in", "after"])
 def test_sigkill_then_forced_resume(cli, db_url, tmp_path, where):
-    """Kill -9 inside node s2, or just after s2 completed (before that step was committed)."""
-    proc = cli.start("run", "steps", "-p", f"pause_{where}=s2")
+    """Kill -9 inside node s2, or just after s2's step was committed (s3 current). The run stays
+    running, held by the dead process until its lease expires: a forced resume is refused until then,
+    naming the holder; then it takes the run over and finishes it as an uninterrupted run would."""
+    proc = cli.using(WFKIT_LEASE_SECONDS="2").start("run", "steps", "-p", f"pause_{where}=s2")
     wait_for(tmp_path / "markers" / f"s2-{where}", proc)
     proc.kill()
     proc.communicate(timeout=30)
 
     run = only_run(db_url)
     assert run.status is RunStatus.RUNNING  # left so by the dead process
+    assert run.attempt == 1 and run.lease_epoch == 1 and run.owner.endswith(")") and " pid " in run.owner
     repo = Repository(db_url)
     stages = repo.get_stages(run.id)
-    # s2 is visible as the stage that was running; its completion was never committed
-    assert [(s.node_name, s.status) for s in stages] == [("s1", StageStatus.COMPLETED), ("s2", StageStatus.STARTED)]
+    running = "s2" if where == "in" else "s3"
+    done = ["s1"] if where == "in" else ["s1", "s2"]
+    # the stage that was running is visible (on the run's row); every step before it was committed whole
+    assert [(s.node_name, s.status) for s in stages] == [(n, StageStatus.COMPLETED) for n in done] + [
+        (running, StageStatus.STARTED)]
+    assert run.current_node == running and run.current_stage_id == stages[-1].id
     node, snapshot = saved_checkpoint(db_url, run.id)
     # history and checkpoint agree: the checkpoint is that of the last completed stage, no further
-    assert node == "s1" and snapshot.next_node == "s2"
-    assert snapshot.state == stages[1].input_snapshot == {"count": 1, "log": ["s1:0"]}
-    assert [(d.from_node, d.to_node) for d in repo.get_decisions(run.id)] == [("s1", "s2")]
+    assert node == done[-1] and snapshot.next_node == running
+    assert snapshot.state == stages[-2].input_snapshot | stages[-2].output_snapshot
+    assert [(d.from_node, d.to_node) for d in repo.get_decisions(run.id)] == [
+        ("s1", "s2"), ("s2", "s3")][:len(done)]
 
     out = cli.run("runs", "resume", str(run.id))
     assert out.returncode == 2 and "--force" in out.stderr
+    if run.lease_expired is False:  # the dead process's lease is live: a forced resume is refused too
+        out = cli.run("runs", "resume", str(run.id), "--force")
+        assert out.returncode == 2 and f"held by {run.owner} (attempt 1) until " in out.stderr, out.stderr
+    time.sleep(max(0.0, (run.lease_expires_at - utcnow()).total_seconds()) + 0.2)
     out = cli.run("runs", "resume", str(run.id), "--force", "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["result"] == FINAL  # the same as an uninterrupted run
+    doc = json.loads(out.stdout)
+    assert doc["result"] == FINAL and doc["attempt"] == 2 and doc["lease_epoch"] == 2  # as if uninterrupted
 
     stages = repo.get_stages(run.id)
     completed = [s.node_name for s in stages if s.status is StageStatus.COMPLETED]
     assert completed == ["s1", "s2", "s3", "s4"]  # no completed stage twice
     interrupted = [s for s in stages if s.status is StageStatus.FAILED]
-    assert [s.node_name for s in interrupted] == ["s2"] and interrupted[0].error_message.startswith("interrupted")
+    assert [s.node_name for s in interrupted] == [running] and interrupted[0].error_message.startswith("interrupted")
     assert [(d.from_node, d.to_node) for d in repo.get_decisions(run.id)] == [
         ("s1", "s2"), ("s2", "s3"), ("s3", "s4"), ("s4", None)
     ]

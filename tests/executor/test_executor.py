@@ -28,7 +28,8 @@ from wfkit.executor import Executor, checkpoints
 from wfkit.graph import END, Snapshot
 from wfkit.registry import Registry
 from wfkit.runtime import Runtime
-from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus
+from wfkit.executor.control import INTERRUPTED
+from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus, utcnow
 from wfkit.store.recorder import SqlRecorder
 from wfkit.store.repository import Repository
 
@@ -478,9 +479,9 @@ def test_a_cancel_while_a_pending_run_starts_is_not_lost(engine, samples):
 
     def find_then_start(run_id):
         run = find_run(run_id)
-        if run.status is RunStatus.PENDING:  # another process starts it right after this read
+        if run.status is RunStatus.PENDING:  # its creator starts it right after this read
             with SqlRecorder(engine) as rec:
-                assert rec.start_run(plan.run_id, RunStatus.PENDING) is not None
+                assert rec.start_pending(plan.run_id, plan.epoch) is not None
         return run
 
     executor.repository.find_run = find_then_start
@@ -654,7 +655,8 @@ def test_the_checkpoint_format_round_trips_and_refuses_what_it_cannot_store():
 
 @pytest.mark.parametrize("state_data, problem", [
     ({"state": {}, "next_node": None, "counters": {}}, "was not written by wfkit's executor .* cannot be resumed"),
-    ({"state": {}, "next_node": None, "counters": {}, "format": 3}, "is in format 3; this wfkit reads formats 1, 2"),
+    ({"state": {}, "next_node": None, "counters": {}, "format": 4}, "is in format 4; this wfkit reads formats 1, 2, 3"),
+    ({"stage": "0193", "next_node": None, "counters": {}, "format": 3}, "names stage '0193', whose state was not given"),
     ({"state": {}, "next_node": None, "counters": {}, "format": True}, "is in format True"),
     ({"state": {}, "next_node": "b", "counters": {}, "route_from": "a", "format": 2}, "is damaged: 'route_from' must be a node name"),
     ({"next_node": "x", "format": 1}, "is damaged: it lacks 'state', 'counters'"),
@@ -687,7 +689,9 @@ def test_find_checkpoint(engine, samples):
     run = Executor(engine, registry=samples).execute("branching")
     saved = repo.find_checkpoint(str(run.id))
     assert (saved.run_id, saved.checkpoint_node) == (run.id, "ship")
-    assert checkpoints.decode(saved.state_data).state == run.result
+    assert checkpoints.load(repo, run.id).state == run.result
+    stage = repo.find_stage(saved.state_data["stage"])  # the checkpoint names the last stage: it holds the state
+    assert (stage.node_name, stage.input_snapshot | stage.output_snapshot) == ("ship", run.result)
     assert saved.updated_at.tzinfo is not None
     Executor(engine, registry=samples).delete(run.id)
     with pytest.raises(NotFoundError, match=f"run {run.id} has no checkpoint"):
@@ -712,10 +716,11 @@ def test_history_that_cannot_be_written_fails_the_run_cleanly(engine, samples):
         assert run.error_message == f"the run stopped: DatabaseNotMigratedError: {info.value}"
         # the step whose history failed was not half-written: no decision, no next stage; its stage failed
         stages = Repository(engine).get_stages(run.id)
-        assert [(s.node_name, s.status.value) for s in stages] == [("receive", "failed")]
+        assert [(s.node_name, s.status.value) for s in stages] == [("receive", "completed"), ("batch", "failed")]
     finally:
         with engine.begin() as conn:
             conn.exec_driver_sql("ALTER TABLE decisions_gone RENAME TO decisions")
+    assert [d.from_node for d in Repository(engine).get_decisions(run.id)] == ["receive"]
 
 
 @pytest.mark.parametrize(
@@ -770,56 +775,69 @@ def test_ctrl_c_while_the_graph_is_built_leaves_no_run(engine):
 
 
 def test_a_cancel_request_stops_the_next_stage_from_starting(engine, samples):
-    from wfkit.store.recorder import SqlRecorder
+    from wfkit.store.recorder import OpenStage, SqlRecorder
 
     executor = Executor(engine, registry=samples)
     plan = pending_run(executor, "branching")
+    receive = OpenStage(uuid.uuid4(), "receive", 1, utcnow())
     with SqlRecorder(engine) as rec:
-        rec.start_run(plan.run_id, RunStatus.PENDING)
-        assert rec.begin_stage(plan.run_id, "receive", 1, "{}")[1] is False
+        rec.start_pending(plan.run_id, plan.epoch)
+        assert rec.open_stage(plan.run_id, plan.epoch, receive) == (None, None)
+        assert executor.repository.find_run(plan.run_id).current_node == "receive"
         assert rec.request_cancel(plan.run_id, "asked by the test")
-        assert rec.begin_stage(plan.run_id, "batch", 1, "{}") == (None, True)
-    assert [s.node_name for s in executor.repository.get_stages(plan.run_id)] == ["receive"]
+        rec.step_done(plan.run_id, (receive, "{}", "{}", 1.0), ("receive", "batch", None, True, "edge"), None)
+        requested, reason = rec.open_stage(plan.run_id, plan.epoch, OpenStage(uuid.uuid4(), "batch", 1, utcnow()))
+        assert requested is not None and reason == "asked by the test"
+    run = executor.repository.find_run(plan.run_id)
+    assert run.current_node is None and run.current_stage_id is None  # no next stage was made current
+    assert [(s.node_name, s.status) for s in executor.repository.get_stages(plan.run_id)] == [
+        ("receive", StageStatus.COMPLETED)]
 
 
 def test_force_cancel_ends_a_run_whose_process_is_gone_and_it_resumes(engine, samples):
-    """A process died inside a node: the run says running forever. cancel(force=True) ends it
-    cancelled at once, the stage it left started is marked failed, and resume finishes the run."""
-    from wfkit.executor.control import INTERRUPTED
-    from wfkit.store.recorder import SqlRecorder
+    """A process died inside a node: the run says running until its lease expires. cancel(force=True)
+    ends it cancelled at once, the stage it was executing is recorded failed, and resume finishes
+    the run."""
+    from wfkit.store.recorder import OpenStage, SqlRecorder
 
     executor = Executor(engine, registry=samples)
     expected = Executor(engine, registry=samples).execute("branching").result
     plan = pending_run(executor, "branching")
     with SqlRecorder(engine) as rec:  # what the dead process had written
-        rec.start_run(plan.run_id, RunStatus.PENDING)
-        rec.begin_stage(plan.run_id, "receive", 1, "{}")
+        rec.start_pending(plan.run_id, plan.epoch)
+        rec.open_stage(plan.run_id, plan.epoch, OpenStage(uuid.uuid4(), "receive", 1, utcnow()))
+    [stage] = executor.repository.get_stages(plan.run_id)  # shown from the run's row while it runs
+    assert (stage.node_name, stage.status, stage.input_snapshot) == ("receive", StageStatus.STARTED, None)
     requested = executor.cancel(plan.run_id)  # without force: only a request, the run stays running
     assert requested.status is RunStatus.RUNNING and requested.cancel_requested_at is not None
     run = executor.cancel(plan.run_id, force=True)
     assert run.status is RunStatus.CANCELLED and run.completed_at is not None
-    [stage] = executor.repository.get_stages(plan.run_id)
-    assert stage.status is StageStatus.FAILED and stage.error_message == INTERRUPTED
+    assert run.lease_epoch == plan.epoch + 1 and run.lease_expires_at is None and run.current_node is None
+    [failed] = executor.repository.get_stages(plan.run_id)
+    assert failed.id == stage.id and failed.status is StageStatus.FAILED and failed.error_message == INTERRUPTED
     with pytest.raises(InvalidStatusError, match="cannot go from cancelled to cancelled"):
         executor.cancel(plan.run_id, force=True)
     resumed = executor.resume(plan.run_id)
     assert resumed.status is RunStatus.COMPLETED and resumed.result == expected
 
 
-@pytest.mark.parametrize("where", ["last", "slow"])
-def test_a_forced_cancel_of_a_run_that_was_alive_keeps_a_completed_result(engine, where):
-    """cancel(force=True) while the process is in fact still in a node: if that was the last node,
-    the run completes with its result (its work is all done, nothing is lost); if more nodes were
-    to come, it stays cancelled and resumable."""
+@pytest.mark.parametrize("where", ["slow", "last"])
+def test_a_forced_cancel_fences_off_a_process_that_was_alive(engine, where, caplog):
+    """cancel(force=True) while the process is in fact still in a node: the forced cancel raises the
+    run's lease epoch, so that the live process's next write (its step, or its completion if that
+    was the last node) is fenced off: it writes nothing more and stops. The run stays cancelled, as
+    forced, with the stage it was executing failed, and resumes from its last checkpoint."""
     from wfkit.executor import RunControl
 
     gate, started = threading.Event(), threading.Event()
     reg = Registry()
+    calls = []
 
     def factory(graph, runtime, params):
         def node(name):
             def run(state):
-                if name == where:
+                calls.append(name)
+                if name == where and len(calls) <= 2:
                     started.set()
                     gate.wait(10)
                 return {name: True}
@@ -835,14 +853,20 @@ def test_a_forced_cancel_of_a_run_that_was_alive_keeps_a_completed_result(engine
         assert started.wait(10)
         with RunControl(engine) as control:
             assert control.cancel(run_id, force=True, reason="forced by the test").status is RunStatus.CANCELLED
-        gate.set()
-        run = executor.wait(run_id, timeout=10)
-    if where == "last":
-        assert run.status is RunStatus.COMPLETED and run.result == {"slow": True, "last": True}
-        assert [s.status for s in executor.repository.get_stages(run_id)] == [StageStatus.COMPLETED] * 2
-    else:
-        assert run.status is RunStatus.CANCELLED and run.result is None
-        assert run.cancel_reason == "forced by the test"
+        with caplog.at_level(logging.WARNING, logger="wfkit.executor"):
+            gate.set()
+            run = executor.wait(run_id, timeout=10)
+        assert f"run {run_id} was ended cancelled by another process (forced by the test); this process " \
+               "stopped" in caplog.text
+        assert run.status is RunStatus.CANCELLED and run.result is None and run.cancel_reason == "forced by the test"
+        stages = executor.repository.get_stages(run_id)
+        assert [(s.node_name, s.status) for s in stages] == (
+            [("slow", StageStatus.FAILED)] if where == "slow"
+            else [("slow", StageStatus.COMPLETED), ("last", StageStatus.FAILED)])
+        assert stages[-1].error_message == INTERRUPTED
+        resumed = executor.resume(run_id)
+    assert resumed.status is RunStatus.COMPLETED and resumed.result == {"slow": True, "last": True}
+    assert resumed.attempt == 2
 
 
 def test_an_autocommit_engine_still_writes_each_step_atomically_and_keeps_its_setting(db_url, samples):

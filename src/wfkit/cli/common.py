@@ -23,6 +23,8 @@ def exit_code_for(err: WfkitError) -> int:
     """The exit code of a wfkit error, from its HTTP status: 2 for bad input (a 4xx status other
     than 404: a bad value, or a status change that is not allowed), 1 for everything else (not
     found, or a failure)."""
+    if err.exit_code is not None:
+        return err.exit_code
     status = err.http_status
     return 2 if 400 <= status < 500 and status != 404 else 1
 

@@ -4,14 +4,17 @@ lives here and nowhere else.
 After a node completes, the executor saves where the walk stands (``Walker.snapshot()``) in the
 run's row of the ``checkpoints`` table, and a resume rebuilds the walk from it
 (``Walker.from_snapshot``), so that completed nodes do not run again. ``state_data`` holds the
-snapshot's JSON form plus the format's number::
+snapshot's JSON form plus the format's number. The state is not written again when a stage row
+already holds it: the checkpoint then names the stage just completed, whose input snapshot and
+output (its updates) make the state (``{**input, **output}``, as the walk merges them)::
 
-    {"state": {...}, "next_node": "review", "counters": {"draft": 1}, "route_from": null, "format": 2}
+    {"stage": "0193...", "next_node": "review", "counters": {"draft": 1}, "route_from": null, "format": 3}
+    {"state": {...}, "next_node": "review", "counters": {"draft": 1}, "route_from": null, "format": 3}
 
 (``next_node`` is null once the walk reached END; ``route_from`` names a node that completed but
 whose route could not be chosen: a resume chooses it again). ``checkpoint_node`` holds the node
-just completed. Format 1, written before ``route_from`` existed, is read too. The store writes and
-reads this as opaque JSON; only this module knows its shape.
+just completed. Formats 1 (no ``route_from``) and 2 (always the state) are read too. The store
+writes and reads this as opaque JSON; only this module knows its shape.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ if TYPE_CHECKING:
     from wfkit.store.repository import Repository
 
 #: The version of the layout of ``checkpoints.state_data`` that this wfkit writes.
-FORMAT = 2
-#: The versions it reads (1 had no ``route_from``).
-READS = (1, 2)
+FORMAT = 3
+#: The versions it reads (1 had no ``route_from``; 2 always held the state).
+READS = (1, 2, 3)
 
 
 def encode(snapshot: Snapshot, state_json: str | None = None) -> str:
@@ -48,7 +51,15 @@ def encode(snapshot: Snapshot, state_json: str | None = None) -> str:
     return f'{{"state":{state_json},{rest[1:]}'
 
 
-def decode(state_data: Any, run_id: uuid.UUID | str | None = None) -> Snapshot:
+def encode_at_stage(snapshot: Snapshot, stage_id: uuid.UUID) -> str:
+    """The JSON text stored for ``snapshot`` taken just after stage ``stage_id`` completed: the
+    stage's row holds the state already (its input and its output), so the checkpoint names it."""
+    return dumps({"stage": stage_id.hex, "next_node": snapshot.next_node, "counters": snapshot.counters,
+                  "route_from": snapshot.route_from, "format": FORMAT})
+
+
+def decode(state_data: Any, run_id: uuid.UUID | str | None = None, *,
+           stage_state: Mapping[str, Any] | None = None) -> Snapshot:
     """The snapshot stored as ``state_data`` (of run ``run_id``, for messages);
     :class:`~wfkit.errors.CheckpointError` if it is not in this wfkit's format. The shape is checked
     here; whether ``next_node`` and the counters name nodes of the workflow, the walker checks."""
@@ -66,6 +77,10 @@ def decode(state_data: Any, run_id: uuid.UUID | str | None = None) -> Snapshot:
             f"{what} is in format {found!r}; this wfkit reads formats {', '.join(map(str, READS))} "
             "(resume the run with the wfkit that wrote it, or start a new run)"
         )
+    if "stage" in state_data and found >= 3:
+        if stage_state is None:
+            raise CheckpointError(f"{what} names stage {state_data['stage']!r}, whose state was not given")
+        state_data = {**state_data, "state": stage_state}
     problem = _shape_problem(state_data)
     if problem:
         raise CheckpointError(f"{what} is damaged: {problem}")
@@ -97,4 +112,22 @@ def load(repository: Repository, run_id: uuid.UUID) -> Snapshot | None:
         row = repository.find_checkpoint(run_id)
     except NotFoundError:
         return None
-    return decode(row.state_data, run_id)
+    data = row.state_data
+    stage_state = None
+    if isinstance(data, Mapping) and data.get("format") == 3 and "stage" in data:
+        stage_state = _state_after(repository, run_id, data["stage"])
+    return decode(data, run_id, stage_state=stage_state)
+
+
+def _state_after(repository: Repository, run_id: uuid.UUID, stage: Any) -> dict[str, Any]:
+    """The state after the completed stage a checkpoint names: its input with its output merged in."""
+    what = f"the checkpoint of run {run_id}"
+    try:
+        stage_id = uuid.UUID(str(stage))
+        row = repository.find_stage(stage_id)
+    except (ValueError, NotFoundError):
+        raise CheckpointError(f"{what} is damaged: it names stage {stage!r}, which this run does not have") from None
+    if row.run_id != run_id or not isinstance(row.input_snapshot, dict) or not isinstance(
+            row.output_snapshot, (dict, type(None))):
+        raise CheckpointError(f"{what} is damaged: stage {stage!r} does not hold this run's state")
+    return {**row.input_snapshot, **(row.output_snapshot or {})}

@@ -16,10 +16,12 @@ import getpass
 import os
 import socket
 import uuid
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from wfkit.errors import ConfigurationError, InvalidStatusError
+from wfkit.formatting import fmt_when
 from wfkit.ids import parse_uuid
 from wfkit.store.models import Run, RunStatus, check_transition
 from wfkit.store.recorder import SqlRecorder
@@ -67,10 +69,12 @@ class RunControl:
     def cancel(self, run_id: uuid.UUID | str, *, force: bool = False, reason: str | None = None) -> Run:
         """Cancel a run: a pending one at once; a running one before its next node (from any process).
 
-        ``force`` ends a running run as cancelled at once, for a run whose process is gone (it would
-        otherwise stay ``running``); the stage it left started is marked failed, and the run can be
-        resumed. Should its process still be alive, it stops before its next node (or, in its last
-        node, completes: its result is kept). Cancelling a finished run is an
+        ``force`` ends a running run as cancelled at once, whoever holds it: for a run whose process
+        is gone (it would otherwise stay ``running`` until recovered). The stage it was executing is
+        recorded as failed, its lease epoch is raised (a process still executing it writes nothing
+        more and stops), and the run can be resumed. Without ``force``, a run whose lease expired
+        (``run.lease_expired``) has no process to stop it: the request is recorded (a recovery would
+        honour it), and the caller should say that ``force`` ends it. Cancelling a finished run is an
         :class:`InvalidStatusError`. ``reason`` is stored on the run (by default: who asked, from
         where). Returns the run as it stands after.
         """
@@ -82,8 +86,7 @@ class RunControl:
         with SqlRecorder(self.engine) as recorder:
             changed = False
             if run.status is RunStatus.PENDING:  # at once; unless it started meanwhile: then as a running run
-                changed = recorder.finish_run(rid, RunStatus.CANCELLED, cancel_reason=reason,
-                                              from_status=RunStatus.PENDING) is not None
+                changed = recorder.cancel_pending(rid, reason)
             if not changed:
                 changed = (recorder.force_cancel(rid, INTERRUPTED, reason) if force
                            else recorder.request_cancel(rid, reason))
@@ -93,7 +96,8 @@ class RunControl:
         return now
 
     def delete(self, run_id: uuid.UUID | str, *, force: bool = False) -> None:
-        """Delete a run with its stages, decisions and checkpoint. A running run needs ``force``."""
+        """Delete a run with its stages, decisions and checkpoint. A running run needs ``force`` (a
+        process still executing it writes nothing more, and stops)."""
         rid = parse_uuid(run_id)
         self.repository.find_run(rid)  # NotFoundError if there is none
         with SqlRecorder(self.engine) as recorder:
@@ -105,23 +109,53 @@ class RunControl:
             )
 
     def check_resume(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
-        """The run, if it may be resumed: a failed or cancelled one, or with ``force`` a running one
-        (whose process is gone); else :class:`InvalidStatusError` saying why."""
+        """The run, if it may be resumed: a failed or cancelled one, a pending one, or with ``force`` a
+        running one (whether its lease expired, the claim decides, by the database's clock); else
+        :class:`InvalidStatusError` saying why."""
         run = self.repository.find_run(parse_uuid(run_id))
         if run.status is RunStatus.RUNNING:
             if not force:
-                raise InvalidStatusError(
-                    f"run {run.id} is running: if no process is executing it any more (it was killed), "
-                    f"take it over with `wfkit runs resume {run.id} --force` (force=True)"
-                )
+                raise InvalidStatusError(f"run {run.id} is running, {_held(run)}")
         else:
             check_transition(run.status, RunStatus.RUNNING)
         return run
 
+    def not_claimable(self, run_id: uuid.UUID, holder: tuple[Any, ...] | None, *, force: bool) -> Exception:
+        """The error for a claim that found the run held by another process (or moved on)."""
+        from wfkit.errors import NotFoundError
+
+        if holder is None:
+            return NotFoundError(f"no run with id {run_id}")
+        status, owner, attempt, _epoch, expires, _reason = holder
+        if status in ("running", "pending") and expires is not None:
+            what = "running" if status == "running" else "pending, about to start"
+            return InvalidStatusError(
+                f"run {run_id} is {what}, held by {owner} (attempt {attempt}) until {fmt_when(expires)}: "
+                + ("its lease is live, so it is not taken over; " if force else "")
+                + f"wait for it, cancel it (`wfkit runs cancel {run_id}`), or take it over once its lease expires "
+                f"(`wfkit runs resume {run_id} --force`)")
+        if status == "running":
+            return InvalidStatusError(f"run {run_id} is running, {_held_row(run_id, owner, expires)}")
+        return InvalidStatusError(f"run {run_id} is {status} now (it changed meanwhile); not resumed")
+
     def interrupt_stages(self, run_id: uuid.UUID | str) -> int:
-        """Mark the stages a run left ``started`` (its process died, or their end was not written) as
-        failed with :data:`INTERRUPTED`; return how many. For a run about to be resumed, after
-        :meth:`check_resume`: a run still executing somewhere would have its live stage marked too."""
+        """Mark the stages a run left ``started`` as failed with :data:`INTERRUPTED`; return how many.
+        (Only a wfkit from before stage rows were written once leaves such stages: a running stage is
+        now shown on its run's row, and recorded failed when its run is taken over.)"""
         rid = parse_uuid(run_id)
         with SqlRecorder(self.engine) as recorder:
-            return recorder.interrupt_stages(rid, INTERRUPTED)
+            return recorder.interrupt_started_now(rid, INTERRUPTED)
+
+
+def _held(run: Run) -> str:
+    return _held_row(run.id, run.owner, run.lease_expires_at, run.lease_expired)
+
+
+def _held_row(run_id: uuid.UUID, owner: str | None, expires: Any, expired: bool | None = None) -> str:
+    """How a running run is held, and what to do about it, for messages."""
+    if expires is None or expired:
+        since = "" if expires is None else f" at {fmt_when(expires)}"
+        return (f"but no process holds it (its lease expired{since}): take it over with "
+                f"`wfkit runs resume {run_id} --force` (force=True), or run `wfkit runs recover`")
+    return (f"held by {owner} until {fmt_when(expires)}: wait for it, cancel it (`wfkit runs cancel {run_id}`), "
+            f"or take it over once its lease expires (`wfkit runs resume {run_id} --force`)")

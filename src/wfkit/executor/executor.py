@@ -8,20 +8,24 @@
 A run goes through three phases:
 
 1. cold start: resolve the workflow (``WorkflowNotFoundError``), validate its
-   params (``InvalidParamsError``), create the run as ``pending``;
-2. hot start: mark it ``running``, build the graph through the factory, walk
-   it (:meth:`Executor.execute` records the creation and the start in one
-   transaction, so its run is created ``running``; :meth:`Executor.start`
-   creates it ``pending`` and its background thread starts it); each stage start is committed before its node runs, and each stage's
-   completion, its decision, the checkpoint and the run's ``updated_at`` are
-   committed together with the start of the next stage (one transaction per
-   step boundary, see :mod:`wfkit.store.recorder`; the steps themselves are
-   :mod:`wfkit.executor.run_loop`'s);
-3. post-commit: the result (the final state, or ``state[graph.result_key]``)
-   or the error, ``completed_at`` and the final status.
+   params (``InvalidParamsError``), build and validate its graph, and create the
+   run, held by this executor (its lease: :mod:`wfkit.executor.lease`):
+   :meth:`Executor.execute` creates it ``running`` with its first stage current,
+   in one statement; :meth:`Executor.start` creates it ``pending``, and its
+   background thread starts it;
+2. hot start: walk the graph; each step boundary is one transaction, fenced by
+   the lease (the stage that ended, its decision, the checkpoint, and the next
+   stage made current or the run's end: see :mod:`wfkit.store.recorder`; the
+   steps themselves are :mod:`wfkit.executor.run_loop`'s), while a heartbeat
+   thread extends the lease during long nodes;
+3. the end: the result (the final state, or ``state[graph.result_key]``) or the
+   error, ``completed_at`` and the final status, in the last step's transaction.
 
 A failed or cancelled run resumes from its checkpoint
-(:mod:`wfkit.executor.checkpoints`) without re-running the nodes that completed.
+(:mod:`wfkit.executor.checkpoints`) without re-running the nodes that completed:
+the resume claims it (one compare-and-set statement; a running run only once its
+lease expired, with ``force``), so that at most one process executes a run at any
+instant. :meth:`Executor.recover` resumes every run whose lease expired.
 Cancellation is cooperative between nodes (also from another process: cancel
 and delete are :mod:`wfkit.executor.control`'s, and need no executor), and
 cancels the running task of an async node.
@@ -34,33 +38,55 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from wfkit.errors import CheckpointError, GraphError, InvalidParamsError, InvalidStatusError, StateNotSerializableError
+from wfkit.errors import (
+    CheckpointError,
+    GraphError,
+    InvalidParamsError,
+    InvalidStatusError,
+    LeaseLostError,
+    StateNotSerializableError,
+    WfkitError,
+)
 from wfkit.events import MultiObserver, Observer, RunStarted
 from wfkit.executor import checkpoints
 from wfkit.executor.control import RunControl
-from wfkit.executor.run_loop import Plan, RunLoop, StageCapture
+from wfkit.executor import lease as leases
+from wfkit.executor.lease import Heartbeat, new_owner
+from wfkit.executor.run_loop import Plan, RunLoop, StageCapture, Stop
 from wfkit.graph import Walker
-from wfkit.ids import parse_uuid
+from wfkit.ids import new_id, parse_uuid
 from wfkit.jsontext import dumps_state
 from wfkit.plugins import default_registry, plugin_observers
 from wfkit.registry import Registry
 from wfkit.runtime import Runtime
 from wfkit.store.codec import row_loader
 from wfkit.store.db import as_engine
-from wfkit.store.models import Run, RunStatus
-from wfkit.store.recorder import SqlRecorder
+from wfkit.store.models import Run, RunStatus, utcnow
+from wfkit.store.query import parse_workflow_names
+from wfkit.store.recorder import OpenStage, SqlRecorder
 from wfkit.store.repository import Repository
 
 log = logging.getLogger("wfkit.executor")
 #: A finished run from values this process wrote itself (typed already: no validation needed).
 _load_run = row_loader(Run)
 _RUN_FIELDS = tuple(column.key for column in Run.__table__.columns)
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What :meth:`Executor.recover` did with one run: the run as it ended, or the error that kept it
+    from being recovered (another process took it first, its workflow is gone...)."""
+
+    run_id: uuid.UUID
+    run: Run | None = None
+    error: WfkitError | None = None
 
 
 class Executor:
@@ -72,12 +98,19 @@ class Executor:
     (isolated: one that raises is logged). When no registry is given, observers that plugins
     contribute through ``wfkit_observers()`` are added. ``checkpoint_every``: save a checkpoint
     after every N nodes (default 1; a larger N writes less but re-runs up to N-1 nodes on resume).
+    ``lease_seconds``: how long this executor holds a run without renewing it (default
+    ``$WFKIT_LEASE_SECONDS``, else 30). ``durability``: ``"sync"`` (default ``$WFKIT_DURABILITY``,
+    else sync: a committed step survives a crash of the database server or of the machine) or
+    ``"async"`` (it survives a killed process; see :mod:`wfkit.store.recorder`).
     """
 
     def __init__(self, database: Engine | str | None = None, registry: Registry | None = None,
-                 runtime: Runtime | None = None, observers: Iterable[Observer] = (), *, checkpoint_every: int = 1):
+                 runtime: Runtime | None = None, observers: Iterable[Observer] = (), *, checkpoint_every: int = 1,
+                 lease_seconds: float | None = None, durability: str | None = None):
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise InvalidParamsError(f"checkpoint_every must be a whole number of at least 1, got {checkpoint_every!r}")
+        self.lease_seconds = leases.lease_seconds(lease_seconds)
+        self.durability = leases.durability(durability)
         self.engine = as_engine(database, create_missing=False)  # it must exist, migrated
         self._own_engine = not isinstance(database, Engine)
         self.registry = registry if registry is not None else default_registry()
@@ -87,6 +120,8 @@ class Executor:
             extra += plugin_observers()
         self.observers = MultiObserver(extra)
         self.checkpoint_every = checkpoint_every
+        #: who this executor is to the runs it holds (``host pid N (random id)``)
+        self.owner = new_owner()
         self.repository = Repository(self.engine)
         self.control = RunControl(repository=self.repository)
         self._cancel: dict[uuid.UUID, threading.Event] = {}
@@ -96,18 +131,22 @@ class Executor:
     # -- public API
 
     def execute(self, name: str, params: Mapping[str, Any] | None = None) -> Run:
-        """Create a run of workflow ``name`` and execute it to the end; return the finished run."""
-        with SqlRecorder(self.engine) as recorder:
+        """Create a run of workflow ``name`` and execute it to the end; return the finished run.
+        Raises :class:`LeaseLostError` if another process took the run over meanwhile (this one
+        then wrote nothing more)."""
+        with self._recorder() as recorder:
             return self._hot(self._cold_start(name, params, recorder, start=True), recorder)
 
     async def aexecute(self, name: str, params: Mapping[str, Any] | None = None) -> Run:
         """Like :meth:`execute`, awaiting async nodes (a cancelled task cancels the run)."""
-        with SqlRecorder(self.engine) as recorder:
+        with self._recorder() as recorder:
             return await self._ahot(self._cold_start(name, params, recorder, start=True), recorder)
 
     def start(self, name: str, params: Mapping[str, Any] | None = None) -> uuid.UUID:
         """Create a run and execute it in a background thread; return its id at once (see :meth:`wait`).
-        The run's connection is taken before the run is created: with the pool full, this raises."""
+        The run's connection is taken before the run is created: with the pool full, this raises.
+        Should this process end before the run does, the run's lease expires and
+        :meth:`recover` (``wfkit runs recover``) finishes it from its checkpoint."""
         recorder = self._open_recorder()
         try:
             plan = self._cold_start(name, params, recorder, start=False)
@@ -198,30 +237,57 @@ class Executor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def cancel(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
+    def cancel(self, run_id: uuid.UUID | str, *, force: bool = False, reason: str | None = None) -> Run:
         """Cancel a run (see :meth:`RunControl.cancel <wfkit.executor.control.RunControl.cancel>`); one
         that this executor is executing stops before its next node without waiting for the database
         to say so, and the task of its async node, if one is running, is cancelled."""
         rid = parse_uuid(run_id)
-        run = self.control.cancel(rid, force=force)  # raises, and stops nothing, if the cancel did not stand
+        run = self.control.cancel(rid, force=force, reason=reason)  # raises, and stops nothing, if it did not stand
         with self._lock:
             event = self._cancel.get(rid)
         if event is not None:
             event.set()
         return run
 
-    async def acancel(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
+    async def acancel(self, run_id: uuid.UUID | str, *, force: bool = False, reason: str | None = None) -> Run:
         """Like :meth:`cancel`, its database work in a thread (the event loop goes on meanwhile)."""
-        return await asyncio.to_thread(self.cancel, run_id, force=force)
+        return await asyncio.to_thread(self.cancel, run_id, force=force, reason=reason)
 
     def resume(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
-        """Continue a failed or cancelled run from its checkpoint; ``force`` takes over a ``running`` run
-        whose process is gone. Completed nodes are not run again."""
-        return self._hot(self._prepare_resume(run_id, force))
+        """Continue a failed or cancelled run from its checkpoint; ``force`` takes over a ``running``
+        run whose lease expired (its process is gone, or stalled: it writes nothing more once this
+        one holds the run). Completed nodes are not run again. A run another process holds is an
+        :class:`InvalidStatusError` naming it."""
+        with self._recorder() as recorder:
+            return self._hot(self._prepare_resume(run_id, force, recorder), recorder)
 
     async def aresume(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
         """Like :meth:`resume`, awaiting async nodes."""
-        return await self._ahot(self._prepare_resume(run_id, force))
+        with self._recorder() as recorder:
+            plan = await asyncio.to_thread(self._prepare_resume, run_id, force, recorder)
+            return await self._ahot(plan, recorder)
+
+    def recover(self, workflow_name: str | Sequence[str] | None = None, *, concurrency: int = 1) -> list[Recovered]:
+        """Resume, from its checkpoint, every run whose lease expired (its process died or stalled), of
+        any workflow or of those named: one after another, or ``concurrency`` at a time in threads.
+        Returns what became of each (oldest first). Automatic recovery for one machine: call it when
+        a service starts, say; a run another process claims first is skipped (its ``error`` says so)."""
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidParamsError(f"concurrency must be a whole number of at least 1, got {concurrency!r}")
+        names = parse_workflow_names([workflow_name] if isinstance(workflow_name, str) else workflow_name or ())
+        with self._recorder() as recorder:
+            expired = recorder.expired(names)
+
+        def one(rid: uuid.UUID) -> Recovered:
+            try:
+                return Recovered(rid, run=self.resume(rid, force=True))
+            except WfkitError as err:
+                return Recovered(rid, error=err)
+
+        if concurrency == 1 or len(expired) <= 1:
+            return [one(rid) for rid in expired]
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="wfkit-recover") as pool:
+            return list(pool.map(one, expired))
 
     def delete(self, run_id: uuid.UUID | str, *, force: bool = False) -> None:
         """Delete a run with its stages, decisions and checkpoint. A running run needs ``force``."""
@@ -233,10 +299,13 @@ class Executor:
 
     # -- phases
 
+    def _recorder(self) -> SqlRecorder:
+        return SqlRecorder(self.engine, durability=self.durability, lease_seconds=self.lease_seconds)
+
     def _open_recorder(self) -> SqlRecorder:
         """A recorder with its connection taken now: a run that has one never waits for the pool (a
         full pool is an error to the caller, before any run is created)."""
-        recorder = SqlRecorder(self.engine)
+        recorder = self._recorder()
         recorder.__enter__()
         return recorder
 
@@ -245,8 +314,8 @@ class Executor:
         """Resolve the workflow, check its params, build and validate its graph, and only then create
         the run: a factory that raises or a graph that does not validate is an error to the caller,
         and no run is recorded (factories do not see the run's id, so nothing needs it before).
-        With ``start``, the run is created running (creation and start in one statement), else
-        pending."""
+        With ``start``, the run is created running with its first stage current (one statement),
+        else pending."""
         workflow = self.registry.get(name)
         checked = workflow.validate_params(params)
         stored = checked.model_dump(mode="json") if hasattr(checked, "model_dump") else dict(checked)
@@ -258,51 +327,64 @@ class Executor:
         capture = StageCapture()
         walker = Walker(graph, initial, observer=capture)
         state_json = dumps_state(walker.state, f"the initial state of workflow {name!r}")
-        run_id = uuid.uuid4()
+        run_id = new_id()
+        opened = OpenStage(new_id(), walker.node, 1, utcnow()) if start and walker.node is not None else None
+        created_at = recorder.create_run(run_id, name, stored, owner=self.owner, stage=opened)
         if start:
-            created_at, started_at = recorder.create_and_start_run(run_id, name, stored)
-        else:
-            created_at, started_at = recorder.create_run(run_id, name, stored), None
-        return Plan(run_id, workflow, stored, RunStatus.RUNNING if start else RunStatus.PENDING, walker, capture,
-                    state_json, False, created_at, started_at, started=start)
+            return Plan(run_id, workflow, stored, walker, capture, state_json, False, created_at, epoch=1, attempt=1,
+                        started_at=created_at, opened=opened)
+        return Plan(run_id, workflow, stored, walker, capture, state_json, False, created_at, epoch=1, attempt=0,
+                    pending=True)
 
-    def _prepare_resume(self, run_id: uuid.UUID | str, force: bool) -> Plan:
-        """Check that the run may resume, and rebuild its walk where its checkpoint left it: a workflow
-        that no longer builds, or a checkpoint that does not fit its graph, is an error before the
-        run is touched."""
+    def _prepare_resume(self, run_id: uuid.UUID | str, force: bool, recorder: SqlRecorder) -> Plan:
+        """Check that the run may resume and that its workflow still builds and fits its checkpoint
+        (an error before the run is touched), claim it (one compare-and-set statement), then rebuild
+        its walk where its checkpoint left it: read again after the claim, since the run's last
+        holder may have written a step between the first read and the claim."""
         run = self.control.check_resume(run_id, force=force)
         workflow = self.registry.get(run.workflow_name)
-        snapshot = checkpoints.load(self.repository, run.id)
         graph, initial = workflow.build(run.params, self.runtime)
         capture = StageCapture()
-        if snapshot is None:
-            walker = Walker(graph, initial, observer=capture)
-        else:
-            try:
-                walker = Walker.from_snapshot(graph, snapshot, observer=capture)
-            except GraphError as err:
-                raise CheckpointError(f"the checkpoint of run {run.id} does not fit workflow {workflow.name!r} "
-                                      f"as it is now: {err}") from None
-        state_json = dumps_state(walker.state, "the state to resume from")
-        self.control.interrupt_stages(run.id)  # stages a dead process (or a lost write) left 'started'
-        return Plan(run.id, workflow, run.params, run.status, walker, capture, state_json, True, run.created_at,
-                    run.started_at)
+        self._walker_at_checkpoint(run, graph, initial, capture)  # checked before the run is claimed
+        claim = recorder.claim(run.id, self.owner, take_over=force)
+        if claim is None:
+            raise self.control.not_claimable(run.id, recorder.holder(run.id), force=force)
+        try:
+            walker = self._walker_at_checkpoint(run, graph, initial, capture)
+            state_json = dumps_state(walker.state, "the state to resume from")
+        except WfkitError as err:  # the checkpoint changed meanwhile, and no longer fits: the run fails
+            recorder.finish_run(run.id, claim.epoch, RunStatus.FAILED, error=str(err))
+            raise
+        return Plan(run.id, workflow, run.params, walker, capture, state_json, True, run.created_at,
+                    epoch=claim.epoch, attempt=claim.attempt, started_at=run.started_at or utcnow(), claim=claim)
 
-    def _begin(self, recorder: SqlRecorder, plan: Plan) -> RunLoop | None:
-        """Mark the run running and set up its walk (None if it was cancelled before it started)."""
+    def _walker_at_checkpoint(self, run: Run, graph: Any, initial: Any, capture: StageCapture) -> Walker:
+        snapshot = checkpoints.load(self.repository, run.id)
+        if snapshot is None:
+            return Walker(graph, initial, observer=capture)
+        try:
+            return Walker.from_snapshot(graph, snapshot, observer=capture)
+        except GraphError as err:
+            raise CheckpointError(f"the checkpoint of run {run.id} does not fit workflow {run.workflow_name!r} "
+                                  f"as it is now: {err}") from None
+
+    def _begin(self, recorder: SqlRecorder, plan: Plan, stop: Stop) -> RunLoop | None:
+        """Start the run if it is pending and set up its walk (None if it was cancelled before it
+        started: nothing to run)."""
         run_id = plan.run_id
-        if not plan.started:
-            started = recorder.start_run(run_id, plan.from_status)
-            if started is None:
-                now = self.repository.find_run(run_id)
-                if plan.from_status is RunStatus.PENDING and now.status is RunStatus.CANCELLED:
-                    return None  # cancelled before it started: nothing to run (the outcome reads it back)
-                raise InvalidStatusError(f"run {run_id} is {now.status.value} now (it changed meanwhile); not started")
-            plan.started_at = plan.started_at or started
+        if plan.pending:
+            try:
+                plan.started_at = recorder.start_pending(run_id, plan.epoch)
+            except LeaseLostError:
+                if self.repository.find_run(run_id).status is RunStatus.CANCELLED:
+                    return None  # cancelled before it started (the outcome reads it back)
+                raise
+            plan.attempt = 1
         with self._lock:
             cancel = self._cancel.setdefault(run_id, threading.Event())
-        loop = RunLoop(recorder, run_id, plan.walker, plan.capture, plan.state_json, observers=self.observers,
-                       checkpoint_every=self.checkpoint_every, cancel=cancel)
+        stop.event = cancel
+        loop = RunLoop(recorder, plan, observers=self.observers, checkpoint_every=self.checkpoint_every,
+                       cancel=cancel, lost=stop)
         self.observers.on_event(RunStarted(run_id, plan.workflow.name, plan.params, plan.resumed))
         return loop
 
@@ -316,6 +398,8 @@ class Executor:
             result=loop.result, error_message=loop.error, started_at=plan.started_at,
             completed_at=finished.completed_at, created_at=plan.created_at, updated_at=finished.completed_at,
             cancel_requested_at=finished.cancel_requested_at, cancel_reason=finished.cancel_reason,
+            owner=self.owner, attempt=plan.attempt, lease_epoch=plan.epoch, lease_expires_at=None,
+            current_stage_id=None, current_node=None, current_iteration=None, current_stage_started_at=None,
         )
         return _load_run([values[field] for field in _RUN_FIELDS])
 
@@ -323,12 +407,18 @@ class Executor:
 
     @contextlib.contextmanager
     def _executing(self, plan: Plan, recorder: SqlRecorder | None) -> Iterator[RunLoop | None]:
-        """The run's walk, set up on ``recorder`` (or a recorder of its own): None if there is nothing
-        to walk. Whatever escapes the walk (Ctrl-C, a cancelled task, a failed write) ends the run
-        through :meth:`RunLoop.crashed` first; the run's cancel flag is dropped afterwards."""
+        """The run's walk, set up on ``recorder`` (or a recorder of its own), with its heartbeat: None
+        if there is nothing to walk. Whatever escapes the walk (Ctrl-C, a cancelled task, a failed
+        write) ends the run through :meth:`RunLoop.crashed` first; the run's cancel flag is dropped
+        afterwards."""
+        stop = Stop()
+        heartbeat = None
         try:
-            with contextlib.nullcontext(recorder) if recorder is not None else SqlRecorder(self.engine) as rec:
-                loop = self._begin(rec, plan)
+            with contextlib.nullcontext(recorder) if recorder is not None else self._recorder() as rec:
+                loop = self._begin(rec, plan, stop)
+                if loop is not None:
+                    heartbeat = Heartbeat(self.engine, plan.run_id, plan.epoch, lease_seconds=self.lease_seconds,
+                                          durability=self.durability, on_lost=_stopper(stop)).start()
                 try:
                     yield loop
                 except BaseException as err:
@@ -336,6 +426,8 @@ class Executor:
                         loop.crashed(err)
                     raise
         finally:
+            if heartbeat is not None:
+                heartbeat.stop()
             with self._lock:
                 self._cancel.pop(plan.run_id, None)
 
@@ -354,6 +446,8 @@ class Executor:
     def _hot_in_background(self, plan: Plan, recorder: SqlRecorder) -> None:
         try:
             self._hot(plan, recorder)
+        except LeaseLostError as err:  # said once, where it happened: this process stopped
+            log.warning("%s", err)
         except Exception:  # recorded in the run where possible; never kill the thread silently
             log.exception("run %s failed in the background", plan.run_id)
         finally:
@@ -363,6 +457,8 @@ class Executor:
     async def _ahot_in_background(self, plan: Plan, recorder: SqlRecorder) -> None:
         try:
             await self._ahot(plan, recorder)
+        except LeaseLostError as err:
+            log.warning("%s", err)
         except Exception:  # as in a thread (a cancelled task is recorded as a cancelled run, and re-raised)
             log.exception("run %s failed in the background", plan.run_id)
         finally:
@@ -375,6 +471,16 @@ class Executor:
             background = self._background.pop(run_id, None)
         if background is not None:
             background.done.set()
+
+
+def _stopper(stop: Stop) -> Any:
+    """What the heartbeat calls when the lease is lost: the run stops at once."""
+
+    def lost(reason: str) -> None:
+        stop.reason = reason
+        stop.event.set()
+
+    return lost
 
 
 @dataclass

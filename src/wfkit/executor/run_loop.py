@@ -1,9 +1,13 @@
 """One execution of one run: the plan of a (re)start, and the bookkeeping around each step.
 
 A :class:`RunLoop` walks the graph (:meth:`RunLoop.walk`, or :meth:`RunLoop.awalk` for async
-nodes) and records each step through its :class:`~wfkit.store.recorder.SqlRecorder`. It is handed
-everything it needs (the observers, the checkpoint interval, the cancel flag): it knows nothing
-of the :class:`~wfkit.executor.Executor` that made it.
+nodes) and records each step through its :class:`~wfkit.store.recorder.SqlRecorder`, fenced by the
+lease epoch it holds. It is handed everything it needs (the observers, the checkpoint interval, the
+cancel flag): it knows nothing of the :class:`~wfkit.executor.Executor` that made it.
+
+Each step boundary is one write: the stage that ended (its row), the decision and the checkpoint,
+with either the next stage made current or the run's end. Observers hear of a step once it is
+written.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from time import perf_counter
 from types import MappingProxyType
@@ -22,6 +26,7 @@ from wfkit.errors import (
     DatabaseError,
     GraphError,
     Interrupted,
+    LeaseLostError,
     MaxIterationsError,
     RouteError,
     StateNotSerializableError,
@@ -41,13 +46,17 @@ from wfkit.events import (
 )
 from wfkit.executor import checkpoints
 from wfkit.graph import RouteDecision, StateGraph, Walker
+from wfkit.ids import new_id
 from wfkit.jsontext import dumps, dumps_state
 from wfkit.registry import Workflow
-from wfkit.store.models import RunStatus, StageStatus
-from wfkit.store.recorder import Finished, SqlRecorder
+from wfkit.runtime import NodeExecution, set_execution
+from wfkit.store.models import RunStatus, StageStatus, utcnow
+from wfkit.store.recorder import Claim, Finished, OpenStage, SqlRecorder
 
 #: How often (seconds) an async walk looks at the cancel flag while a node runs.
 CANCEL_POLL_S = 0.05
+#: What a stage left running by a process that is gone is recorded with when its run is taken over.
+INTERRUPTED = "interrupted: the process executing this stage stopped before it finished"
 
 
 @dataclass
@@ -57,14 +66,17 @@ class Plan:
     run_id: uuid.UUID
     workflow: Workflow
     params: dict[str, Any]  # as stored
-    from_status: RunStatus
     walker: Walker  # on the validated graph, at the start or where a resumed run's checkpoint left it
     capture: StageCapture  # the walker's observer
     state_json: str  # the walker's state, encoded already (checked before anything was written)
     resumed: bool
     created_at: datetime
+    epoch: int  # the lease epoch this process holds the run with
+    attempt: int
     started_at: datetime | None = None
-    started: bool = False  # already moved to running (together with its creation)
+    pending: bool = False  # created pending by this process: to be started (unless cancelled meanwhile)
+    opened: OpenStage | None = None  # the first stage, made current when the run was created
+    claim: Claim | None = None  # how this process claimed the run (a resume), with the stage left running
 
 
 class StageCapture:
@@ -82,55 +94,79 @@ class StageCapture:
         self.updates, self.duration_ms, self.error = updates, duration_ms, error
 
 
+@dataclass
+class Stop:
+    """Why a run must stop at once, set from another thread (its heartbeat): a lost lease."""
+
+    reason: str | None = None
+    event: threading.Event = field(default_factory=threading.Event)
+
+
 class RunLoop:
     """One execution of one run: the bookkeeping around each step, shared by the sync and async walks."""
 
-    def __init__(self, recorder: SqlRecorder, run_id: uuid.UUID, walker: Walker, capture: StageCapture,
-                 state_json: str, *, observers: MultiObserver, checkpoint_every: int, cancel: threading.Event):
-        self.recorder, self.run_id, self.walker, self.capture = recorder, run_id, walker, capture
-        self.graph: StateGraph = walker.graph
+    def __init__(self, recorder: SqlRecorder, plan: Plan, *, observers: MultiObserver, checkpoint_every: int,
+                 cancel: threading.Event, lost: Stop | None = None):
+        self.recorder, self.run_id, self.walker, self.capture = recorder, plan.run_id, plan.walker, plan.capture
+        self.epoch, self.attempt = plan.epoch, plan.attempt
+        self.graph: StateGraph = plan.walker.graph
         self.observers, self.checkpoint_every, self.cancel = observers, checkpoint_every, cancel
-        self.state_json = state_json  # the state the next stage starts from, as stored
-        self.stage_id: uuid.UUID | None = None
-        self.stage_began = 0.0  # perf_counter() when the current stage's start was recorded
-        self.node = ""
-        self.iteration = 0
+        self.lost = lost if lost is not None else Stop()
+        self.state_json = plan.state_json  # the state the next stage starts from, as stored
+        self.stage: OpenStage | None = plan.opened  # the stage being executed (current on the run's row)
+        self.stage_began = perf_counter()  # when the current stage began, for its duration if interrupted
         self.steps = 0
         self.outcome: RunStatus | None = None
         self.finished: Finished | None = None  # as written (None: not written, or not by us)
         self.error: str | None = None
         self.result: Any = None
+        self._events: list[Event] = []  # what the next write records, told once it is written
+        self._unwritten: OpenStage | None = None  # a stage whose row is buffered, not yet written
+        if plan.claim is not None:
+            left = plan.claim.left_running
+            if left is not None:  # the stage the previous holder was executing when it stopped
+                stage_id, node, iteration, started_at = left
+                recorder.stage_ended(self.run_id, OpenStage(stage_id, node, iteration, started_at or utcnow()),
+                                     StageStatus.FAILED, input_json=None, error=INTERRUPTED)
+            recorder.interrupt_started(self.run_id, INTERRUPTED)
 
     # -- the walks
 
     def walk(self) -> None:
         """Run the graph to its end (or until it fails or is cancelled), recording every step. Whatever
         escapes it (Ctrl-C, a failed write) must go through :meth:`crashed` on its way out."""
-        if not self.rerouted():
+        if not self.rerouted() or not self.first_stage():
             return
-        while self.before_step():
+        walker = self.walker
+        while True:
+            self._enter_node()
             try:
-                result: RouteDecision | GraphError = self.walker.step()
+                result: RouteDecision | GraphError = walker.step()
             except GraphError as err:
                 result = err
             if not self.stepped(result):
                 return
-        self.finish()
 
     async def awalk(self) -> None:
-        """Like :meth:`walk`, awaiting async nodes: a cancel (from this process's executor) cancels the
-        task of the node that is running; a cancelled task ends the run cancelled, and is re-raised."""
-        if not self.rerouted():
+        """Like :meth:`walk`, awaiting async nodes: a cancel (from this process's executor, or a lost
+        lease) cancels the task of the node that is running; a cancelled task ends the run
+        cancelled, and is re-raised."""
+        if not self.rerouted() or not self.first_stage():
             return
-        while self.before_step():
+        while True:
+            self._enter_node()  # before the task is made: it copies this context
             result = await self._astep()
             if result is None or not self.stepped(result):
                 return
-        self.finish()
+
+    def _enter_node(self) -> None:
+        stage = self.stage
+        assert stage is not None
+        set_execution(NodeExecution(self.run_id, stage.node, stage.iteration, self.attempt, self.epoch))
 
     async def _astep(self) -> RouteDecision | GraphError | None:
-        """One step with the node as a task, cancelled if this process's executor cancels the run
-        (None then: the run has ended cancelled)."""
+        """One step with the node as a task, cancelled if this process's executor cancels the run or
+        its lease is lost (None then: the run has ended)."""
         task = asyncio.ensure_future(self.walker.astep())
         try:
             while True:
@@ -146,6 +182,10 @@ class RunLoop:
             if not task.done():
                 task.cancel()
             requested = self.cancel.is_set() and not _current_task_cancelling()  # we cancelled the node
+            if requested and self.lost.reason is not None:
+                self.stage_failed(f"stopped: {self.lost.reason}", self._elapsed_ms())
+                self.fail(f"the run stopped: {self.lost.reason}")
+                return None
             self.interrupted(err, "cancel requested while the node ran" if requested else None)
             if requested:
                 return None
@@ -155,16 +195,25 @@ class RunLoop:
 
     def crashed(self, err: BaseException) -> None:
         """The walk was interrupted (Ctrl-C, task cancelled) or history could not be written: end the
-        run as well as can be, so that it does not stay ``running``."""
-        if self.outcome is not None:
+        run as well as can be, so that it does not stay ``running`` until its lease expires. A
+        process that lost its lease writes nothing (and a :class:`LeaseLostError` met on the way
+        out is raised)."""
+        set_execution(None)
+        if self.outcome is not None or isinstance(err, LeaseLostError):
             return
+        if self.stage is None and self._unwritten is not None and not self.recorder.buffered:
+            self.stage = self._unwritten  # its step's write failed (and was rolled back): its row is to write
+        stage = self.stage
         try:
             self._end_after(err)
         except DatabaseError:
             # The connection may be what broke (a server restart, a terminated backend): once more on a
-            # fresh one. Should that fail too, the run stays as last committed, resumable with --force.
+            # fresh one. Should that fail too, the run stays as last committed, and becomes recoverable
+            # once its lease expires (`wfkit runs recover`).
+            self.stage, self._events = stage, []
             try:
-                with SqlRecorder(self.recorder.engine) as fresh:
+                with SqlRecorder(self.recorder.engine, durability=self.recorder.durability,
+                                 lease_seconds=self.recorder.lease_seconds) as fresh:
                     self.recorder = fresh
                     self._end_after(err)
             except DatabaseError:
@@ -174,9 +223,8 @@ class RunLoop:
         if isinstance(err, (KeyboardInterrupt, asyncio.CancelledError)):
             self.interrupted(err)
         else:
-            self.stage_failed(error_text(err), self.capture.duration_ms, err)
-            # a stage whose completion was rolled back with the failed write is not left 'started'
-            self.recorder.interrupt_stages(self.run_id, f"its end was not recorded: {error_text(err)}")
+            # the stage whose end could not be written (with the rest of its step) is recorded failed
+            self.stage_failed(f"its end was not recorded: {error_text(err)}", self._elapsed_ms(), err)
             self.fail(f"the run stopped: {error_text(err)}", err)
 
     # -- around each step
@@ -184,16 +232,41 @@ class RunLoop:
     def emit(self, event: Event) -> None:
         self.observers.on_event(event)
 
+    def _told(self) -> None:
+        """The write that recorded the queued events succeeded: tell the observers."""
+        events, self._events = self._events, []
+        self._unwritten = None
+        for event in events:
+            self.emit(event)
+
     @property
     def observed(self) -> bool:
         """Whether any observer listens (events are only built for someone)."""
         return bool(self.observers)
 
-    def before_step(self) -> bool:
-        """Commit the last step, check for a cancel request, record the next stage's start."""
-        walker = self.walker
-        if walker.done:
+    def _elapsed_ms(self) -> float:
+        return (perf_counter() - self.stage_began) * 1000.0
+
+    def first_stage(self) -> bool:
+        """Make the first stage of this attempt current (the run's creation may have done so);
+        whether the walk may go on."""
+        if self.walker.done:  # a resumed run whose walk had reached END: only its end is left
+            self.finish()
             return False
+        if self.stage is not None:
+            self.stage_began = perf_counter()
+            self._told()
+            if self.observed:
+                self.emit(StageStarted(self.run_id, self.stage.node, self.stage.iteration,
+                                       MappingProxyType(self.walker.state)))
+            return True
+        return self.next_stage()
+
+    def next_stage(self) -> bool:
+        """Write what is buffered with the next stage made current (one transaction), unless the run
+        must end first (its node's visits are used up, a cancel was asked, the lease was lost);
+        whether the walk may go on."""
+        walker = self.walker
         node = walker.node
         assert node is not None
         iteration = walker.counters.get(node, 0) + 1
@@ -201,63 +274,78 @@ class RunLoop:
             self.fail(str(MaxIterationsError(node, self.graph.max_iterations)))
             return False
         if self.cancel.is_set():
+            if self.lost.reason is not None:
+                self.fail(f"the run stopped: {self.lost.reason}")
+            else:
+                self.cancelled("cancel requested")
+            return False
+        stage = OpenStage(new_id(), node, iteration, utcnow())
+        requested, _ = self.recorder.open_stage(self.run_id, self.epoch, stage)
+        self._told()
+        if requested is not None:
             self.cancelled("cancel requested")
             return False
-        stage_id, cancel_requested = self.recorder.begin_stage(self.run_id, node, iteration, self.state_json)
-        if cancel_requested:
-            self.cancelled("cancel requested")
-            return False
-        self.stage_id, self.node, self.iteration = stage_id, node, iteration
-        self.stage_began = perf_counter()
+        self.stage, self.stage_began = stage, perf_counter()
         if self.observed:
             self.emit(StageStarted(self.run_id, node, iteration, MappingProxyType(walker.state)))
         return True
 
-    def after_step(self, decision: RouteDecision, *, checkpoint_now: bool = False) -> None:
-        """Buffer the stage's completion, the decision and the checkpoint (committed at the next boundary)."""
-        walker, cap = self.walker, self.capture
-        assert self.stage_id is not None
-        try:
-            self.state_json = dumps_state(walker.state, f"the state after node {self.node!r}", check_depth=False)
-            updates_json = dumps_state(cap.updates or {}, f"the output of node {self.node!r}")
-        except StateNotSerializableError as err:
-            self.stage_failed(str(err), cap.duration_ms)
-            self.fail(str(err))
-            return
-        self.steps += 1
-        due = checkpoint_now or walker.done or self.steps % self.checkpoint_every == 0
-        checkpoint = (self.node, checkpoints.encode(walker.snapshot(), self.state_json)) if due else None
-        # The stage is no longer this loop's to fail before its completion is buffered: interrupted in
-        # between, it stays 'started' (and runs again on resume) rather than ending twice.
-        stage_id, self.stage_id = self.stage_id, None
-        self.recorder.step_done(self.run_id, (stage_id, updates_json, cap.duration_ms), _row(decision), checkpoint)
-        if not self.observed:
-            return
-        self.emit(StageCompleted(self.run_id, self.node, self.iteration, MappingProxyType(dict(cap.updates or {})),
-                                 cap.duration_ms))
-        self.emit(DecisionMade(self.run_id, *_row(decision)))
-
     def stepped(self, result: RouteDecision | GraphError) -> bool:
-        """After a step: record it (or its node's failure); whether the walk may go on."""
+        """After a step: record it (or its node's failure) with what comes next; whether the walk
+        may go on."""
         if isinstance(result, RouteError):
             self.route_failed(result)
             return False
         if isinstance(result, GraphError):
             self.node_failed(result)
             return False
-        self.after_step(result)
-        return self.outcome is None
+        if not self.step_done(result):
+            return False
+        if self.walker.done:
+            self.finish()
+            return False
+        return self.next_stage()
+
+    def step_done(self, decision: RouteDecision, *, checkpoint_now: bool = False) -> bool:
+        """Buffer the stage's row, the decision and the checkpoint (written with what comes next);
+        False if the run failed instead (a state that cannot be stored)."""
+        walker, cap, stage = self.walker, self.capture, self.stage
+        assert stage is not None
+        input_json = self.state_json
+        try:
+            state_json = dumps_state(walker.state, f"the state after node {stage.node!r}", check_depth=False)
+            updates_json = dumps_state(cap.updates or {}, f"the output of node {stage.node!r}")
+        except StateNotSerializableError as err:
+            self.stage_failed(str(err), cap.duration_ms)
+            self.fail(str(err))
+            return False
+        self.state_json = state_json
+        self.steps += 1
+        due = checkpoint_now or walker.done or self.steps % self.checkpoint_every == 0
+        checkpoint = (stage.node, checkpoints.encode_at_stage(walker.snapshot(), stage.id)) if due else None
+        # The stage is no longer this loop's to fail before its row is buffered: interrupted in between,
+        # it stays current on the run's row (and runs again on resume) rather than ending twice.
+        self.stage, self._unwritten = None, stage
+        self.recorder.step_done(self.run_id, (stage, input_json, updates_json, cap.duration_ms), _row(decision),
+                                checkpoint)
+        if self.observed:
+            self._events += [
+                StageCompleted(self.run_id, stage.node, stage.iteration, MappingProxyType(dict(cap.updates or {})),
+                               cap.duration_ms),
+                DecisionMade(self.run_id, *_row(decision)),
+            ]
+        return True
 
     def route_failed(self, err: RouteError) -> None:
         """The node completed but no edge leaving it could be chosen: record the node's completion,
         a decision saying that no edge held, and a checkpoint at the node (a resume chooses the route
         again, without running the node again); then fail the run with the routing error."""
-        self.after_step(_no_route(err), checkpoint_now=True)
-        if self.outcome is None:
+        if self.step_done(_no_route(err), checkpoint_now=True):
             self.fail(str(err), err)
 
     def rerouted(self) -> bool:
-        """A run resumed after a routing failure: choose the route again first. Whether the walk may go on."""
+        """A run resumed after a routing failure: choose the route again first (buffered, written
+        with what comes next). Whether the walk may go on."""
         walker = self.walker
         node = walker.route_from
         if node is None:
@@ -270,19 +358,20 @@ class RunLoop:
             failed = None
         checkpoint = (node, checkpoints.encode(walker.snapshot(), self.state_json))
         self.recorder.step_done(self.run_id, None, _row(decision), checkpoint)
-        self.emit(DecisionMade(self.run_id, *_row(decision)))
+        self._events.append(DecisionMade(self.run_id, *_row(decision)))
         if failed is not None:
             self.fail(str(failed), failed)
             return False
         return True
 
     def stage_failed(self, error: str, duration_ms: float, exception: BaseException | None = None) -> None:
-        """Buffer the current stage's failure: ``error`` one line, and the traceback of ``exception``."""
-        if self.stage_id is not None:
-            self.recorder.end_stage(self.stage_id, StageStatus.FAILED, duration_ms=duration_ms, error=error,
-                                    traceback=traceback_text(exception))
-            self.emit(StageFailed(self.run_id, self.node, self.iteration, error, duration_ms, exception))
-            self.stage_id = None
+        """Buffer the current stage's row as failed: ``error`` one line, and the traceback of ``exception``."""
+        stage = self.stage
+        if stage is not None:
+            self.recorder.stage_ended(self.run_id, stage, StageStatus.FAILED, input_json=self.state_json,
+                                      duration_ms=duration_ms, error=error, traceback=traceback_text(exception))
+            self._events.append(StageFailed(self.run_id, stage.node, stage.iteration, error, duration_ms, exception))
+            self.stage = None
 
     def node_failed(self, err: GraphError) -> None:
         message = str(err)
@@ -294,20 +383,25 @@ class RunLoop:
         resumable, with the reason (by default, what ``err`` says)."""
         reason = reason or interrupt_reason(err)
         # the walker never saw the node end: its time is what ran until now
-        self.stage_failed(f"cancelled: {reason}", (perf_counter() - self.stage_began) * 1000.0)
+        self.stage_failed(f"cancelled: {reason}", self._elapsed_ms())
         self.cancelled(reason)
 
-    # -- the run's end
+    # -- the run's end (each one write, fenced; observers told once it is written)
+
+    def _end(self, status: RunStatus, **values: Any) -> None:
+        set_execution(None)
+        self.finished = self.recorder.finish_run(self.run_id, self.epoch, status, **values)
+        self.outcome = status
+        self._told()
 
     def fail(self, message: str, exception: BaseException | None = None) -> None:
-        self.finished = self.recorder.finish_run(self.run_id, RunStatus.FAILED, error=message)
-        self.outcome, self.error = RunStatus.FAILED, message
+        self._end(RunStatus.FAILED, error=message)
+        self.error = message
         self.emit(RunFailed(self.run_id, message, exception))
 
     def cancelled(self, reason: str) -> None:
         """End the run cancelled: for ``reason`` unless a cancel request stored its own first."""
-        self.finished = self.recorder.finish_run(self.run_id, RunStatus.CANCELLED, cancel_reason=reason)
-        self.outcome = RunStatus.CANCELLED
+        self._end(RunStatus.CANCELLED, cancel_reason=reason)
         stored = self.finished.cancel_reason if self.finished is not None else None
         self.emit(RunCancelled(self.run_id, stored or reason))
 
@@ -316,8 +410,8 @@ class RunLoop:
             return
         result = self.graph.result_of(self.walker.state)
         result_json = self.state_json if self.graph.result_key is None else dumps(result)
-        self.finished = self.recorder.finish_run(self.run_id, RunStatus.COMPLETED, result_json=result_json)
-        self.outcome, self.result = RunStatus.COMPLETED, result
+        self._end(RunStatus.COMPLETED, result_json=result_json)
+        self.result = result
         self.emit(RunCompleted(self.run_id, result))
 
 

@@ -82,6 +82,12 @@ def _enum_in(enum_cls: type[Any]) -> Callable[[str], Any]:
     return decode
 
 
+# SQLite's clock in the text form of sqlite_time(): strftime gives milliseconds, the column's form
+# has microseconds (both sort as text, and read back alike).
+_SQLITE_NOW = "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
+_SQLITE_LEASE = "(strftime('%Y-%m-%d %H:%M:%f', 'now', ? || ' seconds') || '000')"
+
+
 class Codec:
     """Values to and from one driver (``"sqlite"`` or ``"postgresql"``)."""
 
@@ -92,10 +98,17 @@ class Codec:
     # -- writing
 
     def sql(self, text: str) -> str:
-        """Statement text with ``?`` placeholders (and ``{j}`` for JSON ones), for this driver."""
+        """Statement text with ``?`` placeholders (and ``{j}`` for JSON ones), for this driver.
+
+        ``{now}`` is the database's clock, and ``{lease}`` the database's clock plus a parameter's
+        number of seconds, in the form the time columns hold: leases are compared by one clock,
+        the database's, whatever the clocks of the machines that write them say. (A SQLite file
+        has one machine's clock: the one its processes share.)"""
         if self.sqlite:
-            return text.replace("{j}", "?")
-        return text.replace("?", "%s").replace("{j}", "%s::jsonb")
+            return (text.replace("{j}", "?").replace("{now}", _SQLITE_NOW)
+                    .replace("{lease}", _SQLITE_LEASE))
+        return (text.replace("?", "%s").replace("{j}", "%s::jsonb").replace("{now}", "now()")
+                .replace("{lease}", "now() + %s * interval '1 second'"))
 
     def id(self, value: uuid.UUID) -> Any:
         return value.hex if self.sqlite else value

@@ -162,13 +162,18 @@ def plan_downgrade(engine_or_url: Engine | str | None, revision: str) -> Downgra
         target = resolve_target(at, revision, down=True)
         chain = [r.revision for r in history()]
         undone = chain[(chain.index(target) + 1 if target else 0):(chain.index(at) + 1 if at else 0)]
-        drops = [item for rev in reversed(undone) for item in getattr(_script().get_revision(rev).module, "DROPS", ())]
+        modules = [_script().get_revision(rev).module for rev in reversed(undone)]
+        drops = [item for module in modules for item in getattr(module, "DROPS", ())]
+        # A column whose every value is its default holds no data (a counter at 0, say).
+        defaults = {item: value for module in modules for item, value in getattr(module, "DEFAULTS", {}).items()}
         losses = []
         with translate_errors(engine), engine.connect() as conn:
             for item in drops:
                 table, _, column = item.partition(".")
                 if column:
-                    held = conn.exec_driver_sql(f"SELECT count(*) FROM {table} WHERE {column} IS NOT NULL").scalar()
+                    unlike = f" AND {column} <> {int(defaults[item])}" if item in defaults else ""
+                    held = conn.exec_driver_sql(
+                        f"SELECT count(*) FROM {table} WHERE {column} IS NOT NULL{unlike}").scalar()
                     if held:
                         losses.append(f"column {item}, which holds {held} value{'' if held == 1 else 's'}")
                 else:

@@ -66,6 +66,9 @@ class UTCDateTime(sa.types.TypeDecorator):
         return value.astimezone(UTC)
 
 
+#: PostgreSQL's fill factor for the tables whose rows are updated at every step (percent).
+RUNS_FILLFACTOR = 80
+
 #: JSON on SQLite (and elsewhere), JSONB on PostgreSQL.
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
@@ -191,6 +194,9 @@ class Run(_Record, table=True):
         sa.Index("ix_runs_status_created_at", "status", "created_at", "id"),
         sa.Index("ix_runs_workflow_name_created_at", "workflow_name", "created_at", "id"),
         sa.Index("ix_runs_workflow_name_status_created_at", "workflow_name", "status", "created_at", "id"),
+        # A running run's row is rewritten at every step: room on its page keeps each new version
+        # there (a HOT update, which writes no index entry).
+        {"postgresql_with": {"fillfactor": RUNS_FILLFACTOR}},
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -207,6 +213,21 @@ class Run(_Record, table=True):
     cancel_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
     #: why the run was (or is to be) cancelled: Ctrl-C, a signal, who asked and from where, forced
     cancel_reason: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
+    # -- the lease: which process executes the run (see wfkit.executor.lease)
+    #: who holds (or last held) the run: ``host pid N (random id)``
+    owner: str | None = Field(default=None, max_length=200, nullable=True)
+    #: how many times the run was claimed: its first execution is attempt 1, each resume or takeover adds one
+    attempt: int = Field(default=0, nullable=False)
+    #: the fencing number: grows by one at every claim (and a forced cancel); a process writes only
+    #: while the run's epoch is still the one it claimed
+    lease_epoch: int = Field(default=0, nullable=False)
+    #: until when the owner holds the run, by the database's clock (None once the run ended)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    # -- the stage being executed (its row in ``stages`` is written once, when it ends)
+    current_stage_id: uuid.UUID | None = Field(default=None, nullable=True)
+    current_node: str | None = Field(default=None, max_length=200, nullable=True)
+    current_iteration: int | None = Field(default=None, nullable=True)
+    current_stage_started_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
 
     @property
     def duration_ms(self) -> float | None:
@@ -214,6 +235,24 @@ class Run(_Record, table=True):
         if self.started_at is None or self.completed_at is None:
             return None
         return (self.completed_at - self.started_at).total_seconds() * 1000.0
+
+    @property
+    def lease_expired(self) -> bool | None:
+        """For a pending or running run: whether no process holds it any more (its lease expired by
+        this machine's clock, or it never had one); None for a run that ended. Claims compare with
+        the database's clock; this is for showing."""
+        if self.status not in (RunStatus.PENDING, RunStatus.RUNNING):
+            return None
+        if self.lease_expires_at is None:
+            return self.status is RunStatus.RUNNING  # a pending run without a lease waits for a claim
+        return self.lease_expires_at <= utcnow()
+
+    def to_dict(self, *, exclude: Iterable[str] = ()) -> dict[str, Any]:
+        """As :meth:`_Record.to_dict`, with the derived ``lease_expired`` after the lease's fields."""
+        out = super().to_dict(exclude=exclude)
+        if "lease_expired" not in set(exclude):
+            out["lease_expired"] = self.lease_expired
+        return out
 
 
 def _run_fk() -> Any:
@@ -272,6 +311,7 @@ class Checkpoint(_Record, table=True):
     """The latest resumable state of a run: one row per run."""
 
     __tablename__ = "checkpoints"
+    __table_args__ = ({"postgresql_with": {"fillfactor": RUNS_FILLFACTOR}},)  # rewritten at every step too
 
     run_id: uuid.UUID = Field(
         sa_column=sa.Column(

@@ -1,4 +1,5 @@
-"""SqlRecorder: writes a run's history (run, stages, decisions, checkpoint) as it happens.
+"""SqlRecorder: writes a run's history (run, stages, decisions, checkpoint) as it happens, fenced by
+the run's lease.
 
 This is the executor's hot path, so it talks to the database driver directly
 (sqlite3 or psycopg) with a handful of fixed SQL statements, storing values in
@@ -6,76 +7,138 @@ exactly the form the SQLModel tables define (:mod:`wfkit.store.codec` is that
 form; the repository reads the rows back through it, and the tests check both
 against what the ORM stores and loads).
 
-Writes are batched per step boundary: the completion of a stage, the decision
-that follows it, the checkpoint and the run's ``updated_at`` (whose UPDATE
-also reads the run's cancel request) are buffered, then committed in ONE
-transaction together with the start of the next stage. A process killed at
-any instant therefore leaves history and checkpoint in agreement, and the
-stage that was running when it died is visible as ``started``.
+**One commit per step boundary.** What a step produced (its stage row, written
+once when the stage ends; its decision; the checkpoint) is buffered, then
+committed in ONE transaction with the run's own row: either the next stage
+becomes the run's current stage (``current_*`` columns, which is how a running
+stage is seen) or the run ends. The run is created with its first stage
+current. A process killed at any instant therefore leaves history and
+checkpoint in agreement, and the stage that was running when it died is
+visible on the run's row.
+
+**Fencing.** A process executes a run only while it holds the run's lease: it
+claimed the run (one compare-and-set statement, :meth:`SqlRecorder.claim`),
+which raised the run's ``lease_epoch``. Every write of an executing run is made
+only if the run's epoch is still the one its process claimed: on SQLite the
+fenced UPDATE of the run comes first in the step's transaction, and a miss rolls
+the transaction back; on PostgreSQL a step is one statement whose parts are
+data-modifying CTEs that each read ``FROM`` the fenced UPDATE (PostgreSQL runs
+every such CTE to completion whether or not the main query reads it, so a check
+of the UPDATE alone would still let a stale process write). A miss raises
+:class:`~wfkit.errors.LeaseLostError`, naming who holds the run now.
+
+**Durability** (``durability=``): ``"sync"`` (the default) commits to disk
+before a step is reported done: SQLite ``synchronous=FULL`` in WAL mode,
+PostgreSQL ``synchronous_commit`` as the server is configured (on, by default).
+A committed step survives a killed process, a crash of the database server and
+of the operating system. ``"async"`` (SQLite ``synchronous=NORMAL``, PostgreSQL
+``synchronous_commit=off``) survives a killed process; a crash of the database
+server or the machine may lose the last fraction of a second of steps (never
+half a step), whose nodes then run again on resume.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
-from wfkit.errors import DatabaseError, WfkitError
+from wfkit.errors import ConfigurationError, LeaseLostError, WfkitError
+from wfkit.ids import new_id
 from wfkit.jsontext import dumps
 from wfkit.store.codec import codec_for
-from wfkit.store.db import ASYNC_COMMIT_ENGINES, is_driver_error, translate_errors
+from wfkit.store.db import is_driver_error, translate_errors
 from wfkit.store.models import RunStatus, StageStatus, utcnow
 
+#: What ``durability=`` takes (see the module's docstring).
+DURABILITY_MODES = ("sync", "async")
+
+_RUN_COLUMNS = ("id, workflow_name, status, params, result, error_message, started_at, completed_at, created_at, "
+                "updated_at, cancel_requested_at, cancel_reason, owner, attempt, lease_epoch, lease_expires_at, "
+                "current_stage_id, current_node, current_iteration, current_stage_started_at")
+# A new run, held by its creator (epoch 1): running with its first stage current, or pending.
 _INSERT_RUN = (
-    "INSERT INTO runs (id, workflow_name, status, params, result, error_message, started_at, completed_at, "
-    "created_at, updated_at, cancel_requested_at, cancel_reason) "
-    "VALUES (?, ?, ?, {j}, NULL, NULL, ?, NULL, ?, ?, NULL, NULL)"
+    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, {{j}}, NULL, NULL, ?, NULL, ?, ?, NULL, NULL, ?, ?, 1, "
+    "{lease}, ?, ?, ?, ?)"
 )
-_TOUCH_RUN = "UPDATE runs SET updated_at = ? WHERE id = ? RETURNING cancel_requested_at"
-_START_RUN = (
-    "UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?), updated_at = ?, completed_at = NULL, "
-    "error_message = NULL, cancel_requested_at = NULL, cancel_reason = NULL WHERE id = ? AND status = ?"
+_CLEAR_STAGE = "current_stage_id = NULL, current_node = NULL, current_iteration = NULL, current_stage_started_at = NULL"
+# The claim: one compare-and-set, by the database's clock. A failed or cancelled run (a resume), a
+# pending one nobody holds, or (taking over) a running one whose lease expired. The epoch grows by
+# one: whoever held the run before writes nothing more. The current stage is left as it was, and
+# returned: the stage a process that is gone left running.
+_CLAIMABLE = ("(status IN ('failed', 'cancelled') OR (status = 'pending' AND (lease_expires_at IS NULL OR "
+              "lease_expires_at < {now})))")
+_TAKEOVER = ("(status IN ('failed', 'cancelled') OR (status IN ('pending', 'running') AND (lease_expires_at IS NULL "
+             "OR lease_expires_at < {now})))")
+_CLAIM = (
+    "UPDATE runs SET status = 'running', owner = ?, lease_epoch = lease_epoch + 1, attempt = attempt + 1, "
+    "lease_expires_at = {lease}, started_at = COALESCE(started_at, ?), updated_at = ?, completed_at = NULL, "
+    "error_message = NULL, cancel_requested_at = NULL, cancel_reason = NULL WHERE id = ? AND %s "
+    "RETURNING lease_epoch, attempt, current_stage_id, current_node, current_iteration, current_stage_started_at"
 )
-# RETURNING: the run's cancel request and its reason, if another process made one, belong in the
-# Run returned; a reason given here is kept only if no request gave one first. The run may be in
-# either of two statuses (a completion is recorded over a forced cancel: see finish_run).
-_FINISH_RUN = (
-    "UPDATE runs SET status = ?, result = {j}, error_message = ?, completed_at = ?, updated_at = ?, "
-    "cancel_reason = COALESCE(cancel_reason, ?) WHERE id = ? AND status IN (?, ?) "
+# A pending run its creator now starts (fenced: a cancel of a pending run raises its epoch).
+_START_PENDING = (
+    "UPDATE runs SET status = 'running', attempt = attempt + 1, started_at = COALESCE(started_at, ?), "
+    "updated_at = ?, lease_expires_at = {lease} WHERE id = ? AND lease_epoch = ? AND status = 'pending' "
     "RETURNING cancel_requested_at, cancel_reason"
 )
+# The gate of every step: the run's row, only while it has this process's epoch. The next stage becomes
+# current unless a cancel was requested (then none is: the run is about to end cancelled).
+_OPEN_STAGE = (
+    "UPDATE runs SET updated_at = ?, lease_expires_at = {lease}, "
+    "current_stage_id = CASE WHEN cancel_requested_at IS NULL THEN ? END, "
+    "current_node = CASE WHEN cancel_requested_at IS NULL THEN ? END, "
+    "current_iteration = CASE WHEN cancel_requested_at IS NULL THEN ? END, "
+    "current_stage_started_at = CASE WHEN cancel_requested_at IS NULL THEN ? END "
+    "WHERE id = ? AND lease_epoch = ? RETURNING cancel_requested_at, cancel_reason"
+)
+# The run's end, fenced; the lease is released. A cancel reason given here is kept only if no request
+# gave one first; the run's cancel request, made by anyone before the end, is returned.
+_FINISH_RUN = (
+    "UPDATE runs SET status = ?, result = {j}, error_message = ?, completed_at = ?, updated_at = ?, "
+    f"cancel_reason = COALESCE(cancel_reason, ?), lease_expires_at = NULL, {_CLEAR_STAGE} "
+    "WHERE id = ? AND lease_epoch = ? RETURNING cancel_requested_at, cancel_reason"
+)
+_RENEW = "UPDATE runs SET lease_expires_at = {lease} WHERE id = ? AND lease_epoch = ? AND status IN ('pending', 'running')"
 _REQUEST_CANCEL = (
     "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, ?), "
-    "cancel_reason = COALESCE(cancel_reason, ?), updated_at = ? WHERE id = ? AND status = ?"
+    "cancel_reason = COALESCE(cancel_reason, ?), updated_at = ? WHERE id = ? AND status = 'running'"
 )
-# A forced cancel: the run ends cancelled now, and its cancel request is recorded too, so that a
-# process still executing it (if there is one after all) stops before its next node.
+# Ending a run from outside the process that holds it: the epoch grows, so that the holder (if it
+# is alive after all) writes nothing more and stops.
+_CANCEL_PENDING = (
+    "UPDATE runs SET status = 'cancelled', lease_epoch = lease_epoch + 1, lease_expires_at = NULL, "
+    "cancel_reason = ?, completed_at = ?, updated_at = ? WHERE id = ? AND status = 'pending'"
+)
 _FORCE_CANCEL = (
-    "UPDATE runs SET status = ?, cancel_requested_at = COALESCE(cancel_requested_at, ?), cancel_reason = ?, "
-    "completed_at = ?, updated_at = ? WHERE id = ? AND status = ?"
+    "UPDATE runs SET status = 'cancelled', lease_epoch = lease_epoch + 1, lease_expires_at = NULL, "
+    f"cancel_requested_at = COALESCE(cancel_requested_at, ?), cancel_reason = ?, completed_at = ?, updated_at = ?, "
+    f"{_CLEAR_STAGE} WHERE id = ? AND status = 'running'"
 )
-_DELETE_RUN = "DELETE FROM runs WHERE id = ? AND status <> ?"
+# The stage a run's holder left running, recorded as failed (from the run's row, before it is cleared).
+_INTERRUPT_CURRENT = (
+    "INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, output_snapshot, duration_ms, "
+    "error_message, error_traceback, created_at) SELECT current_stage_id, id, current_node, current_iteration, "
+    "'failed', NULL, NULL, NULL, ?, NULL, current_stage_started_at FROM runs WHERE id = ? AND status = 'running' "
+    "AND current_stage_id IS NOT NULL"
+)
+_DELETE_RUN = "DELETE FROM runs WHERE id = ? AND status <> 'running'"
 _DELETE_RUN_ANY = "DELETE FROM runs WHERE id = ?"
+_HOLDER = "SELECT status, owner, attempt, lease_epoch, lease_expires_at, cancel_reason FROM runs WHERE id = ?"
+_EXPIRED = (
+    "SELECT id FROM runs WHERE ((status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < {now})) "
+    "OR (status = 'pending' AND lease_expires_at < {now}))"
+)
+# Buffered writes (gated by the step's fenced UPDATE of the run).
 _INSERT_STAGE = (
     "INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, output_snapshot, duration_ms, "
-    "error_message, created_at) VALUES (?, ?, ?, ?, ?, {j}, NULL, NULL, NULL, ?)"
-)
-# PostgreSQL, in one statement: touch the run (reading its cancel request under the row lock), and
-# start the stage only if the touch found no cancel request. Buffered writes go before, as CTEs.
-_TOUCH_AND_START_STAGE = (
-    "t AS (UPDATE runs SET updated_at = ? WHERE id = ? RETURNING cancel_requested_at), "
-    "s AS (INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, output_snapshot, "
-    "duration_ms, error_message, created_at) SELECT ?, ?, ?, ?, ?, {j}, NULL, NULL, NULL, ? FROM t "
-    "WHERE t.cancel_requested_at IS NULL) SELECT cancel_requested_at FROM t"
-)
-_END_STAGE = (
-    "UPDATE stages SET status = ?, output_snapshot = {j}, duration_ms = ?, error_message = ?, error_traceback = ? "
-    "WHERE id = ?"
+    "error_message, error_traceback, created_at) VALUES (?, ?, ?, ?, ?, {j}, {j}, ?, ?, ?, ?)"
 )
 _INSERT_DECISION = (
     "INSERT INTO decisions (id, run_id, from_node, to_node, predicate_name, predicate_result, reason, created_at) "
@@ -86,7 +149,17 @@ _UPSERT_CHECKPOINT = (
     "ON CONFLICT (run_id) DO UPDATE SET state_data = excluded.state_data, "
     "checkpoint_node = excluded.checkpoint_node, updated_at = excluded.updated_at"
 )
-_INTERRUPT_STAGES = "UPDATE stages SET status = ?, error_message = ? WHERE run_id = ? AND status = ?"
+# Stages left 'started' by a wfkit from before stage rows were written once (a run being taken over).
+_INTERRUPT_STARTED = "UPDATE stages SET status = 'failed', error_message = ? WHERE run_id = ? AND status = 'started'"
+
+
+class Claim(NamedTuple):
+    """A run this process now holds: its fencing number and attempt, and the stage the previous
+    holder left running (None: none), as ``(stage_id, node, iteration, started_at)``."""
+
+    epoch: int
+    attempt: int
+    left_running: tuple[uuid.UUID, str, int, datetime | None] | None
 
 
 class Finished(NamedTuple):
@@ -98,23 +171,33 @@ class Finished(NamedTuple):
     cancel_reason: str | None
 
 
-class SqlRecorder:
-    """One run's history writer on one database connection (use as a context manager).
+class OpenStage(NamedTuple):
+    """The stage that becomes a run's current one: its id, node, iteration and start time."""
 
-    Durability: on SQLite the connection runs in WAL mode with ``synchronous=NORMAL``; on
-    PostgreSQL, with ``async_commit`` (the default), the session sets ``synchronous_commit=off``.
-    Both survive a killed process and a crashed database server without losing a committed
-    step; an operating-system crash or power loss may lose the last fraction of a second of
-    steps (never half a step: the history and the checkpoint stay consistent, and the run
-    resumes from the last step that survived). Pass ``async_commit=False`` to wait for every
-    commit to reach the disk on PostgreSQL.
+    id: uuid.UUID
+    node: str
+    iteration: int
+    started_at: datetime
+
+
+def check_durability(value: str) -> str:
+    """``value`` if it is a durability mode, else a :class:`ConfigurationError` naming them."""
+    if value not in DURABILITY_MODES:
+        raise ConfigurationError(f"unknown durability {value!r}: expected one of {', '.join(DURABILITY_MODES)}")
+    return value
+
+
+class SqlRecorder:
+    """A run's history writer on one database connection (use as a context manager).
+
+    ``durability``: ``"sync"`` or ``"async"`` (see the module's docstring). ``lease_seconds``: how
+    long each claim, step and renewal holds the run for.
     """
 
-    def __init__(self, engine: Engine, *, async_commit: bool = True):
+    def __init__(self, engine: Engine, *, durability: str = "sync", lease_seconds: float = 30.0):
         self.engine = engine
-        self.async_commit = async_commit
-        # engines made by wfkit.store.db.create_engine set it for the whole connection already
-        self._set_async = async_commit and engine not in ASYNC_COMMIT_ENGINES
+        self.durability = check_durability(durability)
+        self.lease_seconds = float(lease_seconds)
         self.codec = codec_for(engine.dialect.name)
         self._sql, self._ctes = _statements_for(engine.dialect.name)
         self._conn: Any = None
@@ -129,24 +212,30 @@ class SqlRecorder:
             self._conn = self.engine.raw_connection()
         self._cursor = self._conn.cursor()
         driver = self._conn.driver_connection
+        info = self._conn.info  # kept with the pooled connection: each setting is sent once per connection
         if self.codec.sqlite:
             # The statements of a step must share a transaction: sqlite3 opens one before the first
             # write unless the engine was made with AUTOCOMMIT (isolation_level None).
             self._restore = ("isolation_level", driver.isolation_level)
             if driver.isolation_level is None:
                 driver.isolation_level = "DEFERRED"
+            if info.get("wfkit_durability") != self.durability:
+                with _WriteGuard(self):
+                    self._cursor.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'sync' else 'NORMAL'}")
+                info["wfkit_durability"] = self.durability
         else:
-            # Every write is one statement (see _write), so the connection runs in autocommit:
+            # Every write is one statement (see _gated), so the connection runs in autocommit:
             # a step boundary is one round trip.
             self._restore = ("autocommit", driver.autocommit)
             with _WriteGuard(self):
                 if driver.info.transaction_status:  # not idle: left in a transaction
                     self._conn.rollback()
                 driver.autocommit = True
-                if self._set_async:
-                    self._cursor.execute("SET synchronous_commit TO off")
-                elif not self.async_commit and self.engine in ASYNC_COMMIT_ENGINES:
-                    self._cursor.execute("SET synchronous_commit TO on")
+                if info.get("wfkit_durability", "sync") != self.durability:
+                    # sync: whatever the server (or the connection's options) configure; async: off
+                    self._cursor.execute("SET synchronous_commit TO off" if self.durability == "async"
+                                         else "RESET synchronous_commit")
+                    info["wfkit_durability"] = self.durability
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -158,234 +247,352 @@ class SqlRecorder:
         try:
             if self.codec.sqlite:
                 self._conn.rollback()  # anything not committed was not meant to be
-            elif self._set_async or not self.async_commit:
-                self._cursor.execute("RESET synchronous_commit")
             setattr(self._conn.driver_connection, *self._restore)  # back to the pool as it came
         except Exception:
             pass
         self._conn.close()
         self._conn = self._cursor = None
 
+    def durability_settings(self) -> dict[str, str]:
+        """The settings this connection commits with, as the database reports them (for tests and
+        ``wfkit db``-style diagnostics)."""
+        cur = self._cursor
+        if self.codec.sqlite:
+            synchronous = cur.execute("PRAGMA synchronous").fetchone()[0]
+            journal = cur.execute("PRAGMA journal_mode").fetchone()[0]
+            return {"journal_mode": str(journal).lower(),
+                    "synchronous": {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(synchronous, str(synchronous))}
+        out = {}
+        for name in ("synchronous_commit", "fsync"):
+            cur.execute(f"SHOW {name}")
+            out[name] = cur.fetchone()[0]
+        return out
+
     def _run(self, name: str, params: tuple[Any, ...]) -> Any:
         self._cursor.execute(self._sql[name], params)
         return self._cursor
 
-    def _write(self, writes: list[tuple[str, tuple[Any, ...]]], last: tuple[str, tuple[Any, ...]],
-               returning: bool = False) -> Any:
-        """Run ``writes`` then ``last`` in one transaction; return ``last``'s first row if ``returning``,
-        else its row count.
+    def _one(self, name: str, params: tuple[Any, ...], *, returning: bool = False) -> Any:
+        """One statement in a transaction of its own: its first row if ``returning``, else its row count."""
+        with _WriteGuard(self):
+            cur = self._run(name, params)
+            out = cur.fetchone() if returning else cur.rowcount  # sqlite3 cannot commit with a row unread
+            if self.codec.sqlite:
+                self._conn.commit()
+            return out
 
-        On SQLite: the statements in turn, then COMMIT. On PostgreSQL: ONE statement, the writes as
-        data-modifying CTEs before ``last`` (``WITH w0 AS (...), w1 AS (...) UPDATE ...``), in
-        autocommit: atomic, and one round trip. All parts see the same snapshot; none of them
-        touches a row another one changes.
+    def _gated(self, gate: tuple[str, tuple[Any, ...]], run_id: uuid.UUID) -> Any:
+        """The buffered writes and ``gate`` (a fenced UPDATE of the run, RETURNING a row) in one
+        transaction, the writes only if the gate found the run; return the gate's row, or raise
+        :class:`LeaseLostError` (nothing written) if it did not.
+
+        SQLite: the gate, then the writes, then COMMIT (a miss: ROLLBACK). PostgreSQL: ONE statement,
+        ``WITH r AS (gate), w0 AS (INSERT ... SELECT ... FROM r), ... SELECT * FROM r``, in
+        autocommit: atomic, one round trip, and every part gated on ``r``.
         """
+        writes = self._pending
+        self._pending = []
         with _WriteGuard(self):
             if self.codec.sqlite:
-                for name, params in writes:
-                    self._run(name, params)
-                cur = self._run(*last)
-                out = cur.fetchone() if returning else cur.rowcount  # sqlite3 cannot commit with a row unread
-                self._conn.commit()
-                return out
-            if writes:
-                self._cursor.execute(self._with(writes) + self._sql[last[0]], self._params(writes, last[1]))
+                row = self._run(*gate).fetchone()
+                if row is not None:
+                    for name, params in writes:
+                        self._run(name, params)
+                    self._conn.commit()
             else:
-                self._run(*last)
-            return self._cursor.fetchone() if returning else self._cursor.rowcount
+                params: list[Any] = list(gate[1])
+                for _, part in writes:
+                    params.extend(part)
+                self._cursor.execute(self._with(gate[0], writes), params)
+                row = self._cursor.fetchone()
+            if row is None:
+                if self.codec.sqlite:
+                    self._conn.rollback()
+                raise self._lease_lost(run_id)
+        return row
 
-    def _with(self, writes: list[tuple[str, tuple[Any, ...]]], more: bool = False) -> str:
-        """``WITH w0 AS (...), w1 AS (...) `` for these buffered writes (PostgreSQL; built once per
-        shape); with ``more``, ready for further CTEs (a trailing comma)."""
-        shape = (more, *(name for name, _ in writes))
-        prefix = self._ctes.get(shape)
-        if prefix is None:
-            ctes = [f"w{i} AS ({self._sql[name]})" for i, (name, _) in enumerate(writes)]
-            prefix = self._ctes[shape] = "WITH " + "".join(c + ", " for c in ctes) if more else \
-                "WITH " + ", ".join(ctes) + " "
-        return prefix
+    def _with(self, gate: str, writes: list[tuple[str, tuple[Any, ...]]]) -> str:
+        """``WITH r AS (gate), w0 AS (...), ... SELECT * FROM r`` (PostgreSQL; built once per shape)."""
+        shape = (gate, *(name for name, _ in writes))
+        text = self._ctes.get(shape)
+        if text is None:
+            parts = [f"r AS ({self._sql[gate]})"]
+            parts += [f"w{i} AS ({self._sql['gated_' + name]})" for i, (name, _) in enumerate(writes)]
+            text = self._ctes[shape] = "WITH " + ", ".join(parts) + " SELECT * FROM r"
+        return text
 
-    @staticmethod
-    def _params(writes: list[tuple[str, tuple[Any, ...]]], last: tuple[Any, ...]) -> list[Any]:
-        params: list[Any] = []
-        for _, part in writes:
-            params.extend(part)
-        params.extend(last)
-        return params
+    def _lease_lost(self, run_id: uuid.UUID) -> LeaseLostError:
+        """The error for a write fenced off: who holds the run now, or what happened to it."""
+        try:
+            row = self._run("holder", (self.codec.id(run_id),)).fetchone()
+            if self.codec.sqlite:
+                self._conn.rollback()
+        except Exception:
+            row = ("unknown",)
+        if row is None:
+            what = "was deleted by another process"
+        elif row[0] == "running":
+            what = f"was taken over by {row[1] or 'another process'} at attempt {row[2]}"
+        elif row[0] == "cancelled" and row[5]:
+            what = f"was ended cancelled by another process ({row[5]})"
+        elif row[0] == "unknown":
+            what = "is no longer held by this process"
+        else:
+            what = f"was ended {row[0]} by another process"
+        return LeaseLostError(f"run {run_id} {what}; this process stopped")
 
-    def _take_pending(self) -> list[tuple[str, tuple[Any, ...]]]:
-        pending, self._pending = self._pending, []
-        return pending
-
-    def commit(self) -> None:
-        """Write everything buffered, in one transaction."""
-        pending = self._take_pending()
-        if pending:
-            self._write(pending[:-1], pending[-1])
-
-    # -- runs
-
-    def create_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any]) -> datetime:
-        """Record a new run as pending; return its ``created_at``."""
-        now = utcnow()
-        self._write([], ("insert_run", (self.codec.id(run_id), workflow_name, RunStatus.PENDING.value, dumps(params),
-                                        None, self.codec.time(now), self.codec.time(now))))
-        return now
-
-    def create_and_start_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any]
-                             ) -> tuple[datetime, datetime]:
-        """:meth:`create_run` and :meth:`start_run` in one transaction, so the run is created running
-        (nobody could have seen it pending: nobody knows its id yet). One INSERT: the start's UPDATE
-        would rewrite every index entry of the row, since ``status`` is indexed."""
-        now = utcnow()
-        self._write([], ("insert_run", (self.codec.id(run_id), workflow_name, RunStatus.RUNNING.value, dumps(params),
-                                        self.codec.time(now), self.codec.time(now), self.codec.time(now))))
-        return now, now
-
-    def start_run(self, run_id: uuid.UUID, from_status: RunStatus) -> datetime | None:
-        """Move the run from ``from_status`` to running and return when; None if its status was not
-        ``from_status`` (someone else moved it). ``started_at`` is kept if the run had started before."""
-        now = utcnow()
-        count = self._write([], ("start_run", (RunStatus.RUNNING.value, self.codec.time(now), self.codec.time(now),
-                                               self.codec.id(run_id), from_status.value)))
-        return now if count == 1 else None
-
-    def interrupt_stages(self, run_id: uuid.UUID, message: str) -> int:
-        """Mark stages left ``started`` by a process that is gone as failed; return how many."""
-        return self._write([], ("interrupt_stages", (StageStatus.FAILED.value, message, self.codec.id(run_id),
-                                                     StageStatus.STARTED.value)))
-
-    def finish_run(self, run_id: uuid.UUID, status: RunStatus, *, error: str | None = None,
-                   result_json: str | None = None, cancel_reason: str | None = None,
-                   from_status: RunStatus = RunStatus.RUNNING) -> Finished | None:
-        """Buffered writes plus the run's final status (and result, as JSON text), in one transaction;
-        return when, with the run's cancel request and its reason if it has one, or None if the run
-        was not ``from_status``. ``cancel_reason`` is stored unless a request stored one first.
-
-        A completion is recorded also over a forced cancel: a run force-cancelled (its process
-        thought gone) whose process was alive after all, and completed all its work, keeps its
-        result rather than ending cancelled without one."""
-        now = utcnow()
-        also = RunStatus.CANCELLED if status is RunStatus.COMPLETED else from_status
-        row = self._write(self._take_pending(), ("finish_run", (
-            status.value, result_json, error, self.codec.time(now), self.codec.time(now), cancel_reason,
-            self.codec.id(run_id), from_status.value, also.value)), returning=True)
+    def holder(self, run_id: uuid.UUID) -> tuple[Any, ...] | None:
+        """``(status, owner, attempt, lease_epoch, lease_expires_at, cancel_reason)`` of a run, or None."""
+        with _WriteGuard(self):
+            row = self._run("holder", (self.codec.id(run_id),)).fetchone()
+            if self.codec.sqlite:
+                self._conn.rollback()
         if row is None:
             return None
-        return Finished(now, None if row[0] is None else self.codec.time_in(row[0]), row[1])
+        return (*row[:4], None if row[4] is None else self.codec.time_in(row[4]), row[5])
 
-    def request_cancel(self, run_id: uuid.UUID, reason: str) -> bool:
-        """Record a cancel request for a running run, and why (its executor stops before the next
-        node); a run asked before keeps the first request and its reason."""
+    # -- creating and claiming runs
+
+    def create_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any], *, owner: str,
+                   stage: OpenStage | None) -> datetime:
+        """Record a new run held by ``owner`` (epoch 1); return its ``created_at``. With ``stage``, the
+        run is created running (its first attempt) with that stage current: nobody could have seen
+        it pending, nobody knows its id yet; without, pending (:meth:`start_pending` starts it)."""
+        now = utcnow()
+        c = self.codec
+        t = c.time(now)
+        if stage is None:
+            values = (c.id(run_id), workflow_name, RunStatus.PENDING.value, dumps(params), None, t, t, owner, 0,
+                      self.lease_seconds, None, None, None, None)
+        else:
+            values = (c.id(run_id), workflow_name, RunStatus.RUNNING.value, dumps(params), t, t, t, owner, 1,
+                      self.lease_seconds, c.id(stage.id), stage.node, stage.iteration, c.time(stage.started_at))
+        self._one("insert_run", values)
+        return now
+
+    def start_pending(self, run_id: uuid.UUID, epoch: int) -> datetime:
+        """Start a pending run this process created (its first attempt); return when. Raises
+        :class:`LeaseLostError` if it is no longer pending with this epoch (it was cancelled)."""
+        now = utcnow()
+        t = self.codec.time(now)
+        self._gated(("start_pending", (t, t, self.lease_seconds, self.codec.id(run_id), epoch)), run_id)
+        return now
+
+    def claim(self, run_id: uuid.UUID, owner: str, *, take_over: bool = False) -> Claim | None:
+        """Claim a run for ``owner`` in one compare-and-set statement (by the database's clock): a
+        failed or cancelled run, a pending one whose lease expired or that has none, and with
+        ``take_over`` a running one whose lease expired. None if the run was not claimable."""
         now = self.codec.time(utcnow())
-        return self._write([], ("request_cancel", (now, reason, now, self.codec.id(run_id),
-                                                   RunStatus.RUNNING.value))) == 1
-
-    def force_cancel(self, run_id: uuid.UUID, stage_message: str, reason: str) -> bool:
-        """End a running run as cancelled now (its process is gone), with ``reason``, marking the stages
-        it left ``started`` as failed with ``stage_message``; one transaction. False if it was not running."""
-        now = self.codec.time(utcnow())
-        rid = self.codec.id(run_id)
-        interrupt = ("interrupt_stages", (StageStatus.FAILED.value, stage_message, rid, StageStatus.STARTED.value))
-        return self._write([interrupt], ("force_cancel", (RunStatus.CANCELLED.value, now, reason, now, now, rid,
-                                                          RunStatus.RUNNING.value))) == 1
-
-    def delete_run(self, run_id: uuid.UUID, *, force: bool = False) -> bool:
-        """Delete a run unless it is running (or even then, with ``force``); its stages, decisions
-        and checkpoint go with it (ON DELETE CASCADE). False if nothing was deleted."""
-        if force:
-            return self._write([], ("delete_run_any", (self.codec.id(run_id),))) == 1
-        return self._write([], ("delete_run", (self.codec.id(run_id), RunStatus.RUNNING.value))) == 1
-
-    # -- the step boundary
-
-    def begin_stage(self, run_id: uuid.UUID, node: str, iteration: int, input_json: str) -> tuple[uuid.UUID | None, bool]:
-        """Commit what is buffered, check for a cancel request, and (if none) record the stage's start.
-
-        One transaction (one statement on PostgreSQL): the buffered writes, the run's ``updated_at``
-        (whose UPDATE returns the cancel request, read under the row's lock), and the stage's INSERT
-        unless a cancel was requested. Returns ``(stage_id, cancel_requested)``; the stage id is None
-        when a cancel was requested.
-        """
-        now = self.codec.time(utcnow())
-        stage_id = uuid.uuid4()
-        rid = self.codec.id(run_id)
-        stage = (self.codec.id(stage_id), rid, node, iteration, StageStatus.STARTED.value, input_json, now)
-        writes = self._take_pending()
-        with _WriteGuard(self):
-            if self.codec.sqlite:  # one writer at a time holds the database: the steps cannot interleave
-                for name, params in writes:
-                    self._run(name, params)
-                row = self._run("touch_run", (now, rid)).fetchone()
-                if row is not None and row[0] is None:
-                    self._run("insert_stage", stage)
-                self._conn.commit()
-            else:
-                self._cursor.execute(self._with(writes, more=True) + self._sql["touch_and_start_stage"],
-                                     self._params(writes, (now, rid, *stage)))
-                row = self._cursor.fetchone()
+        row = self._one("take_over" if take_over else "claim",
+                        (owner, self.lease_seconds, now, now, self.codec.id(run_id)), returning=True)
         if row is None:
-            raise DatabaseError(f"run {run_id} disappeared from the database while it was running")
-        if row[0] is not None:
-            return None, True
-        return stage_id, False
+            return None
+        left = None
+        if row[2] is not None:
+            stage_id = row[2] if isinstance(row[2], uuid.UUID) else uuid.UUID(row[2])
+            left = (stage_id, row[3], row[4], None if row[5] is None else self.codec.time_in(row[5]))
+        return Claim(row[0], row[1], left)
 
-    def end_stage(self, stage_id: uuid.UUID, status: StageStatus, *, duration_ms: float,
-                  error: str | None = None, traceback: str | None = None, output_json: str | None = None) -> None:
-        """Buffer a stage's end alone (a failure, with its one-line error and the formatted traceback if
-        there is one; a completion goes with its decision: :meth:`step_done`)."""
-        self._pending.append(("end_stage", (status.value, output_json, duration_ms, error, traceback,
-                                            self.codec.id(stage_id))))
+    def renew(self, run_id: uuid.UUID, epoch: int) -> bool:
+        """Extend the lease of a pending or running run this process holds; False if it no longer does."""
+        return self._one("renew", (self.lease_seconds, self.codec.id(run_id), epoch)) == 1
 
-    def step_done(self, run_id: uuid.UUID, stage: tuple[uuid.UUID, str, float] | None,
+    def expired(self, workflow_names: Iterable[str] = ()) -> list[uuid.UUID]:
+        """The runs no process holds any more (by the database's clock): running ones whose lease
+        expired (or that never had one), and pending ones whose creator's lease expired before it
+        started them. Oldest first."""
+        names = list(workflow_names)
+        sql = self._sql["expired"]
+        if names:
+            sql += " AND workflow_name IN (" + ", ".join(["?" if self.codec.sqlite else "%s"] * len(names)) + ")"
+        with _WriteGuard(self):
+            self._cursor.execute(sql + " ORDER BY created_at, id", names)
+            rows = self._cursor.fetchall()
+            if self.codec.sqlite:
+                self._conn.rollback()
+        return [row[0] if isinstance(row[0], uuid.UUID) else uuid.UUID(row[0]) for row in rows]
+
+    # -- the step boundary (every write gated by the run's epoch)
+
+    def stage_ended(self, run_id: uuid.UUID, stage: OpenStage, status: StageStatus, *, input_json: str | None,
+                    output_json: str | None = None, duration_ms: float | None = None, error: str | None = None,
+                    traceback: str | None = None) -> None:
+        """Buffer a stage's row, written once now that it ended (completed, or failed with its one-line
+        error and the formatted traceback, if any)."""
+        c = self.codec
+        self._pending.append(("insert_stage", (
+            c.id(stage.id), c.id(run_id), stage.node, stage.iteration, status.value, input_json, output_json,
+            duration_ms, error, traceback, c.time(stage.started_at))))
+
+    def step_done(self, run_id: uuid.UUID, stage: tuple[OpenStage, str, str, float] | None,
                   decision: tuple[str, str | None, str | None, bool, str],
                   checkpoint: tuple[str, str] | None) -> None:
-        """Buffer a completed step as one piece: the stage's completion ``(stage_id, output_json: the
-        node's updates as JSON text, duration_ms)`` (None for a route chosen again, with no node run),
-        its decision ``(from_node, to_node, predicate_name, predicate_result, reason)``, and the
-        checkpoint ``(node just completed, state_data as JSON text)`` if one is due (its format is the
-        executor's business: :mod:`wfkit.executor.checkpoints`).
+        """Buffer a completed step as one piece: the stage's row ``(stage, input_json, output_json: the
+        node's updates as JSON text, duration_ms)`` (None for a route chosen again, with no node
+        run), its decision ``(from_node, to_node, predicate_name, predicate_result, reason)``, and
+        the checkpoint ``(node just completed, state_data as JSON text)`` if one is due (its format
+        is the executor's business: :mod:`wfkit.executor.checkpoints`).
 
         The three join the buffer in one operation, so that an interrupt (Ctrl-C, a signal) can never
         leave a completion buffered without its checkpoint: committed later with the run's end, that
         half step would make a resume run the node again."""
-        codec = self.codec
-        now, rid = codec.time(utcnow()), codec.id(run_id)
+        c = self.codec
+        now, rid = c.time(utcnow()), c.id(run_id)
         from_node, to_node, predicate_name, predicate_result, reason = decision
-        writes = [] if stage is None else [
-            ("end_stage", (StageStatus.COMPLETED.value, stage[1], stage[2], None, None, codec.id(stage[0]))),
-        ]
-        writes.append(("insert_decision", (codec.id(uuid.uuid4()), rid, from_node, to_node, predicate_name,
-                                           codec.flag(predicate_result), reason, now)))
+        writes = []
+        if stage is not None:
+            opened, input_json, output_json, duration_ms = stage
+            writes.append(("insert_stage", (c.id(opened.id), rid, opened.node, opened.iteration,
+                                            StageStatus.COMPLETED.value, input_json, output_json, duration_ms, None,
+                                            None, c.time(opened.started_at))))
+        writes.append(("insert_decision", (c.id(new_id()), rid, from_node, to_node, predicate_name,
+                                           c.flag(predicate_result), reason, now)))
         if checkpoint is not None:
             writes.append(("upsert_checkpoint", (rid, checkpoint[1], checkpoint[0], now, now)))
         self._pending += writes  # one operation: see above
 
+    def interrupt_started(self, run_id: uuid.UUID, message: str) -> None:
+        """Buffer: the stages a wfkit from before stage rows were written once left ``started``
+        (their process is gone) are marked failed with ``message``."""
+        self._pending.append(("interrupt_started", (message, self.codec.id(run_id))))
+
+    def interrupt_started_now(self, run_id: uuid.UUID, message: str) -> int:
+        """:meth:`interrupt_started`, written at once, unfenced (for a run about to be resumed); how many."""
+        return self._one("interrupt_started", (message, self.codec.id(run_id)))
+
+    @property
+    def buffered(self) -> int:
+        """How many writes wait for the next step's transaction (a failed write drops them)."""
+        return len(self._pending)
+
+    def discard(self) -> None:
+        """Drop what is buffered (a step that is not to be written)."""
+        self._pending.clear()
+
+    def open_stage(self, run_id: uuid.UUID, epoch: int, stage: OpenStage) -> tuple[datetime | None, str | None]:
+        """Commit what is buffered with ``stage`` as the run's current stage, extending the lease: one
+        transaction, fenced by ``epoch``. Returns the run's cancel request and its reason: when it
+        has one, no stage was made current (the run is to end cancelled)."""
+        c = self.codec
+        t = c.time(utcnow())
+        row = self._gated(("open_stage", (t, self.lease_seconds, c.id(stage.id), stage.node, stage.iteration,
+                                          c.time(stage.started_at), c.id(run_id), epoch)), run_id)
+        return (None if row[0] is None else c.time_in(row[0])), row[1]
+
+    def finish_run(self, run_id: uuid.UUID, epoch: int, status: RunStatus, *, error: str | None = None,
+                   result_json: str | None = None, cancel_reason: str | None = None) -> Finished:
+        """Buffered writes plus the run's end (its status, result as JSON text or error), releasing
+        its lease: one transaction, fenced by ``epoch``. Returns when, with the run's cancel request
+        and its reason if it has one (``cancel_reason`` is stored unless a request stored one first)."""
+        now = utcnow()
+        c = self.codec
+        t = c.time(now)
+        row = self._gated(("finish_run", (status.value, result_json, error, t, t, cancel_reason, c.id(run_id),
+                                          epoch)), run_id)
+        return Finished(now, None if row[0] is None else c.time_in(row[0]), row[1])
+
+    # -- control from outside the executing process
+
+    def request_cancel(self, run_id: uuid.UUID, reason: str) -> bool:
+        """Record a cancel request for a running run, and why (its holder stops before the next node);
+        a run asked before keeps the first request and its reason."""
+        now = self.codec.time(utcnow())
+        return self._one("request_cancel", (now, reason, now, self.codec.id(run_id))) == 1
+
+    def cancel_pending(self, run_id: uuid.UUID, reason: str) -> bool:
+        """End a pending run cancelled, raising its epoch (its creator does not start it then)."""
+        now = self.codec.time(utcnow())
+        return self._one("cancel_pending", (reason, now, now, self.codec.id(run_id))) == 1
+
+    def force_cancel(self, run_id: uuid.UUID, stage_message: str, reason: str) -> bool:
+        """End a running run cancelled now, whoever holds it, with ``reason``, raising its epoch (a
+        holder still alive writes nothing more, and stops); the stage it was executing is recorded
+        as failed with ``stage_message``. One transaction. False if it was not running."""
+        c = self.codec
+        now, rid = c.time(utcnow()), c.id(run_id)
+        with _WriteGuard(self):
+            if c.sqlite:
+                self._cursor.execute("BEGIN IMMEDIATE")  # read the current stage and end the run as one
+                self._run("interrupt_current", (stage_message, rid))
+                self._run("interrupt_started", (stage_message, rid))
+                changed = self._run("force_cancel", (now, reason, now, now, rid)).rowcount
+                self._conn.commit()
+                return changed == 1
+            self._cursor.execute(self._sql["force_cancel_pg"], (rid, stage_message, stage_message, now, reason, now,
+                                                                now))
+            return self._cursor.fetchone()[0] == 1
+
+    def delete_run(self, run_id: uuid.UUID, *, force: bool = False) -> bool:
+        """Delete a run unless it is running (or even then, with ``force``: its holder, if alive, writes
+        nothing more); its stages, decisions and checkpoint go with it (ON DELETE CASCADE). False if
+        nothing was deleted."""
+        return self._one("delete_run_any" if force else "delete_run", (self.codec.id(run_id),)) == 1
+
+
+# PostgreSQL's forced cancel, in one statement: the row locked first (FOR UPDATE waits for a step
+# being committed, and then reads what it wrote), the stage it names recorded failed, the run ended.
+_FORCE_CANCEL_PG = (
+    "WITH o AS (SELECT id, current_stage_id, current_node, current_iteration, current_stage_started_at FROM runs "
+    "WHERE id = ? AND status = 'running' FOR UPDATE), "
+    "s AS (INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, output_snapshot, "
+    "duration_ms, error_message, error_traceback, created_at) SELECT o.current_stage_id, o.id, o.current_node, "
+    "o.current_iteration, 'failed', NULL, NULL, NULL, ?, NULL, o.current_stage_started_at FROM o "
+    "WHERE o.current_stage_id IS NOT NULL ON CONFLICT (id) DO NOTHING), "
+    "l AS (UPDATE stages SET status = 'failed', error_message = ? FROM o WHERE stages.run_id = o.id "
+    "AND stages.status = 'started'), "
+    "r AS (UPDATE runs SET status = 'cancelled', lease_epoch = runs.lease_epoch + 1, lease_expires_at = NULL, "
+    "cancel_requested_at = COALESCE(runs.cancel_requested_at, ?), cancel_reason = ?, completed_at = ?, "
+    f"updated_at = ?, {_CLEAR_STAGE} FROM o WHERE runs.id = o.id RETURNING runs.id) SELECT count(*) FROM r"
+)
 
 _STATEMENTS = {
     "insert_run": _INSERT_RUN,
-    "touch_run": _TOUCH_RUN,
-    "start_run": _START_RUN,
+    "claim": _CLAIM % _CLAIMABLE,
+    "take_over": _CLAIM % _TAKEOVER,
+    "start_pending": _START_PENDING,
+    "open_stage": _OPEN_STAGE,
     "finish_run": _FINISH_RUN,
-    "insert_stage": _INSERT_STAGE,
-    "touch_and_start_stage": _TOUCH_AND_START_STAGE,
-    "end_stage": _END_STAGE,
-    "insert_decision": _INSERT_DECISION,
-    "upsert_checkpoint": _UPSERT_CHECKPOINT,
-    "interrupt_stages": _INTERRUPT_STAGES,
+    "renew": _RENEW,
     "request_cancel": _REQUEST_CANCEL,
+    "cancel_pending": _CANCEL_PENDING,
     "force_cancel": _FORCE_CANCEL,
+    "force_cancel_pg": _FORCE_CANCEL_PG,
+    "interrupt_current": _INTERRUPT_CURRENT,
     "delete_run": _DELETE_RUN,
     "delete_run_any": _DELETE_RUN_ANY,
+    "holder": _HOLDER,
+    "expired": _EXPIRED,
+    "insert_stage": _INSERT_STAGE,
+    "insert_decision": _INSERT_DECISION,
+    "upsert_checkpoint": _UPSERT_CHECKPOINT,
+    "interrupt_started": _INTERRUPT_STARTED,
 }
+#: The statements a step buffers: each also has a gated form (PostgreSQL), reading FROM the gate ``r``.
+_BUFFERED = ("insert_stage", "insert_decision", "upsert_checkpoint", "interrupt_started")
+_VALUES = re.compile(r"VALUES \((.*?)\)(?= ON CONFLICT|$)")
+
+
+def gated(text: str) -> str:
+    """A buffered write in its gated form: it writes only if the CTE ``r`` (the fenced UPDATE of the
+    run) returned a row. ``INSERT ... VALUES (...)`` becomes ``INSERT ... SELECT ... FROM r``, and
+    ``UPDATE ... WHERE`` becomes ``UPDATE ... FROM r WHERE``."""
+    if text.startswith("INSERT"):
+        out, count = _VALUES.subn(lambda m: f"SELECT {m.group(1)} FROM r", text, count=1)
+    else:
+        out, count = text.replace(" WHERE ", " FROM r WHERE ", 1), text.count(" WHERE ")
+    assert count == 1, text
+    return out
 
 
 @functools.cache
 def _statements_for(dialect_name: str) -> tuple[dict[str, str], dict[tuple[Any, ...], str]]:
-    """The statements in a dialect's form, and its cache of ``WITH`` prefixes (shared by recorders:
+    """The statements in a dialect's form, and its cache of ``WITH`` statements (shared by recorders:
     both are made once per process, not once per run)."""
     codec = codec_for(dialect_name)
-    return {name: codec.sql(text) for name, text in _STATEMENTS.items()}, {}
+    sql = {name: codec.sql(text) for name, text in _STATEMENTS.items()}
+    if not codec.sqlite:
+        sql.update({f"gated_{name}": codec.sql(gated(_STATEMENTS[name])) for name in _BUFFERED})
+    return sql, {}
 
 
 class _WriteGuard:
@@ -417,3 +624,5 @@ class _WriteGuard:
             with translate_errors(recorder.engine):  # not migrated, unreachable, refused, pool full: say which
                 raise err
         return False
+
+

@@ -128,6 +128,11 @@ class Repository:
         rid = sa.bindparam("rid", type_=sa.Uuid())
         self._find_run = Statement.compile(RUNS.select_all(Run.id == rid), dialect)
         self._run_exists = Statement.compile(sa.select(Run.id).where(Run.id == rid), dialect)
+        # The stage a run is executing lives on the run's row until it ends (then it gets its own).
+        self._current_stage = Statement.compile(
+            sa.select(Run.current_stage_id, Run.current_node, Run.current_iteration, Run.current_stage_started_at)
+            .where(Run.id == rid), dialect)
+        self._find_stage = Statement.compile(STAGES.select_all(Stage.id == rid), dialect)
         self._find_checkpoint = Statement.compile(
             sa.select(*Checkpoint.__table__.columns).where(Checkpoint.run_id == rid), dialect)
         self._related_stmt = {
@@ -178,8 +183,14 @@ class Repository:
         return self._one(self._find_run, Run, run_id, "no run with id {rid}")
 
     def get_stages(self, run_id: uuid.UUID | str) -> list[Stage]:
-        """Every stage of a run, oldest first; :class:`NotFoundError` if the run does not exist."""
+        """Every stage of a run, oldest first; :class:`NotFoundError` if the run does not exist. The
+        stage a running run is executing comes last, ``started``, with no snapshots yet (its input
+        and output are written with its row when it ends)."""
         return self._related(run_id, Stage)
+
+    def find_stage(self, stage_id: uuid.UUID | str) -> Stage:
+        """The ended stage with this id, or :class:`NotFoundError`."""
+        return self._one(self._find_stage, Stage, stage_id, "no stage with id {rid}", what="stage id")
 
     def get_decisions(self, run_id: uuid.UUID | str) -> list[Decision]:
         """Every decision of a run, oldest first; :class:`NotFoundError` if the run does not exist."""
@@ -192,9 +203,10 @@ class Repository:
 
     # -- how
 
-    def _one(self, statement: Statement, model: type[Any], run_id: uuid.UUID | str, missing: str) -> Any:
-        """The one ``model`` row ``statement`` finds for a run id, or :class:`NotFoundError` (``missing``)."""
-        rid = parse_uuid(run_id)
+    def _one(self, statement: Statement, model: type[Any], run_id: uuid.UUID | str, missing: str,
+             what: str = "run id") -> Any:
+        """The one ``model`` row ``statement`` finds for an id, or :class:`NotFoundError` (``missing``)."""
+        rid = parse_uuid(run_id, what)
         values = {"rid": self._codec.id(rid)}
         decode = self._decode[model]
 
@@ -217,6 +229,15 @@ class Repository:
 
         def read(cursor: Any) -> list[Any] | None:
             rows = self._execute(cursor, self._related_stmt[model], values).fetchall()
+            if model is Stage:  # the run's row: it exists, and the stage it is executing
+                run = self._execute(cursor, self._current_stage, values).fetchone()
+                if run is None:
+                    return None
+                found = [decode(row) for row in rows]
+                if run[0] is not None:
+                    found.append(decode((run[0], values["rid"], run[1], run[2], "started", None, None, None, None,
+                                         None, run[3])))
+                return found
             # Only an empty answer needs the existence check: rows imply the run.
             if not rows and self._execute(cursor, self._run_exists, values).fetchone() is None:
                 return None

@@ -2,8 +2,8 @@
 
 Param ``fail_in`` (a node) makes that node fail the first time it runs.
 Params ``pause_in`` (a node) and ``pause_after`` (a node) make the run pause
-for ``pause_seconds``, once, inside that node or just after it completed
-(in an observer, before the step is committed). Before pausing it creates
+for ``pause_seconds``, once, inside that node or just after its step was
+committed (in an observer, while the next node is the run's current stage). Before pausing it creates
 the file ``<WFKIT_TEST_MARKERS>/<run id or node>-<where>`` so the test knows
 when to strike. A pause happens only if its marker does not exist yet, so a
 resumed run does not pause again. Pausing never changes the state.
