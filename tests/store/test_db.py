@@ -73,14 +73,14 @@ def test_readers_do_not_create_sqlite_files(tmp_path):
     assert not (tmp_path / "missing.db").exists()
 
 
-def test_durability_settings(engine):
-    """What the README promises: WAL + synchronous=NORMAL on SQLite, asynchronous commit on PostgreSQL."""
+def test_connections_read_with_the_server_settings(engine):
+    """Engines made by wfkit leave commits to the server's setting (the executor's recorder chooses
+    its own durability, see tests/executor/test_lease.py): WAL on SQLite, synchronous_commit on."""
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
         else:
-            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
 
 
 # --------------------------------------------------------------------------- PostgreSQL connections that died

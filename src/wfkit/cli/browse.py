@@ -20,6 +20,7 @@ from wfkit.cli.common import (
     plural,
     render_table,
     runs,
+    with_database_url,
 )
 from wfkit.formatting import format_ms as fmt_ms
 
@@ -141,6 +142,11 @@ def runs_show(run_id: str, with_traceback: bool, full: bool, as_json: bool) -> N
         ("params", _shown(run.params, full)),
         ("result", "-" if run.result is None else _shown(run.result, full)),
     ]
+    if run.attempt or run.owner:
+        rows += [("owner", run.owner or "-"), ("attempt", run.attempt), ("lease", with_database_url(_lease(run)))]
+    if run.current_node is not None:
+        rows.append(("executing", f"{run.current_node} (iteration {run.current_iteration}) since "
+                                  f"{fmt_time(run.current_stage_started_at)}"))
     if run.error_message:
         rows.append(("error", run.error_message))
     if run.cancel_reason:
@@ -153,6 +159,19 @@ def runs_show(run_id: str, with_traceback: bool, full: bool, as_json: bool) -> N
             click.echo("\nNo traceback: no stage of this run failed with an exception.")
         else:
             click.echo(f"\ntraceback of {failed.node_name} (iteration {failed.iteration}):\n{failed.error_traceback}")
+
+
+def _lease(run: Any) -> str:
+    """A run's lease for people: held until when, or expired (no process holds it), or released."""
+    from wfkit.formatting import fmt_when
+
+    if run.lease_expired is None or (run.lease_expires_at is None and not run.lease_expired):
+        return "released (the run is not executing)" if run.lease_expired is None else "none yet (waiting for a claim)"
+    if run.lease_expired:
+        since = f" at {fmt_when(run.lease_expires_at)}" if run.lease_expires_at else ""
+        return (f"expired{since}: no process holds it; `wfkit runs recover` or "
+                f"`wfkit runs resume {run.id} --force` takes it over")
+    return f"held until {fmt_when(run.lease_expires_at)}"
 
 
 def _shown(value: Any, full: bool) -> str:

@@ -208,18 +208,19 @@ def cli() -> None:
 
 @cli.group(cls=WfkitGroup, lazy={
     "list": "browse", "show": "browse", "stages": "browse", "decisions": "browse",
-    "resume": "execute", "cancel": "execute", "delete": "execute",
+    "resume": "execute", "cancel": "execute", "delete": "execute", "recover": "execute",
 })
 def runs() -> None:
-    """Browse, cancel, resume and delete runs.
+    """Browse, cancel, resume, recover and delete runs.
 
     \b
     list       runs, newest first, a page at a time (filters, sort, --json)
-    show       one run: status, times, params, result or error
+    show       one run: status, times, owner and lease, params, result or error
     stages     a run's stages (node executions), oldest first
     decisions  a run's routing decisions, oldest first
     cancel     stop a run before its next node (--force: end it now)
     resume     continue a failed or cancelled run from its checkpoint
+    recover    resume every run whose process died (its lease expired)
     delete     remove a run with its stages, decisions and checkpoint
 
     Example: wfkit runs list --status failed
@@ -240,6 +241,16 @@ def params_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="One param (repeatable); VALUE is read as JSON if it parses (3, true, [1,2]), else as text "
         "(always as text for a param the workflow declares as text). "
         "It overrides the same key of --params-json; of two -p with one key, the last wins.",
+    )(fn)
+
+
+def durability_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--durability", type=click.Choice(["sync", "async"], case_sensitive=False), default=None,
+        help="sync (default, or $WFKIT_DURABILITY): each step is on disk before the next node runs, and survives "
+        "a crash of the database server or the machine; async: faster, survives a killed process, but a crash "
+        "of the server or machine may lose the last fraction of a second of steps (their nodes run again on "
+        "resume).",
     )(fn)
 
 

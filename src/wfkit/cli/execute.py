@@ -1,4 +1,4 @@
-"""``wfkit run`` and ``wfkit runs resume|cancel|delete``: execute workflows, with progress as it happens."""
+"""``wfkit run`` and ``wfkit runs resume|recover|cancel|delete``: execute workflows, with progress as it happens."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from wfkit.cli.common import (
     cli,
     database_url,
     database_url_option,
+    durability_option,
     echo_json,
     json_option,
     params_options,
@@ -83,10 +84,11 @@ def _stopping_on_signals() -> Iterator[None]:
             signal.signal(signum, previous)
 
 
-def _executor(progress: _Progress) -> Any:
+def _executor(progress: _Progress | None, durability: str | None) -> Any:
     from wfkit.executor import Executor
 
-    return Executor(database_url(), observers=[progress])
+    return Executor(database_url(), observers=[progress] if progress is not None else [],
+                    durability=None if durability is None else durability.lower())
 
 
 def _finish(run: Any, as_json: bool, progress: _Progress) -> None:
@@ -109,18 +111,28 @@ def _failed_midway(err: Exception, progress: _Progress, executor: Any) -> None:
     stands, in one line; exit 1."""
     from wfkit.errors import WfkitError
 
+    from wfkit.errors import LeaseLostError
+
+    if isinstance(err, LeaseLostError):  # another process holds the run now: nothing of ours to say
+        click.echo(f"Error: {err}", err=True)
+        sys.exit(1)
     rid = progress.run_id
     try:
         status = executor.repository.find_run(rid).status.value
     except WfkitError:
         status = None
     if status == "running" or status is None:
-        how = (f"it may still say running: once the database answers, take it over with "
-               f"`{wfkit_command('runs', 'resume', str(rid), '--force')}`")
+        how = f"it may still say running: {_recoverable(executor)}"
     else:
         how = f"it ended {status}: resume it with `{wfkit_command('runs', 'resume', str(rid))}`"
     click.echo(f"Error: {with_database_url(str(err))} (run {rid}: {how})", err=True)
     sys.exit(1)
+
+
+def _recoverable(executor: Any) -> str:
+    """What to do about a run this process could not end (its database failed under it)."""
+    return (f"once its lease expires (within {executor.lease_seconds:g} s) and the database answers, "
+            f"`{wfkit_command('runs', 'recover')}` finishes it from its checkpoint")
 
 
 def _interrupted(err: KeyboardInterrupt, progress: _Progress, executor: Any, as_json: bool) -> None:
@@ -142,8 +154,8 @@ def _interrupted(err: KeyboardInterrupt, progress: _Progress, executor: Any, as_
                    f"See it with: {wfkit_command('runs', 'show', str(rid))}", err=True)
         sys.exit(code)
     if run.status.value == "running":  # the run could not be ended (the database failed meanwhile)
-        click.echo(f"Run {rid} was interrupted ({name}) but could not be ended: it still says running. "
-                   f"Take it over with: {wfkit_command('runs', 'resume', str(rid), '--force')}", err=True)
+        click.echo(f"Run {rid} was interrupted ({name}) but could not be ended: it still says running; "
+                   f"{_recoverable(executor)}.", err=True)
     else:
         click.echo(f"Run {rid} {run.status.value} ({name}). "
                    f"Resume it with: {wfkit_command('runs', 'resume', str(rid))}", err=True)
@@ -154,13 +166,15 @@ def _interrupted(err: KeyboardInterrupt, progress: _Progress, executor: Any, as_
 
 def _drive(go: Callable[[], Any], progress: _Progress, executor: Any, as_json: bool) -> None:
     """Execute (``go``) with stop signals taken as Ctrl-C, then report how the run ended and exit."""
+    from wfkit.errors import LeaseLostError
+
     try:
         with _stopping_on_signals():
             run = go()
     except KeyboardInterrupt as err:
         _interrupted(err, progress, executor, as_json)
     except WfkitError as err:
-        if progress.run_id is None:  # nothing was recorded: the plain one-line error
+        if progress.run_id is None and not isinstance(err, LeaseLostError):  # nothing recorded: the plain error
             raise
         _failed_midway(err, progress, executor)
     _finish(run, as_json, progress)
@@ -169,9 +183,11 @@ def _drive(go: Callable[[], Any], progress: _Progress, executor: Any, as_json: b
 @cli.command("run")
 @click.argument("name")
 @params_options
+@durability_option
 @json_option
 @database_url_option
-def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, as_json: bool) -> None:
+def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, durability: str | None,
+            as_json: bool) -> None:
     """Run workflow NAME, printing stages and decisions.
 
     Each stage and decision is printed as it happens. Exit code 0 when the run completes, 1 when it fails or is cancelled. Ctrl-C,
@@ -185,33 +201,89 @@ def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, as
 
     params = parse_params(param_pairs, params_json, text_fields_of(get_workflow(name)))
     progress = _Progress(to_stderr=as_json)
-    executor = _executor(progress)
+    executor = _executor(progress, durability)
     warn_plugin_failures()
     _drive(lambda: executor.execute(name, params), progress, executor, as_json)
 
 
 @runs.command("resume")
 @click.argument("run_id")
-@click.option("--force", is_flag=True, help="Take over a run left 'running' by a process that is gone.")
+@click.option("--force", is_flag=True,
+              help="Take over a 'running' run whose lease expired (its process died or stalled); one whose lease "
+              "is live is refused.")
+@durability_option
 @json_option
 @database_url_option
-def runs_resume(run_id: str, force: bool, as_json: bool) -> None:
+def runs_resume(run_id: str, force: bool, durability: str | None, as_json: bool) -> None:
     """Continue a failed or cancelled run from its checkpoint.
 
     Completed nodes are not run again: the run goes on from the last
-    checkpoint, with the state it had there.
+    checkpoint, with the state it had there. A run another process holds is
+    refused, naming it (exit 2).
 
     Example: wfkit runs resume 123e4567-e89b-12d3-a456-426614174000
     """
     progress = _Progress(to_stderr=as_json)
-    executor = _executor(progress)
+    executor = _executor(progress, durability)
     _drive(lambda: executor.resume(run_id, force=force), progress, executor, as_json)
+
+
+@runs.command("recover")
+@click.option("--workflow", "workflow_names", multiple=True, metavar="NAME",
+              help="Only runs of this workflow (comma-separate or repeat for several).")
+@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="How many runs to resume at once, each in a thread of its own.")
+@durability_option
+@json_option
+@database_url_option
+def runs_recover(workflow_names: tuple[str, ...], concurrency: int, durability: str | None, as_json: bool) -> None:
+    """Resume every run whose process is gone (its lease expired).
+
+    Each such run is taken over and finished from its checkpoint, here, one
+    after another (or --concurrency at a time). For one machine, run it at
+    start-up (a systemd unit, a service's entry point). Exit code 0 when every
+    run recovered completed (or there was none), 1 otherwise.
+
+    Example: wfkit runs recover --workflow review-loop
+    """
+    from wfkit.store.query import parse_workflow_names
+
+    executor = _executor(_Progress(to_stderr=True) if not as_json else None, durability)
+    warn_plugin_failures()
+    try:
+        with _stopping_on_signals():
+            recovered = executor.recover(parse_workflow_names(workflow_names), concurrency=concurrency)
+    except KeyboardInterrupt as err:
+        from wfkit.errors import Interrupted
+
+        name = err.signal_name if isinstance(err, Interrupted) else "Ctrl-C"
+        click.echo(f"Interrupted ({name}): the runs being recovered ended cancelled, resumable; the others were "
+                   f"not touched. Go on with: {wfkit_command('runs', 'recover')}", err=True)
+        sys.exit(128 + getattr(signal, name) if isinstance(err, Interrupted) else 1)
+    ok = all(r.run is not None and r.run.status.value == "completed" for r in recovered)
+    if as_json:
+        echo_json([{"run_id": str(r.run_id), "status": r.run.status.value if r.run else None,
+                    "run": r.run.to_dict() if r.run else None, "error": str(r.error) if r.error else None}
+                   for r in recovered])
+    elif not recovered:
+        click.echo("No run to recover: every running run is held by a live process.")
+    else:
+        for r in recovered:
+            if r.run is not None:
+                line = f"run {r.run_id} ({r.run.workflow_name}): {r.run.status.value}"
+                click.echo(line + (f": {r.run.error_message}" if r.run.error_message else ""))
+            else:
+                click.echo(f"run {r.run_id}: not recovered: {with_database_url(str(r.error))}")
+        done = sum(1 for r in recovered if r.run is not None and r.run.status.value == "completed")
+        click.echo(f"recovered {done} of {len(recovered)} run{'' if len(recovered) == 1 else 's'}")
+    sys.exit(0 if ok else 1)
 
 
 @runs.command("cancel")
 @click.argument("run_id")
 @click.option("--force", is_flag=True,
-              help="End a 'running' run as cancelled now, without waiting for its process (use when it is gone).")
+              help="End a 'running' run as cancelled now, whoever holds it (its process, if alive, writes nothing "
+              "more and stops).")
 @json_option
 @database_url_option
 def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
@@ -219,12 +291,13 @@ def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
 
     A pending run is cancelled at once; a running one stops before its next
     node (a run in its last node completes). --force ends a running run now,
-    for when its process is gone.
+    for when its process is gone or stuck.
 
     Example: wfkit runs cancel 123e4567-e89b-12d3-a456-426614174000
     """
     from wfkit.executor import RunControl
     from wfkit.executor.control import where_from
+    from wfkit.formatting import fmt_when
 
     command = f"`wfkit runs cancel{' --force' if force else ''}`"
     with RunControl(database_url()) as control:
@@ -234,11 +307,14 @@ def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
         echo_json(run.to_dict())
     elif run.status.value == "cancelled":
         click.echo(f"run {run.id} cancelled")
+    elif run.lease_expired:
+        since = f" at {fmt_when(run.lease_expires_at)}" if run.lease_expires_at else ""
+        click.echo(f"cancel requested, but no process holds run {run.id} (its lease expired{since}): nothing is "
+                   "executing it to stop.")
+        click.echo(f"End it now with: {wfkit_command('runs', 'cancel', str(run.id), '--force')}")
     else:
-        click.echo(f"cancel requested: if a process is executing run {run.id}, it stops before its next node "
+        click.echo(f"cancel requested: {run.owner} stops run {run.id} before its next node "
                    "(a run in its last node completes).")
-        click.echo(f"If none is (its process was killed), end the run now with: "
-                   f"{wfkit_command('runs', 'cancel', str(run.id), '--force')}")
 
 
 @runs.command("delete")

@@ -5,8 +5,9 @@ The URL comes from (first that is set): an explicit argument (the CLI's
 SQLite file in the per-user data directory (:func:`default_database_path`).
 
 SQLite connections get foreign keys on, WAL journaling, ``synchronous=NORMAL``
-(committed data survives a killed process), a busy timeout, so several
-processes can share one file, and a 64 MiB page cache. ``postgresql://`` URLs use psycopg 3.
+(committed data survives a killed process; the executor's writes ask for more,
+see :mod:`wfkit.store.recorder`), a busy timeout, so several processes can
+share one file, and a 64 MiB page cache. ``postgresql://`` URLs use psycopg 3.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from wfkit.formatting import mask_password
 DATABASE_URL_ENV = "WFKIT_DATABASE_URL"
 #: Milliseconds a SQLite connection waits for another writer before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 5000
-#: PostgreSQL engines made by :func:`create_engine`: their connections already commit asynchronously.
-ASYNC_COMMIT_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 #: Upper bound of each SQLite connection's page cache, in KiB (filled only as pages are read).
 SQLITE_CACHE_KIB = 65536
 #: A pooled PostgreSQL connection idle for longer than this many seconds is pinged before reuse.
@@ -206,18 +205,12 @@ def create_engine(url: str | None = None, *, create_missing: bool = True, **kwar
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
     ping_idle = "pool_pre_ping" not in kwargs
-    # wfkit's own PostgreSQL connections commit without waiting for the WAL to reach the disk:
-    # a killed process or server loses no commit, an OS crash may lose the last fraction of a
-    # second (never half a transaction). The same guarantee as SQLite's WAL with synchronous=NORMAL.
-    connect_args = dict(kwargs.pop("connect_args", {}))
-    options = connect_args.get("options", "")
-    if "synchronous_commit" not in options:
-        connect_args["options"] = f"{options} -c synchronous_commit=off".strip()
-    engine = sa.create_engine(parsed, connect_args=connect_args, **kwargs)
+    # Commits wait for the server's synchronous_commit setting (on, by default): how durable the
+    # executor's commits are is its recorder's business (its ``durability``), per connection.
+    engine = sa.create_engine(parsed, **kwargs)
     _WRITTEN_URLS[engine] = written
     if ping_idle:
         _ping_when_idle(engine, PING_AFTER_IDLE_S)
-    ASYNC_COMMIT_ENGINES.add(engine)
     return engine
 
 

@@ -71,7 +71,8 @@ _CLEAR_STAGE = "current_stage_id = NULL, current_node = NULL, current_iteration 
 # The claim: one compare-and-set, by the database's clock. A failed or cancelled run (a resume), a
 # pending one nobody holds, or (taking over) a running one whose lease expired. The epoch grows by
 # one: whoever held the run before writes nothing more. The current stage is left as it was, and
-# returned: the stage a process that is gone left running.
+# returned: the stage a process that is gone left running. A cancel asked of a run taken over stands
+# (it stops before its first node); a resume clears the one it ended with.
 _CLAIMABLE = ("(status IN ('failed', 'cancelled') OR (status = 'pending' AND (lease_expires_at IS NULL OR "
               "lease_expires_at < {now})))")
 _TAKEOVER = ("(status IN ('failed', 'cancelled') OR (status IN ('pending', 'running') AND (lease_expires_at IS NULL "
@@ -79,7 +80,8 @@ _TAKEOVER = ("(status IN ('failed', 'cancelled') OR (status IN ('pending', 'runn
 _CLAIM = (
     "UPDATE runs SET status = 'running', owner = ?, lease_epoch = lease_epoch + 1, attempt = attempt + 1, "
     "lease_expires_at = {lease}, started_at = COALESCE(started_at, ?), updated_at = ?, completed_at = NULL, "
-    "error_message = NULL, cancel_requested_at = NULL, cancel_reason = NULL WHERE id = ? AND %s "
+    "error_message = NULL, cancel_requested_at = CASE WHEN status = 'running' THEN cancel_requested_at END, "
+    "cancel_reason = CASE WHEN status = 'running' THEN cancel_reason END WHERE id = ? AND %s "
     "RETURNING lease_epoch, attempt, current_stage_id, current_node, current_iteration, current_stage_started_at"
 )
 # A pending run its creator now starts (fenced: a cancel of a pending run raises its epoch).

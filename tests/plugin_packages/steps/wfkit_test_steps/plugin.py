@@ -8,7 +8,12 @@ the file ``<WFKIT_TEST_MARKERS>/<run id or node>-<where>`` so the test knows
 when to strike. A pause happens only if its marker does not exist yet, so a
 resumed run does not pause again. Pausing never changes the state.
 Param ``async_nodes`` (true) makes the nodes ``async def`` (a pause inside one awaits).
+Param ``nap`` (seconds) makes every node sleep that long, every time it runs.
+Param ``keys_to`` (a file) makes every node append a JSON line of what the runtime says of its
+execution: node, iteration, idempotency key, fencing token.
 """
+
+import json
 
 import asyncio
 import os
@@ -36,10 +41,16 @@ def _pause(name: str, seconds: float) -> None:
 def steps(graph, runtime, params):
     """Four steps in a line, pausable for tests."""
     pause_in, seconds = params.get("pause_in"), float(params.get("pause_seconds", 30))
-    fail_in = params.get("fail_in")
+    fail_in, nap, keys_to = params.get("fail_in"), float(params.get("nap", 0)), params.get("keys_to")
 
     def make(node):
         def work(state):
+            if keys_to:
+                with open(keys_to, "a") as out:
+                    out.write(json.dumps({"node": node, "key": runtime.idempotency_key,
+                                          "token": runtime.fencing_token}) + "\n")
+            if nap:
+                time.sleep(nap)
             if node == fail_in and _first_time(f"{node}-failed"):  # fails once: "the author fixed it"
                 raise RuntimeError(f"{node} could not reach its service")
             return {"count": state["count"] + 1, "log": [*state["log"], f"{node}:{state['count']}"]}
