@@ -60,7 +60,7 @@ def add_history(engine: sa.Engine, run: Run, nodes: list[str]) -> tuple[list[Sta
 def saved_checkpoint(engine_or_url: Any, run_id: uuid.UUID) -> tuple[str | None, Snapshot]:
     """The node a run's checkpoint was saved after, and the snapshot saved, read as a resume reads them."""
     repo = Repository(engine_or_url)
-    return repo.find_checkpoint(run_id).checkpoint_node, checkpoints.load(repo, run_id)
+    return repo.find_checkpoint(run_id).checkpoint_node, checkpoints.load(repo, run_id).snapshot
 
 
 def count(engine: sa.Engine, model: Any) -> int:

@@ -382,10 +382,10 @@ def test_db_check_names_each_difference(wfkit_cli, new_database):
 
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.exec_driver_sql("DROP INDEX ix_stages_node_name")
+        conn.exec_driver_sql("DROP INDEX ix_decisions_run_id_created_at")
     engine.dispose()
     out = wfkit_cli.run("db", "check", url=url)
-    assert out.returncode == 1 and out.stderr.splitlines()[-1].strip() == "add_index ix_stages_node_name on stages"
+    assert out.returncode == 1 and out.stderr.splitlines()[-1].strip() == "add_index ix_decisions_run_id_created_at on decisions"
 
 
 def test_list_workflows_command_does_not_load_sqlalchemy(wfkit_cli):

@@ -689,9 +689,12 @@ def test_find_checkpoint(engine, samples):
     run = Executor(engine, registry=samples).execute("branching")
     saved = repo.find_checkpoint(str(run.id))
     assert (saved.run_id, saved.checkpoint_node) == (run.id, "ship")
-    assert checkpoints.load(repo, run.id).state == run.result
-    stage = repo.find_stage(saved.state_data["stage"])  # the checkpoint names the last stage: it holds the state
-    assert (stage.node_name, stage.input_snapshot | stage.output_snapshot) == ("ship", run.result)
+    assert checkpoints.load(repo, run.id).snapshot.state == run.result
+    # the checkpoint names the last stage: its input (itself a reference to the stage before) and its output
+    # hold the state
+    stage = repo.find_stage(saved.state_data["stage"])
+    assert stage.node_name == "ship" and stage.input_snapshot is None and stage.input_from is not None
+    assert repo.state_after(run.id, stage.id) == run.result
     assert saved.updated_at.tzinfo is not None
     Executor(engine, registry=samples).delete(run.id)
     with pytest.raises(NotFoundError, match=f"run {run.id} has no checkpoint"):
@@ -740,7 +743,7 @@ def test_state_values_no_backend_can_store_fail_the_run(engine, value, holds):
     reg.register("bad", bad)
     run = Executor(engine, registry=reg).execute("bad")
     assert run.status is RunStatus.FAILED
-    assert run.error_message.startswith(f"the state after node 'oops' is not JSON-serializable: key 'bad' holds {holds}")
+    assert run.error_message.startswith(f"the output of node 'oops' is not JSON-serializable: key 'bad' holds {holds}")
     assert [s.status.value for s in Repository(engine).get_stages(run.id)] == ["completed", "failed"]
 
 
@@ -785,7 +788,7 @@ def test_a_cancel_request_stops_the_next_stage_from_starting(engine, samples):
         assert rec.open_stage(plan.run_id, plan.epoch, receive) == (None, None)
         assert executor.repository.find_run(plan.run_id).current_node == "receive"
         assert rec.request_cancel(plan.run_id, "asked by the test")
-        rec.step_done(plan.run_id, (receive, "{}", "{}", 1.0), ("receive", "batch", None, True, "edge"), None)
+        rec.step_done(plan.run_id, (receive, ("{}", None), "{}", 1.0), ("receive", "batch", None, True, "edge"), None)
         requested, reason = rec.open_stage(plan.run_id, plan.epoch, OpenStage(uuid.uuid4(), "batch", 1, utcnow()))
         assert requested is not None and reason == "asked by the test"
     run = executor.repository.find_run(plan.run_id)
@@ -923,7 +926,7 @@ class _Interrupt:
         def interrupting_run(recorder, name, params):
             # SQLite writes a step statement by statement: interrupt it between the completion and
             # the checkpoint, inside the open transaction
-            if point == "mid-write" and name == "upsert_checkpoint" and seen["step_done"] == 2 and not self.fired:
+            if point == "mid-write" and name == "update_checkpoint" and seen["step_done"] == 2 and not self.fired:
                 self.fire()
             return run(recorder, name, params)
 
@@ -1113,14 +1116,7 @@ def test_params_and_outputs_that_nest_too_deeply_are_refused_before_anything_is_
     run = executor.execute("deep-output")
     assert run.status is RunStatus.FAILED
     assert "the output of node 'n' cannot be stored: it nests deeper than 100 levels" in run.error_message
-    assert saved_checkpoint_or_none(engine, run.id) is None  # nothing of it was stored
-
-
-def saved_checkpoint_or_none(engine, run_id):
-    try:
-        return saved_checkpoint(engine, run_id)
-    except NotFoundError:
-        return None
+    assert saved_checkpoint(engine, run.id) == (None, None)  # nothing of it was stored: the run's start only
 
 
 def test_one_deeply_nested_stored_row_does_not_break_a_listing(engine):

@@ -51,7 +51,7 @@ def test_round_trip_upgrade_downgrade_upgrade(empty_url):
     assert tables(empty_url) == set()
     migrations.upgrade(empty_url, "0001")
     assert tables(empty_url) == WFKIT_TABLES
-    assert [d[0] for d in migrations.check(empty_url)] == ["add_column"] * 11  # the later migrations' columns
+    assert sorted(d[0] for d in migrations.check(empty_url)) == ["add_column"] * 12 + ["remove_index"]  # later ones
     migrations.upgrade(empty_url)
     assert migrations.check(empty_url) == []
 

@@ -10,6 +10,10 @@ output (its updates) make the state (``{**input, **output}``, as the walk merges
 
     {"stage": "0193...", "next_node": "review", "counters": {"draft": 1}, "route_from": null, "format": 3}
     {"state": {...}, "next_node": "review", "counters": {"draft": 1}, "route_from": null, "format": 3}
+    {"start": true, "next_node": "draft", "counters": {}, "route_from": null, "format": 3}
+
+The last is the checkpoint a run is created with: no node has completed, and a resume starts the
+walk from the factory's initial state.
 
 (``next_node`` is null once the walk reached END; ``route_from`` names a node that completed but
 whose route could not be chosen: a resume chooses it again). ``checkpoint_node`` holds the node
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from wfkit.errors import CheckpointError, NotFoundError
 from wfkit.graph import Snapshot
@@ -49,6 +53,11 @@ def encode(snapshot: Snapshot, state_json: str | None = None) -> str:
         state_json = dumps_state(state, "the checkpoint's state")
     rest = dumps({**fields, "format": FORMAT})
     return f'{{"state":{state_json},{rest[1:]}'
+
+
+def encode_start(entry: str | None) -> str:
+    """The JSON text a run's checkpoint holds before its first node completes."""
+    return dumps({"start": True, "next_node": entry, "counters": {}, "route_from": None, "format": FORMAT})
 
 
 def encode_at_stage(snapshot: Snapshot, stage_id: uuid.UUID) -> str:
@@ -106,28 +115,36 @@ def _shape_problem(data: Mapping[str, Any]) -> str | None:
     return None
 
 
-def load(repository: Repository, run_id: uuid.UUID) -> Snapshot | None:
-    """The snapshot a run last saved, or None if it saved none (it starts from its beginning)."""
+class Loaded(NamedTuple):
+    """A run's checkpoint as a resume needs it: the snapshot (None: start from the beginning), the
+    stage whose end state is the snapshot's state (None: the state is written in the checkpoint),
+    and whether the run has a checkpoint row at all (runs made before wfkit 0004 may not)."""
+
+    snapshot: Snapshot | None
+    stage_id: uuid.UUID | None
+    exists: bool
+
+
+def load(repository: Repository, run_id: uuid.UUID) -> Loaded:
+    """The checkpoint a run last saved."""
     try:
         row = repository.find_checkpoint(run_id)
     except NotFoundError:
-        return None
+        return Loaded(None, None, False)
     data = row.state_data
-    stage_state = None
+    if isinstance(data, Mapping) and data.get("format") == 3 and data.get("start") is True:
+        return Loaded(None, None, True)
+    stage_id = stage_state = None
     if isinstance(data, Mapping) and data.get("format") == 3 and "stage" in data:
-        stage_state = _state_after(repository, run_id, data["stage"])
-    return decode(data, run_id, stage_state=stage_state)
+        stage_id, stage_state = _state_after(repository, run_id, data["stage"])
+    return Loaded(decode(data, run_id, stage_state=stage_state), stage_id, True)
 
 
-def _state_after(repository: Repository, run_id: uuid.UUID, stage: Any) -> dict[str, Any]:
-    """The state after the completed stage a checkpoint names: its input with its output merged in."""
-    what = f"the checkpoint of run {run_id}"
+def _state_after(repository: Repository, run_id: uuid.UUID, stage: Any) -> tuple[uuid.UUID, dict[str, Any]]:
+    """The completed stage a checkpoint names, and the state it ended with."""
     try:
         stage_id = uuid.UUID(str(stage))
-        row = repository.find_stage(stage_id)
+        return stage_id, repository.state_after(run_id, stage_id)
     except (ValueError, NotFoundError):
-        raise CheckpointError(f"{what} is damaged: it names stage {stage!r}, which this run does not have") from None
-    if row.run_id != run_id or not isinstance(row.input_snapshot, dict) or not isinstance(
-            row.output_snapshot, (dict, type(None))):
-        raise CheckpointError(f"{what} is damaged: stage {stage!r} does not hold this run's state")
-    return {**row.input_snapshot, **(row.output_snapshot or {})}
+        raise CheckpointError(f"the checkpoint of run {run_id} is damaged: it names stage {stage!r}, which does not "
+                              "hold this run's state") from None

@@ -329,7 +329,8 @@ class Executor:
         state_json = dumps_state(walker.state, f"the initial state of workflow {name!r}")
         run_id = new_id()
         opened = OpenStage(new_id(), walker.node, 1, utcnow()) if start and walker.node is not None else None
-        created_at = recorder.create_run(run_id, name, stored, owner=self.owner, stage=opened)
+        created_at = recorder.create_run(run_id, name, stored, owner=self.owner, stage=opened,
+                                         checkpoint_json=checkpoints.encode_start(walker.node))
         if start:
             return Plan(run_id, workflow, stored, walker, capture, state_json, False, created_at, epoch=1, attempt=1,
                         started_at=created_at, opened=opened)
@@ -350,20 +351,22 @@ class Executor:
         if claim is None:
             raise self.control.not_claimable(run.id, recorder.holder(run.id), force=force)
         try:
-            walker = self._walker_at_checkpoint(run, graph, initial, capture)
-            state_json = dumps_state(walker.state, "the state to resume from")
+            walker, loaded = self._walker_at_checkpoint(run, graph, initial, capture)
+            state_json = None if loaded.stage_id is not None else dumps_state(walker.state, "the state to resume from")
         except WfkitError as err:  # the checkpoint changed meanwhile, and no longer fits: the run fails
             recorder.finish_run(run.id, claim.epoch, RunStatus.FAILED, error=str(err))
             raise
         return Plan(run.id, workflow, run.params, walker, capture, state_json, True, run.created_at,
-                    epoch=claim.epoch, attempt=claim.attempt, started_at=run.started_at or utcnow(), claim=claim)
+                    epoch=claim.epoch, attempt=claim.attempt, started_at=run.started_at or utcnow(), claim=claim,
+                    state_from=loaded.stage_id, checkpoint_row=loaded.exists)
 
-    def _walker_at_checkpoint(self, run: Run, graph: Any, initial: Any, capture: StageCapture) -> Walker:
-        snapshot = checkpoints.load(self.repository, run.id)
-        if snapshot is None:
-            return Walker(graph, initial, observer=capture)
+    def _walker_at_checkpoint(self, run: Run, graph: Any, initial: Any,
+                              capture: StageCapture) -> tuple[Walker, checkpoints.Loaded]:
+        loaded = checkpoints.load(self.repository, run.id)
+        if loaded.snapshot is None:
+            return Walker(graph, initial, observer=capture), loaded
         try:
-            return Walker.from_snapshot(graph, snapshot, observer=capture)
+            return Walker.from_snapshot(graph, loaded.snapshot, observer=capture), loaded
         except GraphError as err:
             raise CheckpointError(f"the checkpoint of run {run.id} does not fit workflow {run.workflow_name!r} "
                                   f"as it is now: {err}") from None

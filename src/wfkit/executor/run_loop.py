@@ -68,7 +68,7 @@ class Plan:
     params: dict[str, Any]  # as stored
     walker: Walker  # on the validated graph, at the start or where a resumed run's checkpoint left it
     capture: StageCapture  # the walker's observer
-    state_json: str  # the walker's state, encoded already (checked before anything was written)
+    state_json: str | None  # the walker's state, encoded already (None: it is the end state of ``state_from``)
     resumed: bool
     created_at: datetime
     epoch: int  # the lease epoch this process holds the run with
@@ -77,6 +77,8 @@ class Plan:
     pending: bool = False  # created pending by this process: to be started (unless cancelled meanwhile)
     opened: OpenStage | None = None  # the first stage, made current when the run was created
     claim: Claim | None = None  # how this process claimed the run (a resume), with the stage left running
+    state_from: uuid.UUID | None = None  # the stage whose end state the walk starts from (a resume)
+    checkpoint_row: bool = True  # the run has its checkpoint row (runs made before wfkit 0004 may not)
 
 
 class StageCapture:
@@ -112,7 +114,11 @@ class RunLoop:
         self.graph: StateGraph = plan.walker.graph
         self.observers, self.checkpoint_every, self.cancel = observers, checkpoint_every, cancel
         self.lost = lost if lost is not None else Stop()
-        self.state_json = plan.state_json  # the state the next stage starts from, as stored
+        # The state the next stage starts from, as stored: the end state of a stage already written
+        # (its id: the stage's row refers to it instead of holding it again), else as JSON text.
+        self.state_from = plan.state_from
+        self._state_json = plan.state_json
+        self.checkpoint_row = plan.checkpoint_row
         self.stage: OpenStage | None = plan.opened  # the stage being executed (current on the run's row)
         self.stage_began = perf_counter()  # when the current stage began, for its duration if interrupted
         self.steps = 0
@@ -127,7 +133,7 @@ class RunLoop:
             if left is not None:  # the stage the previous holder was executing when it stopped
                 stage_id, node, iteration, started_at = left
                 recorder.stage_ended(self.run_id, OpenStage(stage_id, node, iteration, started_at or utcnow()),
-                                     StageStatus.FAILED, input_json=None, error=INTERRUPTED)
+                                     StageStatus.FAILED, error=INTERRUPTED)
             recorder.interrupt_started(self.run_id, INTERRUPTED)
 
     # -- the walks
@@ -244,6 +250,18 @@ class RunLoop:
         """Whether any observer listens (events are only built for someone)."""
         return bool(self.observers)
 
+    @property
+    def state_json(self) -> str:
+        """The walk's state as JSON text (made when first needed: a step writes only its updates)."""
+        if self._state_json is None:
+            self._state_json = dumps_state(self.walker.state, "the state", check_depth=False)
+        return self._state_json
+
+    def _input(self) -> tuple[str | None, uuid.UUID | None]:
+        """How the current stage's row holds its input: a reference to the stage it started after, or
+        the state as JSON text."""
+        return (None, self.state_from) if self.state_from is not None else (self.state_json, None)
+
     def _elapsed_ms(self) -> float:
         return (perf_counter() - self.stage_began) * 1000.0
 
@@ -311,23 +329,25 @@ class RunLoop:
         False if the run failed instead (a state that cannot be stored)."""
         walker, cap, stage = self.walker, self.capture, self.stage
         assert stage is not None
-        input_json = self.state_json
         try:
-            state_json = dumps_state(walker.state, f"the state after node {stage.node!r}", check_depth=False)
+            # The state after the node is the state before it with these updates: checking and storing
+            # the updates checks and stores it (the initial state was checked when the run was made).
             updates_json = dumps_state(cap.updates or {}, f"the output of node {stage.node!r}")
         except StateNotSerializableError as err:
             self.stage_failed(str(err), cap.duration_ms)
             self.fail(str(err))
             return False
-        self.state_json = state_json
+        input_ = self._input()
+        self.state_from, self._state_json = stage.id, None
         self.steps += 1
         due = checkpoint_now or walker.done or self.steps % self.checkpoint_every == 0
         checkpoint = (stage.node, checkpoints.encode_at_stage(walker.snapshot(), stage.id)) if due else None
         # The stage is no longer this loop's to fail before its row is buffered: interrupted in between,
         # it stays current on the run's row (and runs again on resume) rather than ending twice.
         self.stage, self._unwritten = None, stage
-        self.recorder.step_done(self.run_id, (stage, input_json, updates_json, cap.duration_ms), _row(decision),
-                                checkpoint)
+        self.recorder.step_done(self.run_id, (stage, input_, updates_json, cap.duration_ms), _row(decision),
+                                checkpoint, upsert=not self.checkpoint_row)
+        self.checkpoint_row = self.checkpoint_row or checkpoint is not None
         if self.observed:
             self._events += [
                 StageCompleted(self.run_id, stage.node, stage.iteration, MappingProxyType(dict(cap.updates or {})),
@@ -357,7 +377,8 @@ class RunLoop:
         else:
             failed = None
         checkpoint = (node, checkpoints.encode(walker.snapshot(), self.state_json))
-        self.recorder.step_done(self.run_id, None, _row(decision), checkpoint)
+        self.recorder.step_done(self.run_id, None, _row(decision), checkpoint, upsert=not self.checkpoint_row)
+        self.checkpoint_row = True
         self._events.append(DecisionMade(self.run_id, *_row(decision)))
         if failed is not None:
             self.fail(str(failed), failed)
@@ -368,7 +389,7 @@ class RunLoop:
         """Buffer the current stage's row as failed: ``error`` one line, and the traceback of ``exception``."""
         stage = self.stage
         if stage is not None:
-            self.recorder.stage_ended(self.run_id, stage, StageStatus.FAILED, input_json=self.state_json,
+            self.recorder.stage_ended(self.run_id, stage, StageStatus.FAILED, input=self._input(),
                                       duration_ms=duration_ms, error=error, traceback=traceback_text(exception))
             self._events.append(StageFailed(self.run_id, stage.node, stage.iteration, error, duration_ms, exception))
             self.stage = None

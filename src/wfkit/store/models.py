@@ -270,7 +270,6 @@ class Stage(_Record, table=True):
     __table_args__ = (
         # get_stages: WHERE run_id = ? ORDER BY created_at, id
         sa.Index("ix_stages_run_id_created_at", "run_id", "created_at", "id"),
-        sa.Index("ix_stages_node_name", "node_name"),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -278,7 +277,12 @@ class Stage(_Record, table=True):
     node_name: str = Field(max_length=200, nullable=False)
     iteration: int = Field(default=1, nullable=False)
     status: StageStatus = Field(default=StageStatus.STARTED, sa_type=_status_type(StageStatus), nullable=False)
+    #: the state the node started from (the repository fills it in when the row stores it as ``input_from``)
     input_snapshot: Any | None = Field(default=None, sa_type=JSONType, nullable=True)
+    #: the stage whose end state this one started from (its input with its output merged in), when the
+    #: row does not store its input itself: a step's input is then not written a second time
+    input_from: uuid.UUID | None = Field(default=None, nullable=True)
+    #: the node's updates
     output_snapshot: Any | None = Field(default=None, sa_type=JSONType, nullable=True)
     duration_ms: float | None = Field(default=None, nullable=True)
     #: one line: what failed (the node's exception, or why the stage was ended)

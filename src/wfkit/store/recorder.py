@@ -65,8 +65,11 @@ _RUN_COLUMNS = ("id, workflow_name, status, params, result, error_message, start
 # A new run, held by its creator (epoch 1): running with its first stage current, or pending.
 _INSERT_RUN = (
     f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, {{j}}, NULL, NULL, ?, NULL, ?, ?, NULL, NULL, ?, ?, 1, "
-    "{lease}, ?, ?, ?, ?)"
+    "{lease}, ?, ?, ?, ?) RETURNING id"
 )
+# Its checkpoint from the start (updated at every step after: no upsert, no conflict to check).
+_INSERT_CHECKPOINT = ("INSERT INTO checkpoints (run_id, state_data, checkpoint_node, created_at, updated_at) "
+                      "VALUES (?, {j}, NULL, ?, ?)")
 _CLEAR_STAGE = "current_stage_id = NULL, current_node = NULL, current_iteration = NULL, current_stage_started_at = NULL"
 # The claim: one compare-and-set, by the database's clock. A failed or cancelled run (a resume), a
 # pending one nobody holds, or (taking over) a running one whose lease expired. The epoch grows by
@@ -139,13 +142,15 @@ _EXPIRED = (
 )
 # Buffered writes (gated by the step's fenced UPDATE of the run).
 _INSERT_STAGE = (
-    "INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, output_snapshot, duration_ms, "
-    "error_message, error_traceback, created_at) VALUES (?, ?, ?, ?, ?, {j}, {j}, ?, ?, ?, ?)"
+    "INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, input_from, output_snapshot, "
+    "duration_ms, error_message, error_traceback, created_at) VALUES (?, ?, ?, ?, ?, {j}, ?, {j}, ?, ?, ?, ?)"
 )
 _INSERT_DECISION = (
     "INSERT INTO decisions (id, run_id, from_node, to_node, predicate_name, predicate_result, reason, created_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_UPDATE_CHECKPOINT = ("UPDATE checkpoints SET state_data = {j}, checkpoint_node = ?, updated_at = ? "
+                      "WHERE checkpoints.run_id = ?")
 _UPSERT_CHECKPOINT = (
     "INSERT INTO checkpoints (run_id, state_data, checkpoint_node, created_at, updated_at) VALUES (?, {j}, ?, ?, ?) "
     "ON CONFLICT (run_id) DO UPDATE SET state_data = excluded.state_data, "
@@ -356,20 +361,22 @@ class SqlRecorder:
     # -- creating and claiming runs
 
     def create_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any], *, owner: str,
-                   stage: OpenStage | None) -> datetime:
-        """Record a new run held by ``owner`` (epoch 1); return its ``created_at``. With ``stage``, the
-        run is created running (its first attempt) with that stage current: nobody could have seen
-        it pending, nobody knows its id yet; without, pending (:meth:`start_pending` starts it)."""
+                   stage: OpenStage | None, checkpoint_json: str) -> datetime:
+        """Record a new run held by ``owner`` (epoch 1), with its first checkpoint (the start, as
+        ``checkpoint_json``); return its ``created_at``. With ``stage``, the run is created running
+        (its first attempt) with that stage current: nobody could have seen it pending, nobody knows
+        its id yet; without, pending (:meth:`start_pending` starts it). One transaction."""
         now = utcnow()
         c = self.codec
-        t = c.time(now)
+        t, rid = c.time(now), c.id(run_id)
         if stage is None:
-            values = (c.id(run_id), workflow_name, RunStatus.PENDING.value, dumps(params), None, t, t, owner, 0,
+            values = (rid, workflow_name, RunStatus.PENDING.value, dumps(params), None, t, t, owner, 0,
                       self.lease_seconds, None, None, None, None)
         else:
-            values = (c.id(run_id), workflow_name, RunStatus.RUNNING.value, dumps(params), t, t, t, owner, 1,
+            values = (rid, workflow_name, RunStatus.RUNNING.value, dumps(params), t, t, t, owner, 1,
                       self.lease_seconds, c.id(stage.id), stage.node, stage.iteration, c.time(stage.started_at))
-        self._one("insert_run", values)
+        self._pending.append(("insert_checkpoint", (rid, checkpoint_json, t, t)))
+        self._gated(("insert_run", values), run_id)
         return now
 
     def start_pending(self, run_id: uuid.UUID, epoch: int) -> datetime:
@@ -416,24 +423,28 @@ class SqlRecorder:
 
     # -- the step boundary (every write gated by the run's epoch)
 
-    def stage_ended(self, run_id: uuid.UUID, stage: OpenStage, status: StageStatus, *, input_json: str | None,
-                    output_json: str | None = None, duration_ms: float | None = None, error: str | None = None,
-                    traceback: str | None = None) -> None:
+    def stage_ended(self, run_id: uuid.UUID, stage: OpenStage, status: StageStatus, *,
+                    input: tuple[str | None, uuid.UUID | None] = (None, None), output_json: str | None = None,
+                    duration_ms: float | None = None, error: str | None = None, traceback: str | None = None) -> None:
         """Buffer a stage's row, written once now that it ended (completed, or failed with its one-line
-        error and the formatted traceback, if any)."""
+        error and the formatted traceback, if any). Its ``input``: ``(JSON text, None)``, or ``(None,
+        the id of the stage whose end state it started from)``."""
         c = self.codec
         self._pending.append(("insert_stage", (
-            c.id(stage.id), c.id(run_id), stage.node, stage.iteration, status.value, input_json, output_json,
-            duration_ms, error, traceback, c.time(stage.started_at))))
+            c.id(stage.id), c.id(run_id), stage.node, stage.iteration, status.value, input[0],
+            None if input[1] is None else c.id(input[1]), output_json, duration_ms, error, traceback,
+            c.time(stage.started_at))))
 
-    def step_done(self, run_id: uuid.UUID, stage: tuple[OpenStage, str, str, float] | None,
+    def step_done(self, run_id: uuid.UUID, stage: tuple[OpenStage, tuple[str | None, uuid.UUID | None], str, float] | None,
                   decision: tuple[str, str | None, str | None, bool, str],
-                  checkpoint: tuple[str, str] | None) -> None:
-        """Buffer a completed step as one piece: the stage's row ``(stage, input_json, output_json: the
-        node's updates as JSON text, duration_ms)`` (None for a route chosen again, with no node
-        run), its decision ``(from_node, to_node, predicate_name, predicate_result, reason)``, and
-        the checkpoint ``(node just completed, state_data as JSON text)`` if one is due (its format
-        is the executor's business: :mod:`wfkit.executor.checkpoints`).
+                  checkpoint: tuple[str, str] | None, *, upsert: bool = False) -> None:
+        """Buffer a completed step as one piece: the stage's row ``(stage, input: (JSON text, None) or
+        (None, the stage it started from), output_json: the node's updates as JSON text,
+        duration_ms)`` (None for a route chosen again, with no node run), its decision
+        ``(from_node, to_node, predicate_name, predicate_result, reason)``, and the checkpoint
+        ``(node just completed, state_data as JSON text)`` if one is due (its format is the
+        executor's business: :mod:`wfkit.executor.checkpoints`). The run's checkpoint row exists
+        (made with the run) unless ``upsert``.
 
         The three join the buffer in one operation, so that an interrupt (Ctrl-C, a signal) can never
         leave a completion buffered without its checkpoint: committed later with the run's end, that
@@ -443,14 +454,16 @@ class SqlRecorder:
         from_node, to_node, predicate_name, predicate_result, reason = decision
         writes = []
         if stage is not None:
-            opened, input_json, output_json, duration_ms = stage
+            opened, (input_json, input_from), output_json, duration_ms = stage
             writes.append(("insert_stage", (c.id(opened.id), rid, opened.node, opened.iteration,
-                                            StageStatus.COMPLETED.value, input_json, output_json, duration_ms, None,
-                                            None, c.time(opened.started_at))))
+                                            StageStatus.COMPLETED.value, input_json,
+                                            None if input_from is None else c.id(input_from), output_json,
+                                            duration_ms, None, None, c.time(opened.started_at))))
         writes.append(("insert_decision", (c.id(new_id()), rid, from_node, to_node, predicate_name,
                                            c.flag(predicate_result), reason, now)))
         if checkpoint is not None:
-            writes.append(("upsert_checkpoint", (rid, checkpoint[1], checkpoint[0], now, now)))
+            writes.append(("upsert_checkpoint", (rid, checkpoint[1], checkpoint[0], now, now)) if upsert
+                          else ("update_checkpoint", (checkpoint[1], checkpoint[0], now, rid)))
         self._pending += writes  # one operation: see above
 
     def interrupt_started(self, run_id: uuid.UUID, message: str) -> None:
@@ -567,10 +580,13 @@ _STATEMENTS = {
     "insert_stage": _INSERT_STAGE,
     "insert_decision": _INSERT_DECISION,
     "upsert_checkpoint": _UPSERT_CHECKPOINT,
+    "update_checkpoint": _UPDATE_CHECKPOINT,
+    "insert_checkpoint": _INSERT_CHECKPOINT,
     "interrupt_started": _INTERRUPT_STARTED,
 }
 #: The statements a step buffers: each also has a gated form (PostgreSQL), reading FROM the gate ``r``.
-_BUFFERED = ("insert_stage", "insert_decision", "upsert_checkpoint", "interrupt_started")
+_BUFFERED = ("insert_stage", "insert_decision", "upsert_checkpoint", "update_checkpoint", "insert_checkpoint",
+             "interrupt_started")
 _VALUES = re.compile(r"VALUES \((.*?)\)(?= ON CONFLICT|$)")
 
 

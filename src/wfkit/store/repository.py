@@ -189,8 +189,19 @@ class Repository:
         return self._related(run_id, Stage)
 
     def find_stage(self, stage_id: uuid.UUID | str) -> Stage:
-        """The ended stage with this id, or :class:`NotFoundError`."""
+        """The ended stage with this id, or :class:`NotFoundError`. (Its ``input_snapshot`` is None
+        when it is stored as ``input_from``: :meth:`get_stages` fills it in.)"""
         return self._one(self._find_stage, Stage, stage_id, "no stage with id {rid}", what="stage id")
+
+    def state_after(self, run_id: uuid.UUID | str, stage_id: uuid.UUID | str) -> dict[str, Any]:
+        """The state a completed stage of a run ended with: its input with its output merged in (the
+        state its run's next stage started from); :class:`NotFoundError` if the run has no such stage."""
+        sid = parse_uuid(stage_id, "stage id")
+        stages = {stage.id: stage for stage in self._related(run_id, Stage)}
+        stage = stages.get(sid)
+        if stage is None or not isinstance(stage.input_snapshot, dict):
+            raise NotFoundError(f"run {run_id} has no stage {sid} that holds a state")
+        return {**stage.input_snapshot, **(stage.output_snapshot or {})}
 
     def get_decisions(self, run_id: uuid.UUID | str) -> list[Decision]:
         """Every decision of a run, oldest first; :class:`NotFoundError` if the run does not exist."""
@@ -234,9 +245,10 @@ class Repository:
                 if run is None:
                     return None
                 found = [decode(row) for row in rows]
+                fill_inputs(found)
                 if run[0] is not None:
                     found.append(decode((run[0], values["rid"], run[1], run[2], "started", None, None, None, None,
-                                         None, run[3])))
+                                         None, None, run[3])))
                 return found
             # Only an empty answer needs the existence check: rows imply the run.
             if not rows and self._execute(cursor, self._run_exists, values).fetchone() is None:
@@ -331,3 +343,24 @@ class Repository:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def fill_inputs(stages: Sequence[Stage]) -> None:
+    """Fill in the input of each stage stored as ``input_from`` (the stage whose end state it started
+    from): that stage's input with its output merged in. The filled-in snapshots share their values
+    with the stages they come from: treat them as read-only."""
+    by_id = {stage.id: stage for stage in stages}
+    for stage in stages:
+        # Follow the references back to a stage whose input is known, then fill them in forward (no
+        # recursion: a run may have any number of steps; no reliance on the order of start times).
+        chain: list[Stage] = []
+        seen: set[uuid.UUID] = set()
+        at: Stage | None = stage
+        while at is not None and at.input_snapshot is None and at.input_from is not None and at.id not in seen:
+            chain.append(at)
+            seen.add(at.id)
+            at = by_id.get(at.input_from)
+        for later in reversed(chain):
+            before = by_id.get(later.input_from)  # type: ignore[arg-type]
+            if before is not None and isinstance(before.input_snapshot, dict):
+                later.__dict__["input_snapshot"] = {**before.input_snapshot, **(before.output_snapshot or {})}

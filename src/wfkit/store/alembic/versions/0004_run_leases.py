@@ -1,10 +1,15 @@
-"""Add the lease of a run (owner, attempt, lease_epoch, lease_expires_at) and the stage it is executing.
+"""Add the lease of a run (owner, attempt, lease_epoch, lease_expires_at), the stage it is executing, and stage inputs by reference.
 
 A run being executed is held by one process, its owner, until ``lease_expires_at`` (by the
 database's clock); every claim raises ``lease_epoch`` by one, and every write of the run's history
 is made only while the epoch is still the one its writer claimed (fencing). The stage being
 executed is shown on the run's row (``current_*``): its row in ``stages`` is written once, when it
 ends.
+
+A stage may store its input as a reference (``stages.input_from``): the stage whose end state it
+started from, so that a step does not write its whole input state again. ``ix_stages_node_name`` is
+dropped: no read looks stages up by node alone (every read of stages is by run), and each index
+entry is written at every step.
 
 On PostgreSQL, the rows of ``runs`` and ``checkpoints`` are rewritten at every step: a fill factor
 of 80 leaves room on their pages for the new versions (HOT updates, which write no index entry).
@@ -29,7 +34,7 @@ depends_on: str | Sequence[str] | None = None
 COLUMNS = ("owner", "attempt", "lease_epoch", "lease_expires_at", "current_stage_id", "current_node",
            "current_iteration", "current_stage_started_at")
 #: What the downgrade drops (`wfkit db downgrade` says which of them hold data before it runs).
-DROPS = tuple(f"runs.{column}" for column in COLUMNS)
+DROPS = (*(f"runs.{column}" for column in COLUMNS), "stages.input_from")
 #: Dropped columns whose values hold no data when they are these (a downgrade asks only about the rest).
 DEFAULTS = {"runs.attempt": 0, "runs.lease_epoch": 0}
 #: The order of the runs table's columns on SQLite: the large ones last.
@@ -54,6 +59,9 @@ def upgrade() -> None:
     with op.batch_alter_table("runs") as batch:  # the defaults were for the rows already there
         batch.alter_column("attempt", server_default=None)
         batch.alter_column("lease_epoch", server_default=None)
+    with op.batch_alter_table("stages") as batch:
+        batch.add_column(sa.Column("input_from", sa.Uuid(), nullable=True))
+        batch.drop_index("ix_stages_node_name")
     if op.get_bind().dialect.name == "sqlite":
         with op.batch_alter_table("runs", recreate="always", partial_reordering=[SQLITE_RUN_COLUMNS]):
             pass
@@ -63,9 +71,41 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    _write_inputs_out()
     if op.get_bind().dialect.name != "sqlite":
         op.execute("ALTER TABLE runs RESET (fillfactor)")
         op.execute("ALTER TABLE checkpoints RESET (fillfactor)")
+    with op.batch_alter_table("stages") as batch:
+        batch.drop_column("input_from")
+        batch.create_index("ix_stages_node_name", ["node_name"])
     with op.batch_alter_table("runs") as batch:
         for column in reversed(COLUMNS):
             batch.drop_column(column)
+
+
+def _write_inputs_out() -> None:
+    """Before ``input_from`` goes, every stage that refers to another for its input gets that input
+    written in full (the earlier schema has no other place for it), a run at a time."""
+    bind = op.get_bind()
+    stages = sa.table("stages", sa.column("id", sa.Uuid()), sa.column("run_id", sa.Uuid()),
+                      sa.column("input_snapshot", sa.JSON()), sa.column("output_snapshot", sa.JSON()),
+                      sa.column("input_from", sa.Uuid()), sa.column("created_at", sa.DateTime(timezone=True)))
+    runs = bind.execute(sa.select(stages.c.run_id).where(stages.c.input_from.is_not(None)).distinct()).scalars()
+    for run_id in list(runs):
+        rows = bind.execute(sa.select(stages.c.id, stages.c.input_snapshot, stages.c.output_snapshot,
+                                      stages.c.input_from).where(stages.c.run_id == run_id)
+                            .order_by(stages.c.created_at, stages.c.id)).all()
+        inputs = {row.id: row.input_snapshot for row in rows}
+        outputs = {row.id: row.output_snapshot for row in rows}
+        refs = {row.id: row.input_from for row in rows}
+        for row in rows:
+            # Follow the references back to a stage whose input is known, then fill them in forward (no
+            # recursion: a run may have any number of steps; no reliance on the order of start times).
+            chain, at = [], row.id
+            while inputs.get(at) is None and refs.get(at) is not None and at not in chain:
+                chain.append(at)
+                at = refs[at]
+            for stage_id in reversed(chain):
+                before = refs[stage_id]
+                inputs[stage_id] = {**(inputs.get(before) or {}), **(outputs.get(before) or {})}
+                bind.execute(stages.update().where(stages.c.id == stage_id).values(input_snapshot=inputs[stage_id]))
