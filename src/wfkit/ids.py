@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 
@@ -27,8 +28,34 @@ def new_id() -> uuid.UUID:
     milliseconds, then 74 random bits. Rows keyed by such ids are added at the right edge of their
     primary-key index, as they are by time, instead of at random places in it: fewer index pages
     are touched, and written to the database's log, per row."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(_random_bits(), "big")
     # version 7 in bits 76-79, the RFC's variant (0b10) in bits 62-63
-    value = value & ~(0xF << 76) | (0x7 << 76)
-    value = value & ~(0x3 << 62) | (0x2 << 62)
-    return uuid.UUID(int=value)
+    return uuid.UUID(int=value & _CLEAR | _SET)
+
+
+_CLEAR = ~(0xF << 76) & ~(0x3 << 62)
+_SET = (0x7 << 76) | (0x2 << 62)
+_POOL_BYTES = 4000  # os.urandom is a system call: random bytes are taken 400 ids at a time
+_pool = bytearray()
+_pool_lock = threading.Lock()
+
+
+def _random_bits() -> bytes:
+    """10 random bytes from the operating system's source, bought in bulk. (After a fork the child
+    must not reuse the parent's bytes: the pool is emptied then.)"""
+    global _pool
+    with _pool_lock:
+        if len(_pool) < 10:
+            _pool = bytearray(os.urandom(_POOL_BYTES))
+        out = bytes(_pool[-10:])
+        del _pool[-10:]
+    return out
+
+
+def _forget_pool() -> None:
+    global _pool, _pool_lock
+    _pool, _pool_lock = bytearray(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)

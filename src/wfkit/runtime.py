@@ -33,17 +33,16 @@ import logging
 import uuid
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from wfkit.errors import ServiceNotFoundError
 
 _MISSING = object()
 
 
-@dataclass(frozen=True)
-class NodeExecution:
-    """The node being executed in this context: run, node, iteration, attempt and fencing token."""
+class NodeExecution(NamedTuple):
+    """The node being executed in this context: run, node, iteration, attempt and fencing token.
+    (A named tuple: one is made for every step.)"""
 
     run_id: uuid.UUID
     node: str

@@ -60,11 +60,14 @@ def encode_start(entry: str | None) -> str:
     return dumps({"start": True, "next_node": entry, "counters": {}, "route_from": None, "format": FORMAT})
 
 
-def encode_at_stage(snapshot: Snapshot, stage_id: uuid.UUID) -> str:
-    """The JSON text stored for ``snapshot`` taken just after stage ``stage_id`` completed: the
-    stage's row holds the state already (its input and its output), so the checkpoint names it."""
-    return dumps({"stage": stage_id.hex, "next_node": snapshot.next_node, "counters": snapshot.counters,
-                  "route_from": snapshot.route_from, "format": FORMAT})
+def encode_at_stage(next_node: str | None, counters: Mapping[str, int], route_from: str | None,
+                    stage_id: uuid.UUID) -> str:
+    """The JSON text stored for a walk just after stage ``stage_id`` completed (where it goes next,
+    its visit counters, the node whose route is still to choose): the stage's row holds the state
+    already (its input and its output), so the checkpoint names it. (Written at every step: made
+    from its parts, with no Snapshot in between.)"""
+    return (f'{{"stage":"{stage_id.hex}","next_node":{dumps(next_node)},"counters":{dumps(counters)},'
+            f'"route_from":{dumps(route_from)},"format":{FORMAT}}}')
 
 
 def decode(state_data: Any, run_id: uuid.UUID | str | None = None, *,

@@ -122,6 +122,7 @@ class Executor:
         self.checkpoint_every = checkpoint_every
         #: who this executor is to the runs it holds (``host pid N (random id)``)
         self.owner = new_owner()
+        self.heartbeat = Heartbeat(self.engine, lease_seconds=self.lease_seconds, durability=self.durability)
         self.repository = Repository(self.engine)
         self.control = RunControl(repository=self.repository)
         self._cancel: dict[uuid.UUID, threading.Event] = {}
@@ -227,6 +228,7 @@ class Executor:
             threads = [bg.thread for bg in self._background.values() if bg.thread is not None]
         for thread in threads:
             thread.join()
+        self.heartbeat.close()
         self.repository.close()
         if self._own_engine:
             self.engine.dispose()
@@ -388,7 +390,8 @@ class Executor:
         stop.event = cancel
         loop = RunLoop(recorder, plan, observers=self.observers, checkpoint_every=self.checkpoint_every,
                        cancel=cancel, lost=stop)
-        self.observers.on_event(RunStarted(run_id, plan.workflow.name, plan.params, plan.resumed))
+        if self.observers:
+            self.observers.on_event(RunStarted(run_id, plan.workflow.name, plan.params, plan.resumed))
         return loop
 
     def _outcome(self, plan: Plan, loop: RunLoop | None) -> Run:
@@ -415,13 +418,12 @@ class Executor:
         write) ends the run through :meth:`RunLoop.crashed` first; the run's cancel flag is dropped
         afterwards."""
         stop = Stop()
-        heartbeat = None
+        held = None
         try:
             with contextlib.nullcontext(recorder) if recorder is not None else self._recorder() as rec:
                 loop = self._begin(rec, plan, stop)
                 if loop is not None:
-                    heartbeat = Heartbeat(self.engine, plan.run_id, plan.epoch, lease_seconds=self.lease_seconds,
-                                          durability=self.durability, on_lost=_stopper(stop)).start()
+                    held = loop.held = self.heartbeat.hold(plan.run_id, plan.epoch, _stopper(stop))
                 try:
                     yield loop
                 except BaseException as err:
@@ -429,8 +431,8 @@ class Executor:
                         loop.crashed(err)
                     raise
         finally:
-            if heartbeat is not None:
-                heartbeat.stop()
+            if held is not None:
+                self.heartbeat.release(held)
             with self._lock:
                 self._cancel.pop(plan.run_id, None)
 

@@ -4,7 +4,8 @@ A run being executed is held by one process through a lease on its row: the owne
 (random id)``), the fencing number ``lease_epoch`` that every claim raises by one, and when the
 lease expires by the database's clock. The executor claims a run with one compare-and-set
 statement (:meth:`~wfkit.store.recorder.SqlRecorder.claim`), extends the lease at every step
-boundary, and, while a node runs, a :class:`Heartbeat` extends it every third of its length. Every
+boundary, and, while a node runs long, the executor's :class:`Heartbeat` extends it every third of
+its length. Every
 write of the run is fenced by the epoch (see :mod:`wfkit.store.recorder`): once another process
 has taken the run over (only possible after the lease expired) or a forced cancel ended it, this
 process writes nothing more and stops.
@@ -21,6 +22,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 
@@ -80,65 +82,112 @@ def durability(value: str | None = None, environ: Mapping[str, str] | None = Non
     return check_durability(value)
 
 
-class Heartbeat:
-    """Extends a run's lease every third of its length while the run executes, in a thread of its
-    own (a node that blocks for longer than the lease does not lose its run).
+class Held:
+    """A run an executor holds: renewed by its heartbeat when no step has renewed it for a while."""
 
-    When a renewal finds the lease taken (another process took the run over, or a forced cancel
-    ended it), or cannot reach the database twice in a row, ``on_lost`` is called once with the
-    reason: the executor then stops the run at once (an async node is cancelled; a sync node's
-    result is rejected by its fenced commit).
+    __slots__ = ("run_id", "epoch", "on_lost", "renewed_at", "failures")
+
+    def __init__(self, run_id: uuid.UUID, epoch: int, on_lost: Callable[[str], None]):
+        self.run_id, self.epoch, self.on_lost = run_id, epoch, on_lost
+        self.renewed_at = time.monotonic()  # when the lease was last extended (by a step or a renewal)
+        self.failures = 0
+
+    def renewed(self) -> None:
+        """A step's write extended the lease just now."""
+        self.renewed_at = time.monotonic()
+
+
+class Heartbeat:
+    """Extends the leases of the runs an executor holds, in a thread of its own, so that a node that
+    blocks for longer than the lease does not lose its run: each run whose lease no step has
+    extended for a third of its length is renewed (all that are due, in one statement), whatever
+    its own thread is doing. A run whose steps are short is never renewed here at all: its steps
+    extend its lease. The thread starts with the first run held and sleeps between renewals.
+
+    When a renewal finds a lease taken (another process took the run over, or a forced cancel
+    ended it), or cannot reach the database twice in a row, the run's ``on_lost`` is called once
+    with the reason: the executor then stops the run at once (an async node is cancelled; a sync
+    node's result is rejected by its fenced commit).
     """
 
-    def __init__(self, engine: Engine, run_id: uuid.UUID, epoch: int, *, lease_seconds: float, durability: str,
-                 on_lost: Callable[[str], None]):
-        self.engine, self.run_id, self.epoch = engine, run_id, epoch
-        self.lease_seconds, self.durability = lease_seconds, durability
-        self.on_lost = on_lost
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"wfkit-heartbeat-{run_id}", daemon=True)
+    def __init__(self, engine: Engine, *, lease_seconds: float, durability: str):
+        self.engine, self.lease_seconds, self.durability = engine, lease_seconds, durability
+        self._held: dict[uuid.UUID, Held] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> Heartbeat:
-        self._thread.start()
-        return self
+    def hold(self, run_id: uuid.UUID, epoch: int, on_lost: Callable[[str], None]) -> Held:
+        held = Held(run_id, epoch, on_lost)
+        with self._lock:
+            self._held[run_id] = held
+            if self._thread is None and not self._closed.is_set():
+                self._thread = threading.Thread(target=self._beat, name="wfkit-heartbeat", daemon=True)
+                self._thread.start()
+        return held
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self.lease_seconds)
+    def release(self, held: Held) -> None:
+        with self._lock:
+            if self._held.get(held.run_id) is held:
+                del self._held[held.run_id]
 
-    def _renew(self) -> bool:
-        with SqlRecorder(self.engine, durability=self.durability, lease_seconds=self.lease_seconds) as recorder:
-            if recorder.renew(self.run_id, self.epoch):
-                return True
-            holder = recorder.holder(self.run_id)
-        if holder is None:
-            self._lost(f"run {self.run_id} was deleted by another process")
-        elif holder[0] == "running":
-            self._lost(f"run {self.run_id} was taken over by {holder[1]} at attempt {holder[2]}")
-        else:
-            self._lost(f"run {self.run_id} was ended {holder[0]} by another process")
-        return False
+    def close(self) -> None:
+        self._closed.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.lease_seconds)
 
     def _beat(self) -> None:
-        interval = self.lease_seconds / 3
-        failures = 0
-        while not self._stop.wait(interval if failures == 0 else min(interval, 1.0)):
-            try:
-                if not self._renew():
-                    return
-                failures = 0
-            except WfkitError as err:  # the database could not answer
-                failures += 1
-                if failures >= 2:
-                    self._lost(f"its lease could not be renewed: {err}")
-                    return
-                log.warning("run %s: renewing its lease failed, trying again: %s", self.run_id, err)
-            except Exception as err:  # never let the thread die silently: the run must learn of it
-                self._lost(f"its lease could not be renewed: {type(err).__name__}: {err}")
+        every = self.lease_seconds / 3
+        while True:
+            with self._lock:
+                held = list(self._held.values())
+            now = time.monotonic()
+            due = [h for h in held if now - h.renewed_at >= every * 0.9]
+            if due:
+                self._renew(due)
+            # Sleep until the next run falls due (or a third of a lease, with none held); retry a
+            # failed renewal within a second.
+            wake = min((h.renewed_at + every for h in held), default=now + every)
+            if any(h.failures for h in due):
+                wake = min(wake, now + 1.0)
+            if self._closed.wait(max(0.05, wake - time.monotonic())):
                 return
 
-    def _lost(self, reason: str) -> None:
-        if not self._stop.is_set():
-            log.error("run %s: %s; stopping it", self.run_id, reason)
-            self.on_lost(reason)
+    def _renew(self, due: list[Held]) -> None:
+        try:
+            with SqlRecorder(self.engine, durability=self.durability, lease_seconds=self.lease_seconds) as recorder:
+                kept = recorder.renew_many([(h.run_id, h.epoch) for h in due])
+                at = time.monotonic()
+                for h in due:
+                    if h.run_id in kept:
+                        h.renewed_at, h.failures = at, 0
+                    else:
+                        self._lost(h, _what_became(recorder, h.run_id))
+        except WfkitError as err:  # the database could not answer
+            for h in due:
+                h.failures += 1
+                if h.failures >= 2:
+                    self._lost(h, f"its lease could not be renewed: {err}")
+                else:
+                    log.warning("run %s: renewing its lease failed, trying again: %s", h.run_id, err)
+        except Exception as err:  # never let the thread die silently: the runs must learn of it
+            for h in due:
+                self._lost(h, f"its lease could not be renewed: {type(err).__name__}: {err}")
+
+    def _lost(self, held: Held, reason: str) -> None:
+        with self._lock:
+            if self._held.get(held.run_id) is not held:
+                return  # it ended meanwhile
+            del self._held[held.run_id]
+        log.error("run %s: %s; stopping it", held.run_id, reason)
+        held.on_lost(reason)
+
+
+def _what_became(recorder: SqlRecorder, run_id: uuid.UUID) -> str:
+    holder = recorder.holder(run_id)
+    if holder is None:
+        return f"run {run_id} was deleted by another process"
+    if holder[0] == "running":
+        return f"run {run_id} was taken over by {holder[1]} at attempt {holder[2]}"
+    return f"run {run_id} was ended {holder[0]} by another process"

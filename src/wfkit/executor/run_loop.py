@@ -128,6 +128,7 @@ class RunLoop:
         self.result: Any = None
         self._events: list[Event] = []  # what the next write records, told once it is written
         self._unwritten: OpenStage | None = None  # a stage whose row is buffered, not yet written
+        self.held: Any = None  # the executor's hold on the run (its heartbeat): told of each lease extension
         if plan.claim is not None:
             left = plan.claim.left_running
             if left is not None:  # the stage the previous holder was executing when it stopped
@@ -299,6 +300,8 @@ class RunLoop:
             return False
         stage = OpenStage(new_id(), node, iteration, utcnow())
         requested, _ = self.recorder.open_stage(self.run_id, self.epoch, stage)
+        if self.held is not None:
+            self.held.renewed()
         self._told()
         if requested is not None:
             self.cancelled("cancel requested")
@@ -341,7 +344,8 @@ class RunLoop:
         self.state_from, self._state_json = stage.id, None
         self.steps += 1
         due = checkpoint_now or walker.done or self.steps % self.checkpoint_every == 0
-        checkpoint = (stage.node, checkpoints.encode_at_stage(walker.snapshot(), stage.id)) if due else None
+        checkpoint = (stage.node, checkpoints.encode_at_stage(walker.node, walker.counters, walker.route_from,
+                                                              stage.id)) if due else None
         # The stage is no longer this loop's to fail before its row is buffered: interrupted in between,
         # it stays current on the run's row (and runs again on resume) rather than ending twice.
         self.stage, self._unwritten = None, stage

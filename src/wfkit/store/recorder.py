@@ -110,7 +110,7 @@ _FINISH_RUN = (
     f"cancel_reason = COALESCE(cancel_reason, ?), lease_expires_at = NULL, {_CLEAR_STAGE} "
     "WHERE id = ? AND lease_epoch = ? RETURNING cancel_requested_at, cancel_reason"
 )
-_RENEW = "UPDATE runs SET lease_expires_at = {lease} WHERE id = ? AND lease_epoch = ? AND status IN ('pending', 'running')"
+_RENEW = "UPDATE runs SET lease_expires_at = {lease} WHERE status IN ('pending', 'running')"
 _REQUEST_CANCEL = (
     "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, ?), "
     "cancel_reason = COALESCE(cancel_reason, ?), updated_at = ? WHERE id = ? AND status = 'running'"
@@ -404,7 +404,25 @@ class SqlRecorder:
 
     def renew(self, run_id: uuid.UUID, epoch: int) -> bool:
         """Extend the lease of a pending or running run this process holds; False if it no longer does."""
-        return self._one("renew", (self.lease_seconds, self.codec.id(run_id), epoch)) == 1
+        return run_id in self.renew_many([(run_id, epoch)])
+
+    def renew_many(self, held: Iterable[tuple[uuid.UUID, int]]) -> set[uuid.UUID]:
+        """Extend the leases of the pending or running runs held with these ``(run id, epoch)``, in one
+        statement; return the ids of those still held (the others were taken over, or ended)."""
+        pairs = list(held)
+        if not pairs:
+            return set()
+        ph = "?" if self.codec.sqlite else "%s"
+        sql = self._sql["renew"] + " AND (id, lease_epoch) IN (VALUES " + ", ".join([f"({ph}, {ph})"] * len(pairs)) + \
+            ") RETURNING id"
+        params: list[Any] = [self.lease_seconds]
+        for run_id, epoch in pairs:
+            params += [self.codec.id(run_id), epoch]
+        with _WriteGuard(self):
+            rows = self._cursor.execute(sql, params).fetchall()
+            if self.codec.sqlite:
+                self._conn.commit()
+        return {row[0] if isinstance(row[0], uuid.UUID) else uuid.UUID(row[0]) for row in rows}
 
     def expired(self, workflow_names: Iterable[str] = ()) -> list[uuid.UUID]:
         """The runs no process holds any more (by the database's clock): running ones whose lease
