@@ -76,3 +76,26 @@ def test_the_layout_tree_matches_the_code():
         elif path.suffix == ".py" and not (path.name == "__init__.py" and len(relative.parts) > 1):
             present.add(relative.as_posix())
     assert listed == present
+
+
+def test_the_idempotency_example_runs_and_sees_one_key_per_node_execution(tmp_path):
+    from wfkit.executor import Executor
+    from wfkit.runtime import Runtime
+    from wfkit.store import migrations
+
+    code = re.search(r"```python\n(# a node's side effect, made safe to repeat.*?)```", README, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    charged = []
+
+    class Payments:
+        def charge(self, order, idempotency_key):
+            charged.append((order, idempotency_key))
+
+    registry = Registry()
+    registry.register("checkout", namespace["checkout"])
+    url = f"sqlite:///{tmp_path / 'readme.db'}"
+    migrations.upgrade(url)
+    with Executor(url, registry=registry, runtime=Runtime(services={"payments": Payments()})) as executor:
+        run = executor.execute("checkout", {"order": "A-17"})
+    assert run.status.value == "completed" and charged == [("A-17", f"{run.id}:charge:1")]

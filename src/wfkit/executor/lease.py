@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from sqlalchemy.engine import Engine
 
 from wfkit.errors import ConfigurationError, WfkitError
-from wfkit.store.recorder import SqlRecorder, check_durability
+from wfkit.store.recorder import SqlRecorder, check_durability, what_became
 
 log = logging.getLogger("wfkit.executor")
 
@@ -162,8 +162,12 @@ class Heartbeat:
                 for h in due:
                     if h.run_id in kept:
                         h.renewed_at, h.failures = at, 0
+                        continue
+                    holder = recorder.holder(h.run_id)
+                    if holder is not None and holder[3] == h.epoch and holder[0] not in ("pending", "running"):
+                        self.release(h)  # it just ended, by its own process's write: nothing was lost
                     else:
-                        self._lost(h, _what_became(recorder, h.run_id))
+                        self._lost(h, what_became(h.run_id, holder))
         except WfkitError as err:  # the database could not answer
             for h in due:
                 h.failures += 1
@@ -182,12 +186,3 @@ class Heartbeat:
             del self._held[held.run_id]
         log.error("run %s: %s; stopping it", held.run_id, reason)
         held.on_lost(reason)
-
-
-def _what_became(recorder: SqlRecorder, run_id: uuid.UUID) -> str:
-    holder = recorder.holder(run_id)
-    if holder is None:
-        return f"run {run_id} was deleted by another process"
-    if holder[0] == "running":
-        return f"run {run_id} was taken over by {holder[1]} at attempt {holder[2]}"
-    return f"run {run_id} was ended {holder[0]} by another process"

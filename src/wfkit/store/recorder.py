@@ -187,6 +187,18 @@ class OpenStage(NamedTuple):
     started_at: datetime
 
 
+def what_became(run_id: uuid.UUID, holder: tuple[Any, ...] | None) -> str:
+    """What happened to a run this process held, from its :meth:`SqlRecorder.holder` row."""
+    if holder is None:
+        return f"run {run_id} was deleted by another process"
+    status, owner, attempt, _epoch, _expires, reason = holder
+    if status == "running":
+        return f"run {run_id} was taken over by {owner or 'another process'} at attempt {attempt}"
+    if status == "cancelled" and reason:
+        return f"run {run_id} was ended cancelled by another process ({reason})"
+    return f"run {run_id} was ended {status} by another process"
+
+
 def check_durability(value: str) -> str:
     """``value`` if it is a durability mode, else a :class:`ConfigurationError` naming them."""
     if value not in DURABILITY_MODES:
@@ -331,22 +343,10 @@ class SqlRecorder:
     def _lease_lost(self, run_id: uuid.UUID) -> LeaseLostError:
         """The error for a write fenced off: who holds the run now, or what happened to it."""
         try:
-            row = self._run("holder", (self.codec.id(run_id),)).fetchone()
-            if self.codec.sqlite:
-                self._conn.rollback()
-        except Exception:
-            row = ("unknown",)
-        if row is None:
-            what = "was deleted by another process"
-        elif row[0] == "running":
-            what = f"was taken over by {row[1] or 'another process'} at attempt {row[2]}"
-        elif row[0] == "cancelled" and row[5]:
-            what = f"was ended cancelled by another process ({row[5]})"
-        elif row[0] == "unknown":
-            what = "is no longer held by this process"
-        else:
-            what = f"was ended {row[0]} by another process"
-        return LeaseLostError(f"run {run_id} {what}; this process stopped")
+            holder = self.holder(run_id)
+        except Exception:  # the database that refused the write may not answer this either
+            return LeaseLostError(f"run {run_id} is no longer held by this process; this process stopped")
+        return LeaseLostError(f"{what_became(run_id, holder)}; this process stopped")
 
     def holder(self, run_id: uuid.UUID) -> tuple[Any, ...] | None:
         """``(status, owner, attempt, lease_epoch, lease_expires_at, cancel_reason)`` of a run, or None."""
