@@ -23,6 +23,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_cli.py
 	$(BIN)/python bench/bench_executor.py
 	$(BIN)/python bench/bench_repository.py
+	$(BIN)/python bench/crash_recovery.py --kills 20
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .hypothesis
