@@ -124,6 +124,22 @@ def repo(engine: sa.Engine) -> Repository:
 
 
 @pytest.fixture
+def pg_url(databases: Databases) -> str:
+    """A migrated PostgreSQL database of its own, for what only PostgreSQL has (server processes)."""
+    url = databases.new("postgresql")
+    migrations.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(databases: Databases) -> str:
+    """A migrated SQLite database of its own, for what only SQLite does (statement-by-statement steps)."""
+    url = databases.new("sqlite")
+    migrations.upgrade(url)
+    return url
+
+
+@pytest.fixture
 def new_database(backend: str, databases: Databases) -> Callable[[], str]:
     """Make more empty databases of the current backend."""
     return lambda: databases.new(backend)

@@ -217,13 +217,16 @@ def test_a_closed_stdout_stops_the_printing_not_the_run(cli, db_url):
     assert only_run(db_url).status is RunStatus.COMPLETED
 
 
-def test_a_terminated_database_connection_is_one_line_and_the_run_is_ended(cli, db_url, tmp_path, backend):
+def test_a_terminated_database_connection_is_one_line_and_the_run_is_ended(wfkit_cli, pg_url, installed_plugins,
+                                                                            tmp_path):
     """The server kills the run's connection mid-run: one line, no SQLAlchemy traceback, and the run
-    ends failed (on a fresh connection), resumable."""
-    if backend != "postgresql":
-        pytest.skip("a SQLite database has no server process to terminate")
+    ends failed (on a fresh connection), resumable. (PostgreSQL only: SQLite has no server process.)"""
     import sqlalchemy as sa
 
+    db_url = pg_url
+    (tmp_path / "markers").mkdir()
+    cli = wfkit_cli.using(PYTHONPATH=str(installed_plugins["steps"]), WFKIT_DATABASE_URL=db_url,
+                          WFKIT_LOAD_PLUGINS="steps", WFKIT_TEST_MARKERS=str(tmp_path / "markers"))
     proc = cli.start("run", "steps", "-p", "pause_in=s2", "-p", "pause_seconds=1")
     wait_for(tmp_path / "markers" / "s2-in", proc)
     admin = sa.create_engine(sa.make_url(db_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
@@ -242,6 +245,8 @@ def test_a_terminated_database_connection_is_one_line_and_the_run_is_ended(cli, 
     assert run.status is RunStatus.FAILED and f"resume it with `wfkit runs resume {run.id}`" in line
     out = cli.run("runs", "resume", str(run.id), "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["result"] == FINAL
+    stages = Repository(db_url).get_stages(run.id)
+    assert [s.node_name for s in stages if s.status is StageStatus.COMPLETED] == ["s1", "s2", "s3", "s4"]
 
 
 def test_ctrl_c_with_json_still_prints_the_run_on_stdout(cli, db_url, tmp_path):

@@ -70,8 +70,10 @@ def completed_steps(db_url, run_id) -> list[tuple[str, int]]:
 
 def test_a_live_run_cannot_be_taken_over(cli, db_url, tmp_path):
     """A forced resume from a second process while the first executes (its heartbeat renewing a
-    1 s lease through a 5 s node) is refused, naming the holder; the first completes alone."""
-    proc = cli.start("run", "steps", "-p", "pause_in=s2", "-p", "pause_seconds=5")
+    1 s lease through a node that lasts several leases) is refused, naming the holder; the first
+    completes alone."""
+    release = tmp_path / "release"
+    proc = cli.start("run", "steps", "-p", "pause_in=s2", "-p", "pause_seconds=60", "-p", f"pause_until={release}")
     wait_for(tmp_path / "markers" / "s2-in", proc)
     run = only_run(db_url)
     for _ in range(3):  # across several leases: the heartbeat keeps it
@@ -82,6 +84,7 @@ def test_a_live_run_cannot_be_taken_over(cli, db_url, tmp_path):
         assert (shown["owner"], shown["attempt"], shown["lease_expired"]) == (run.owner, 1, False)
         assert shown["lease_expires_at"] is not None and shown["current_node"] == "s2"
         time.sleep(0.7)
+    release.touch()
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert completed_steps(db_url, run.id) == [("s1", 1), ("s2", 1), ("s3", 1), ("s4", 1)]  # no stage twice
@@ -237,10 +240,11 @@ def test_a_resume_raced_by_another_resume_runs_once(cli, db_url, installed_plugi
         assert p.returncode == 0, err
         results.append(dict(json.loads(line) for line in out.splitlines()))
     for rid in runs:
-        outcomes = sorted([results[0][rid], results[1][rid]])
-        assert outcomes[0] == "completed", outcomes
-        assert outcomes[1] == "completed" or "held by" in outcomes[1] or "is completed now" in outcomes[1] or \
-            "cannot go from completed" in outcomes[1], outcomes
+        outcomes = [results[0][rid], results[1][rid]]
+        assert outcomes.count("completed") == 1, outcomes  # one executed it, the other was refused:
+        refused = next(o for o in outcomes if o != "completed")  # held by the other, or already completed
+        assert "held by" in refused or "is completed now" in refused or "cannot go from completed" in refused, \
+            outcomes
         assert completed_steps(db_url, rid) == [("s1", 1), ("s2", 1), ("s3", 1), ("s4", 1)]  # executed once
         assert Repository(db_url).find_run(rid).attempt == 2
 
@@ -266,46 +270,6 @@ def test_sigkill_at_random_instants_then_recover(cli, db_url, tmp_path, request)
         assert run.status is RunStatus.COMPLETED and run.result == FINAL, run
         assert completed_steps(db_url, run.id) == [("s1", 1), ("s2", 1), ("s3", 1), ("s4", 1)]
         assert len(Repository(db_url).get_decisions(run.id)) == 4
-
-
-def test_a_terminated_connection_stops_the_run_cleanly_and_it_resumes(wfkit_cli, databases, installed_plugins,
-                                                                      tmp_path):
-    """PostgreSQL ends the server processes of `wfkit run` while it executes (pg_terminate_backend):
-    the process stops with one line saying how the run stands, and the run is resumed to its end.
-    (PostgreSQL only: a SQLite database has no server process.)"""
-    from wfkit.store import migrations
-
-    db_url = databases.new("postgresql")
-    migrations.upgrade(db_url)
-    (tmp_path / "markers").mkdir()
-    cli = wfkit_cli.using(PYTHONPATH=str(installed_plugins["steps"]), WFKIT_DATABASE_URL=db_url,
-                          WFKIT_LOAD_PLUGINS="steps", WFKIT_TEST_MARKERS=str(tmp_path / "markers"),
-                          WFKIT_LEASE_SECONDS=LEASE)
-    proc = cli.start("run", "steps", "-p", "pause_in=s2", "-p", "pause_seconds=1.5")
-    wait_for(tmp_path / "markers" / "s2-in", proc)
-    engine = sa.create_engine(sa.make_url(db_url).set(drivername="postgresql+psycopg"))
-    try:
-        with engine.connect() as conn:
-            terminated = conn.execute(sa.text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
-    finally:
-        engine.dispose()
-    assert terminated >= 1
-    stdout, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 1 and "Traceback" not in stderr
-    assert len(stderr.strip().splitlines()) == 1, stderr
-    run = only_run(db_url)
-    if run.status is RunStatus.RUNNING:  # the failure could not be recorded: its lease expires, then recover
-        assert "wfkit runs recover" in stderr
-        wait_until_expired(db_url, run.id)
-        out = cli.run("runs", "recover", "--json")
-        assert json.loads(out.stdout)[0]["status"] == "completed"
-    else:
-        assert run.status is RunStatus.FAILED and f"resume it with `wfkit runs resume {run.id}`" in stderr
-        out = cli.run("runs", "resume", str(run.id), "--json")
-        assert out.returncode == 0 and json.loads(out.stdout)["result"] == FINAL
-    assert completed_steps(db_url, run.id) == [("s1", 1), ("s2", 1), ("s3", 1), ("s4", 1)]
 
 
 def test_durability_on_the_command_line(cli, db_url):

@@ -938,12 +938,27 @@ class _Interrupt:
         raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("point", ["before buffering", "after buffering", "mid-write"])
+@pytest.mark.parametrize("point", ["before buffering", "after buffering"])
 def test_an_interrupt_at_a_step_boundary_never_commits_half_a_step(engine, monkeypatch, point):
     """Whatever the instant, a completed node's stage, decision and checkpoint are committed together
     or not at all: the resumed run runs no completed node again, and ends as an uninterrupted one."""
-    if point == "mid-write" and engine.dialect.name == "postgresql":
-        pytest.skip("on PostgreSQL a step is one statement: there is no instant inside it to interrupt")
+    _interrupted_at_a_boundary(engine, monkeypatch, point)
+
+
+def test_an_interrupt_inside_a_step_write_commits_none_of_it(sqlite_url, monkeypatch):
+    """SQLite writes a step statement by statement: interrupted between two of them, inside the open
+    transaction, none of the step is committed. (On PostgreSQL a step is one statement: there is no
+    instant inside it to interrupt.)"""
+    from wfkit.store.db import create_engine
+
+    engine = create_engine(sqlite_url)
+    try:
+        _interrupted_at_a_boundary(engine, monkeypatch, "mid-write")
+    finally:
+        engine.dispose()
+
+
+def _interrupted_at_a_boundary(engine, monkeypatch, point: str) -> None:
     calls: list[str] = []
     executor = Executor(engine, registry=chain_registry("four", "abcd", calls, "", lambda: True))
     interrupt = _Interrupt(monkeypatch, point)

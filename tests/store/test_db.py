@@ -86,13 +86,6 @@ def test_connections_read_with_the_server_settings(engine):
 # --------------------------------------------------------------------------- PostgreSQL connections that died
 
 
-@pytest.fixture
-def pg_url(databases):
-    url = databases.new("postgresql")
-    migrations.upgrade(url)
-    return url
-
-
 def _backend_pid(engine):
     conn = engine.raw_connection()
     try:

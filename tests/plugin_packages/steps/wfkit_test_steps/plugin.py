@@ -8,6 +8,7 @@ the file ``<WFKIT_TEST_MARKERS>/<run id or node>-<where>`` so the test knows
 when to strike. A pause happens only if its marker does not exist yet, so a
 resumed run does not pause again. Pausing never changes the state.
 Param ``async_nodes`` (true) makes the nodes ``async def`` (a pause inside one awaits).
+Param ``pause_until`` (a file) ends a pause inside a node as soon as that file exists.
 Param ``nap`` (seconds) makes every node sleep that long, every time it runs.
 Param ``keys_to`` (a file) makes every node append a JSON line of what the runtime says of its
 execution: node, iteration, idempotency key, fencing token.
@@ -33,14 +34,18 @@ def _first_time(name: str) -> bool:
     return True
 
 
-def _pause(name: str, seconds: float) -> None:
+def _pause(name: str, seconds: float, until: str | None = None) -> None:
+    """Pause once: ``seconds``, or until the file ``until`` exists (at most ``seconds``)."""
     if _first_time(name):
-        time.sleep(seconds)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (until and os.path.exists(until)):
+            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
 
 def steps(graph, runtime, params):
     """Four steps in a line, pausable for tests."""
     pause_in, seconds = params.get("pause_in"), float(params.get("pause_seconds", 30))
+    until = params.get("pause_until")
     fail_in, nap, keys_to = params.get("fail_in"), float(params.get("nap", 0)), params.get("keys_to")
 
     def make(node):
@@ -57,7 +62,7 @@ def steps(graph, runtime, params):
 
         def step(state):
             if node == pause_in:
-                _pause(f"{node}-in", seconds)
+                _pause(f"{node}-in", seconds, until)
             return work(state)
 
         async def async_step(state):
