@@ -175,7 +175,7 @@ def test_a_hostile_plugin_cannot_take_a_command_down(installed):
            "(WFKIT_PLUGIN_TIMEOUT)" in stderr
     assert "plugin 'hang-hook' (wfkit-test-hostile 1.2.3) was skipped: did not finish loading within 1 s" in stderr
     assert "plugin 'exits' (wfkit-test-hostile 1.2.3) was skipped: failed to import wfkit_test_hostile.exits: " \
-           "SystemExit: 3" in stderr
+           "called sys.exit(3)" in stderr
     assert "plugin 'interrupts' (wfkit-test-hostile 1.2.3) was skipped:" in stderr and "KeyboardInterrupt" in stderr
     assert "Traceback" not in stderr
 

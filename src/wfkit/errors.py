@@ -224,9 +224,12 @@ class Interrupted(KeyboardInterrupt):
 
 
 def error_text(err: BaseException) -> str:
-    """``"TypeName: first line of the message"`` (just the type name if there is no message)."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+    """``"TypeName: the message"`` on one line (its lines joined; just the type name if there is
+    none). ``SystemExit`` says what it is: code that called ``sys.exit``."""
+    if isinstance(err, SystemExit):
+        return f"called sys.exit({err.code!r})"
+    text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def http_status(err: BaseException) -> int:

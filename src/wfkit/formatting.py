@@ -34,3 +34,16 @@ def fmt_when(value: datetime, now: datetime | None = None) -> str:
     delta = (value - (now or datetime.now(timezone.utc))).total_seconds()
     away = f"in {delta:.0f} s" if delta >= 0 else f"{-delta:.0f} s ago"
     return f"{value.strftime('%Y-%m-%dT%H:%M:%SZ')} ({away})"
+
+
+#: How much of a value a message echoes (a value can be as long as a command line allows).
+ECHO_LIMIT = 80
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters with the length said."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    length = len(value) if isinstance(value, (str, bytes)) else len(text)
+    return f"{text[:limit]}... ({length:,} characters)"

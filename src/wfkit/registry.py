@@ -39,7 +39,9 @@ from wfkit.errors import (
     WfkitError,
     WorkflowBuildError,
     WorkflowNotFoundError,
+    error_text,
 )
+from wfkit.formatting import shown
 
 if TYPE_CHECKING:
     from wfkit.graph import StateGraph
@@ -179,10 +181,8 @@ class Workflow:
             state = self.factory(graph, runtime if runtime is not None else Runtime(), checked)
         except WfkitError:
             raise
-        except Exception as err:  # third-party code: report it as one line, keep the cause
-            raise WorkflowBuildError(
-                f"the factory of workflow {self.name!r} raised {type(err).__name__}: {err}"
-            ) from err
+        except (Exception, SystemExit) as err:  # third-party code: one line, keep the cause; sys.exit included
+            raise WorkflowBuildError(f"the factory of workflow {self.name!r} raised {error_text(err)}") from err
         if state is None:
             state = {}
         if not isinstance(state, Mapping):
@@ -366,7 +366,7 @@ class Registry:
             hint = f"; registered workflows: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}"
         else:
             hint = f"; {self.empty_hint}"
-        return WorkflowNotFoundError(f"no workflow named {name!r}{hint}")
+        return WorkflowNotFoundError(f"no workflow named {shown(name)}{hint}")
 
 
 def _source(workflow: Workflow) -> str:

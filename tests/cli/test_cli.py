@@ -298,6 +298,8 @@ def test_a_downgrade_that_removes_data_asks_however_it_is_spelled(wfkit_cli, new
     assert wfkit_cli.run(*again[1:]).returncode == 0
     assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == "0001"
     assert_one_line_error(wfkit_cli.run("db", "downgrade", "--", "-1", url=url), 2, "to base removes every wfkit table")
+    out = wfkit_cli.run("--database-url", url, "db", "downgrade", "0002")  # from 0001: the wrong way, and what to run
+    assert_one_line_error(out, 2, f"that is an upgrade (`wfkit --database-url {url} db upgrade`)")
     assert_one_line_error(wfkit_cli.run("db", "upgrade", "+4", url=url), 2, "there is no revision +4 from it")
 
 
@@ -310,6 +312,14 @@ def test_db_history_and_path(wfkit_cli, tmp_path):
     assert out.stdout.strip() == "postgresql://me:***@db.example/wf"  # as written, the password masked
     out = wfkit_cli.invoke("db", "path", url="postgresql://me@db.example/wf?password=secret&sslmode=require")
     assert out.stdout.strip() == "postgresql://me@db.example/wf?password=***&sslmode=require"
+
+
+def test_a_database_that_cannot_be_created_where_it_is_named_says_so(wfkit_cli, tmp_path):
+    """Not the circular hint to run `db upgrade`, which could not create it there either."""
+    for command in (("runs", "list"), ("runs", "show", "123e4567-e89b-12d3-a456-426614174000")):
+        out = wfkit_cli.run("--database-url", "sqlite:////proc/nope/x.db", *command)
+        assert_one_line_error(out, 2, "there is no database at /proc/nope/x.db, and none can be created there")
+        assert "db upgrade" not in out.stderr
 
 
 def test_bad_data_directory_is_one_line_naming_it_and_the_setting(wfkit_cli, tmp_path):
@@ -334,7 +344,7 @@ def test_in_memory_and_empty_database_urls_are_refused(wfkit_cli):
 
 def test_database_messages_say_what_is_wrong(wfkit_cli, tmp_path):
     out = wfkit_cli.run("db", "upgrade", "--database-url", "sqlite:////proc/wfkit-test.db")
-    assert_one_line_error(out, 2, "cannot create the SQLite database /proc/wfkit-test.db")
+    assert_one_line_error(out, 2, "there is no database at /proc/wfkit-test.db, and none can be created there")
     assert "wfkit db upgrade" not in out.stderr  # no advice that leads back here
     out = wfkit_cli.run("db", "upgrade", "--database-url", f"sqlite:///{tmp_path}")
     assert_one_line_error(out, 2, f"the SQLite database {tmp_path} is a directory: name a file in it")
@@ -474,7 +484,7 @@ def test_a_param_the_model_declares_as_text_is_taken_as_text(wfkit_cli):
     out = wfkit_cli.run("graph", "review-loop", "-p", "threshold=NaN")  # a float param: NaN is no JSON
     assert_one_line_error(out, 2, "threshold: NaN is not a JSON value wfkit can store")
     out = wfkit_cli.run("graph", "review-loop", "-p", "max_rounds=" + "9" * 5000)
-    assert_one_line_error(out, 2, "max_rounds: Exceeds the limit")
+    assert_one_line_error(out, 2, "max_rounds: a number of 5,000 digits is longer than a number may be")
     assert len(out.stderr) < 300  # the 5000 digits are not echoed
 
 
@@ -496,6 +506,12 @@ def test_params_json_from_a_file_or_standard_input(wfkit_cli, tmp_path):
                           "invalid params for workflow 'branching': it nests deeper than 100 levels (at ['a'][0]")
     # ... unless the param is text
     assert wfkit_cli.invoke("graph", "text-pipeline", "-p", "text=" + deep).returncode == 0
+    # a value JSON reads but wfkit cannot store is named by where it is
+    for args, where in ((["--params-json", '{"a": 1, "x": NaN}'], "x: NaN"),
+                        (["--params-json", '{"a": {"b": [1, Infinity]}}'], "a.b[1]: Infinity"),
+                        (["-p", "x=[1, -Infinity]"], "x[1]: -Infinity"),
+                        (["--params-json", '{"n": ' + "9" * 5000 + "}"], "n: a number of 5,000 digits")):
+        assert_one_line_error(wfkit_cli.run("graph", "branching", *args), 2, where)
 
 
 def test_hostile_listing_input_is_one_line_and_exit_2(wfkit_cli, db_url):
@@ -506,6 +522,16 @@ def test_hostile_listing_input_is_one_line_and_exit_2(wfkit_cli, db_url):
     out = wfkit_cli.run("runs", "show", "x" * 100_000, url=db_url)
     assert_one_line_error(out, 2, "invalid run id 'xxxx")
     assert "(100,000 characters)" in out.stderr and len(out.stderr) < 400
+    # no bad value is echoed whole
+    for args, problem in ((["runs", "list", "--status", "x" * 100_000], "unknown status 'xxx"),
+                          (["runs", "list", "--sort", "x" * 100_000], "sort field 'xxx"),
+                          (["runs", "list", "--sort", "y" * 100], "unknown sort field 'yyy"),
+                          (["graph", "z" * 100_000], "no workflow named 'zzz")):
+        out = wfkit_cli.run(*args, url=db_url)
+        assert out.returncode in (1, 2) and problem in out.stderr and len(out.stderr) < 600, (args, out.stderr[:300])
+    out = wfkit_cli.run("run", "text-pipeline", "-p", "x=" + "9" * 5000, url=db_url)
+    assert_one_line_error(out, 2, "x: a number of 5,000 digits is longer than a number may be (4,300 digits)")
+    assert "sys.set_int_max_str_digits" not in out.stderr
 
 
 def test_filters_no_database_can_compare_are_bad_input(db_url):
@@ -513,6 +539,9 @@ def test_filters_no_database_can_compare_are_bad_input(db_url):
     from wfkit.store.query import RunFilters
     from wfkit.store.repository import Repository
 
+    for keywords in ({"status": 3}, {"workflow_name": 3}, {"status": [3]}, {"workflow_name": {"a": 1}}):
+        with pytest.raises(InvalidQueryError, match=r"filter must be a (run status|workflow name) or a list of them"):
+            Repository(db_url).list_runs(**keywords)  # a type mistake is a wfkit error (HTTP 400), not a TypeError
     for bad, problem in (("a\x00b", "contains a NUL character"), ("a\ud800", "is not valid text")):
         with pytest.raises(InvalidQueryError, match=problem):
             Repository(db_url).list_runs(workflow_name=bad)

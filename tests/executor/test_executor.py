@@ -1151,15 +1151,17 @@ def test_one_deeply_nested_stored_row_does_not_break_a_listing(engine):
     assert repo.find_run(run.id).to_dict()["result"] == deep
 
 
-def test_a_stored_row_too_deep_to_parse_is_a_clear_error_and_summaries_still_list(engine, wfkit_cli):
+def test_a_stored_row_too_deep_to_parse_never_breaks_a_listing(engine, wfkit_cli):
     """Deeper than Python's JSON parser goes (written by hand: wfkit refuses to write it): the summary
-    listing never reads it, and whatever does read it gets a wfkit error, on the command line one line."""
+    listing never reads it; a full listing shows it marked, with every other run of the page whole;
+    reading that one run is a wfkit error, on the command line one line."""
     from factories import add, make_run
     from wfkit.errors import DatabaseError
+    from wfkit.store.codec import UNREADABLE_MARK
     from wfkit.store.models import Run
 
-    run = make_run()
-    add(engine, run)
+    run, other = make_run(), make_run(result={"fine": True})
+    add(engine, other, run)
     text = "[" * 5000 + "1" + "]" * 5000
     cast = "CAST(:text AS jsonb)" if engine.dialect.name == "postgresql" else ":text"
     update = sa.text(f"UPDATE runs SET result = {cast} WHERE id = :id").bindparams(
@@ -1167,13 +1169,53 @@ def test_a_stored_row_too_deep_to_parse_is_a_clear_error_and_summaries_still_lis
     with engine.begin() as conn:
         assert conn.execute(update, {"text": text, "id": run.id}).rowcount == 1
     repo = Repository(engine)
-    assert [r.id for r in repo.list_runs(fields="summary").data] == [run.id]
-    for read in (lambda: repo.list_runs(), lambda: repo.find_run(run.id)):
-        with pytest.raises(DatabaseError, match=r"nests too deeply to be read .*\(list_runs\(fields='summary'\)"):
-            read()
+    assert {r.id for r in repo.list_runs(fields="summary").data} == {run.id, other.id}
+    by_id = {r.id: r for r in repo.list_runs().data}
+    assert by_id[run.id].result == UNREADABLE_MARK and by_id[other.id].result == {"fine": True}
+    with pytest.raises(DatabaseError, match=r"nests too deeply to be read .*\(list_runs\(fields='summary'\)"):
+        repo.find_run(run.id)
+    assert repo.find_run(other.id).result == {"fine": True}
     url = engine.url.render_as_string(hide_password=False)
     assert wfkit_cli.run("runs", "list", url=url).returncode == 0
+    out = wfkit_cli.run("runs", "list", "--json", "--full", url=url)
+    assert out.returncode == 0 and len(json.loads(out.stdout)["data"]) == 2
     out = wfkit_cli.run("runs", "show", str(run.id), url=url)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     [line] = out.stderr.strip().splitlines()
     assert "nests too deeply to be read" in line
+
+
+def test_a_node_or_factory_that_calls_sys_exit_fails_its_run_and_errors_stay_one_line(engine):
+    """sys.exit in a node is the node's failure (the program goes on); in a factory, the workflow's
+    build error; an exception whose message has several lines is one line in error_message (its
+    traceback keeps the whole)."""
+    import sys
+
+    from wfkit.errors import WorkflowBuildError
+
+    reg = Registry()
+
+    def one_node(fn):
+        return lambda graph, runtime, params: graph.add_node("n", fn).set_entry_point("n").set_finish_point("n") and {}
+
+    def exits(state):
+        sys.exit(3)
+
+    def multiline(state):
+        raise ValueError("first line\nsecond line")
+
+    def factory_exits(graph, runtime, params):
+        sys.exit(4)
+
+    reg.register("exits", one_node(exits))
+    reg.register("multiline", one_node(multiline))
+    reg.register("factory-exits", factory_exits)
+    executor = Executor(engine, registry=reg)
+    run = executor.execute("exits")
+    assert run.status is RunStatus.FAILED and run.error_message == "node 'n' (iteration 1) failed: called sys.exit(3)"
+    run = executor.execute("multiline")
+    assert run.error_message == "node 'n' (iteration 1) failed: ValueError: first line second line"
+    [stage] = executor.repository.get_stages(run.id)
+    assert "\n" not in stage.error_message and "ValueError: first line\nsecond line" in stage.error_traceback
+    with pytest.raises(WorkflowBuildError, match=r"the factory of workflow 'factory-exits' raised called sys.exit\(4\)"):
+        executor.execute("factory-exits")

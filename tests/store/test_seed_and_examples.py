@@ -70,5 +70,6 @@ def test_seed_command_line_on_a_database_that_is_not_migrated(wfkit_cli, tmp_pat
     missing = tmp_path / "none.db"
     out = wfkit_cli.python("-m", "wfkit.store.seed", "--database-url", f"sqlite:///{missing}")
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr.strip() == "Error: the database is not migrated to the newest revision: run `wfkit db upgrade` first"
+    assert out.stderr.strip() == ("Error: the database is not migrated to the newest revision: run "
+                                  f"`wfkit --database-url sqlite:///{missing} db upgrade` first")  # pasteable as is
     assert not missing.exists()

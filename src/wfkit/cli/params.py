@@ -52,29 +52,68 @@ def _load_params_json(given: str) -> Any:
     else:
         text, where = given, None
     try:
-        return json.loads(text, parse_constant=_not_json)
+        value = json.loads(text, parse_constant=_Unstorable.constant, parse_int=_Unstorable.integer)
     except json.JSONDecodeError as err:
         source = f" in {where}" if where else ""
         raise click.BadParameter(f"not valid JSON{source} ({err.msg} at position {err.pos})", param_hint=hint) from None
     except RecursionError:
         raise click.BadParameter("nests too deeply to read", param_hint=hint) from None
-    except ValueError as err:  # NaN, or a number too long to convert
-        raise click.BadParameter(f"cannot be read: {err}", param_hint=hint) from None
+    found = _Unstorable.find(value)
+    if found is not None:  # NaN, Infinity, or a number too long: named by where it is
+        path, problem = found
+        raise click.BadParameter(f"{path}: {problem}" if path else problem, param_hint=hint)
+    return value
+
+
+class _Unstorable:
+    """Stands, while JSON is read, for a value wfkit cannot store, so that the error can name where
+    it is (a key path such as ``a.b[2]``) rather than only what it is."""
+
+    __slots__ = ("problem",)
+    MAX_DIGITS = 4300  # Python's own limit for turning text into an int
+
+    def __init__(self, problem: str):
+        self.problem = problem
+
+    @classmethod
+    def constant(cls, name: str) -> Any:
+        return cls(f"{name} is not a JSON value wfkit can store")
+
+    @classmethod
+    def integer(cls, text: str) -> Any:
+        if len(text.lstrip("-")) > cls.MAX_DIGITS:
+            return cls(f"a number of {len(text.lstrip('-')):,} digits is longer than a number may be "
+                       f"({cls.MAX_DIGITS:,} digits)")
+        return int(text)
+
+    @classmethod
+    def find(cls, value: Any) -> tuple[str, str] | None:
+        """The path and problem of the first such value in ``value`` (walked without recursion)."""
+        todo: list[tuple[str, Any]] = [("", value)]
+        while todo:
+            path, item = todo.pop()
+            if isinstance(item, cls):
+                return path, item.problem
+            if isinstance(item, dict):
+                todo += [(f"{path}.{k}" if path else str(k), v) for k, v in reversed(list(item.items()))]
+            elif isinstance(item, list):
+                todo += [(f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item)))]
+        return None
 
 
 def _param_value(key: str, raw: str) -> Any:
     try:
-        return json.loads(raw, parse_constant=_not_json)
+        value = json.loads(raw, parse_constant=_Unstorable.constant, parse_int=_Unstorable.integer)
     except json.JSONDecodeError:
         return raw  # not a JSON value: text
     except RecursionError:  # JSON, but deeper than the parser goes (and than wfkit stores)
         raise click.BadParameter(f"{key}: nests too deeply to read", param_hint="'-p' / '--param'") from None
-    except ValueError as err:  # NaN, or a number too long to convert
-        raise click.BadParameter(f"{key}: {err}", param_hint="'-p' / '--param'") from None
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value wfkit can store")
+    found = _Unstorable.find(value)
+    if found is not None:  # NaN, Infinity, or a number too long
+        path, problem = found
+        where = f"{key}.{path}" if path and not path.startswith("[") else f"{key}{path}"
+        raise click.BadParameter(f"{where}: {problem}", param_hint="'-p' / '--param'")
+    return value
 
 
 def _short(text: str, limit: int = 80) -> str:

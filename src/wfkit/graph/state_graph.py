@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from wfkit.errors import GraphError, GraphValidationError, NodeError, NoRouteError, RouteError
+from wfkit.errors import GraphError, GraphValidationError, NodeError, NoRouteError, RouteError, error_text
 from wfkit.graph.parts import (
     END,
     Edge,
@@ -260,8 +260,8 @@ class StateGraph:
             return run_coroutine(self.aexecute_node(name, state, iteration=iteration), f"node {name!r}")
         try:
             updates = node.fn(MappingProxyType(state))
-        except Exception as exc:
-            raise NodeError(name, iteration, f"failed: {type(exc).__name__}: {exc}") from exc
+        except (Exception, SystemExit) as exc:  # a node that calls sys.exit fails: it does not end the program
+            raise NodeError(name, iteration, f"failed: {error_text(exc)}") from exc
         if type(updates) is dict:  # the common case, kept short
             return updates, {**state, **updates}
         return _merge(name, iteration, state, updates)
@@ -274,8 +274,8 @@ class StateGraph:
             updates = node.fn(MappingProxyType(state))
             if inspect.isawaitable(updates):
                 updates = await updates
-        except Exception as exc:
-            raise NodeError(name, iteration, f"failed: {type(exc).__name__}: {exc}") from exc
+        except (Exception, SystemExit) as exc:
+            raise NodeError(name, iteration, f"failed: {error_text(exc)}") from exc
         return _merge(name, iteration, state, updates)
 
     def route(self, name: str, state: State) -> RouteDecision:
@@ -296,9 +296,9 @@ class StateGraph:
             else:
                 try:
                     held = pred.fn(view)
-                except Exception as exc:
+                except (Exception, SystemExit) as exc:
                     raise RouteError(name, f"predicate {pred.name!r} on edge {_edge_label(edge)} raised "
-                                           f"{type(exc).__name__}: {exc}", pred.name) from exc
+                                           f"{error_text(exc)}", pred.name) from exc
                 if not held:
                     failed.append(pred.name)
                     continue

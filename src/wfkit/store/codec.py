@@ -47,6 +47,31 @@ def sqlite_time(value: datetime | None) -> str | None:
 _SCAN_JSON = json.JSONDecoder().raw_decode
 
 
+class _Unreadable:
+    """Stands for a stored JSON value that nests more deeply than Python's parser goes (wfkit never
+    writes one; something else did): readers decide what to do with it, so that one such row
+    cannot break a whole listing."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNREADABLE"
+
+
+UNREADABLE = _Unreadable()
+#: What a listing shows in place of a value it cannot read.
+UNREADABLE_MARK = {"wfkit_unreadable": "this value nests more deeply than Python's JSON parser can read "
+                                       "(wfkit writes at most 100 levels; this one was written otherwise)"}
+
+
+def json_loads(text: str | bytes) -> Any:
+    """``json.loads``, but a value too deep to parse is :data:`UNREADABLE` instead of a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return UNREADABLE
+
+
 def _json_in(text: Any) -> Any:
     # SQLite gives a column declared JSON numeric affinity: a bare number is stored, and read back,
     # as a number. Other values are compact JSON text (no surrounding whitespace): scanning it
@@ -59,7 +84,9 @@ def _json_in(text: Any) -> Any:
             return value
     except ValueError:
         pass
-    return json.loads(text)
+    except RecursionError:
+        return UNREADABLE
+    return json_loads(text)
 
 
 def _sqlite_time_in(text: str) -> datetime:

@@ -403,6 +403,10 @@ def _translated(engine: Engine, orig: BaseException) -> WfkitError:
                     f"cannot use the data directory {path.parent} for the default database ({problem}): set "
                     f"XDG_DATA_HOME to a directory wfkit may write, or give the database with {DATABASE_URL_ENV} "
                     "or --database-url")
+        problem = _directory_problem(path.parent)
+        if problem:  # an upgrade could not create it there either: say why, not to run it
+            return ConfigurationError(f"there is no database at {path}, and none can be created there ({problem}): "
+                                      "give a database in a directory you may write")
         return DatabaseNotMigratedError(f"there is no database at {path}: run `wfkit db upgrade` to create it")
     if sqlite and ("readonly database" in text or "disk i/o error" in text and path is not None and path.exists()
                    and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))):

@@ -131,10 +131,10 @@ def resolve_target(at: str | None, revision: str, *, down: bool) -> str | None:
         there = chain.index(_resolve(spec)) if spec in chain else chain.index(_full_revision(spec))
     if down and there > here:
         raise ConfigurationError(f"revision {spec} is newer than the database's ({at or 'base'}): "
-                                 "that is an upgrade (wfkit db upgrade)")
+                                 "that is an upgrade (`wfkit db upgrade`)")
     if not down and there < here:
         raise ConfigurationError(f"revision {spec} is older than the database's ({at}): "
-                                 "that is a downgrade (wfkit db downgrade)")
+                                 "that is a downgrade (`wfkit db downgrade`)")
     return chain[there] if there >= 0 else None
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.dialects import postgresql
 from sqlmodel import Field, SQLModel
 
 from wfkit.errors import InvalidStatusError
+from wfkit.formatting import shown
 
 UTC = timezone.utc
 
@@ -116,7 +117,7 @@ def parse_run_status(value: RunStatus | str) -> RunStatus:
         return RunStatus(str(value).strip().lower())
     except ValueError:
         allowed = ", ".join(s.value for s in RunStatus)
-        raise InvalidStatusError(f"unknown run status {value!r}: expected one of {allowed}") from None
+        raise InvalidStatusError(f"unknown run status {shown(value)}: expected one of {allowed}") from None
 
 
 def can_transition(current: RunStatus | str, new: RunStatus | str) -> bool:

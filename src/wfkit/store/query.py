@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
 from wfkit.errors import ConfigurationError, InvalidQueryError
+from wfkit.formatting import shown
 from wfkit.store.models import Decision, Run, RunStatus, Stage
 
 T = TypeVar("T")
@@ -78,11 +79,11 @@ def parse_sort(spec: str | Sequence[str] | None, projection: Projection | None =
                     if projection
                     else "expected field names, comma-separated, each with an optional leading '-' for descending"
                 )
-                raise InvalidQueryError(f"invalid sort field {_short(item)!r}: {allowed}")
+                raise InvalidQueryError(f"invalid sort field {shown(item)}: {allowed}")
             if projection is not None:
                 projection.column(name, purpose="sort")
             if name in seen:
-                raise InvalidQueryError(f"sort field {name!r} is given more than once")
+                raise InvalidQueryError(f"sort field {shown(name)} is given more than once")
             seen.add(name)
             fields.append(SortField(name, descending))
     return tuple(fields)
@@ -111,14 +112,14 @@ class Projection:
         if purpose == "filter":
             if name not in self.filterable:
                 raise InvalidQueryError(
-                    f"unknown filter field {name!r}: allowed fields are {', '.join(sorted(self.filterable))}"
+                    f"unknown filter field {shown(name)}: allowed fields are {', '.join(sorted(self.filterable))}"
                 )
             return self.sortable.get(name, getattr(self.model, name))
         try:
             return self.sortable[name]
         except KeyError:
             raise InvalidQueryError(
-                f"unknown sort field {name!r}: allowed fields are {self.allowed_sort()}"
+                f"unknown sort field {shown(name)}: allowed fields are {self.allowed_sort()}"
             ) from None
 
     def resolve_sort(self, sort: Sequence[SortField] | str | None) -> tuple[SortField, ...]:
@@ -195,11 +196,11 @@ def _whole_number(value: Any, what: str, *, minimum: int | None = None, maximum:
     except (TypeError, ValueError):
         number = None
     if number is None:
-        raise error(f"{what} must be a whole number, got {_short(str(value))!r}")
+        raise error(f"{what} must be a whole number, got {shown(str(value))}")
     if minimum is not None and number < minimum:
         raise error(f"{what} must be a whole number of at least {minimum}, got {value!r}")
     if maximum is not None and number > maximum:
-        raise error(f"{what} must be at most {maximum}, got {_short(str(value))!r}")
+        raise error(f"{what} must be at most {maximum}, got {shown(str(value))}")
     return number
 
 
@@ -377,10 +378,24 @@ def parse_statuses(values: Iterable[str | RunStatus]) -> tuple[RunStatus, ...]:
                     status = RunStatus(text)
                 except ValueError:
                     allowed = ", ".join(s.value for s in RunStatus)
-                    raise InvalidQueryError(f"unknown status {item.strip()!r}: allowed values are {allowed}") from None
+                    raise InvalidQueryError(f"unknown status {shown(item.strip())}: allowed values are {allowed}") from None
             if status not in out:
                 out.append(status)
     return tuple(out)
+
+
+def _values(given: Any, name: str, kinds: tuple[type, ...]) -> tuple[Any, ...]:
+    """A filter's values: None, one value, or an iterable of them; anything else is an
+    :class:`InvalidQueryError` saying what to pass."""
+    if given is None:
+        return ()
+    if isinstance(given, kinds):
+        return (given,)
+    what = "a run status" if name == "status" else "a workflow name"
+    if isinstance(given, (list, tuple, set, frozenset)) and all(isinstance(v, kinds) for v in given):
+        return tuple(given)
+    raise InvalidQueryError(f"{name} filter must be {what} or a list of them (text), got {shown(given)} "
+                            f"({type(given).__name__})")
 
 
 @dataclass(frozen=True)
@@ -392,18 +407,9 @@ class RunFilters:
     status: tuple[RunStatus, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        status: Any = self.status
-        if status is None:
-            status = ()
-        elif isinstance(status, (str, RunStatus)):
-            status = (status,)
-        object.__setattr__(self, "status", parse_statuses(status))
-        names: Any = self.workflow_name
-        if names is None:
-            names = ()
-        elif isinstance(names, str):
-            names = (names,)
-        object.__setattr__(self, "workflow_name", parse_workflow_names(names))
+        object.__setattr__(self, "status", parse_statuses(_values(self.status, "status", (str, RunStatus))))
+        object.__setattr__(self, "workflow_name", parse_workflow_names(_values(self.workflow_name, "workflow_name",
+                                                                               (str,))))
 
     @classmethod
     def from_query(cls, query: Mapping[str, Any]) -> RunFilters:
@@ -464,13 +470,11 @@ def parse_workflow_names(values: Iterable[str]) -> tuple[str, ...]:
 def check_filter_text(text: str, what: str) -> str:
     """``text`` if every database can compare it: no NUL character, no lone surrogate."""
     if "\x00" in text:
-        raise InvalidQueryError(f"the {what} filter {_short(text)!r} contains a NUL character, which no name holds")
+        raise InvalidQueryError(f"the {what} filter {shown(text)} contains a NUL character, which no name holds")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidQueryError(f"the {what} filter {_short(text)!r} is not valid text (a lone surrogate)") from None
+        raise InvalidQueryError(f"the {what} filter {shown(text)} is not valid text (a lone surrogate)") from None
     return text
 
 
-def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."

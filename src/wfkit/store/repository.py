@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 
 from wfkit.errors import InvalidQueryError, NotFoundError
 from wfkit.ids import parse_uuid
-from wfkit.store.codec import codec_for, row_loader
+from wfkit.store.codec import UNREADABLE, UNREADABLE_MARK, codec_for, json_loads, row_loader
 from wfkit.store.connections import ThreadConnections
 from wfkit.store.db import as_engine, display_url, translate_errors
 from wfkit.store.models import Checkpoint, Decision, Run, Stage
@@ -173,7 +173,12 @@ class Repository:
             total = self._execute(cursor, count, values).fetchone()[0]
             if request.offset >= total:
                 return total, []
-            return total, [decode(row) for row in self._execute(cursor, rows, values).fetchall()]
+            page = [decode(row) for row in self._execute(cursor, rows, values).fetchall()]
+            for run in page:  # one row nobody can read must not take the page down with it
+                for name in ("params", "result"):
+                    if run.__dict__.get(name) is UNREADABLE:
+                        run.__dict__[name] = dict(UNREADABLE_MARK)
+            return total, page
 
         total, data = self._read(read)
         return PageResult[Run].build(data, total=total, page=request.page, page_size=size)
@@ -222,10 +227,11 @@ class Repository:
         decode = self._decode[model]
 
         def read(cursor: Any) -> Any:
-            # Decoded inside the read, as listings are: a value the JSON parser cannot read is a
-            # wfkit error there (see translate_errors).
             row = self._execute(cursor, statement, values).fetchone()
-            return None if row is None else decode(row)
+            found = None if row is None else decode(row)
+            if found is not None and any(value is UNREADABLE for value in found.__dict__.values()):
+                raise RecursionError  # asked for this one record, which cannot be read: see translate_errors
+            return found
 
         found = self._read(read)
         if found is None:
@@ -244,7 +250,7 @@ class Repository:
                 run = self._execute(cursor, self._current_stage, values).fetchone()
                 if run is None:
                     return None
-                found = [decode(row) for row in rows]
+                found = [_readable(decode(row)) for row in rows]
                 fill_inputs(found)
                 if run[0] is not None:
                     found.append(decode((run[0], values["rid"], run[1], run[2], "started", None, None, None, None,
@@ -253,7 +259,7 @@ class Repository:
             # Only an empty answer needs the existence check: rows imply the run.
             if not rows and self._execute(cursor, self._run_exists, values).fetchone() is None:
                 return None
-            return [decode(row) for row in rows]
+            return [_readable(decode(row)) for row in rows]
 
         found = self._read(read)
         if found is None:
@@ -306,6 +312,11 @@ class Repository:
             with translate_errors(self.engine):
                 conn = self.engine.raw_connection()
                 driver = conn.driver_connection
+                if self._autocommit and not conn.info.get("wfkit_json_loads"):  # PostgreSQL's, once: see json_loads
+                    from psycopg.types.json import set_json_loads
+
+                    set_json_loads(json_loads, driver)
+                    conn.info["wfkit_json_loads"] = True
                 was_autocommit = bool(getattr(driver, "autocommit", False))
                 try:
                     if self._autocommit and not was_autocommit:
@@ -343,6 +354,16 @@ class Repository:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _readable(record: Any) -> Any:
+    """``record`` with any value too deep to read shown as :data:`UNREADABLE_MARK` (a list of a run's
+    stages or decisions is not lost to one of them)."""
+    values = record.__dict__
+    for name, value in values.items():
+        if value is UNREADABLE:
+            values[name] = dict(UNREADABLE_MARK)
+    return record
 
 
 def fill_inputs(stages: Sequence[Stage]) -> None:

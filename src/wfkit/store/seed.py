@@ -290,8 +290,13 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         if migrations.current(args.database_url) != migrations.head():
+            import shlex
+
+            from wfkit.formatting import mask_password
+
             raise DatabaseNotMigratedError(
-                "the database is not migrated to the newest revision: run `wfkit db upgrade` first"
+                "the database is not migrated to the newest revision: run "
+                f"`wfkit --database-url {shlex.quote(mask_password(args.database_url))} db upgrade` first"
             )
         seed = args.seed if args.seed is not None else random.randrange(2**31)
         summary = seed_history(args.database_url, args.runs, seed=seed)
