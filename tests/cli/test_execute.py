@@ -334,6 +334,7 @@ def test_sigkill_then_forced_resume(cli, db_url, tmp_path, where):
     assert completed == ["s1", "s2", "s3", "s4"]  # no completed stage twice
     interrupted = [s for s in stages if s.status is StageStatus.FAILED]
     assert [s.node_name for s in interrupted] == [running] and interrupted[0].error_message.startswith("interrupted")
+    assert interrupted[0].input_snapshot == snapshot.state  # it keeps the input it had
     assert [(d.from_node, d.to_node) for d in repo.get_decisions(run.id)] == [
         ("s1", "s2"), ("s2", "s3"), ("s3", "s4"), ("s4", None)
     ]

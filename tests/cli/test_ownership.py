@@ -120,8 +120,9 @@ def test_a_stalled_process_is_taken_over_and_then_fenced_off(cli, db_url, tmp_pa
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "Traceback" not in stderr
+    taker = Repository(db_url).find_run(run.id).owner
     assert stderr.strip().splitlines()[-1] == (
-        f"Error: run {run.id} was ended completed by another process; this process stopped")
+        f"Error: run {run.id} was taken over by {taker} at attempt 2 (it is completed now); this process stopped")
     after = (Repository(db_url).get_stages(run.id), Repository(db_url).get_decisions(run.id),
              saved_checkpoint(db_url, run.id))
     assert after == history  # not one row from the stale process
@@ -283,3 +284,31 @@ def test_durability_on_the_command_line(cli, db_url):
     out = cli.run("run", "steps", env={"WFKIT_LEASE_SECONDS": "-1"})
     assert out.returncode == 2 and "WFKIT_LEASE_SECONDS must be a number of seconds from 0.5" in out.stderr
 
+
+
+def test_a_stop_signal_stops_a_recovery_in_flight(cli, db_url, tmp_path):
+    """`runs recover --concurrency 2` executes two runs in threads; SIGTERM reaches the main thread:
+    both runs stop before their next node, cancelled and resumable, and the command says so."""
+    markers = tmp_path / "markers"
+    dead = []
+    for node in ("s2", "s3"):
+        proc = cli.start("run", "steps", "-p", f"pause_in={node}", "-p", "pause_seconds=2")
+        wait_for(markers / f"{node}-in", proc)
+        proc.kill()
+        proc.communicate(timeout=30)
+    dead = [run.id for run in Repository(db_url).list_runs().data]
+    for run_id in dead:
+        wait_until_expired(db_url, run_id)
+    for marker in markers.iterdir():  # the recovered runs pause in their nodes again
+        marker.unlink()
+    proc = cli.start("runs", "recover", "--concurrency", "2")
+    wait_for(markers / "s2-in", proc)
+    wait_for(markers / "s3-in", proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    assert "Interrupted (SIGTERM): the runs being recovered stopped before their next node" in stderr
+    for run_id in dead:
+        run = Repository(db_url).find_run(run_id)
+        assert run.status is RunStatus.CANCELLED and run.cancel_reason == "terminated by SIGTERM", run
+        assert run.lease_expires_at is None  # released: resumable at once

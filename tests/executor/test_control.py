@@ -36,14 +36,24 @@ def test_force_cancel_marks_the_stage_left_started(engine):
 
 
 def test_delete_refuses_a_running_run_unless_forced(engine):
-    run = make_run(status=RunStatus.RUNNING)
-    add(engine, run)
+    from datetime import timedelta
+
+    from wfkit.store.models import utcnow
+
+    held = make_run(status=RunStatus.RUNNING, owner="host pid 1 (x)", lease_expires_at=utcnow() + timedelta(minutes=5))
+    orphan = make_run(status=RunStatus.RUNNING)  # no lease: nobody holds it
+    add(engine, held, orphan)
     control = RunControl(engine)
-    with pytest.raises(InvalidStatusError, match=r"is running: cancel it first \(`wfkit runs cancel .*`\), or, if its"):
-        control.delete(run.id)
-    control.delete(run.id, force=True)
-    with pytest.raises(NotFoundError, match=f"no run with id {run.id}"):
-        control.delete(run.id)
+    with pytest.raises(InvalidStatusError, match=r"is running: cancel it first \(`wfkit runs cancel .*`\), or delete "
+                                                 r"it anyway .* its process stops at its next write"):
+        control.delete(held.id)
+    with pytest.raises(InvalidStatusError, match=r"is running, but no process holds it \(its lease expired\): delete "
+                                                 r"it with `wfkit runs delete .* --force`"):
+        control.delete(orphan.id)
+    for run in (held, orphan):
+        control.delete(run.id, force=True)
+        with pytest.raises(NotFoundError, match=f"no run with id {run.id}"):
+            control.delete(run.id)
 
 
 @pytest.mark.parametrize("status, force, allowed", [

@@ -314,7 +314,7 @@ def test_transition_errors(engine, samples):
         conn.execute(sa.update(Run).where(Run.id == run.id).values(status=RunStatus.RUNNING))
     with pytest.raises(InvalidStatusError, match="--force"):
         executor.resume(run.id)
-    with pytest.raises(InvalidStatusError, match="is running: cancel it first"):
+    with pytest.raises(InvalidStatusError, match="is running, but no process holds it"):
         executor.delete(run.id)
     with pytest.raises(NotFoundError):
         executor.resume(uuid.uuid4())
@@ -867,6 +867,8 @@ def test_a_forced_cancel_fences_off_a_process_that_was_alive(engine, where, capl
             [("slow", StageStatus.FAILED)] if where == "slow"
             else [("slow", StageStatus.COMPLETED), ("last", StageStatus.FAILED)])
         assert stages[-1].error_message == INTERRUPTED
+        # the stage it was executing keeps its input: the state the checkpoint names (none before the first node)
+        assert stages[-1].input_snapshot == ({"slow": True} if where == "last" else None)
         resumed = executor.resume(run_id)
     assert resumed.status is RunStatus.COMPLETED and resumed.result == {"slow": True, "last": True}
     assert resumed.attempt == 2

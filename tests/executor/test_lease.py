@@ -256,7 +256,8 @@ def test_a_sync_node_that_outlived_its_lease_has_its_result_refused(engine):
     gate.set()
     thread.join(10)
     assert "run" not in outcome
-    assert str(outcome["error"]) == f"run {run_id} was ended completed by another process; this process stopped"
+    assert str(outcome["error"]) == (f"run {run_id} was taken over by {taker.owner} at attempt 2 (it is completed "
+                                     "now); this process stopped")
     stages = Repository(engine).get_stages(run_id)
     assert [(s.node_name, s.status) for s in stages] == [
         ("a", StageStatus.COMPLETED), ("b", StageStatus.FAILED), ("b", StageStatus.COMPLETED),
@@ -376,3 +377,61 @@ def test_settings_come_from_arguments_then_the_environment(engine, monkeypatch):
         Executor(engine, durability="fast")
     with pytest.raises(ConfigurationError, match="lease_seconds must be a number of seconds"):
         Executor(engine, lease_seconds=float("nan"))
+
+
+def test_an_executor_that_force_cancels_its_own_run_returns_it_cancelled(engine, caplog):
+    """Not a lost lease: the run this executor executes ends cancelled, as forced, and execute()
+    returns it; nothing is logged as lost."""
+    import logging
+
+    gate, started = threading.Event(), threading.Event()
+    executor = Executor(engine, registry=chain(slow="b", gate=gate, started=started), lease_seconds=LEASE)
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(run=executor.execute("chain")))
+    with caplog.at_level(logging.WARNING, logger="wfkit.executor"):
+        thread.start()
+        assert started.wait(10)
+        run_id = executor.repository.list_runs().data[0].id
+        assert executor.cancel(run_id, force=True, reason="forced here").status is RunStatus.CANCELLED
+        gate.set()
+        thread.join(10)
+    assert outcome["run"].status is RunStatus.CANCELLED and outcome["run"].cancel_reason == "forced here"
+    assert "lost" not in caplog.text and "taken over" not in caplog.text and "ended cancelled" not in caplog.text
+
+
+def test_the_heartbeat_needs_no_connection_of_a_full_pool(db_url):
+    """Every connection of the engine's pool is held by the runs being executed: the heartbeat renews
+    through a pool of its own, and a node three leases long keeps its run."""
+    from wfkit.store.db import create_engine
+
+    engine = create_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=0.5)
+    try:
+        with Executor(engine, registry=chain(slow="b", seconds=3 * LEASE), lease_seconds=LEASE) as executor:
+            run_id = executor.start("chain")
+            run = executor.wait(run_id, timeout=30)
+        assert run.status is RunStatus.COMPLETED and run.attempt == 1, run.error_message
+    finally:
+        engine.dispose()
+
+
+def test_the_heartbeat_thread_ends_when_no_run_is_held(engine):
+    executor = Executor(engine, registry=chain(slow="b", seconds=0.6 * LEASE), lease_seconds=LEASE)
+    executor.execute("chain")  # never closed, as a careless service might: its thread must not stay
+    thread = executor.heartbeat._thread
+    assert thread is not None  # the long node had it started
+    thread.join(3 * LEASE)
+    assert not thread.is_alive() and executor.heartbeat._thread is None
+    assert executor.execute("chain").status is RunStatus.COMPLETED  # and one starts again when needed
+
+
+def test_lease_expiry_by_the_database_clock(engine):
+    repo = Repository(engine)
+    gate, started = threading.Event(), threading.Event()
+    with Executor(engine, registry=chain(slow="b", gate=gate, started=started), lease_seconds=LEASE) as executor:
+        run_id = executor.start("chain")
+        assert started.wait(10)
+        assert repo.lease_expired(run_id) is False
+        expire(engine, run_id)
+        assert repo.lease_expired(run_id) is True
+        gate.set()
+    assert repo.lease_expired(run_id) is None  # ended (the expired run was not fenced off: nobody took it)

@@ -245,3 +245,61 @@ def test_plan_downgrade_names_what_holds_data(empty_url):
         migrations.plan_downgrade(empty_url, "-9")
     with pytest.raises(ConfigurationError, match=r"the newest revision is 0004: there is no revision \+1"):
         migrations.upgrade(empty_url, "+1")
+
+
+def test_a_downgrade_from_0004_keeps_every_run_resumable_by_the_wfkit_before(empty_url):
+    """0003 reads checkpoints that hold the state, and shows a running stage as a row: the downgrade
+    writes stage inputs out in full, checkpoints back in format 2, and the stage a run was executing
+    as a `started` row; of what it drops, it asks only about the leases."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from wfkit.executor import Executor
+    from wfkit.executor.run_loop import RunLoop
+    from wfkit.registry import Registry
+    from wfkit.store.repository import Repository
+
+    migrations.upgrade(empty_url)
+    reg = Registry()
+    reg.register("chain", lambda graph, runtime, params: graph.add_node("a", lambda s: {"a": 1})
+                 .add_node("b", lambda s: {"b": 2}).add_node("c", lambda s: {"c": 3}).set_entry_point("a")
+                 .add_edge("a", "b").add_edge("b", "c").set_finish_point("c") and {"seen": 0})
+    engine = create_engine(empty_url)
+    try:
+        executor = Executor(engine, registry=reg)
+        done = executor.execute("chain")
+        with executor._recorder() as recorder:  # a run whose process died inside node c
+            plan = executor._cold_start("chain", {}, recorder, start=True)
+            loop = RunLoop(recorder, plan, observers=executor.observers, checkpoint_every=1, cancel=threading.Event())
+            loop.first_stage()
+            for _ in range(2):
+                assert loop.stepped(loop.walker.step())
+        losses = migrations.plan_downgrade(engine, "0003").losses  # the leases go: the rest is kept
+        assert [loss.split(",")[0] for loss in losses] == ["column runs.owner", "column runs.attempt",
+                                                           "column runs.lease_epoch", "column runs.lease_expires_at"]
+        migrations.downgrade(engine, "0003")
+        with engine.connect() as conn:
+            rows = {run_id: data for run_id, data in conn.execute(
+                sa.text("SELECT run_id, state_data FROM checkpoints")).all()}
+            stages = conn.execute(sa.text("SELECT run_id, node_name, status, input_snapshot FROM stages "
+                                          "ORDER BY created_at")).all()
+    finally:
+        engine.dispose()
+
+    def as_dict(value):
+        import json
+
+        return json.loads(value) if isinstance(value, str) else value
+
+    key = (lambda u: u.hex) if "sqlite" in empty_url else (lambda u: u)
+    finished, dead = as_dict(rows[key(done.id)]), as_dict(rows[key(plan.run_id)])
+    assert finished == {"state": {"seen": 0, "a": 1, "b": 2, "c": 3}, "next_node": None,
+                        "counters": {"a": 1, "b": 1, "c": 1}, "route_from": None, "format": 2}
+    assert dead["state"] == {"seen": 0, "a": 1, "b": 2} and dead["next_node"] == "c" and dead["format"] == 2
+    of_dead = [(node, status, as_dict(snapshot)) for run_id, node, status, snapshot in stages
+               if run_id == key(plan.run_id)]
+    assert of_dead == [("a", "completed", {"seen": 0}), ("b", "completed", {"seen": 0, "a": 1}),
+                       ("c", "started", {"seen": 0, "a": 1, "b": 2})]
+    migrations.upgrade(empty_url)  # and back up: the history reads as before
+    assert [s.node_name for s in Repository(empty_url).get_stages(plan.run_id)] == ["a", "b", "c"]

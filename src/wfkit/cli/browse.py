@@ -122,10 +122,12 @@ def runs_show(run_id: str, with_traceback: bool, full: bool, as_json: bool) -> N
 
     Example: wfkit runs show 123e4567-e89b-12d3-a456-426614174000 --traceback
     """
-    run, stages = _read(lambda repo: (repo.find_run(run_id), repo.get_stages(run_id) if with_traceback else []))
+    run, stages, expired = _read(lambda repo: (repo.find_run(run_id),
+                                               repo.get_stages(run_id) if with_traceback else [],
+                                               repo.lease_expired(run_id)))
     failed = next((s for s in reversed(stages) if s.error_traceback), None)
     if as_json:
-        doc = run.to_dict()
+        doc = {**run.to_dict(), "lease_expired": expired}  # by the database's clock, as claims are
         if with_traceback:
             doc["traceback"] = failed.error_traceback if failed is not None else None
         echo_json(doc)
@@ -143,7 +145,8 @@ def runs_show(run_id: str, with_traceback: bool, full: bool, as_json: bool) -> N
         ("result", "-" if run.result is None else _shown(run.result, full)),
     ]
     if run.attempt or run.owner:
-        rows += [("owner", run.owner or "-"), ("attempt", run.attempt), ("lease", with_database_url(_lease(run)))]
+        rows += [("owner", run.owner or "-"), ("attempt", run.attempt),
+                 ("lease", with_database_url(_lease(run, expired)))]
     if run.current_node is not None:
         rows.append(("executing", f"{run.current_node} (iteration {run.current_iteration}) since "
                                   f"{fmt_time(run.current_stage_started_at)}"))
@@ -161,13 +164,13 @@ def runs_show(run_id: str, with_traceback: bool, full: bool, as_json: bool) -> N
             click.echo(f"\ntraceback of {failed.node_name} (iteration {failed.iteration}):\n{failed.error_traceback}")
 
 
-def _lease(run: Any) -> str:
+def _lease(run: Any, expired: bool | None) -> str:
     """A run's lease for people: held until when, or expired (no process holds it), or released."""
     from wfkit.formatting import fmt_when
 
-    if run.lease_expired is None or (run.lease_expires_at is None and not run.lease_expired):
-        return "released (the run is not executing)" if run.lease_expired is None else "none yet (waiting for a claim)"
-    if run.lease_expired:
+    if expired is None or (run.lease_expires_at is None and not expired):
+        return "released (the run is not executing)" if expired is None else "none yet (waiting for a claim)"
+    if expired:
         since = f" at {fmt_when(run.lease_expires_at)}" if run.lease_expires_at else ""
         return (f"expired{since}: no process holds it; `wfkit runs recover` or "
                 f"`wfkit runs resume {run.id} --force` takes it over")

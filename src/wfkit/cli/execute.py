@@ -231,8 +231,9 @@ def runs_resume(run_id: str, force: bool, durability: str | None, as_json: bool)
 @runs.command("recover")
 @click.option("--workflow", "workflow_names", multiple=True, metavar="NAME",
               help="Only runs of this workflow (comma-separate or repeat for several).")
-@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=1, show_default=True,
-              help="How many runs to resume at once, each in a thread of its own.")
+@click.option("--concurrency", type=click.IntRange(min=1, max=8), default=1, show_default=True,
+              help="How many runs to resume at once, each in a thread of its own (at most 8: each holds one of "
+              "the connection pool's).")
 @durability_option
 @json_option
 @database_url_option
@@ -257,8 +258,9 @@ def runs_recover(workflow_names: tuple[str, ...], concurrency: int, durability: 
         from wfkit.errors import Interrupted
 
         name = err.signal_name if isinstance(err, Interrupted) else "Ctrl-C"
-        click.echo(f"Interrupted ({name}): the runs being recovered ended cancelled, resumable; the others were "
-                   f"not touched. Go on with: {wfkit_command('runs', 'recover')}", err=True)
+        click.echo(f"Interrupted ({name}): the runs being recovered stopped before their next node, cancelled and "
+                   f"resumable; the others were not touched. Go on with: {wfkit_command('runs', 'recover')}",
+                   err=True)
         sys.exit(128 + getattr(signal, name) if isinstance(err, Interrupted) else 1)
     ok = all(r.run is not None and r.run.status.value == "completed" for r in recovered)
     if as_json:
@@ -266,7 +268,7 @@ def runs_recover(workflow_names: tuple[str, ...], concurrency: int, durability: 
                     "run": r.run.to_dict() if r.run else None, "error": str(r.error) if r.error else None}
                    for r in recovered])
     elif not recovered:
-        click.echo("No run to recover: every running run is held by a live process.")
+        click.echo("No run to recover: no run's lease has expired.")
     else:
         for r in recovered:
             if r.run is not None:
@@ -303,11 +305,12 @@ def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
     with RunControl(database_url()) as control:
         run = control.cancel(run_id, force=force, reason=f"{'forced' if force else 'cancel requested'} "
                                                          f"with {command} by {where_from()}")
+        expired = control.repository.lease_expired(run.id)  # by the database's clock, as claims are
     if as_json:
-        echo_json(run.to_dict())
+        echo_json({**run.to_dict(), "lease_expired": expired})
     elif run.status.value == "cancelled":
         click.echo(f"run {run.id} cancelled")
-    elif run.lease_expired:
+    elif expired:
         since = f" at {fmt_when(run.lease_expires_at)}" if run.lease_expires_at else ""
         click.echo(f"cancel requested, but no process holds run {run.id} (its lease expired{since}): nothing is "
                    "executing it to stop.")

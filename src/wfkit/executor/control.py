@@ -103,9 +103,12 @@ class RunControl:
         with SqlRecorder(self.engine) as recorder:
             deleted = recorder.delete_run(rid, force=force)
         if not deleted:  # it is running (the check and the delete are one statement)
+            if self.repository.lease_expired(rid):
+                raise InvalidStatusError(f"run {rid} is running, but no process holds it (its lease expired): delete "
+                                         f"it with `wfkit runs delete {rid} --force` (force=True)")
             raise InvalidStatusError(
-                f"run {rid} is running: cancel it first (`wfkit runs cancel {rid}`), or, if its process is gone, "
-                f"delete it anyway with `wfkit runs delete {rid} --force` (force=True)"
+                f"run {rid} is running: cancel it first (`wfkit runs cancel {rid}`), or delete it anyway with "
+                f"`wfkit runs delete {rid} --force` (force=True: its process stops at its next write)"
             )
 
     def check_resume(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:

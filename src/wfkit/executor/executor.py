@@ -51,6 +51,7 @@ from wfkit.errors import (
     InvalidParamsError,
     InvalidStatusError,
     LeaseLostError,
+    NotFoundError,
     StateNotSerializableError,
     WfkitError,
 )
@@ -126,6 +127,7 @@ class Executor:
         self.repository = Repository(self.engine)
         self.control = RunControl(repository=self.repository)
         self._cancel: dict[uuid.UUID, threading.Event] = {}
+        self._stops: dict[uuid.UUID, Stop] = {}  # the runs this executor is executing, how to stop each
         self._background: dict[uuid.UUID, _Background] = {}  # the runs started by start() and astart()
         self._lock = threading.Lock()
 
@@ -244,12 +246,28 @@ class Executor:
         that this executor is executing stops before its next node without waiting for the database
         to say so, and the task of its async node, if one is running, is cancelled."""
         rid = parse_uuid(run_id)
+        with self._lock:
+            stop = self._stops.get(rid)
+        if force and stop is not None:  # a run of ours: its fenced-off writes will be no loss to report
+            stop.forced = True
+            if stop.held is not None:
+                self.heartbeat.release(stop.held)
         run = self.control.cancel(rid, force=force, reason=reason)  # raises, and stops nothing, if it did not stand
         with self._lock:
             event = self._cancel.get(rid)
         if event is not None:
             event.set()
         return run
+
+    def interrupt(self, reason: str) -> None:
+        """Stop every run this executor is executing, at once: each ends cancelled for ``reason``
+        before its next node (an async node's task is cancelled), resumable. For a process that is
+        stopping (a signal reached it while its runs execute in other threads)."""
+        with self._lock:
+            stops = list(self._stops.values())
+        for stop in stops:
+            stop.cancel_reason = stop.cancel_reason or reason
+            stop.event.set()
 
     async def acancel(self, run_id: uuid.UUID | str, *, force: bool = False, reason: str | None = None) -> Run:
         """Like :meth:`cancel`, its database work in a thread (the event loop goes on meanwhile)."""
@@ -288,8 +306,18 @@ class Executor:
 
         if concurrency == 1 or len(expired) <= 1:
             return [one(rid) for rid in expired]
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="wfkit-recover") as pool:
-            return list(pool.map(one, expired))
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="wfkit-recover")
+        futures = [pool.submit(one, rid) for rid in expired]
+        try:
+            return [future.result() for future in futures]
+        except BaseException as err:  # Ctrl-C or a stop signal, in this thread: the runs in flight stop too
+            from wfkit.executor.run_loop import interrupt_reason
+
+            pool.shutdown(wait=False, cancel_futures=True)
+            self.interrupt(interrupt_reason(err) if isinstance(err, KeyboardInterrupt) else f"stopped: {err}")
+            raise
+        finally:
+            pool.shutdown(wait=True)
 
     def delete(self, run_id: uuid.UUID | str, *, force: bool = False) -> None:
         """Delete a run with its stages, decisions and checkpoint. A running run needs ``force``."""
@@ -381,12 +409,16 @@ class Executor:
             try:
                 plan.started_at = recorder.start_pending(run_id, plan.epoch)
             except LeaseLostError:
-                if self.repository.find_run(run_id).status is RunStatus.CANCELLED:
-                    return None  # cancelled before it started (the outcome reads it back)
+                try:
+                    if self.repository.find_run(run_id).status is RunStatus.CANCELLED:
+                        return None  # cancelled before it started (the outcome reads it back)
+                except NotFoundError:
+                    return None  # deleted before it started: nothing to run (the outcome says so)
                 raise
             plan.attempt = 1
         with self._lock:
             cancel = self._cancel.setdefault(run_id, threading.Event())
+            self._stops[run_id] = stop
         stop.event = cancel
         loop = RunLoop(recorder, plan, observers=self.observers, checkpoint_every=self.checkpoint_every,
                        cancel=cancel, lost=stop)
@@ -412,18 +444,17 @@ class Executor:
     # -- the hot start, sync and async: the same, but for how the walk is driven
 
     @contextlib.contextmanager
-    def _executing(self, plan: Plan, recorder: SqlRecorder | None) -> Iterator[RunLoop | None]:
+    def _executing(self, plan: Plan, recorder: SqlRecorder | None, stop: Stop) -> Iterator[RunLoop | None]:
         """The run's walk, set up on ``recorder`` (or a recorder of its own), with its heartbeat: None
         if there is nothing to walk. Whatever escapes the walk (Ctrl-C, a cancelled task, a failed
         write) ends the run through :meth:`RunLoop.crashed` first; the run's cancel flag is dropped
         afterwards."""
-        stop = Stop()
         held = None
         try:
             with contextlib.nullcontext(recorder) if recorder is not None else self._recorder() as rec:
                 loop = self._begin(rec, plan, stop)
                 if loop is not None:
-                    held = loop.held = self.heartbeat.hold(plan.run_id, plan.epoch, _stopper(stop))
+                    held = loop.held = stop.held = self.heartbeat.hold(plan.run_id, plan.epoch, _stopper(stop))
                 try:
                     yield loop
                 except BaseException as err:
@@ -435,24 +466,43 @@ class Executor:
                 self.heartbeat.release(held)
             with self._lock:
                 self._cancel.pop(plan.run_id, None)
+                self._stops.pop(plan.run_id, None)
 
     def _hot(self, plan: Plan, recorder: SqlRecorder | None = None) -> Run:
-        with self._executing(plan, recorder) as loop:
-            if loop is not None:
-                loop.walk()
+        stop = Stop()
+        try:
+            with self._executing(plan, recorder, stop) as loop:
+                if loop is not None:
+                    loop.walk()
+        except LeaseLostError as err:
+            return self._lost(plan, stop, err)
         return self._outcome(plan, loop)
 
     async def _ahot(self, plan: Plan, recorder: SqlRecorder | None = None) -> Run:
-        with self._executing(plan, recorder) as loop:
-            if loop is not None:
-                await loop.awalk()
+        stop = Stop()
+        try:
+            with self._executing(plan, recorder, stop) as loop:
+                if loop is not None:
+                    await loop.awalk()
+        except LeaseLostError as err:
+            return self._lost(plan, stop, err)
         return self._outcome(plan, loop)
+
+    def _lost(self, plan: Plan, stop: Stop, err: LeaseLostError) -> Run:
+        """This process's write was fenced off: by its own forced cancel (the run, as it stands), or
+        by another process (said once in the log, and raised)."""
+        if stop.forced:
+            return self.repository.find_run(plan.run_id)
+        log.warning("%s", err)
+        raise err
 
     def _hot_in_background(self, plan: Plan, recorder: SqlRecorder) -> None:
         try:
             self._hot(plan, recorder)
-        except LeaseLostError as err:  # said once, where it happened: this process stopped
-            log.warning("%s", err)
+        except LeaseLostError:  # said once, in the log (see _lost): this process stopped
+            pass
+        except NotFoundError:  # deleted before it started: nothing ran, nothing to say
+            pass
         except Exception:  # recorded in the run where possible; never kill the thread silently
             log.exception("run %s failed in the background", plan.run_id)
         finally:
@@ -462,8 +512,8 @@ class Executor:
     async def _ahot_in_background(self, plan: Plan, recorder: SqlRecorder) -> None:
         try:
             await self._ahot(plan, recorder)
-        except LeaseLostError as err:
-            log.warning("%s", err)
+        except LeaseLostError:
+            pass
         except Exception:  # as in a thread (a cancelled task is recorded as a cancelled run, and re-raised)
             log.exception("run %s failed in the background", plan.run_id)
         finally:

@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -102,12 +103,15 @@ class Heartbeat:
     blocks for longer than the lease does not lose its run: each run whose lease no step has
     extended for a third of its length is renewed (all that are due, in one statement), whatever
     its own thread is doing. A run whose steps are short is never renewed here at all: its steps
-    extend its lease. The thread starts with the first run held and sleeps between renewals.
+    extend its lease. The thread starts with the first run held, sleeps between renewals, and ends
+    when no run is held. It renews through a connection pool of its own (made like the engine's):
+    runs being executed, which each hold a connection of the engine's pool, cannot starve it.
 
     When a renewal finds a lease taken (another process took the run over, or a forced cancel
-    ended it), or cannot reach the database twice in a row, the run's ``on_lost`` is called once
-    with the reason: the executor then stops the run at once (an async node is cancelled; a sync
-    node's result is rejected by its fenced commit).
+    ended it), or the database does not answer until the lease is about to expire (retried every
+    second until then), the run's ``on_lost`` is called once with the reason: the executor then
+    stops the run at once (an async node is cancelled; a sync node's result is rejected by its
+    fenced commit).
     """
 
     def __init__(self, engine: Engine, *, lease_seconds: float, durability: str):
@@ -115,7 +119,9 @@ class Heartbeat:
         self._held: dict[uuid.UUID, Held] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pool: Any = None
 
     def hold(self, run_id: uuid.UUID, epoch: int, on_lost: Callable[[str], None]) -> Held:
         held = Held(run_id, epoch, on_lost)
@@ -133,30 +139,44 @@ class Heartbeat:
 
     def close(self) -> None:
         self._closed.set()
+        self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=self.lease_seconds)
 
     def _beat(self) -> None:
         every = self.lease_seconds / 3
-        while True:
-            with self._lock:
-                held = list(self._held.values())
-            now = time.monotonic()
-            due = [h for h in held if now - h.renewed_at >= every * 0.9]
-            if due:
-                self._renew(due)
-            # Sleep until the next run falls due (or a third of a lease, with none held); retry a
-            # failed renewal within a second.
-            wake = min((h.renewed_at + every for h in held), default=now + every)
-            if any(h.failures for h in due):
-                wake = min(wake, now + 1.0)
-            if self._closed.wait(max(0.05, wake - time.monotonic())):
-                return
+        try:
+            while not self._closed.is_set():
+                with self._lock:
+                    held = list(self._held.values())
+                    if not held:  # nothing to renew: the thread ends (the next hold starts one)
+                        self._thread = None
+                        return
+                now = time.monotonic()
+                due = [h for h in held if now - h.renewed_at >= every * 0.9]
+                if due:
+                    self._renew(due)
+                # Sleep until the next run falls due; retry a failed renewal within a second.
+                wake = min(h.renewed_at + every for h in held)
+                if any(h.failures for h in due):
+                    wake = min(wake, now + 1.0)
+                self._wake.wait(max(0.05, wake - time.monotonic()))
+        finally:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.dispose()
+
+    def _recorder(self) -> SqlRecorder:
+        if self._pool is None:
+            # The engine's own pool, made again: same connections, same settings, none of its slots.
+            self._pool = self.engine.pool.recreate()
+        return SqlRecorder(self.engine, durability=self.durability, lease_seconds=self.lease_seconds,
+                           pool=self._pool)
 
     def _renew(self, due: list[Held]) -> None:
         try:
-            with SqlRecorder(self.engine, durability=self.durability, lease_seconds=self.lease_seconds) as recorder:
+            with self._recorder() as recorder:
                 kept = recorder.renew_many([(h.run_id, h.epoch) for h in due])
                 at = time.monotonic()
                 for h in due:
@@ -167,12 +187,12 @@ class Heartbeat:
                     if holder is not None and holder[3] == h.epoch and holder[0] not in ("pending", "running"):
                         self.release(h)  # it just ended, by its own process's write: nothing was lost
                     else:
-                        self._lost(h, what_became(h.run_id, holder))
-        except WfkitError as err:  # the database could not answer
+                        self._lost(h, what_became(h.run_id, holder, h.epoch))
+        except WfkitError as err:  # the database could not answer: try again until the lease is at risk
             for h in due:
                 h.failures += 1
-                if h.failures >= 2:
-                    self._lost(h, f"its lease could not be renewed: {err}")
+                if time.monotonic() + 1.5 >= h.renewed_at + self.lease_seconds:
+                    self._lost(h, f"its lease could not be renewed before it expired: {err}")
                 else:
                     log.warning("run %s: renewing its lease failed, trying again: %s", h.run_id, err)
         except Exception as err:  # never let the thread die silently: the runs must learn of it

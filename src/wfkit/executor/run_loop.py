@@ -98,10 +98,14 @@ class StageCapture:
 
 @dataclass
 class Stop:
-    """Why a run must stop at once, set from another thread (its heartbeat): a lost lease."""
+    """Why a run must stop at once, set from another thread: a lost lease (its heartbeat), or its
+    executor stopping what it executes (a stop signal); and the run's cancel event."""
 
-    reason: str | None = None
+    reason: str | None = None  # the lease was lost: the run fails, for this reason
+    cancel_reason: str | None = None  # the run is cancelled, for this reason (else "cancel requested")
+    forced: bool = False  # its own executor force-cancelled it: a fenced-off write is no surprise
     event: threading.Event = field(default_factory=threading.Event)
+    held: Any = None  # the executor's hold on the run (its heartbeat)
 
 
 class RunLoop:
@@ -133,8 +137,12 @@ class RunLoop:
             left = plan.claim.left_running
             if left is not None:  # the stage the previous holder was executing when it stopped
                 stage_id, node, iteration, started_at = left
+                walker = plan.walker
+                # It started from the state this walk resumes from when it is the step the walk takes next.
+                same = walker.node == node and walker.counters.get(node, 0) + 1 == iteration
                 recorder.stage_ended(self.run_id, OpenStage(stage_id, node, iteration, started_at or utcnow()),
-                                     StageStatus.FAILED, error=INTERRUPTED)
+                                     StageStatus.FAILED, input=self._input() if same else (None, None),
+                                     error=INTERRUPTED)
             recorder.interrupt_started(self.run_id, INTERRUPTED)
 
     # -- the walks
@@ -193,7 +201,8 @@ class RunLoop:
                 self.stage_failed(f"stopped: {self.lost.reason}", self._elapsed_ms())
                 self.fail(f"the run stopped: {self.lost.reason}")
                 return None
-            self.interrupted(err, "cancel requested while the node ran" if requested else None)
+            self.interrupted(err, (self.lost.cancel_reason or "cancel requested while the node ran") if requested
+                             else None)
             if requested:
                 return None
             raise
@@ -296,7 +305,7 @@ class RunLoop:
             if self.lost.reason is not None:
                 self.fail(f"the run stopped: {self.lost.reason}")
             else:
-                self.cancelled("cancel requested")
+                self.cancelled(self.lost.cancel_reason or "cancel requested")
             return False
         stage = OpenStage(new_id(), node, iteration, utcnow())
         requested, _ = self.recorder.open_stage(self.run_id, self.epoch, stage)

@@ -163,7 +163,8 @@ def plan_downgrade(engine_or_url: Engine | str | None, revision: str) -> Downgra
         chain = [r.revision for r in history()]
         undone = chain[(chain.index(target) + 1 if target else 0):(chain.index(at) + 1 if at else 0)]
         modules = [_script().get_revision(rev).module for rev in reversed(undone)]
-        drops = [item for module in modules for item in getattr(module, "DROPS", ())]
+        kept = {item for module in modules for item in getattr(module, "KEPT", ())}  # written elsewhere first
+        drops = [item for module in modules for item in getattr(module, "DROPS", ()) if item not in kept]
         # A column whose every value is its default holds no data (a counter at 0, say).
         defaults = {item: value for module in modules for item, value in getattr(module, "DEFAULTS", {}).items()}
         losses = []

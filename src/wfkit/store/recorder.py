@@ -127,10 +127,15 @@ _FORCE_CANCEL = (
     f"{_CLEAR_STAGE} WHERE id = ? AND status = 'running'"
 )
 # The stage a run's holder left running, recorded as failed (from the run's row, before it is cleared).
+# Its input is the state the checkpoint names when the checkpoint is where that stage began (the
+# checkpoint's next node, with its visit count one short); a stage with no such checkpoint keeps none.
 _INTERRUPT_CURRENT = (
-    "INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, output_snapshot, duration_ms, "
-    "error_message, error_traceback, created_at) SELECT current_stage_id, id, current_node, current_iteration, "
-    "'failed', NULL, NULL, NULL, ?, NULL, current_stage_started_at FROM runs WHERE id = ? AND status = 'running' "
+    "INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, input_from, output_snapshot, "
+    "duration_ms, error_message, error_traceback, created_at) SELECT current_stage_id, id, current_node, "
+    "current_iteration, 'failed', NULL, (SELECT json_extract(state_data, '$.stage') FROM checkpoints c "
+    "WHERE c.run_id = runs.id AND json_extract(state_data, '$.next_node') = runs.current_node AND "
+    "COALESCE(json_extract(state_data, '$.counters.\"' || runs.current_node || '\"'), 0) + 1 = runs.current_iteration), "
+    "NULL, NULL, ?, NULL, current_stage_started_at FROM runs WHERE id = ? AND status = 'running' "
     "AND current_stage_id IS NOT NULL"
 )
 _DELETE_RUN = "DELETE FROM runs WHERE id = ? AND status <> 'running'"
@@ -187,15 +192,18 @@ class OpenStage(NamedTuple):
     started_at: datetime
 
 
-def what_became(run_id: uuid.UUID, holder: tuple[Any, ...] | None) -> str:
-    """What happened to a run this process held, from its :meth:`SqlRecorder.holder` row."""
+def what_became(run_id: uuid.UUID, holder: tuple[Any, ...] | None, epoch: int | None = None) -> str:
+    """What happened to a run this process held with ``epoch``, from its :meth:`SqlRecorder.holder`
+    row: taken over (another claim raised its epoch; named with who and at which attempt, and how
+    the run stands now if it ended since), ended by a forced cancel, or deleted."""
     if holder is None:
         return f"run {run_id} was deleted by another process"
-    status, owner, attempt, _epoch, _expires, reason = holder
-    if status == "running":
-        return f"run {run_id} was taken over by {owner or 'another process'} at attempt {attempt}"
-    if status == "cancelled" and reason:
+    status, owner, attempt, now_epoch, _expires, reason = holder
+    if status == "cancelled" and (epoch is None or now_epoch == epoch + 1) and reason:
         return f"run {run_id} was ended cancelled by another process ({reason})"
+    if status in ("running", "pending") or epoch is None or now_epoch > epoch:
+        ended = "" if status in ("running", "pending") else f" (it is {status} now)"
+        return f"run {run_id} was taken over by {owner or 'another process'} at attempt {attempt}{ended}"
     return f"run {run_id} was ended {status} by another process"
 
 
@@ -213,8 +221,9 @@ class SqlRecorder:
     long each claim, step and renewal holds the run for.
     """
 
-    def __init__(self, engine: Engine, *, durability: str = "sync", lease_seconds: float = 30.0):
+    def __init__(self, engine: Engine, *, durability: str = "sync", lease_seconds: float = 30.0, pool: Any = None):
         self.engine = engine
+        self._pool = pool  # a pool of the engine's connections to take this one from (default: the engine's)
         self.durability = check_durability(durability)
         self.lease_seconds = float(lease_seconds)
         self.codec = codec_for(engine.dialect.name)
@@ -228,7 +237,7 @@ class SqlRecorder:
 
     def __enter__(self) -> SqlRecorder:
         with _WriteGuard(self):  # the pool hands out the driver's own connect errors
-            self._conn = self.engine.raw_connection()
+            self._conn = self.engine.raw_connection() if self._pool is None else self._pool.connect()
         self._cursor = self._conn.cursor()
         driver = self._conn.driver_connection
         info = self._conn.info  # kept with the pooled connection: each setting is sent once per connection
@@ -300,7 +309,7 @@ class SqlRecorder:
                 self._conn.commit()
             return out
 
-    def _gated(self, gate: tuple[str, tuple[Any, ...]], run_id: uuid.UUID) -> Any:
+    def _gated(self, gate: tuple[str, tuple[Any, ...]], run_id: uuid.UUID, epoch: int | None) -> Any:
         """The buffered writes and ``gate`` (a fenced UPDATE of the run, RETURNING a row) in one
         transaction, the writes only if the gate found the run; return the gate's row, or raise
         :class:`LeaseLostError` (nothing written) if it did not.
@@ -327,7 +336,7 @@ class SqlRecorder:
             if row is None:
                 if self.codec.sqlite:
                     self._conn.rollback()
-                raise self._lease_lost(run_id)
+                raise self._lease_lost(run_id, epoch)
         return row
 
     def _with(self, gate: str, writes: list[tuple[str, tuple[Any, ...]]]) -> str:
@@ -340,13 +349,13 @@ class SqlRecorder:
             text = self._ctes[shape] = "WITH " + ", ".join(parts) + " SELECT * FROM r"
         return text
 
-    def _lease_lost(self, run_id: uuid.UUID) -> LeaseLostError:
+    def _lease_lost(self, run_id: uuid.UUID, epoch: int | None) -> LeaseLostError:
         """The error for a write fenced off: who holds the run now, or what happened to it."""
         try:
             holder = self.holder(run_id)
         except Exception:  # the database that refused the write may not answer this either
             return LeaseLostError(f"run {run_id} is no longer held by this process; this process stopped")
-        return LeaseLostError(f"{what_became(run_id, holder)}; this process stopped")
+        return LeaseLostError(f"{what_became(run_id, holder, epoch)}; this process stopped")
 
     def holder(self, run_id: uuid.UUID) -> tuple[Any, ...] | None:
         """``(status, owner, attempt, lease_epoch, lease_expires_at, cancel_reason)`` of a run, or None."""
@@ -376,7 +385,7 @@ class SqlRecorder:
             values = (rid, workflow_name, RunStatus.RUNNING.value, dumps(params), t, t, t, owner, 1,
                       self.lease_seconds, c.id(stage.id), stage.node, stage.iteration, c.time(stage.started_at))
         self._pending.append(("insert_checkpoint", (rid, checkpoint_json, t, t)))
-        self._gated(("insert_run", values), run_id)
+        self._gated(("insert_run", values), run_id, None)
         return now
 
     def start_pending(self, run_id: uuid.UUID, epoch: int) -> datetime:
@@ -384,7 +393,7 @@ class SqlRecorder:
         :class:`LeaseLostError` if it is no longer pending with this epoch (it was cancelled)."""
         now = utcnow()
         t = self.codec.time(now)
-        self._gated(("start_pending", (t, t, self.lease_seconds, self.codec.id(run_id), epoch)), run_id)
+        self._gated(("start_pending", (t, t, self.lease_seconds, self.codec.id(run_id), epoch)), run_id, epoch)
         return now
 
     def claim(self, run_id: uuid.UUID, owner: str, *, take_over: bool = False) -> Claim | None:
@@ -509,7 +518,7 @@ class SqlRecorder:
         c = self.codec
         t = c.time(utcnow())
         row = self._gated(("open_stage", (t, self.lease_seconds, c.id(stage.id), stage.node, stage.iteration,
-                                          c.time(stage.started_at), c.id(run_id), epoch)), run_id)
+                                          c.time(stage.started_at), c.id(run_id), epoch)), run_id, epoch)
         return (None if row[0] is None else c.time_in(row[0])), row[1]
 
     def finish_run(self, run_id: uuid.UUID, epoch: int, status: RunStatus, *, error: str | None = None,
@@ -521,7 +530,7 @@ class SqlRecorder:
         c = self.codec
         t = c.time(now)
         row = self._gated(("finish_run", (status.value, result_json, error, t, t, cancel_reason, c.id(run_id),
-                                          epoch)), run_id)
+                                          epoch)), run_id, epoch)
         return Finished(now, None if row[0] is None else c.time_in(row[0]), row[1])
 
     # -- control from outside the executing process
@@ -567,10 +576,12 @@ class SqlRecorder:
 _FORCE_CANCEL_PG = (
     "WITH o AS (SELECT id, current_stage_id, current_node, current_iteration, current_stage_started_at FROM runs "
     "WHERE id = ? AND status = 'running' FOR UPDATE), "
-    "s AS (INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, output_snapshot, "
-    "duration_ms, error_message, error_traceback, created_at) SELECT o.current_stage_id, o.id, o.current_node, "
-    "o.current_iteration, 'failed', NULL, NULL, NULL, ?, NULL, o.current_stage_started_at FROM o "
-    "WHERE o.current_stage_id IS NOT NULL ON CONFLICT (id) DO NOTHING), "
+    "s AS (INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, input_from, "
+    "output_snapshot, duration_ms, error_message, error_traceback, created_at) SELECT o.current_stage_id, o.id, "
+    "o.current_node, o.current_iteration, 'failed', NULL, (SELECT (c.state_data->>'stage')::uuid FROM checkpoints c "
+    "WHERE c.run_id = o.id AND c.state_data->>'next_node' = o.current_node AND "
+    "COALESCE((c.state_data->'counters'->>o.current_node)::int, 0) + 1 = o.current_iteration), NULL, NULL, ?, NULL, "
+    "o.current_stage_started_at FROM o WHERE o.current_stage_id IS NOT NULL ON CONFLICT (id) DO NOTHING), "
     "l AS (UPDATE stages SET status = 'failed', error_message = ? FROM o WHERE stages.run_id = o.id "
     "AND stages.status = 'started'), "
     "r AS (UPDATE runs SET status = 'cancelled', lease_epoch = runs.lease_epoch + 1, lease_expires_at = NULL, "

@@ -193,6 +193,21 @@ class Repository:
         and output are written with its row when it ends)."""
         return self._related(run_id, Stage)
 
+    def lease_expired(self, run_id: uuid.UUID | str) -> bool | None:
+        """Whether no process holds a pending or running run any more, by the database's clock (the
+        one claims use): its lease expired, or a running run never had one. None for a run that
+        ended; :class:`NotFoundError` if there is no such run. (``Run.lease_expired`` says the same
+        by this machine's clock.)"""
+        rid = parse_uuid(run_id)
+        sql = self._codec.sql(
+            "SELECT CASE WHEN status NOT IN ('pending', 'running') THEN NULL WHEN lease_expires_at IS NULL "
+            "THEN CASE WHEN status = 'running' THEN 1 ELSE 0 END WHEN lease_expires_at <= {now} THEN 1 ELSE 0 END "
+            "FROM runs WHERE id = ?")
+        row = self._read(lambda cursor: cursor.execute(sql, (self._codec.id(rid),)).fetchone())
+        if row is None:
+            raise NotFoundError(f"no run with id {rid}")
+        return None if row[0] is None else bool(row[0])
+
     def find_stage(self, stage_id: uuid.UUID | str) -> Stage:
         """The ended stage with this id, or :class:`NotFoundError`. (Its ``input_snapshot`` is None
         when it is stored as ``input_from``: :meth:`get_stages` fills it in.)"""

@@ -20,6 +20,7 @@ Revises: 0003
 Create Date: 2026-12-03
 """
 
+import uuid
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -37,6 +38,9 @@ COLUMNS = ("owner", "attempt", "lease_epoch", "lease_expires_at", "current_stage
 DROPS = (*(f"runs.{column}" for column in COLUMNS), "stages.input_from")
 #: Dropped columns whose values hold no data when they are these (a downgrade asks only about the rest).
 DEFAULTS = {"runs.attempt": 0, "runs.lease_epoch": 0}
+#: Dropped columns whose data the downgrade writes elsewhere first (no loss to ask about).
+KEPT = ("stages.input_from", "runs.current_stage_id", "runs.current_node", "runs.current_iteration",
+        "runs.current_stage_started_at")
 #: The order of the runs table's columns on SQLite: the large ones last.
 SQLITE_RUN_COLUMNS = ("id", "workflow_name", "status", "error_message", "started_at", "completed_at", "created_at",
                       "updated_at", "cancel_requested_at", "cancel_reason", *COLUMNS, "params", "result")
@@ -72,6 +76,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     _write_inputs_out()
+    _checkpoints_back_to_format_2()
+    _current_stages_back_to_rows()
     if op.get_bind().dialect.name != "sqlite":
         op.execute("ALTER TABLE runs RESET (fillfactor)")
         op.execute("ALTER TABLE checkpoints RESET (fillfactor)")
@@ -109,3 +115,52 @@ def _write_inputs_out() -> None:
                 before = refs[stage_id]
                 inputs[stage_id] = {**(inputs.get(before) or {}), **(outputs.get(before) or {})}
                 bind.execute(stages.update().where(stages.c.id == stage_id).values(input_snapshot=inputs[stage_id]))
+
+
+def _checkpoints_back_to_format_2() -> None:
+    """0003's wfkit reads checkpoints in formats 1 and 2, which hold the state: one that names a
+    stage gets that stage's end state; the mark of a run's start goes (0003 starts such a run from
+    its beginning, as it does with no checkpoint)."""
+    bind = op.get_bind()
+    checkpoints = sa.table("checkpoints", sa.column("run_id", sa.Uuid()), sa.column("state_data", sa.JSON()))
+    stages = sa.table("stages", sa.column("id", sa.Uuid()), sa.column("input_snapshot", sa.JSON()),
+                      sa.column("output_snapshot", sa.JSON()))
+    for run_id, data in bind.execute(sa.select(checkpoints.c.run_id, checkpoints.c.state_data)).all():
+        if not isinstance(data, dict) or data.get("format") != 3:
+            continue
+        if data.get("start"):
+            bind.execute(checkpoints.delete().where(checkpoints.c.run_id == run_id))
+            continue
+        rest = {k: v for k, v in data.items() if k not in ("stage", "format")}
+        if "stage" in data:
+            row = bind.execute(sa.select(stages.c.input_snapshot, stages.c.output_snapshot)
+                               .where(stages.c.id == uuid.UUID(str(data["stage"])))).first()
+            if row is None or not isinstance(row[0], dict):
+                bind.execute(checkpoints.delete().where(checkpoints.c.run_id == run_id))  # nothing to resume from
+                continue
+            rest["state"] = {**row[0], **(row[1] or {})}
+        bind.execute(checkpoints.update().where(checkpoints.c.run_id == run_id)
+                     .values(state_data={**rest, "format": 2}))
+
+
+def _current_stages_back_to_rows() -> None:
+    """0003 shows the stage a run is executing as a row of its own, ``started``: one for each run
+    whose row names one (with the checkpoint's state as its input, when that is where it began)."""
+    bind = op.get_bind()
+    runs = sa.table("runs", sa.column("id", sa.Uuid()), sa.column("current_stage_id", sa.Uuid()),
+                    sa.column("current_node", sa.String()), sa.column("current_iteration", sa.Integer()),
+                    sa.column("current_stage_started_at", sa.DateTime(timezone=True)))
+    checkpoints = sa.table("checkpoints", sa.column("run_id", sa.Uuid()), sa.column("state_data", sa.JSON()))
+    stages = sa.table("stages", sa.column("id", sa.Uuid()), sa.column("run_id", sa.Uuid()),
+                      sa.column("node_name", sa.String()), sa.column("iteration", sa.Integer()),
+                      sa.column("status", sa.String()), sa.column("input_snapshot", sa.JSON()),
+                      sa.column("created_at", sa.DateTime(timezone=True)))
+    rows = bind.execute(sa.select(runs.c.id, runs.c.current_stage_id, runs.c.current_node, runs.c.current_iteration,
+                                  runs.c.current_stage_started_at).where(runs.c.current_stage_id.is_not(None))).all()
+    for run_id, stage_id, node, iteration, started_at in rows:
+        data = bind.execute(sa.select(checkpoints.c.state_data).where(checkpoints.c.run_id == run_id)).scalar()
+        began_there = isinstance(data, dict) and data.get("next_node") == node and \
+            (data.get("counters") or {}).get(node, 0) + 1 == iteration
+        bind.execute(stages.insert().values(
+            id=stage_id, run_id=run_id, node_name=node, iteration=iteration, status="started",
+            input_snapshot=data.get("state") if began_there else None, created_at=started_at))
