@@ -447,8 +447,11 @@ def plugin_observers() -> list[Observer]:
             except Exception as err:  # not a list, or an iterable that raises: the plugin's failure
                 problem = err
         if problem is not None:
-            log.error("plugin %r: wfkit_observers() raised, or returned neither an observer, a list of them, "
-                      "nor None; its observers are skipped: %s", call.plugin, error_text(problem), exc_info=problem)
+            # A time-out says it all; anything else gets its traceback (the plugin's author needs it).
+            timed_out = isinstance(problem, TimeoutError)
+            log.error("plugin %r: its observers are skipped: %s", call.plugin,
+                      str(problem) if timed_out else f"wfkit_observers() raised, or returned neither an observer, "
+                      f"a list of them, nor None: {error_text(problem)}", exc_info=None if timed_out else problem)
             continue
         for observer in given:
             if hasattr(observer, "on_event"):
