@@ -34,44 +34,17 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-LINE = "x" * 64
 STEPS = {"chain10": 10, "loop50": 51}
 DEFAULT_RUNS = {"chain10": 200, "loop50": 40}
 
 
 def registry():
-    from wfkit.graph import END
-    from wfkit.registry import Registry
+    """chain10 and loop50, as bench_executor.py defines them (the same workloads everywhere)."""
+    from bench_executor import registry as workloads
 
-    def chain10(graph, runtime, params):
-        def step(state):
-            return {"count": state["count"] + 1, "log": [*state["log"], LINE]}
-
-        for i in range(10):
-            graph.add_node(f"n{i}", step)
-        graph.set_entry_point("n0")
-        for i in range(9):
-            graph.add_edge(f"n{i}", f"n{i + 1}")
-        graph.add_edge("n9", END)
-        return {"count": 0, "log": []}
-
-    def loop50(graph, runtime, params):
-        def count_below_limit(state):
-            return state["count"] < 50
-
-        graph.add_node("work", lambda state: {"count": state["count"] + 1})
-        graph.add_node("done", lambda state: None)
-        graph.set_entry_point("work")
-        graph.add_edge("work", "work", when=count_below_limit)
-        graph.add_edge("work", "done")
-        graph.add_edge("done", END)
-        return {"count": 0}
-
-    reg = Registry()
-    reg.register("chain10", chain10)
-    reg.register("loop50", loop50)
-    return reg
+    return workloads()
 
 
 def pg_server_stats(url: str) -> dict:

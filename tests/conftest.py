@@ -256,3 +256,13 @@ class WfkitCli:
 @pytest.fixture
 def wfkit_cli() -> WfkitCli:
     return WfkitCli()
+
+
+@pytest.fixture
+def steps_cli(wfkit_cli: WfkitCli, db_url: str, installed_plugins: dict[str, Path], tmp_path: Path) -> WfkitCli:
+    """``wfkit`` with the fixture plugin ``steps`` installed, on the test's database; its markers in
+    ``tmp_path / "markers"``."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    return wfkit_cli.using(PYTHONPATH=str(installed_plugins["steps"]), WFKIT_DATABASE_URL=db_url,
+                           WFKIT_LOAD_PLUGINS="steps", WFKIT_TEST_MARKERS=str(markers))

@@ -70,3 +70,24 @@ def count(engine: sa.Engine, model: Any) -> int:
 
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
+
+
+def wait_for(path: Any, proc: Any, seconds: float = 30) -> None:
+    """Wait until ``path`` exists (a marker the fixture plugin ``steps`` drops), while ``proc`` runs."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path.name} never appeared")
+        time.sleep(0.02)
+
+
+def only_run(db_url: str) -> Any:
+    """The one run of a database."""
+    page = Repository(db_url).list_runs()
+    assert page.total == 1
+    return page.data[0]

@@ -11,12 +11,11 @@ import json
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from factories import saved_checkpoint
+from factories import only_run, saved_checkpoint, wait_for
 from wfkit.formatting import mask_password
 from wfkit.store.models import Checkpoint, RunStatus, StageStatus, utcnow
 from wfkit.store.repository import Repository
@@ -25,33 +24,9 @@ FINAL = {"count": 4, "log": ["s1:0", "s2:1", "s3:2", "s4:3"]}
 
 
 @pytest.fixture
-def cli(wfkit_cli, db_url, installed_plugins, tmp_path):
+def cli(steps_cli):
     """``wfkit`` with the fixture plugin ``steps`` installed, on the test's database."""
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    return wfkit_cli.using(
-        PYTHONPATH=str(installed_plugins["steps"]),
-        WFKIT_DATABASE_URL=db_url,
-        WFKIT_LOAD_PLUGINS="steps",
-        WFKIT_TEST_MARKERS=str(markers),
-    )
-
-
-def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"process ended early: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"{path.name} never appeared")
-        time.sleep(0.02)
-
-
-def only_run(db_url):
-    page = Repository(db_url).list_runs()
-    assert page.total == 1
-    return page.data[0]
+    return steps_cli
 
 
 def test_run_prints_progress_and_the_result(cli):

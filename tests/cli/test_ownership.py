@@ -16,9 +16,8 @@ import sys
 import time
 
 import pytest
-import sqlalchemy as sa
 
-from factories import saved_checkpoint
+from factories import only_run, saved_checkpoint, wait_for
 from wfkit.store.models import RunStatus, StageStatus, utcnow
 from wfkit.store.repository import Repository
 
@@ -27,34 +26,9 @@ LEASE = "1"
 
 
 @pytest.fixture
-def cli(wfkit_cli, db_url, installed_plugins, tmp_path):
-    """``wfkit`` with the fixture plugin ``steps`` installed, on the test's database, with short leases."""
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    return wfkit_cli.using(
-        PYTHONPATH=str(installed_plugins["steps"]),
-        WFKIT_DATABASE_URL=db_url,
-        WFKIT_LOAD_PLUGINS="steps",
-        WFKIT_TEST_MARKERS=str(markers),
-        WFKIT_LEASE_SECONDS=LEASE,
-    )
-
-
-def wait_for(path, proc, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"process ended early: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"{path.name} never appeared")
-        time.sleep(0.02)
-
-
-def only_run(db_url):
-    page = Repository(db_url).list_runs()
-    assert page.total == 1
-    return page.data[0]
+def cli(steps_cli):
+    """``wfkit`` with the fixture plugin ``steps``, on the test's database, with short leases."""
+    return steps_cli.using(WFKIT_LEASE_SECONDS=LEASE)
 
 
 def wait_until_expired(db_url, run_id) -> None:

@@ -223,8 +223,8 @@ def test_plugin_observers_that_fail_are_logged_and_left_out(caplog):
         for plugin in added:
             pm.unregister(plugin)
     assert found[len(before):] == [good]
-    assert "'test-observers-0': wfkit_observers() raised" in caplog.text and "observer hook bug" in caplog.text
-    assert "'test-observers-1': wfkit_observers() raised, or returned neither" in caplog.text
+    assert "'test-observers-0': its observers are skipped: wfkit_observers() raised" in caplog.text and "observer hook bug" in caplog.text
+    assert "'test-observers-1': its observers are skipped: wfkit_observers() raised, or returned neither" in caplog.text
     assert "'test-observers-2': wfkit_observers() returned 'not an observer', which has no on_event" in caplog.text
 
 
