@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     # errors (light)
     "CheckpointError": "wfkit.errors",
     "ConfigurationError": "wfkit.errors",
+    "ConflictError": "wfkit.errors",
     "DatabaseError": "wfkit.errors",
     "DatabaseNotMigratedError": "wfkit.errors",
     "DuplicateWorkflowError": "wfkit.errors",
@@ -94,6 +95,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from wfkit.errors import (
         CheckpointError,
         ConfigurationError,
+        ConflictError,
         DatabaseError,
         DatabaseNotMigratedError,
         DuplicateWorkflowError,

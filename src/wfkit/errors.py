@@ -12,6 +12,7 @@ failure), unless a class says otherwise (``exit_code``)::
     |   +-- WorkflowNotFoundError     404  no workflow registered under that name
     +-- InvalidStatusError            400  a status, or a status change, that is not allowed
     +-- LeaseLostError                409  this process no longer holds the run it was executing
+    +-- ConflictError                 409  a request that contradicts one made before (an idempotency key reused)
     +-- InvalidQueryError             400  a bad filter, sort, page or id (also a ValueError)
     |   +-- InvalidParamsError        400  a workflow's params fail its params model
     +-- ConfigurationError            400  a setting or argument wfkit cannot use (also a ValueError)
@@ -75,6 +76,13 @@ class LeaseLostError(WfkitError):
 
     http_status = 409
     exit_code = 1
+
+
+class ConflictError(WfkitError):
+    """A request that contradicts one made before: an idempotency key given again with another
+    workflow or other params."""
+
+    http_status = 409
 
 
 class InvalidQueryError(WfkitError, ValueError):

@@ -73,7 +73,7 @@ def test_to_dict_uses_snake_case_in_declared_order():
         "id", "workflow_name", "status", "params", "result", "error_message",
         "started_at", "completed_at", "created_at", "updated_at", "cancel_requested_at", "cancel_reason",
         "owner", "attempt", "lease_epoch", "lease_expires_at", "current_stage_id", "current_node",
-        "current_iteration", "current_stage_started_at", "lease_expired",
+        "current_iteration", "current_stage_started_at", "idempotency_key", "lease_expired",
     ]
     assert data["status"] == "pending" and data["lease_expired"] is False  # pending, with no lease: not claimed yet
     assert uuid.UUID(data["id"]) == run.id

@@ -46,10 +46,10 @@ def _read(read: Callable[[Any], Any]) -> Any:
     metavar="STATUS",
     help=f"Only runs with this status; repeat or comma-separate for several ({', '.join(RUN_STATUSES)}).",
 )
-@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True, help="Page number, from 1.")
-@click.option(
-    "--page-size", type=click.IntRange(min=1), default=None, help="Runs per page (default 20, at most 100)."
-)
+# Page and page size are read by the same parser as the HTTP API's query (PageRequest.from_query), so
+# that both reject a bad value with the same message.
+@click.option("--page", default="1", show_default=True, metavar="N", help="Page number, from 1.")
+@click.option("--page-size", default=None, metavar="N", help="Runs per page (default 20, at most 100).")
 @click.option(
     "--sort",
     "sorts",
@@ -65,8 +65,8 @@ def _read(read: Callable[[Any], Any]) -> Any:
 def runs_list(
     workflow_names: tuple[str, ...],
     statuses: tuple[str, ...],
-    page: int,
-    page_size: int | None,
+    page: str,
+    page_size: str | None,
     sorts: tuple[str, ...],
     full: bool,
     as_json: bool,
@@ -79,10 +79,11 @@ def runs_list(
     from wfkit.store.repository import SUMMARY_LEFT_OUT
 
     filters = RunFilters(workflow_name=workflow_names, status=statuses)
-    request = PageRequest(page=page, page_size=page_size, sort=",".join(sorts) or None)
+    query = {"page": page, "sort": list(sorts), **({"page_size": page_size} if page_size is not None else {})}
+    request = PageRequest.from_query(query)
     fields = "full" if full and as_json else "summary"
     result = _read(lambda repo: repo.list_runs(request, filters, fields=fields))
-    if page_size is not None and result.page_size < page_size:
+    if request.page_size is not None and result.page_size < request.page_size:
         click.echo(f"Note: page size limited to {result.page_size} (WFKIT_MAX_PAGE_SIZE)", err=True)
     if as_json:
         doc = result.to_dict()

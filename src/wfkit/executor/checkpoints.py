@@ -10,10 +10,11 @@ output (its updates) make the state (``{**input, **output}``, as the walk merges
 
     {"stage": "0193...", "next_node": "review", "counters": {"draft": 1}, "route_from": null, "format": 3}
     {"state": {...}, "next_node": "review", "counters": {"draft": 1}, "route_from": null, "format": 3}
-    {"start": true, "next_node": "draft", "counters": {}, "route_from": null, "format": 3}
+    {"start": true, "state": {...}, "next_node": "draft", "counters": {}, "route_from": null, "format": 3}
 
 The last is the checkpoint a run is created with: no node has completed, and a resume starts the
-walk from the factory's initial state.
+walk from the factory's initial state (the state there is the one the first stage starts from, for
+readers of the history; one written before migration 0005 may have none).
 
 (``next_node`` is null once the walk reached END; ``route_from`` names a node that completed but
 whose route could not be chosen: a resume chooses it again). ``checkpoint_node`` holds the node
@@ -55,9 +56,13 @@ def encode(snapshot: Snapshot, state_json: str | None = None) -> str:
     return f'{{"state":{state_json},{rest[1:]}'
 
 
-def encode_start(entry: str | None) -> str:
-    """The JSON text a run's checkpoint holds before its first node completes."""
-    return dumps({"start": True, "next_node": entry, "counters": {}, "route_from": None, "format": FORMAT})
+def encode_start(entry: str | None, state_json: str) -> str:
+    """The JSON text a run's checkpoint holds before its first node completes, with the initial
+    state (``state_json``, JSON text) that its first stage starts from. (A resume from here builds
+    the initial state again with the factory; the state is kept for those who read the history
+    before the first stage's row holds it, such as the API's event streams.)"""
+    return (f'{{"start":true,"state":{state_json},"next_node":{dumps(entry)},"counters":{{}},"route_from":null,'
+            f'"format":{FORMAT}}}')
 
 
 def encode_at_stage(next_node: str | None, counters: Mapping[str, int], route_from: str | None,
@@ -151,3 +156,17 @@ def _state_after(repository: Repository, run_id: uuid.UUID, stage: Any) -> tuple
     except (ValueError, NotFoundError):
         raise CheckpointError(f"the checkpoint of run {run_id} is damaged: it names stage {stage!r}, which does not "
                               "hold this run's state") from None
+
+
+def state_of(data: Any, stages: Mapping[uuid.UUID, Any]) -> dict[str, Any] | None:
+    """The state a checkpoint's ``data`` stands at (where the next stage starts), if it can be told:
+    its own, or that of the stage it names, from ``stages`` (id -> the stage's state after it)."""
+    if not isinstance(data, Mapping):
+        return None
+    if "stage" in data:
+        try:
+            return stages.get(uuid.UUID(str(data["stage"])))
+        except ValueError:
+            return None
+    state = data.get("state")
+    return state if isinstance(state, dict) else None

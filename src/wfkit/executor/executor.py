@@ -47,6 +47,8 @@ from sqlalchemy.engine import Engine
 
 from wfkit.errors import (
     CheckpointError,
+    ConfigurationError,
+    ConflictError,
     GraphError,
     InvalidParamsError,
     InvalidStatusError,
@@ -61,6 +63,7 @@ from wfkit.executor.control import RunControl
 from wfkit.executor import lease as leases
 from wfkit.executor.lease import Heartbeat, new_owner
 from wfkit.executor.run_loop import Plan, RunLoop, StageCapture, Stop
+from wfkit.formatting import shown
 from wfkit.graph import Walker
 from wfkit.ids import new_id, parse_uuid
 from wfkit.jsontext import dumps_state
@@ -145,22 +148,70 @@ class Executor:
         with self._recorder() as recorder:
             return await self._ahot(self._cold_start(name, params, recorder, start=True), recorder)
 
-    def start(self, name: str, params: Mapping[str, Any] | None = None) -> uuid.UUID:
+    def start(self, name: str, params: Mapping[str, Any] | None = None, *,
+              idempotency_key: str | None = None) -> uuid.UUID:
         """Create a run and execute it in a background thread; return its id at once (see :meth:`wait`).
         The run's connection is taken before the run is created: with the pool full, this raises.
         Should this process end before the run does, the run's lease expires and
-        :meth:`recover` (``wfkit runs recover``) finishes it from its checkpoint."""
+        :meth:`recover` (``wfkit runs recover``) finishes it from its checkpoint.
+
+        ``idempotency_key``: a retried call with the same key returns the run the first one made
+        (and starts nothing); with another workflow or other params it is a :class:`ConflictError`."""
+        key = _idempotency_key(idempotency_key)
         recorder = self._open_recorder()
         try:
-            plan = self._cold_start(name, params, recorder, start=False)
+            plan = self._cold_start(name, params, recorder, start=False, idempotency_key=key)
         except BaseException:
             recorder.close()
             raise
+        if isinstance(plan, Run):  # made before, with this key
+            recorder.close()
+            return plan.id
+        self._in_background(plan, recorder)
+        return plan.run_id
+
+    def _in_background(self, plan: Plan, recorder: SqlRecorder) -> None:
         thread = threading.Thread(target=self._hot_in_background, name=f"wfkit-run-{plan.run_id}",
                                   args=(plan, recorder), daemon=True)
         self._track(plan.run_id, _Background(thread=thread))
         thread.start()
-        return plan.run_id
+
+    def resume_in_background(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
+        """Like :meth:`resume`, but returns as soon as the run is claimed (as it stands then, running)
+        and goes on in a background thread: a run that may not resume, or that another process
+        holds, is an error here, before anything runs."""
+        recorder = self._open_recorder()
+        try:
+            plan = self._prepare_resume(run_id, force, recorder)
+        except BaseException:
+            recorder.close()
+            raise
+        self._in_background(plan, recorder)
+        return self.repository.find_run(plan.run_id)
+
+    def shutdown(self, grace: float = 0.0, reason: str = "the process executing it stopped", *,
+                 stop_timeout: float = 10.0) -> None:
+        """Stop what this executor executes in threads, for a service that is shutting down: wait up
+        to ``grace`` seconds for the runs to end, then stop the others before their next node
+        (cancelled for ``reason``, resumable) and wait up to ``stop_timeout`` seconds for that. A
+        run whose node is still executing then is cancelled as ``force`` cancels (its stage is
+        recorded as interrupted and runs again on resume; the node's thread writes nothing more).
+        Then :meth:`close`."""
+        import time
+
+        deadline = time.monotonic() + max(0.0, grace)
+        with self._lock:
+            background = dict(self._background)
+        for bg in background.values():
+            bg.done.wait(max(0.0, deadline - time.monotonic()))
+        self.interrupt(reason)
+        deadline = time.monotonic() + max(0.0, stop_timeout)
+        for run_id, bg in background.items():
+            if not bg.done.wait(max(0.0, deadline - time.monotonic())):
+                with contextlib.suppress(WfkitError):  # it ended meanwhile: nothing to force
+                    self.cancel(run_id, force=True, reason=f"{reason} (its node was still executing: it runs "
+                                "again on resume)")
+        self.close()
 
     async def astart(self, name: str, params: Mapping[str, Any] | None = None) -> uuid.UUID:
         """Like :meth:`start`, as a task on the running event loop: its async nodes are awaited there,
@@ -340,7 +391,7 @@ class Executor:
         return recorder
 
     def _cold_start(self, name: str, params: Mapping[str, Any] | None, recorder: SqlRecorder, *,
-                    start: bool) -> Plan:
+                    start: bool, idempotency_key: str | None = None) -> Any:
         """Resolve the workflow, check its params, build and validate its graph, and only then create
         the run: a factory that raises or a graph that does not validate is an error to the caller,
         and no run is recorded (factories do not see the run's id, so nothing needs it before).
@@ -360,12 +411,20 @@ class Executor:
         run_id = new_id()
         opened = OpenStage(new_id(), walker.node, 1, utcnow()) if start and walker.node is not None else None
         created_at = recorder.create_run(run_id, name, stored, owner=self.owner, stage=opened,
-                                         checkpoint_json=checkpoints.encode_start(walker.node))
+                                         checkpoint_json=checkpoints.encode_start(walker.node, state_json),
+                                         idempotency_key=idempotency_key)
+        if created_at is None:  # a run was made with this key before: it, if it is the same request
+            earlier = self.repository.find_run_by_idempotency_key(idempotency_key)  # type: ignore[arg-type]
+            if earlier.workflow_name != name or earlier.params != stored:
+                raise ConflictError(f"idempotency key {shown(idempotency_key)} was used for run {earlier.id} of "
+                                    f"workflow {earlier.workflow_name!r} with other params: use a new key for a "
+                                    "new request")
+            return earlier
         if start:
             return Plan(run_id, workflow, stored, walker, capture, state_json, False, created_at, epoch=1, attempt=1,
                         started_at=created_at, opened=opened)
         return Plan(run_id, workflow, stored, walker, capture, state_json, False, created_at, epoch=1, attempt=0,
-                    pending=True)
+                    pending=True, idempotency_key=idempotency_key)
 
     def _prepare_resume(self, run_id: uuid.UUID | str, force: bool, recorder: SqlRecorder) -> Plan:
         """Check that the run may resume and that its workflow still builds and fits its checkpoint
@@ -388,7 +447,7 @@ class Executor:
             raise
         return Plan(run.id, workflow, run.params, walker, capture, state_json, True, run.created_at,
                     epoch=claim.epoch, attempt=claim.attempt, started_at=run.started_at or utcnow(), claim=claim,
-                    state_from=loaded.stage_id, checkpoint_row=loaded.exists)
+                    state_from=loaded.stage_id, checkpoint_row=loaded.exists, idempotency_key=run.idempotency_key)
 
     def _walker_at_checkpoint(self, run: Run, graph: Any, initial: Any,
                               capture: StageCapture) -> tuple[Walker, checkpoints.Loaded]:
@@ -438,6 +497,7 @@ class Executor:
             cancel_requested_at=finished.cancel_requested_at, cancel_reason=finished.cancel_reason,
             owner=self.owner, attempt=plan.attempt, lease_epoch=plan.epoch, lease_expires_at=None,
             current_stage_id=None, current_node=None, current_iteration=None, current_stage_started_at=None,
+            idempotency_key=plan.idempotency_key,
         )
         return _load_run([values[field] for field in _RUN_FIELDS])
 
@@ -536,6 +596,15 @@ def _stopper(stop: Stop) -> Any:
         stop.event.set()
 
     return lost
+
+
+def _idempotency_key(key: str | None) -> str | None:
+    """An idempotency key as given, if it is one: text of 1 to 200 characters, no NUL."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key.strip() or len(key) > 200 or "\x00" in key:
+        raise ConfigurationError(f"an idempotency key must be text of 1 to 200 characters, got {shown(key)}")
+    return key
 
 
 @dataclass

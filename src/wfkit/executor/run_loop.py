@@ -79,6 +79,7 @@ class Plan:
     claim: Claim | None = None  # how this process claimed the run (a resume), with the stage left running
     state_from: uuid.UUID | None = None  # the stage whose end state the walk starts from (a resume)
     checkpoint_row: bool = True  # the run has its checkpoint row (runs made before wfkit 0004 may not)
+    idempotency_key: str | None = None
 
 
 class StageCapture:

@@ -195,6 +195,7 @@ class Run(_Record, table=True):
         sa.Index("ix_runs_status_created_at", "status", "created_at", "id"),
         sa.Index("ix_runs_workflow_name_created_at", "workflow_name", "created_at", "id"),
         sa.Index("ix_runs_workflow_name_status_created_at", "workflow_name", "status", "created_at", "id"),
+        sa.Index("ix_runs_idempotency_key", "idempotency_key", unique=True),
         # A running run's row is rewritten at every step: room on its page keeps each new version
         # there (a HOT update, which writes no index entry).
         {"postgresql_with": {"fillfactor": RUNS_FILLFACTOR}},
@@ -229,6 +230,8 @@ class Run(_Record, table=True):
     current_node: str | None = Field(default=None, max_length=200, nullable=True)
     current_iteration: int | None = Field(default=None, nullable=True)
     current_stage_started_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    #: the key a client created the run with, so that a retried request gets the same run (unique)
+    idempotency_key: str | None = Field(default=None, max_length=200, nullable=True)
 
     @property
     def duration_ms(self) -> float | None:

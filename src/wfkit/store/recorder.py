@@ -61,11 +61,12 @@ DURABILITY_MODES = ("sync", "async")
 
 _RUN_COLUMNS = ("id, workflow_name, status, params, result, error_message, started_at, completed_at, created_at, "
                 "updated_at, cancel_requested_at, cancel_reason, owner, attempt, lease_epoch, lease_expires_at, "
-                "current_stage_id, current_node, current_iteration, current_stage_started_at")
-# A new run, held by its creator (epoch 1): running with its first stage current, or pending.
+                "current_stage_id, current_node, current_iteration, current_stage_started_at, idempotency_key")
+# A new run, held by its creator (epoch 1): running with its first stage current, or pending. With an
+# idempotency key another run already has, nothing is written (and no row returned).
 _INSERT_RUN = (
     f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, {{j}}, NULL, NULL, ?, NULL, ?, ?, NULL, NULL, ?, ?, 1, "
-    "{lease}, ?, ?, ?, ?) RETURNING id"
+    "{lease}, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
 )
 # Its checkpoint from the start (updated at every step after: no upsert, no conflict to check).
 _INSERT_CHECKPOINT = ("INSERT INTO checkpoints (run_id, state_data, checkpoint_node, created_at, updated_at) "
@@ -309,7 +310,8 @@ class SqlRecorder:
                 self._conn.commit()
             return out
 
-    def _gated(self, gate: tuple[str, tuple[Any, ...]], run_id: uuid.UUID, epoch: int | None) -> Any:
+    def _gated(self, gate: tuple[str, tuple[Any, ...]], run_id: uuid.UUID, epoch: int | None, *,
+               missing_ok: bool = False) -> Any:
         """The buffered writes and ``gate`` (a fenced UPDATE of the run, RETURNING a row) in one
         transaction, the writes only if the gate found the run; return the gate's row, or raise
         :class:`LeaseLostError` (nothing written) if it did not.
@@ -336,6 +338,8 @@ class SqlRecorder:
             if row is None:
                 if self.codec.sqlite:
                     self._conn.rollback()
+                if missing_ok:
+                    return None
                 raise self._lease_lost(run_id, epoch)
         return row
 
@@ -370,23 +374,26 @@ class SqlRecorder:
     # -- creating and claiming runs
 
     def create_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any], *, owner: str,
-                   stage: OpenStage | None, checkpoint_json: str) -> datetime:
+                   stage: OpenStage | None, checkpoint_json: str,
+                   idempotency_key: str | None = None) -> datetime | None:
         """Record a new run held by ``owner`` (epoch 1), with its first checkpoint (the start, as
         ``checkpoint_json``); return its ``created_at``. With ``stage``, the run is created running
         (its first attempt) with that stage current: nobody could have seen it pending, nobody knows
-        its id yet; without, pending (:meth:`start_pending` starts it). One transaction."""
+        its id yet; without, pending (:meth:`start_pending` starts it). One transaction. None, and
+        nothing written, if another run has ``idempotency_key``."""
         now = utcnow()
         c = self.codec
         t, rid = c.time(now), c.id(run_id)
         if stage is None:
             values = (rid, workflow_name, RunStatus.PENDING.value, dumps(params), None, t, t, owner, 0,
-                      self.lease_seconds, None, None, None, None)
+                      self.lease_seconds, None, None, None, None, idempotency_key)
         else:
             values = (rid, workflow_name, RunStatus.RUNNING.value, dumps(params), t, t, t, owner, 1,
-                      self.lease_seconds, c.id(stage.id), stage.node, stage.iteration, c.time(stage.started_at))
+                      self.lease_seconds, c.id(stage.id), stage.node, stage.iteration, c.time(stage.started_at),
+                      idempotency_key)
         self._pending.append(("insert_checkpoint", (rid, checkpoint_json, t, t)))
-        self._gated(("insert_run", values), run_id, None)
-        return now
+        row = self._gated(("insert_run", values), run_id, None, missing_ok=idempotency_key is not None)
+        return None if row is None else now
 
     def start_pending(self, run_id: uuid.UUID, epoch: int) -> datetime:
         """Start a pending run this process created (its first attempt); return when. Raises

@@ -19,16 +19,19 @@ connection, its rows typed by :mod:`wfkit.store.codec` into the SQLModel classes
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from wfkit.errors import InvalidQueryError, NotFoundError
+from wfkit.formatting import shown
 from wfkit.ids import parse_uuid
 from wfkit.store.codec import UNREADABLE, UNREADABLE_MARK, codec_for, json_loads, row_loader
 from wfkit.store.connections import ThreadConnections
@@ -127,6 +130,8 @@ class Repository:
         self._listings: dict[Any, tuple[Statement, Statement]] = {}
         rid = sa.bindparam("rid", type_=sa.Uuid())
         self._find_run = Statement.compile(RUNS.select_all(Run.id == rid), dialect)
+        self._find_run_by_key = Statement.compile(
+            RUNS.select_all(Run.idempotency_key == sa.bindparam("key", type_=sa.String())), dialect)
         self._run_exists = Statement.compile(sa.select(Run.id).where(Run.id == rid), dialect)
         # The stage a run is executing lives on the run's row until it ends (then it gets its own).
         self._current_stage = Statement.compile(
@@ -139,6 +144,14 @@ class Repository:
             Stage: Statement.compile(STAGES.select_all(Stage.run_id == rid, sort=STAGES.default_sort), dialect),
             Decision: Statement.compile(
                 DECISIONS.select_all(Decision.run_id == rid, sort=DECISIONS.default_sort), dialect),
+        }
+        since = sa.bindparam("since", type_=Stage.__table__.c.created_at.type)
+        # The same from a time on (a follower reading only what is new): still one index range.
+        self._related_since = {
+            Stage: Statement.compile(STAGES.select_all(Stage.run_id == rid, Stage.created_at >= since,
+                                                       sort=STAGES.default_sort), dialect),
+            Decision: Statement.compile(DECISIONS.select_all(Decision.run_id == rid, Decision.created_at >= since,
+                                                             sort=DECISIONS.default_sort), dialect),
         }
 
     def __repr__(self) -> str:
@@ -187,11 +200,20 @@ class Repository:
         """The run with this id (a UUID or its string form), or :class:`NotFoundError`."""
         return self._one(self._find_run, Run, run_id, "no run with id {rid}")
 
-    def get_stages(self, run_id: uuid.UUID | str) -> list[Stage]:
+    def find_run_by_idempotency_key(self, key: str) -> Run:
+        """The run created with this idempotency key, or :class:`NotFoundError`."""
+        decode = self._decode[Run]
+        row = self._read(lambda cursor: self._execute(cursor, self._find_run_by_key, {"key": key}).fetchone())
+        if row is None:
+            raise NotFoundError(f"no run with idempotency key {shown(key)}")
+        return decode(row)
+
+    def get_stages(self, run_id: uuid.UUID | str, *, since: datetime | None = None) -> list[Stage]:
         """Every stage of a run, oldest first; :class:`NotFoundError` if the run does not exist. The
         stage a running run is executing comes last, ``started``, with no snapshots yet (its input
-        and output are written with its row when it ends)."""
-        return self._related(run_id, Stage)
+        and output are written with its row when it ends). ``since``: only the stages that started
+        then or later (an input that refers to an earlier stage is then left None)."""
+        return self._related(run_id, Stage, since)
 
     def lease_expired(self, run_id: uuid.UUID | str) -> bool | None:
         """Whether no process holds a pending or running run any more, by the database's clock (the
@@ -223,9 +245,10 @@ class Repository:
             raise NotFoundError(f"run {run_id} has no stage {sid} that holds a state")
         return {**stage.input_snapshot, **(stage.output_snapshot or {})}
 
-    def get_decisions(self, run_id: uuid.UUID | str) -> list[Decision]:
-        """Every decision of a run, oldest first; :class:`NotFoundError` if the run does not exist."""
-        return self._related(run_id, Decision)
+    def get_decisions(self, run_id: uuid.UUID | str, *, since: datetime | None = None) -> list[Decision]:
+        """Every decision of a run, oldest first (``since``: those made then or later);
+        :class:`NotFoundError` if the run does not exist."""
+        return self._related(run_id, Decision, since)
 
     def find_checkpoint(self, run_id: uuid.UUID | str) -> Checkpoint:
         """The checkpoint a run saved last, or :class:`NotFoundError` if the run has none (or does not
@@ -253,33 +276,69 @@ class Repository:
             raise NotFoundError(missing.format(rid=rid))
         return found
 
-    def _related(self, run_id: uuid.UUID | str, model: type[Any]) -> list[Any]:
+    def read_history(self, run_id: uuid.UUID | str, *, since: datetime | None = None) -> History:
+        """A run with its stages, its decisions (``since``: those that started or were made then or
+        later) and its checkpoint's data, all as of one moment: they are read in one snapshot, so
+        that a run being executed is never seen half way through a step (a stage's end without the
+        decision taken after it). :class:`NotFoundError` if the run does not exist."""
         rid = parse_uuid(run_id)
         values = {"rid": self._codec.id(rid)}
+        if since is not None:
+            values["since"] = self._codec.time(since)
+        begin = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" if not self._codec.sqlite
+                 else "BEGIN")
 
-        decode = self._decode[model]
-
-        def read(cursor: Any) -> list[Any] | None:
-            rows = self._execute(cursor, self._related_stmt[model], values).fetchall()
-            if model is Stage:  # the run's row: it exists, and the stage it is executing
-                run = self._execute(cursor, self._current_stage, values).fetchone()
-                if run is None:
-                    return None
-                found = [_readable(decode(row)) for row in rows]
-                fill_inputs(found)
-                if run[0] is not None:
-                    found.append(decode((run[0], values["rid"], run[1], run[2], "started", None, None, None, None,
-                                         None, None, run[3])))
-                return found
-            # Only an empty answer needs the existence check: rows imply the run.
-            if not rows and self._execute(cursor, self._run_exists, values).fetchone() is None:
-                return None
-            return [_readable(decode(row)) for row in rows]
+        def read(cursor: Any) -> History | None:
+            cursor.execute(begin)
+            try:
+                row = self._execute(cursor, self._find_run, values).fetchone()
+                checkpoint = None if row is None else self._execute(cursor, self._find_checkpoint, values).fetchone()
+                found = None if row is None else History(
+                    _readable(self._decode[Run](row)), self._related_rows(cursor, Stage, values, since),
+                    self._related_rows(cursor, Decision, values, since),
+                    None if checkpoint is None else self._decode[Checkpoint](checkpoint).state_data)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the error that matters is the one raised
+                    cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")  # it wrote nothing: this only ends the snapshot
+            return found
 
         found = self._read(read)
         if found is None:
             raise NotFoundError(f"no run with id {rid}")
         return found
+
+    def _related(self, run_id: uuid.UUID | str, model: type[Any], since: datetime | None = None) -> list[Any]:
+        rid = parse_uuid(run_id)
+        values = {"rid": self._codec.id(rid)}
+        if since is not None:
+            values["since"] = self._codec.time(since)
+        found = self._read(lambda cursor: self._related_rows(cursor, model, values, since, check=True))
+        if found is None:
+            raise NotFoundError(f"no run with id {rid}")
+        return found
+
+    def _related_rows(self, cursor: Any, model: type[Any], values: Mapping[str, Any], since: datetime | None, *,
+                      check: bool = False) -> list[Any] | None:
+        """A run's stages or decisions (None if ``check`` and the run does not exist)."""
+        statement = self._related_stmt[model] if since is None else self._related_since[model]
+        decode = self._decode[model]
+        rows = self._execute(cursor, statement, values).fetchall()
+        if model is Stage:  # the run's row: it exists, and the stage it is executing
+            run = self._execute(cursor, self._current_stage, values).fetchone()
+            if run is None:
+                return None
+            found = [_readable(decode(row)) for row in rows]
+            fill_inputs(found)
+            if run[0] is not None:
+                found.append(decode((run[0], values["rid"], run[1], run[2], "started", None, None, None, None,
+                                     None, None, run[3])))
+            return found
+        # Only an empty answer needs the existence check: rows imply the run.
+        if check and not rows and self._execute(cursor, self._run_exists, values).fetchone() is None:
+            return None
+        return [_readable(decode(row)) for row in rows]
 
     def _listing(self, filters: RunFilters, sort: Sequence[Any], fields: str) -> tuple[Statement, Statement]:
         """The COUNT and the page of a listing of this shape (built and compiled on first use)."""
@@ -369,6 +428,15 @@ class Repository:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class History(NamedTuple):
+    """A run's history as of one moment (:meth:`Repository.read_history`)."""
+
+    run: Run
+    stages: list[Stage]
+    decisions: list[Decision]
+    checkpoint: Any  # its checkpoint's data (None: it has none), as the executor wrote it
 
 
 def _readable(record: Any) -> Any:

@@ -1,0 +1,276 @@
+"""The routes: ``/workflows`` (tag "Workflows") and ``/workflows/runs`` (tag "Runs"), and ``/health``.
+
+Every route does its database work in the service's thread pool (the repository and the executor
+are synchronous), answers with the records' own JSON (``to_dict()``: the same as ``--json`` on the
+command line), and reads its input through the same parsers as the command line, so that what
+one rejects the other rejects with the same message.
+"""
+
+# FastAPI reads the annotations of the route functions (defined inside build_router) when they are
+# made: they are not postponed here (no `from __future__ import annotations`).
+
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from wfkit.api import schemas
+from wfkit.api.problems import problem, responses
+from wfkit.api.service import POLL_SECONDS, Service
+from wfkit.errors import DatabaseError, InvalidQueryError
+from wfkit.executor.history import RunHistory
+from wfkit.ids import parse_uuid
+from wfkit.store.models import RunStatus
+from wfkit.store.query import PageRequest, RunFilters
+from wfkit.store.repository import LISTING_FIELDS, SUMMARY_LEFT_OUT
+
+#: The longest long-poll (``GET /workflows/runs/{id}?wait=``), in seconds.
+MAX_WAIT_SECONDS = 300.0
+_FINAL = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+RunId = Annotated[str, Path(description="the run's id, a UUID", examples=["123e4567-e89b-12d3-a456-426614174000"])]
+Force = Annotated[bool, Query(description="as `--force` on the command line")]
+
+
+def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRouter:
+    """The API's routes on ``service``, each behind ``dependencies`` (a service's authentication)."""
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:  # the server stops: so do the runs it executes (see Service.close)
+            await asyncio.to_thread(service.close)
+
+    router = APIRouter(dependencies=list(dependencies), lifespan=lifespan)
+    runs = APIRouter(prefix="/workflows/runs", tags=["Runs"])
+    workflows = APIRouter(prefix="/workflows", tags=["Workflows"])
+
+    # ------------------------------------------------------------------ runs (before /workflows/{name})
+
+    @runs.get("", response_model=schemas.RunListing, responses=responses(400, 503),
+              summary="List runs, newest first, a page at a time")
+    async def list_runs(request: Request, response: Response,
+                        page: Annotated[str | None, Query(description="1, 2, ...")] = None,
+                        page_size: Annotated[str | None, Query(description="runs per page (at most the maximum)")] = None,
+                        sort: Annotated[str | None, Query(description="fields, '-' before one for descending")] = None,
+                        workflow_name: Annotated[list[str], Query(description="repeated or comma-separated")] = [],  # noqa: B006
+                        status: Annotated[list[str], Query(description="repeated or comma-separated")] = [],  # noqa: B006
+                        fields: Annotated[str | None, Query(description="'full': each run's params and result too")]
+                        = None) -> Any:
+        query = {"page": page, "page_size": page_size, "sort": sort}
+        request_page = PageRequest.from_query({k: v for k, v in query.items() if v is not None})
+        filters = RunFilters.from_query({"workflow_name": workflow_name, "status": status})
+        chosen = fields or "summary"
+        if chosen not in LISTING_FIELDS:
+            raise InvalidQueryError(f"unknown fields {chosen!r}: expected one of {', '.join(LISTING_FIELDS)}")
+        result = await service.call(lambda: service.repository.list_runs(request_page, filters, fields=chosen))
+        left_out = SUMMARY_LEFT_OUT if chosen == "summary" else ()
+        data = [_run_json(run, exclude=left_out) for run in result.data]
+        link = _links(request, result.page, result.total_pages)
+        if link:
+            response.headers["Link"] = link
+        return JSONResponse({"data": data, "total": result.total, "page": result.page, "page_size": result.page_size,
+                             "total_pages": result.total_pages}, headers=dict(response.headers))
+
+    @runs.get("/{run_id}", response_model=schemas.RunOut, responses=responses(400, 404, 503),
+              summary="One run (with ?wait=SECONDS: once it has ended, or the time passes)")
+    async def find_run(run_id: RunId,
+                       wait: Annotated[float | None, Query(ge=0, le=MAX_WAIT_SECONDS,
+                                                           description="seconds to wait for the run to end")] = None
+                       ) -> Any:
+        rid = parse_uuid(run_id)
+        run = await service.call(service.repository.find_run, rid)
+        deadline = time.monotonic() + (wait or 0.0)
+        while run.status not in _FINAL and time.monotonic() < deadline:
+            await service.hub.wait(rid, min(POLL_SECONDS * 5, max(0.0, deadline - time.monotonic())))
+            run = await service.call(service.repository.find_run, rid)
+        return JSONResponse(_run_json(run))
+
+    @runs.get("/{run_id}/stages", response_model=list[schemas.StageOut], responses=responses(400, 404, 503),
+              summary="A run's stages (node executions), oldest first")
+    async def get_stages(run_id: RunId) -> Any:
+        stages = await service.call(service.repository.get_stages, parse_uuid(run_id))
+        return JSONResponse([stage.to_dict() for stage in stages])
+
+    @runs.get("/{run_id}/decisions", response_model=list[schemas.DecisionOut], responses=responses(400, 404, 503),
+              summary="A run's routing decisions, oldest first")
+    async def get_decisions(run_id: RunId) -> Any:
+        decisions = await service.call(service.repository.get_decisions, parse_uuid(run_id))
+        return JSONResponse([decision.to_dict() for decision in decisions])
+
+    async def existing_run(run_id: RunId) -> uuid.UUID:
+        rid = parse_uuid(run_id)
+        await service.call(service.repository.find_run, rid)  # 404 before any stream starts
+        return rid
+
+    @runs.get("/{run_id}/events", response_class=EventSourceResponse, responses=responses(400, 404, 503),
+              summary="A run's events as server-sent events: its history, then live until it ends")
+    async def run_events(rid: Annotated[uuid.UUID, Depends(existing_run)],
+                         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None
+                         ) -> AsyncIterator[ServerSentEvent]:
+        async for event in _stream(service, rid, last_event_id):
+            yield event
+
+    @runs.delete("/{run_id}", status_code=204, responses=responses(400, 404, 503),
+                 summary="Delete a run with its stages, decisions and checkpoint")
+    async def delete_run(run_id: RunId, force: Force = False) -> Response:
+        await service.call(lambda: service.executor.delete(parse_uuid(run_id), force=force))
+        return Response(status_code=204)
+
+    @runs.post("/{run_id}/cancel", status_code=204, responses=responses(400, 404, 503),
+               summary="Cancel a run: at once if pending, before its next node if running")
+    async def cancel_run(run_id: RunId, force: Force = False) -> Response:
+        from wfkit.executor.control import where_from
+
+        reason = f"{'forced' if force else 'cancel requested'} through the HTTP API of {where_from()}"
+        await service.call(lambda: service.executor.cancel(parse_uuid(run_id), force=force, reason=reason))
+        return Response(status_code=204)
+
+    @runs.post("/{run_id}/resume", response_model=schemas.RunOut, responses=responses(400, 404, 503),
+               summary="Resume a failed or cancelled run (force: take over one whose lease expired)")
+    async def resume_run(run_id: RunId, force: Force = False) -> Any:
+        run = await service.call(lambda: service.executor.resume_in_background(parse_uuid(run_id), force=force))
+        return JSONResponse(_run_json(run))
+
+    # ------------------------------------------------------------------ workflows
+
+    @workflows.get("", response_model=list[schemas.WorkflowOut], summary="The registered workflows")
+    async def list_workflows() -> Any:
+        return JSONResponse([info.to_dict() for info in service.registry.list()])
+
+    @workflows.get("/{name}", response_model=schemas.WorkflowDetail, responses=responses(404, 500),
+                   summary="A workflow, with its params as JSON Schema (when it declares a model)")
+    async def find_workflow(name: str) -> Any:
+        def read() -> dict[str, Any]:
+            workflow = service.registry.get(name)
+            model = workflow.resolve_params_model()
+            return {**workflow.info.to_dict(), "params_schema": model.model_json_schema() if model else None}
+
+        return JSONResponse(await service.call(read))
+
+    @workflows.get("/{name}/graph", response_model=schemas.GraphOut, responses=responses(400, 404, 500),
+                   summary="The graph a workflow builds (with its default params, or those given)")
+    async def workflow_graph(name: str, params: Annotated[str | None, Query(
+            description="the params as one JSON object")] = None) -> Any:
+        given = _json_params(params)
+
+        def build() -> dict[str, Any]:
+            graph, _state = service.registry.get(name).build(given)
+            return {"graph": graph.to_dict(), "mermaid": graph.to_mermaid()}
+
+        return JSONResponse(await service.call(build))
+
+    async def started(name: str, response: Response,
+                      body: Annotated[schemas.RunRequest, Body()] = schemas.RunRequest()) -> uuid.UUID:
+        rid = await service.call(lambda: service.executor.start(name, body.params))
+        response.headers["X-Run-ID"] = str(rid)
+        return rid
+
+    @workflows.post("/{name}/execute", response_class=EventSourceResponse, responses=responses(400, 404, 503),
+                    summary="Run a workflow, streaming its events as server-sent events until it ends")
+    async def execute(rid: Annotated[uuid.UUID, Depends(started)]) -> AsyncIterator[ServerSentEvent]:
+        async for event in _stream(service, rid, None):
+            yield event
+
+    @workflows.post("/{name}/runs", status_code=202, response_model=schemas.RunOut,
+                    responses=responses(400, 404, 409, 503),
+                    summary="Run a workflow in the server's background; answer at once with the run")
+    async def create_run(name: str, request: Request,
+                         body: Annotated[schemas.RunRequest, Body()] = schemas.RunRequest(),
+                         idempotency_key: Annotated[str | None, Header(
+                             alias="Idempotency-Key", description="a retried request with the same key gets the "
+                             "same run")] = None) -> Any:
+        def go() -> Any:
+            rid = service.executor.start(name, body.params, idempotency_key=idempotency_key)
+            return service.repository.find_run(rid)
+
+        run = await service.call(go)
+        location = str(request.url_for("find_run", run_id=str(run.id)).path)
+        return JSONResponse(_run_json(run), status_code=202, headers={"Location": location})
+
+    router.include_router(runs)
+    router.include_router(workflows)
+
+    @router.get("/health", response_model=schemas.Health, responses=responses(503), tags=["Health"],
+                summary="Whether the database answers, migrated to the revision this wfkit needs")
+    async def health() -> Any:
+        from wfkit.store import migrations
+
+        def check() -> str:
+            at, head = migrations.current(service.executor.engine), migrations.head()
+            if at != head:
+                raise DatabaseError(f"the database is at revision {at or 'none'}, this wfkit needs {head}: "
+                                    "run `wfkit db upgrade`")
+            return at
+
+        return JSONResponse({"status": "ok", "revision": await service.call(check)})
+
+    return router
+
+
+def _run_json(run: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    return run.to_dict(exclude=exclude)
+
+
+def _json_params(text: str | None) -> dict[str, Any]:
+    """``?params=`` as a JSON object (none: the workflow's defaults)."""
+    import json
+
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise InvalidQueryError(f"params must be one JSON object: {err}") from None
+    if not isinstance(value, dict):
+        raise InvalidQueryError(f"params must be one JSON object, got {type(value).__name__}")
+    return value
+
+
+def _links(request: Request, page: int, pages: int) -> str:
+    """RFC 8288 ``Link`` header of a listing: first, prev, next and last pages."""
+    if pages < 1:
+        return ""
+    out = []
+
+    def url(number: int) -> str:
+        return str(request.url.include_query_params(page=number))
+
+    out.append(f'<{url(1)}>; rel="first"')
+    if 1 < page <= pages + 1:
+        out.append(f'<{url(min(page - 1, pages))}>; rel="prev"')
+    if page < pages:
+        out.append(f'<{url(page + 1)}>; rel="next"')
+    out.append(f'<{url(pages)}>; rel="last"')
+    return ", ".join(out)
+
+
+async def _stream(service: Service, run_id: uuid.UUID, last_event_id: str | None) -> AsyncIterator[ServerSentEvent]:
+    """A run's events: its history after ``last_event_id``, then each new one as it is written, until
+    the run ends. Written events are read from the database, so any process can serve any run;
+    this process's own runs wake the stream at once, others are looked at every POLL_SECONDS."""
+    history = RunHistory(service.repository, run_id)
+    await service.call(history.read)
+    for event in history.after(last_event_id):
+        yield _sse(event)
+        if event.final:
+            return
+    while True:
+        await service.hub.wait(run_id, POLL_SECONDS)
+        for event in await service.call(history.read):
+            yield _sse(event)
+            if event.final:
+                return
+
+
+def _sse(event: Any) -> ServerSentEvent:
+    return ServerSentEvent(data=event.data(), event=event.name, id=event.id)
+
+
+__all__ = ["build_router", "problem"]

@@ -1,0 +1,125 @@
+"""The shapes of the API's JSON, for its OpenAPI document (the routes answer with the records' own
+``to_dict()``; these say what that is, field for field, so that clients can be generated from it
+and the tests can check every answer against it)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RunStatusName = Literal["pending", "running", "completed", "failed", "cancelled"]
+StageStatusName = Literal["started", "completed", "failed"]
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunSummary(_Shape):
+    """A run, as a listing shows it: without its params and result (``?fields=full`` adds them)."""
+
+    id: uuid.UUID
+    workflow_name: str
+    status: RunStatusName
+    error_message: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    cancel_requested_at: datetime | None
+    cancel_reason: str | None
+    owner: str | None = Field(description="who holds (or last held) the run: host, pid and a random id")
+    attempt: int = Field(description="how many times the run was claimed (each resume or takeover adds one)")
+    lease_epoch: int = Field(description="the fencing number: grows by one at every claim")
+    lease_expires_at: datetime | None
+    current_stage_id: uuid.UUID | None
+    current_node: str | None = Field(description="the node being executed, if any")
+    current_iteration: int | None
+    current_stage_started_at: datetime | None
+    idempotency_key: str | None
+    lease_expired: bool | None = Field(description="for a pending or running run: whether no process holds it")
+
+
+class RunOut(RunSummary):
+    """A run, whole."""
+
+    params: dict[str, Any]
+    result: Any = None
+
+
+class RunListing(_Shape):
+    """One page of runs."""
+
+    data: list[RunOut | RunSummary]
+    total: int
+    page: int
+    page_size: int
+    total_pages: int
+
+
+class StageOut(_Shape):
+    """One node execution."""
+
+    id: uuid.UUID
+    run_id: uuid.UUID
+    node_name: str
+    iteration: int
+    status: StageStatusName
+    input_snapshot: Any = None
+    input_from: uuid.UUID | None
+    output_snapshot: Any = None
+    duration_ms: float | None
+    error_message: str | None
+    error_traceback: str | None
+    created_at: datetime
+
+
+class DecisionOut(_Shape):
+    """One routing choice."""
+
+    id: uuid.UUID
+    run_id: uuid.UUID
+    from_node: str
+    to_node: str | None
+    predicate_name: str | None
+    predicate_result: bool
+    reason: str | None
+    created_at: datetime
+
+
+class WorkflowOut(_Shape):
+    """A registered workflow."""
+
+    name: str
+    description: str
+    plugin: str
+
+
+class WorkflowDetail(WorkflowOut):
+    """A registered workflow, with its params' JSON Schema when it declares a params model."""
+
+    params_schema: dict[str, Any] | None
+
+
+class GraphOut(_Shape):
+    """The graph a workflow builds: as JSON (an edge to END has ``to_node`` null) and as mermaid."""
+
+    graph: dict[str, Any]
+    mermaid: str
+
+
+class RunRequest(BaseModel):
+    """The body of a request that creates a run."""
+
+    model_config = ConfigDict(extra="forbid")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Health(_Shape):
+    """The server can reach its database, migrated to the revision it needs."""
+
+    status: Literal["ok"]
+    revision: str

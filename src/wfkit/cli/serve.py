@@ -1,0 +1,52 @@
+"""``wfkit serve``: the HTTP API (and, later, the run viewer) with uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import click
+
+from wfkit.cli.common import cli, database_url, database_url_option
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; any other than this machine's own (127.0.0.1, ::1) needs --token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--token", default=None, metavar="TOKEN",
+              help="Clients must send 'Authorization: Bearer TOKEN' (default: $WFKIT_API_TOKEN).")
+@click.option("--grace", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
+              help="On shutdown, how long runs executing in the background may go on before they are stopped "
+              "(cancelled before their next node, resumable).")
+@database_url_option
+def serve_cmd(host: str, port: int, token: str | None, grace: float) -> None:
+    """Serve the HTTP API for runs: start, watch, cancel, resume.
+
+    OpenAPI at /openapi.json, interactive docs at /docs. Runs started
+    through the API execute in this process; Ctrl-C or SIGTERM stop them
+    before their next node (cancelled, resumable) after --grace seconds.
+
+    Example: wfkit serve --port 8000
+    """
+    from wfkit.api import TOKEN_ENV, create_app
+    from wfkit.errors import ConfigurationError
+
+    token = token or os.environ.get(TOKEN_ENV, "").strip() or None
+    if not _loopback(host) and not token:
+        raise ConfigurationError(f"--host {host} lets other machines reach this server: give a token that clients "
+                                 f"must send (--token, or {TOKEN_ENV}), or listen on 127.0.0.1")
+    import uvicorn
+
+    app = create_app(database_url(), token=token, grace=grace)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=max(1, int(grace) + 5))

@@ -1,0 +1,257 @@
+"""Every route of the HTTP API on SQLite and PostgreSQL, through a real ``wfkit serve`` process."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers import Server, events, start_server
+
+from conftest import WfkitCli
+
+PROBLEM = "application/problem+json"
+MISSING = "123e4567-e89b-12d3-a456-426614174000"
+
+
+@pytest.fixture(scope="module")
+def api(backend: str, databases: Any, installed_plugins: dict[str, Path],
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per engine for this module, on a database of its own."""
+    from wfkit.store import migrations
+
+    url = databases.new(backend)
+    migrations.upgrade(url)
+    markers = tmp_path_factory.mktemp("markers")
+    server = start_server(url, installed_plugins, markers)
+    server.db_url = url  # type: ignore[attr-defined]
+    yield server
+    code, err = server.stop()
+    # uvicorn shuts down cleanly, then ends by the signal it was sent, as a shell expects (143)
+    assert code == -15 and "Application shutdown complete" in err, err
+
+
+@pytest.fixture
+def cli(api: Server, installed_plugins: dict[str, Path]) -> WfkitCli:
+    """``wfkit`` on the server's database, with the same plugins."""
+    return WfkitCli({"WFKIT_DATABASE_URL": api.db_url, "PYTHONPATH": str(installed_plugins["steps"]),  # type: ignore[attr-defined]
+                     "WFKIT_LOAD_PLUGINS": "steps,samples", "WFKIT_TEST_MARKERS": str(api.markers)})
+
+
+def problem(response: Any, status: int) -> dict[str, Any]:
+    """The problem details of an error response (asserting their shape)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["type"] == "about:blank"
+    assert "Traceback" not in body["detail"] and "\n" not in body["detail"]
+    return body
+
+
+def cli_error(out: Any) -> str:
+    """The message of a command's one-line error."""
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("Error: ")
+    return line.removeprefix("Error: ")
+
+
+def finished(api: Server, run_id: str, seconds: float = 30) -> dict[str, Any]:
+    response = api.client.get(f"/workflows/runs/{run_id}", params={"wait": seconds})
+    assert response.status_code == 200
+    run = response.json()
+    assert run["status"] in ("completed", "failed", "cancelled"), run
+    return run
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+def test_workflows_are_those_the_command_line_lists(api, cli):
+    response = api.client.get("/workflows")
+    assert response.status_code == 200
+    assert response.json() == json.loads(cli.run("list-workflows", "--json").stdout)
+    assert {w["name"] for w in response.json()} == {"branching", "review-loop", "steps", "text-pipeline",
+                                                        "unbuildable"}
+
+
+def test_a_workflow_with_its_params_schema_and_graph(api, cli):
+    review = api.client.get("/workflows/review-loop").json()
+    assert review["name"] == "review-loop" and review["plugin"] == "samples"
+    assert review["params_schema"]["properties"]["max_rounds"]["maximum"] == 50
+    assert api.client.get("/workflows/steps").json()["params_schema"] is None  # it declares no model
+    graph = api.client.get("/workflows/review-loop/graph").json()
+    assert graph["graph"] == json.loads(cli.run("graph", "review-loop", "--json").stdout)
+    assert graph["mermaid"].rstrip("\n") == cli.run("graph", "review-loop").stdout.rstrip("\n")
+    express = api.client.get("/workflows/branching/graph", params={"params": '{"priority": "express"}'})
+    assert express.status_code == 200
+    detail = problem(api.client.get("/workflows/branching/graph", params={"params": "[1]"}), 400)["detail"]
+    assert detail == "params must be one JSON object, got list"
+
+
+def test_an_unknown_workflow_is_404_everywhere(api, cli):
+    message = cli_error(cli.run("graph", "nosuch"))
+    for method, path in (("GET", "/workflows/nosuch"), ("GET", "/workflows/nosuch/graph"),
+                         ("POST", "/workflows/nosuch/runs"), ("POST", "/workflows/nosuch/execute")):
+        body = problem(api.client.request(method, path, json={"params": {}}), 404)
+        assert body["detail"] == message and body["error"] == "WorkflowNotFoundError", (method, path)
+
+
+# --------------------------------------------------------------------------- runs in the background
+
+
+def test_a_run_in_the_background(api):
+    response = api.client.post("/workflows/text-pipeline/runs", json={"params": {"text": "b a b"}})
+    assert response.status_code == 202
+    run = response.json()
+    assert response.headers["location"] == f"/workflows/runs/{run['id']}"
+    assert run["workflow_name"] == "text-pipeline" and run["status"] in ("pending", "running", "completed")
+    done = finished(api, run["id"])
+    assert done["status"] == "completed" and done["result"]["counts"] == {"a": 1, "b": 2}
+    stages = api.client.get(f"/workflows/runs/{run['id']}/stages").json()
+    assert [s["node_name"] for s in stages] == ["normalize", "tokenize", "count", "summarize"]
+    assert stages[1]["input_snapshot"] == {"text": "b a b"}  # whole snapshots, as the repository gives
+    decisions = api.client.get(f"/workflows/runs/{run['id']}/decisions").json()
+    assert [(d["from_node"], d["to_node"]) for d in decisions] == [
+        ("normalize", "tokenize"), ("tokenize", "count"), ("count", "summarize"), ("summarize", None)]
+    assert api.client.get(f"/workflows/runs/{run['id']}").json() == done
+
+
+def test_bad_params_are_400_with_the_command_lines_message(api, cli):
+    body = problem(api.client.post("/workflows/review-loop/runs", json={"params": {"max_rounds": 99}}), 400)
+    assert body["error"] == "InvalidParamsError"
+    assert body["detail"] == cli_error(cli.run("run", "review-loop", "-p", "max_rounds=99"))
+    body = problem(api.client.post("/workflows/review-loop/execute", json={"params": {"nope": 1}}), 400)
+    assert "nope" in body["detail"]
+    # not JSON, or params that are not an object: the request's own validation, in the same shape
+    problem(api.client.post("/workflows/steps/runs", content=b"{", headers={"content-type": "application/json"}), 400)
+    assert "params" in problem(api.client.post("/workflows/steps/runs", json={"params": [1]}), 400)["detail"]
+
+
+def test_an_idempotency_key_makes_a_retry_return_the_same_run(api):
+    key = f"order-{uuid.uuid4()}"
+    first = api.client.post("/workflows/text-pipeline/runs", json={"params": {"text": "x"}},
+                            headers={"Idempotency-Key": key})
+    again = api.client.post("/workflows/text-pipeline/runs", json={"params": {"text": "x"}},
+                            headers={"Idempotency-Key": key})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"] and first.json()["idempotency_key"] == key
+    body = problem(api.client.post("/workflows/text-pipeline/runs", json={"params": {"text": "y"}},
+                                   headers={"Idempotency-Key": key}), 409)
+    assert body["error"] == "ConflictError" and first.json()["id"] in body["detail"]
+    listed = api.client.get("/workflows/runs", params={"page_size": 100, "workflow_name": "text-pipeline"}).json()
+    assert sum(run.get("idempotency_key") == key for run in listed["data"]) == 1  # one run was made
+    finished(api, first.json()["id"])
+    too_long = api.client.post("/workflows/text-pipeline/runs", headers={"Idempotency-Key": "k" * 201})
+    assert "idempotency key must be text of 1 to 200 characters" in problem(too_long, 400)["detail"]
+
+
+def test_long_poll_waits_for_the_end_or_the_time(api):
+    until = api.markers / f"release-{uuid.uuid4().hex}"
+    # (a node pauses once per server: the markers are the server's; the other test pauses in s2)
+    run = api.client.post("/workflows/steps/runs", json={"params": {"pause_in": "s3", "pause_until": str(until),
+                                                                    "pause_seconds": 60}}).json()
+    started = time.monotonic()
+    still = api.client.get(f"/workflows/runs/{run['id']}", params={"wait": 0.5})
+    assert still.status_code == 200 and still.json()["status"] == "running"
+    assert time.monotonic() - started >= 0.5
+    until.touch()
+    assert finished(api, run["id"])["status"] == "completed"
+    detail = problem(api.client.get(f"/workflows/runs/{run['id']}", params={"wait": -1}), 400)["detail"]
+    assert detail.startswith("wait: ")
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def test_listing_pages_filters_links_and_fields(api, cli):
+    ids = [api.client.post("/workflows/branching/runs", json={"params": {"items": i}}).json()["id"]
+           for i in range(1, 6)]
+    for run_id in ids:
+        finished(api, run_id)
+    page = api.client.get("/workflows/runs", params={"workflow_name": "branching", "page_size": 2, "page": 2})
+    assert page.status_code == 200
+    body = page.json()
+    assert (body["page"], body["page_size"]) == (2, 2) and body["total"] >= 5
+    assert body["total_pages"] == -(-body["total"] // 2)
+    assert all("params" not in run and "result" not in run for run in body["data"])  # a summary, as the CLI's
+    links = {part.split('rel="')[1].rstrip('"'): part.split(">")[0].lstrip("<")
+             for part in page.headers["link"].split(", ")}
+    assert set(links) == {"first", "prev", "next", "last"}
+    assert "page=1" in links["first"] and "page=3" in links["next"] and "workflow_name=branching" in links["next"]
+    nxt = api.client.get(links["next"]).json()
+    assert nxt["page"] == 3 and not {r["id"] for r in nxt["data"]} & {r["id"] for r in body["data"]}
+    full = api.client.get("/workflows/runs", params={"workflow_name": "branching", "fields": "full"}).json()
+    assert all("params" in run and "result" in run for run in full["data"])
+    # the same as the command line's listing, filters repeated or comma-separated
+    as_cli = json.loads(cli.run("runs", "list", "--workflow", "branching", "--status", "completed,failed",
+                                "--json").stdout)
+    for status in (["completed", "failed"], ["completed,failed"]):
+        got = api.client.get("/workflows/runs", params={"workflow_name": "branching", "status": status}).json()
+        assert [r["id"] for r in got["data"]] == [r["id"] for r in as_cli["data"]]
+        assert got["total"] == as_cli["total"]
+    oldest = api.client.get("/workflows/runs", params={"workflow_name": "branching", "sort": "created_at"}).json()
+    assert [r["id"] for r in oldest["data"]][:5] == ids
+
+
+def test_a_bad_query_is_400_with_the_command_lines_message(api, cli):
+    for query, args in (({"page": "0"}, ("--page", "0")), ({"status": "done"}, ("--status", "done")),
+                        ({"sort": "colour"}, ("--sort", "colour")), ({"page_size": "x"}, ("--page-size", "x"))):
+        body = problem(api.client.get("/workflows/runs", params=query), 400)
+        message = cli_error(cli.run("runs", "list", *args))
+        assert body["detail"] == message
+    assert "fields" in problem(api.client.get("/workflows/runs", params={"fields": "all"}), 400)["detail"]
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def test_a_malformed_or_unknown_run_id(api, cli):
+    for suffix in ("", "/stages", "/decisions", "/events"):
+        body = problem(api.client.get(f"/workflows/runs/nope{suffix}"), 400)
+        assert body["detail"] == cli_error(cli.run("runs", "show", "nope"))
+        body = problem(api.client.get(f"/workflows/runs/{MISSING}{suffix}"), 404)
+        assert body["detail"] == cli_error(cli.run("runs", "show", MISSING)) and body["error"] == "NotFoundError"
+    for method, suffix in (("DELETE", ""), ("POST", "/cancel"), ("POST", "/resume")):
+        problem(api.client.request(method, f"/workflows/runs/{MISSING}{suffix}"), 404)
+        problem(api.client.request(method, f"/workflows/runs/nope{suffix}"), 400)
+
+
+def test_cancel_resume_and_delete(api, cli):
+    until = api.markers / f"release-{uuid.uuid4().hex}"
+    run = api.client.post("/workflows/steps/runs", json={"params": {"pause_in": "s2", "pause_until": str(until),
+                                                                    "pause_seconds": 60}}).json()
+    deadline = time.monotonic() + 30
+    while api.client.get(f"/workflows/runs/{run['id']}").json()["current_node"] != "s2":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # a running run may not be deleted or resumed: the command line's messages
+    body = problem(api.client.delete(f"/workflows/runs/{run['id']}"), 400)
+    assert body["detail"] == cli_error(cli.run("runs", "delete", run["id"]))
+    problem(api.client.post(f"/workflows/runs/{run['id']}/resume"), 400)
+    cancelled = api.client.post(f"/workflows/runs/{run['id']}/cancel")
+    assert cancelled.status_code == 204 and cancelled.content == b""
+    until.touch()
+    done = finished(api, run["id"])
+    assert done["status"] == "cancelled" and "HTTP API" in done["cancel_reason"]
+    body = problem(api.client.post(f"/workflows/runs/{run['id']}/cancel"), 400)  # not allowed from cancelled
+    assert body["detail"] == cli_error(cli.run("runs", "cancel", run["id"])) and body["error"] == "InvalidStatusError"
+    resumed = api.client.post(f"/workflows/runs/{run['id']}/resume")
+    assert resumed.status_code == 200
+    assert resumed.json()["id"] == run["id"] and resumed.json()["status"] == "running"
+    assert resumed.json()["attempt"] == 2
+    done = finished(api, run["id"])
+    assert done["status"] == "completed" and done["result"]["log"] == ["s1:0", "s2:1", "s3:2", "s4:3"]
+    assert api.client.delete(f"/workflows/runs/{run['id']}").status_code == 204
+    problem(api.client.get(f"/workflows/runs/{run['id']}"), 404)
+
+
+def test_health(api):
+    from wfkit.store import migrations
+
+    response = api.client.get("/health")
+    assert response.status_code == 200 and response.json() == {"status": "ok", "revision": migrations.head()}
