@@ -263,6 +263,6 @@ def steps_cli(wfkit_cli: WfkitCli, db_url: str, installed_plugins: dict[str, Pat
     """``wfkit`` with the fixture plugin ``steps`` installed, on the test's database; its markers in
     ``tmp_path / "markers"``."""
     markers = tmp_path / "markers"
-    markers.mkdir()
+    markers.mkdir(exist_ok=True)
     return wfkit_cli.using(PYTHONPATH=str(installed_plugins["steps"]), WFKIT_DATABASE_URL=db_url,
                            WFKIT_LOAD_PLUGINS="steps", WFKIT_TEST_MARKERS=str(markers))

@@ -22,6 +22,36 @@ import pytest
 from conftest import WFKIT, WfkitCli
 
 
+PROBLEM = "application/problem+json"
+MISSING = "123e4567-e89b-12d3-a456-426614174000"
+
+
+def problem(response: Any, status: int) -> dict[str, Any]:
+    """The problem details of an error response (asserting their shape)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["type"] == "about:blank"
+    assert "Traceback" not in body["detail"] and "\n" not in body["detail"]
+    return body
+
+
+def cli_error(out: Any) -> str:
+    """The message of a command's one-line error."""
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("Error: ")
+    return line.removeprefix("Error: ")
+
+
+def finished(api: Server, run_id: str, seconds: float = 30) -> dict[str, Any]:
+    response = api.client.get(f"/workflows/runs/{run_id}", params={"wait": seconds})
+    assert response.status_code == 200
+    run = response.json()
+    assert run["status"] in ("completed", "failed", "cancelled"), run
+    return run
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -86,8 +116,8 @@ def serve(installed_plugins: dict[str, Path], tmp_path: Path) -> Iterator[Callab
     """``serve(url, *args, env=..., ready=True)``: a started ``wfkit serve``, killed after the test if
     it still runs."""
     started: list[Server] = []
-    markers = tmp_path / "markers"
-    markers.mkdir()
+    markers = tmp_path / "markers"  # the same folder as the steps_cli fixture's
+    markers.mkdir(exist_ok=True)
 
     def start(url: str, *args: str, env: dict[str, str] | None = None, ready: bool = True) -> Server:
         started.append(start_server(url, installed_plugins, markers, *args, env=env, ready=ready))
@@ -97,6 +127,30 @@ def serve(installed_plugins: dict[str, Path], tmp_path: Path) -> Iterator[Callab
     for server in started:
         if server.proc.poll() is None:
             server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def api(backend: str, databases: Any, installed_plugins: dict[str, Path],
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per engine for this module, on a database of its own."""
+    from wfkit.store import migrations
+
+    url = databases.new(backend)
+    migrations.upgrade(url)
+    markers = tmp_path_factory.mktemp("markers")
+    server = start_server(url, installed_plugins, markers)
+    server.db_url = url  # type: ignore[attr-defined]
+    yield server
+    code, err = server.stop()
+    # uvicorn shuts down cleanly, then ends by the signal it was sent, as a shell expects (143)
+    assert code == -15 and "Application shutdown complete" in err, err
+
+
+@pytest.fixture
+def cli(api: Server, installed_plugins: dict[str, Path]) -> WfkitCli:
+    """``wfkit`` on the server's database, with the same plugins."""
+    return WfkitCli({"WFKIT_DATABASE_URL": api.db_url, "PYTHONPATH": str(installed_plugins["steps"]),  # type: ignore[attr-defined]
+                     "WFKIT_LOAD_PLUGINS": "steps,samples", "WFKIT_TEST_MARKERS": str(api.markers)})
 
 
 def parse_events(lines: Iterator[str], stop_after: int | None = None) -> list[dict[str, Any]]:

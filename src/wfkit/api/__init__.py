@@ -75,34 +75,13 @@ def create_app(database: Any = None, registry: Registry | None = None, runtime: 
     from fastapi import FastAPI
 
     from wfkit import __version__
+    from wfkit.api.routes import bearer
 
     app = FastAPI(title="wfkit", version=__version__,
                   description="Start, watch, cancel and resume wfkit runs, and read their history.")
     install_errors(app)
-    app.include_router(create_router(database, registry, runtime, [*dependencies, *_bearer(token)], grace=grace))
+    app.include_router(create_router(database, registry, runtime, [*dependencies, *bearer(token)], grace=grace))
     return app
-
-
-def _bearer(token: str | None) -> list[Any]:
-    """A dependency that asks for ``Authorization: Bearer <token>`` (none without a token)."""
-    if not token:
-        return []
-    import secrets
-
-    from fastapi import Depends, Request
-    from starlette.exceptions import HTTPException
-
-    expected = f"Bearer {token}".encode()
-
-    def check(request: Request) -> None:
-        if request.url.path == "/health":
-            return
-        given = request.headers.get("authorization", "").encode()
-        if not secrets.compare_digest(given, expected):
-            raise HTTPException(401, "this server needs Authorization: Bearer <token> (its WFKIT_API_TOKEN)",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    return [Depends(check)]
 
 
 __all__ = ["TOKEN_ENV", "create_app", "create_router", "install_errors"]

@@ -23,18 +23,37 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from wfkit.api import schemas
 from wfkit.api.problems import problem, responses
-from wfkit.api.service import POLL_SECONDS, Service
+from wfkit.api.service import Service
 from wfkit.errors import DatabaseError, InvalidQueryError
 from wfkit.executor.history import RunHistory
 from wfkit.ids import parse_uuid
 from wfkit.store.models import RunStatus
-from wfkit.store.query import PageRequest, RunFilters
+from wfkit.store.query import MAX_FILTER_VALUES, RUNS, PageRequest, RunFilters
 from wfkit.store.repository import LISTING_FIELDS, SUMMARY_LEFT_OUT
 
+#: A stream reads its run again at least this often (seconds), woken or not: a change the watcher
+#: missed (a database that was away) is late by this much, never lost.
+SAFETY_SECONDS = 2.0
 #: The longest long-poll (``GET /workflows/runs/{id}?wait=``), in seconds.
 MAX_WAIT_SECONDS = 300.0
 _FINAL = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
-RunId = Annotated[str, Path(description="the run's id, a UUID", examples=["123e4567-e89b-12d3-a456-426614174000"])]
+
+# What the OpenAPI document says each text parameter holds. The values themselves are read by
+# wfkit's own parsers (those of the command line), not by FastAPI's validation, so that a bad value
+# gets the same message everywhere: these patterns only describe, and the parsers accept a little
+# more (any case, spaces around values).
+_STATUS = f"({'|'.join(s.value for s in RunStatus)})"
+_SORT = f"[+-]?({'|'.join(sorted(RUNS.sortable))})"
+_UUID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_COUNT = "^[1-9][0-9]{0,8}$"
+
+
+def _described(**schema: Any) -> dict[str, Any]:
+    return {"json_schema_extra": schema}
+
+
+RunId = Annotated[str, Path(description="the run's id, a UUID", examples=["123e4567-e89b-12d3-a456-426614174000"],
+                            **_described(pattern=_UUID, format="uuid"))]
 Force = Annotated[bool, Query(description="as `--force` on the command line")]
 
 
@@ -45,6 +64,7 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
         try:
             yield
         finally:  # the server stops: so do the runs it executes (see Service.close)
+            service.stop_watching()
             await asyncio.to_thread(service.close)
 
     router = APIRouter(dependencies=list(dependencies), lifespan=lifespan)
@@ -53,16 +73,24 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
 
     # ------------------------------------------------------------------ runs (before /workflows/{name})
 
-    @runs.get("", response_model=schemas.RunListing, responses=responses(400, 503),
+    @runs.get("", response_model=schemas.RunListing, responses={**responses(400, 503), **_headers(200, Link=(
+              "RFC 8288 links to the first, previous, next and last pages (none when no run matches)"))},
               summary="List runs, newest first, a page at a time")
     async def list_runs(request: Request, response: Response,
-                        page: Annotated[str | None, Query(description="1, 2, ...")] = None,
-                        page_size: Annotated[str | None, Query(description="runs per page (at most the maximum)")] = None,
-                        sort: Annotated[str | None, Query(description="fields, '-' before one for descending")] = None,
-                        workflow_name: Annotated[list[str], Query(description="repeated or comma-separated")] = [],  # noqa: B006
-                        status: Annotated[list[str], Query(description="repeated or comma-separated")] = [],  # noqa: B006
-                        fields: Annotated[str | None, Query(description="'full': each run's params and result too")]
-                        = None) -> Any:
+                        page: Annotated[str | None, Query(description="1, 2, ...", **_described(pattern=_COUNT))]
+                        = None,
+                        page_size: Annotated[str | None, Query(description="runs per page (at most the maximum)",
+                                                              **_described(pattern=_COUNT))] = None,
+                        sort: Annotated[str | None, Query(description="a field, '-' before it for descending; or "
+                                                          "several distinct ones, comma-separated, the first deciding "
+                                                          "first", **_described(pattern=f"^{_SORT}$"))]
+                        = None,
+                        workflow_name: Annotated[list[str], Query(description="repeated or comma-separated", **_described(
+                            items={"type": "string", "pattern": "^[^\\u0000]*$"}, maxItems=MAX_FILTER_VALUES))] = [],  # noqa: B006
+                        status: Annotated[list[str], Query(description="repeated or comma-separated", **_described(
+                            items={"type": "string", "pattern": f"^{_STATUS}(,{_STATUS})*$"}))] = [],  # noqa: B006
+                        fields: Annotated[str | None, Query(description="'full': each run's params and result too",
+                                                            **_described(enum=list(LISTING_FIELDS)))] = None) -> Any:
         query = {"page": page, "page_size": page_size, "sort": sort}
         request_page = PageRequest.from_query({k: v for k, v in query.items() if v is not None})
         filters = RunFilters.from_query({"workflow_name": workflow_name, "status": status})
@@ -88,7 +116,7 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
         run = await service.call(service.repository.find_run, rid)
         deadline = time.monotonic() + (wait or 0.0)
         while run.status not in _FINAL and time.monotonic() < deadline:
-            await service.hub.wait(rid, min(POLL_SECONDS * 5, max(0.0, deadline - time.monotonic())))
+            await service.wait(rid, min(SAFETY_SECONDS, max(0.0, deadline - time.monotonic())))
             run = await service.call(service.repository.find_run, rid)
         return JSONResponse(_run_json(run))
 
@@ -158,10 +186,9 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
                    summary="The graph a workflow builds (with its default params, or those given)")
     async def workflow_graph(name: str, params: Annotated[str | None, Query(
             description="the params as one JSON object")] = None) -> Any:
-        given = _json_params(params)
-
         def build() -> dict[str, Any]:
-            graph, _state = service.registry.get(name).build(given)
+            workflow = service.registry.get(name)  # an unknown workflow is 404 whatever the params
+            graph, _state = workflow.build(_json_params(params))
             return {"graph": graph.to_dict(), "mermaid": graph.to_mermaid()}
 
         return JSONResponse(await service.call(build))
@@ -172,20 +199,21 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
         response.headers["X-Run-ID"] = str(rid)
         return rid
 
-    @workflows.post("/{name}/execute", response_class=EventSourceResponse, responses=responses(400, 404, 503),
+    @workflows.post("/{name}/execute", response_class=EventSourceResponse, responses={
+                    **responses(400, 404, 503), **_headers(200, **{"X-Run-ID": "the id of the run created"})},
                     summary="Run a workflow, streaming its events as server-sent events until it ends")
     async def execute(rid: Annotated[uuid.UUID, Depends(started)]) -> AsyncIterator[ServerSentEvent]:
         async for event in _stream(service, rid, None):
             yield event
 
     @workflows.post("/{name}/runs", status_code=202, response_model=schemas.RunOut,
-                    responses=responses(400, 404, 409, 503),
+                    responses={**responses(400, 404, 409, 503), **_headers(202, Location="the run's own URL")},
                     summary="Run a workflow in the server's background; answer at once with the run")
     async def create_run(name: str, request: Request,
                          body: Annotated[schemas.RunRequest, Body()] = schemas.RunRequest(),
                          idempotency_key: Annotated[str | None, Header(
                              alias="Idempotency-Key", description="a retried request with the same key gets the "
-                             "same run")] = None) -> Any:
+                             "same run", **_described(minLength=1, maxLength=200, pattern="\\S"))] = None) -> Any:
         def go() -> Any:
             rid = service.executor.start(name, body.params, idempotency_key=idempotency_key)
             return service.repository.find_run(rid)
@@ -212,6 +240,34 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
         return JSONResponse({"status": "ok", "revision": await service.call(check)})
 
     return router
+
+
+def _headers(status: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI: the headers a successful answer carries."""
+    return {status: {"headers": {name: {"description": text, "schema": {"type": "string"}}
+                                 for name, text in described.items()}}}
+
+
+def bearer(token: str | None) -> list[Any]:
+    """A dependency that asks for ``Authorization: Bearer <token>`` on every route but ``/health``
+    (none without a token)."""
+    if not token:
+        return []
+    import secrets
+
+    from starlette.exceptions import HTTPException
+
+    expected = f"Bearer {token}".encode()
+
+    def check(request: Request) -> None:
+        if request.url.path == "/health":
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not secrets.compare_digest(given, expected):
+            raise HTTPException(401, "this server needs Authorization: Bearer <token> (its WFKIT_API_TOKEN)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return [Depends(check)]
 
 
 def _run_json(run: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
@@ -254,15 +310,16 @@ def _links(request: Request, page: int, pages: int) -> str:
 async def _stream(service: Service, run_id: uuid.UUID, last_event_id: str | None) -> AsyncIterator[ServerSentEvent]:
     """A run's events: its history after ``last_event_id``, then each new one as it is written, until
     the run ends. Written events are read from the database, so any process can serve any run;
-    this process's own runs wake the stream at once, others are looked at every POLL_SECONDS."""
+    this process's own runs wake the stream at once, others when the service's watcher sees their row
+    change (see Service.wait)."""
     history = RunHistory(service.repository, run_id)
     await service.call(history.read)
     for event in history.after(last_event_id):
         yield _sse(event)
-        if event.final:
-            return
+    if history.ended:  # the client has seen the end already, or just did
+        return
     while True:
-        await service.hub.wait(run_id, POLL_SECONDS)
+        await service.wait(run_id, SAFETY_SECONDS)
         for event in await service.call(history.read):
             yield _sse(event)
             if event.final:
@@ -273,4 +330,4 @@ def _sse(event: Any) -> ServerSentEvent:
     return ServerSentEvent(data=event.data(), event=event.name, id=event.id)
 
 
-__all__ = ["build_router", "problem"]
+__all__ = ["bearer", "build_router", "problem"]

@@ -19,8 +19,9 @@ from wfkit.registry import Registry
 from wfkit.runtime import Runtime
 
 T = TypeVar("T")
-#: How often a stream of a run executed elsewhere (another process) looks for what is new.
-POLL_SECONDS = 0.1
+#: How often the runs watched by this process's streams are looked at for changes made elsewhere
+#: (another process executing them): one query for all of them.
+POLL_SECONDS = 0.05
 #: The most threads that do the database work of requests at once (and so the most connections
 #: they hold): a burst of requests waits for one instead of exhausting the pool.
 MAX_THREADS = 8
@@ -35,8 +36,17 @@ class Hub:
         self._waiting: dict[uuid.UUID, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
 
     def on_event(self, event: Event) -> None:
+        self.wake(event.run_id)
+
+    def watched(self) -> list[uuid.UUID]:
+        """The runs somebody waits on."""
         with self._lock:
-            waiting = list(self._waiting.get(event.run_id, ()))
+            return list(self._waiting)
+
+    def wake(self, run_id: uuid.UUID) -> None:
+        """Wake whoever waits on ``run_id``."""
+        with self._lock:
+            waiting = list(self._waiting.get(run_id, ()))
         for loop, woken in waiting:
             try:
                 loop.call_soon_threadsafe(woken.set)
@@ -74,6 +84,42 @@ class Service:
         self.grace = grace
         self.limiter = anyio.CapacityLimiter(min(MAX_THREADS, _pool_room(self.executor.engine)))
         self._closed = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def wait(self, run_id: uuid.UUID, timeout: float) -> None:
+        """Until ``run_id`` changes (an event of this process's executor, or a change another
+        process made, which the watcher sees), or ``timeout`` seconds pass."""
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        await self.hub.wait(run_id, timeout)
+
+    def stop_watching(self) -> None:
+        """Stop the watcher (the event loop is ending)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    async def _watch(self) -> None:
+        """While any run is waited on: every POLL_SECONDS, one query for all of them, and a wake for
+        each whose row changed (or that is gone)."""
+        seen: dict[uuid.UUID, Any] = {}
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            watched = self.hub.watched()
+            if not watched:
+                return
+            try:
+                now = await self.call(self.repository.run_versions, watched)
+            except Exception:  # the database is away: the streams find out themselves when they read
+                continue
+            for run_id in watched:
+                # A run seen for the first time wakes too: it may have changed between its waiter's
+                # last read and the wait (nothing is missed, at the cost of one read more).
+                version = now.get(run_id)
+                if seen.get(run_id, ...) != version:
+                    self.hub.wake(run_id)
+                    seen[run_id] = version
+            for run_id in set(seen) - set(watched):
+                del seen[run_id]
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the thread pool, at most ``limiter`` at once."""

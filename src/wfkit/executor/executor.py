@@ -211,7 +211,9 @@ class Executor:
                 with contextlib.suppress(WfkitError):  # it ended meanwhile: nothing to force
                     self.cancel(run_id, force=True, reason=f"{reason} (its node was still executing: it runs "
                                 "again on resume)")
-        self.close()
+        # A thread whose node still executes is left to the process's end (it is a daemon, and it
+        # writes nothing more: the forced cancel fenced it off).
+        self._release()
 
     async def astart(self, name: str, params: Mapping[str, Any] | None = None) -> uuid.UUID:
         """Like :meth:`start`, as a task on the running event loop: its async nodes are awaited there,
@@ -281,6 +283,10 @@ class Executor:
             threads = [bg.thread for bg in self._background.values() if bg.thread is not None]
         for thread in threads:
             thread.join()
+        self._release()
+
+    def _release(self) -> None:
+        """Close the heartbeat, the connections and the engine this executor made."""
         self.heartbeat.close()
         self.repository.close()
         if self._own_engine:

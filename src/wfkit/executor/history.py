@@ -114,6 +114,11 @@ class RunHistory:
         self.run = run
         return new
 
+    @property
+    def ended(self) -> bool:
+        """Whether the run's end has been read (nothing comes after it)."""
+        return self._ended
+
     def after(self, last_id: str | None) -> list[HistoryEvent]:
         """The events read so far that come after ``last_id`` (all of them for None, or for an id
         this history does not hold: a client is then given everything again, and its ids)."""
