@@ -143,7 +143,8 @@ def test_listing_pages_filters_links_and_fields(api, cli):
 
 def test_a_bad_query_is_400_with_the_command_lines_message(api, cli):
     for query, args in (({"page": "0"}, ("--page", "0")), ({"status": "done"}, ("--status", "done")),
-                        ({"sort": "colour"}, ("--sort", "colour")), ({"page_size": "x"}, ("--page-size", "x"))):
+                        ({"sort": "colour"}, ("--sort", "colour")), ({"page_size": "x"}, ("--page-size", "x")),
+                        ({"sort": "id; drop table runs"}, ("--sort", "id; drop table runs"))):
         body = problem(api.client.get("/workflows/runs", params=query), 400)
         message = cli_error(cli.run("runs", "list", *args))
         assert body["detail"] == message

@@ -307,14 +307,14 @@ class PageRequest:
 
     @classmethod
     def from_query(cls, query: Mapping[str, Any]) -> PageRequest:
-        """Read ``page``, ``page_size`` and ``sort`` from URL-style query parameters."""
+        """Read ``page``, ``page_size`` and ``sort`` (fields of runs) from URL-style query parameters."""
         page = _last_value(query, "page")
         size = _last_value(query, "page_size")
         sort_values = [v for v in _query_values(query, "sort") if v.strip()]
         return cls(
             page=_whole_number(page, "page", minimum=1) if page is not None else 1,
             page_size=_whole_number(size, "page_size", minimum=1) if size is not None else None,
-            sort=parse_sort(sort_values) or None,
+            sort=parse_sort(sort_values, RUNS) or None,  # the fields a listing of runs sorts by
         )
 
 
