@@ -131,7 +131,7 @@ def test_listing_pages_filters_links_and_fields(api, cli):
     full = api.client.get("/workflows/runs", params={"workflow_name": "branching", "fields": "full"}).json()
     assert all("params" in run and "result" in run for run in full["data"])
     # the same as the command line's listing, filters repeated or comma-separated
-    as_cli = json.loads(cli.run("runs", "list", "--workflow", "branching", "--status", "completed,failed",
+    as_cli = json.loads(cli.invoke("runs", "list", "--workflow", "branching", "--status", "completed,failed",
                                 "--json").stdout)
     for status in (["completed", "failed"], ["completed,failed"]):
         got = api.client.get("/workflows/runs", params={"workflow_name": "branching", "status": status}).json()
@@ -146,7 +146,7 @@ def test_a_bad_query_is_400_with_the_command_lines_message(api, cli):
                         ({"sort": "colour"}, ("--sort", "colour")), ({"page_size": "x"}, ("--page-size", "x")),
                         ({"sort": "id; drop table runs"}, ("--sort", "id; drop table runs"))):
         body = problem(api.client.get("/workflows/runs", params=query), 400)
-        message = cli_error(cli.run("runs", "list", *args))
+        message = cli_error(cli.invoke("runs", "list", *args))
         assert body["detail"] == message
     assert "fields" in problem(api.client.get("/workflows/runs", params={"fields": "all"}), 400)["detail"]
 
@@ -157,9 +157,9 @@ def test_a_bad_query_is_400_with_the_command_lines_message(api, cli):
 def test_a_malformed_or_unknown_run_id(api, cli):
     for suffix in ("", "/stages", "/decisions", "/events"):
         body = problem(api.client.get(f"/workflows/runs/nope{suffix}"), 400)
-        assert body["detail"] == cli_error(cli.run("runs", "show", "nope"))
+        assert body["detail"] == cli_error(cli.invoke("runs", "show", "nope"))
         body = problem(api.client.get(f"/workflows/runs/{MISSING}{suffix}"), 404)
-        assert body["detail"] == cli_error(cli.run("runs", "show", MISSING)) and body["error"] == "NotFoundError"
+        assert body["detail"] == cli_error(cli.invoke("runs", "show", MISSING)) and body["error"] == "NotFoundError"
     for method, suffix in (("DELETE", ""), ("POST", "/cancel"), ("POST", "/resume")):
         problem(api.client.request(method, f"/workflows/runs/{MISSING}{suffix}"), 404)
         problem(api.client.request(method, f"/workflows/runs/nope{suffix}"), 400)
@@ -175,7 +175,7 @@ def test_cancel_resume_and_delete(api, cli):
         time.sleep(0.05)
     # a running run may not be deleted or resumed: the command line's messages
     body = problem(api.client.delete(f"/workflows/runs/{run['id']}"), 400)
-    assert body["detail"] == cli_error(cli.run("runs", "delete", run["id"]))
+    assert body["detail"] == cli_error(cli.invoke("runs", "delete", run["id"]))
     problem(api.client.post(f"/workflows/runs/{run['id']}/resume"), 400)
     cancelled = api.client.post(f"/workflows/runs/{run['id']}/cancel")
     assert cancelled.status_code == 204 and cancelled.content == b""
@@ -183,7 +183,7 @@ def test_cancel_resume_and_delete(api, cli):
     done = finished(api, run["id"])
     assert done["status"] == "cancelled" and "HTTP API" in done["cancel_reason"]
     body = problem(api.client.post(f"/workflows/runs/{run['id']}/cancel"), 400)  # not allowed from cancelled
-    assert body["detail"] == cli_error(cli.run("runs", "cancel", run["id"])) and body["error"] == "InvalidStatusError"
+    assert body["detail"] == cli_error(cli.invoke("runs", "cancel", run["id"])) and body["error"] == "InvalidStatusError"
     resumed = api.client.post(f"/workflows/runs/{run['id']}/resume")
     assert resumed.status_code == 200
     assert resumed.json()["id"] == run["id"] and resumed.json()["status"] == "running"

@@ -43,19 +43,20 @@ def _fastapi() -> None:
 
 
 def create_router(database: Any = None, registry: Registry | None = None, runtime: Runtime | None = None,
-                  dependencies: Sequence[Any] = (), *, grace: float = 0.0) -> APIRouter:
+                  dependencies: Sequence[Any] = (), *, grace: float = 0.0, stop_timeout: float = 10.0) -> APIRouter:
     """The API's routes, for a service to include in its app (its authentication in ``dependencies``,
     e.g. ``[Depends(check_token)]``). ``database``: an engine, a URL or None (the configured
     default); ``registry``: where workflows are looked up (default: the installed plugins');
     ``runtime``: the services handed to factories. Runs started through the API execute in the
     server's background; when the app stops, they stop before their next node (after ``grace``
-    seconds, if given), cancelled and resumable. Install the problem-details error handlers with
+    seconds, if given), cancelled and resumable; a node still executing ``stop_timeout`` seconds
+    after that is left to run again on resume (its run is cancelled as ``force`` cancels). Install the problem-details error handlers with
     :func:`install_errors` (``create_app`` does)."""
     _fastapi()
     from wfkit.api.routes import build_router
     from wfkit.api.service import Service
 
-    return build_router(Service(database, registry, runtime, grace=grace), dependencies)
+    return build_router(Service(database, registry, runtime, grace=grace, stop_timeout=stop_timeout), dependencies)
 
 
 def install_errors(app: FastAPI) -> None:
@@ -67,7 +68,8 @@ def install_errors(app: FastAPI) -> None:
 
 
 def create_app(database: Any = None, registry: Registry | None = None, runtime: Runtime | None = None,
-               dependencies: Sequence[Any] = (), *, token: str | None = None, grace: float = 0.0) -> FastAPI:
+               dependencies: Sequence[Any] = (), *, token: str | None = None, grace: float = 0.0,
+               stop_timeout: float = 10.0) -> FastAPI:
     """A complete app: :func:`create_router`'s routes, problem-details errors and the OpenAPI
     document (``/openapi.json``, ``/docs``). With ``token``, every route but ``/health`` asks for
     ``Authorization: Bearer <token>``."""
@@ -80,7 +82,8 @@ def create_app(database: Any = None, registry: Registry | None = None, runtime: 
     app = FastAPI(title="wfkit", version=__version__,
                   description="Start, watch, cancel and resume wfkit runs, and read their history.")
     install_errors(app)
-    app.include_router(create_router(database, registry, runtime, [*dependencies, *bearer(token)], grace=grace))
+    app.include_router(create_router(database, registry, runtime, [*dependencies, *bearer(token)], grace=grace,
+                                     stop_timeout=stop_timeout))
     return app
 
 

@@ -76,12 +76,12 @@ class Service:
     """The API's state: build with the database, registry and runtime the router was given."""
 
     def __init__(self, database: Any = None, registry: Registry | None = None, runtime: Runtime | None = None,
-                 *, grace: float = 0.0):
+                 *, grace: float = 0.0, stop_timeout: float = 10.0):
         self.hub = Hub()
         self.executor = Executor(database, registry=registry, runtime=runtime, observers=[self.hub])
         self.registry = self.executor.registry
         self.repository = self.executor.repository
-        self.grace = grace
+        self.grace, self.stop_timeout = grace, stop_timeout
         self.limiter = anyio.CapacityLimiter(min(MAX_THREADS, _pool_room(self.executor.engine)))
         self._closed = False
         self._watcher: asyncio.Task[None] | None = None
@@ -130,7 +130,7 @@ class Service:
         their next node: cancelled, resumable), and close the database connections."""
         if not self._closed:
             self._closed = True
-            self.executor.shutdown(self.grace, reason="the server executing it stopped")
+            self.executor.shutdown(self.grace, reason="the server executing it stopped", stop_timeout=self.stop_timeout)
 
 
 def _pool_room(engine: Any) -> int:

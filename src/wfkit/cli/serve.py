@@ -29,8 +29,11 @@ def _loopback(host: str) -> bool:
 @click.option("--grace", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
               help="On shutdown, how long runs executing in the background may go on before they are stopped "
               "(cancelled before their next node, resumable).")
+@click.option("--stop-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="SECONDS",
+              help="Then, how long to wait for them to stop; a node still executing after that runs again on "
+              "resume.")
 @database_url_option
-def serve_cmd(host: str, port: int, token: str | None, grace: float) -> None:
+def serve_cmd(host: str, port: int, token: str | None, grace: float, stop_timeout: float) -> None:
     """Serve the HTTP API for runs: start, watch, cancel, resume.
 
     OpenAPI at /openapi.json, interactive docs at /docs. Runs started
@@ -48,5 +51,5 @@ def serve_cmd(host: str, port: int, token: str | None, grace: float) -> None:
                                  f"must send (--token, or {TOKEN_ENV}), or listen on 127.0.0.1")
     import uvicorn
 
-    app = create_app(database_url(), token=token, grace=grace)
+    app = create_app(database_url(), token=token, grace=grace, stop_timeout=stop_timeout)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=max(1, int(grace) + 5))
