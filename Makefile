@@ -1,6 +1,6 @@
 # make demo   create .venv, install wfkit and the sample workflows, build a demo database and browse it
 # make test   create .venv, install wfkit, the samples and the test dependencies, run the whole suite
-# make bench  the three benchmarks (see bench/README.md)
+# make bench  the benchmarks (see bench/README.md; the HTTP API's, at 1M runs, takes about 20 minutes)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -24,6 +24,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_executor.py
 	$(BIN)/python bench/bench_repository.py
 	$(BIN)/python bench/crash_recovery.py --kills 20
+	$(BIN)/python bench/bench_api.py --runs 1000000 --reuse
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .hypothesis

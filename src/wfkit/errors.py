@@ -18,9 +18,10 @@ failure), unless a class says otherwise (``exit_code``)::
     +-- ConfigurationError            400  a setting or argument wfkit cannot use (also a ValueError)
     +-- DatabaseError                 503  the database cannot answer
     |   +-- DatabaseNotMigratedError  503  ... because its tables are missing or old
+    +-- ServerBusyError               503  a server has no room for another run now (try again later)
     +-- RegistrationError             500  a workflow cannot be registered (also a ValueError)
     |   +-- DuplicateWorkflowError    500  ... because its name is taken
-    +-- WorkflowBuildError            500  a workflow's factory failed
+    +-- WorkflowBuildError            400  a workflow's factory failed on the params it was given
     +-- StateNotSerializableError     500  a state holds a value JSON cannot represent
     +-- CheckpointError               500  a stored checkpoint cannot be read
     +-- ServiceNotFoundError          500  a factory asked the runtime for a missing service (also a KeyError)
@@ -107,6 +108,13 @@ class DatabaseNotMigratedError(DatabaseError):
     """The database exists but its tables have not been created by ``wfkit db upgrade``."""
 
 
+class ServerBusyError(WfkitError):
+    """A server cannot take another run now (it executes as many as its connections allow, or it is
+    stopping): the same request succeeds later, or on another server."""
+
+    http_status = 503
+
+
 class InvalidParamsError(InvalidQueryError):
     """A workflow's params are malformed or fail its params model: the message names the field."""
 
@@ -120,7 +128,13 @@ class DuplicateWorkflowError(RegistrationError):
 
 
 class WorkflowBuildError(WfkitError):
-    """A workflow's factory failed to build its graph (it raised, or returned no initial state)."""
+    """A workflow's factory failed to build its graph (it raised, or returned no initial state).
+
+    Factories check their params as they build, so that an HTTP client is answered 400 with the
+    factory's message (the command line's exit code stays 1: the factory may be what is wrong)."""
+
+    http_status = 400
+    exit_code = 1
 
 
 class CheckpointError(WfkitError):

@@ -89,6 +89,11 @@ def test_an_idempotency_key_makes_a_retry_return_the_same_run(api):
     listed = api.client.get("/workflows/runs", params={"page_size": 100, "workflow_name": "text-pipeline"}).json()
     assert sum(run.get("idempotency_key") == key for run in listed["data"]) == 1  # one run was made
     finished(api, first.json()["id"])
+    # a key sent as UTF-8 is stored as the text it is (HTTP hands headers over as Latin-1)
+    key = f"commande-é-{uuid.uuid4()}"
+    accented = api.client.post("/workflows/text-pipeline/runs", json={}, headers={"Idempotency-Key": key.encode()})
+    assert accented.status_code == 202 and accented.json()["idempotency_key"] == key
+    finished(api, accented.json()["id"])
     too_long = api.client.post("/workflows/text-pipeline/runs", headers={"Idempotency-Key": "k" * 201})
     assert "idempotency key must be text of 1 to 200 characters" in problem(too_long, 400)["detail"]
 
@@ -106,6 +111,9 @@ def test_long_poll_waits_for_the_end_or_the_time(api):
     assert finished(api, run["id"])["status"] == "completed"
     detail = problem(api.client.get(f"/workflows/runs/{run['id']}", params={"wait": -1}), 400)["detail"]
     assert detail.startswith("wait: ")
+    for value in ("nan", "inf"):
+        detail = problem(api.client.get(f"/workflows/runs/{run['id']}", params={"wait": value}), 400)["detail"]
+        assert detail == "wait: Input should be a finite number"
 
 
 # --------------------------------------------------------------------------- listing

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 import uuid
+from typing import Any
+
+import httpx
 
 import pytest
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.testclient import TestClient
-from servers import WFKIT, cli_error, finished, problem, serve  # noqa: F401 (fixtures)
+from servers import WFKIT, cli_error, events, finished, problem, serve  # noqa: F401 (fixtures)
 
 from conftest import WfkitCli
 from wfkit.registry import Registry
@@ -41,6 +45,9 @@ def test_a_token_is_asked_for_and_accepted(serve, db_url, how):
     assert Repository(db_url).list_runs().total == 0  # nothing ran
     good = {"Authorization": f"Bearer {secret}"}
     assert server.client.get("/workflows/runs", headers=good).status_code == 200
+    # the scheme's name is case-insensitive (RFC 9110); the token is not
+    assert server.client.get("/workflows/runs", headers={"Authorization": f"bearer {secret}"}).status_code == 200
+    problem(server.client.get("/workflows/runs", headers={"Authorization": f"Bearer {secret.upper()}"}), 401)
     assert server.client.post("/workflows/steps/runs", json={}, headers=good).status_code == 202
     assert server.client.get("/health").status_code == 200  # for load balancers: no secret in it
 
@@ -76,6 +83,38 @@ def test_shutdown_forces_a_node_that_does_not_return(serve, steps_cli, db_url, t
     assert stopped.status.value == "cancelled" and "still executing" in stopped.cancel_reason
     out = steps_cli.run("runs", "resume", run["id"], "--json")
     assert out.returncode == 0 and '"s2:1"' in out.stdout, out.stderr
+
+
+def test_shutdown_ends_open_streams_and_long_polls_once_the_runs_have_stopped(serve, db_url):
+    """A client following a run the server executes gets its `complete` (cancelled) when the server
+    stops, and a long-poll its answer: neither holds the server up until uvicorn cuts them."""
+    server = serve(db_url)
+    run = server.client.post("/workflows/steps/runs", json={"params": {"nap": 1}}).json()
+    _wait_for_node(server, run["id"], "s1")
+    got: dict[str, Any] = {}
+
+    def follow() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            got["events"] = events(client, "GET", f"/workflows/runs/{run['id']}/events")[1]
+
+    def long_poll() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            got["poll"] = client.get(f"/workflows/runs/{run['id']}", params={"wait": 120})
+
+    readers = [threading.Thread(target=follow), threading.Thread(target=long_poll)]
+    for reader in readers:
+        reader.start()
+    _wait_for_node(server, run["id"], "s2")
+    code, err = server.stop(signal.SIGTERM, timeout=60)
+    for reader in readers:
+        reader.join(30)
+        assert not reader.is_alive()
+    assert code == -15 and "Application shutdown complete" in err, err
+    assert "timeout graceful shutdown exceeded" not in err  # the connections ended of themselves
+    assert got["events"][-1]["event"] == "complete", got["events"]
+    assert got["events"][-1]["data"]["kind"] == "run_cancelled"
+    assert got["events"][-1]["data"]["reason"] == "the server executing it stopped"
+    assert got["poll"].status_code == 200 and got["poll"].json()["status"] == "cancelled"
 
 
 def test_with_a_grace_period_a_background_run_finishes(serve, db_url):
@@ -159,6 +198,65 @@ def test_an_unexpected_error_is_500_with_nothing_of_its_internals(db_url, caplog
         assert "secret internals" in caplog.text  # the server's log has it, with its traceback
         assert problem(client.get("/nowhere"), 404)["detail"] == "Not Found"
         assert problem(client.delete("/workflows"), 405)
+
+
+def test_a_full_server_answers_503_at_once_and_an_idempotent_retry_its_run(db_url):
+    """Each background run holds a connection: with a pool of 2 (one for requests), a second run is
+    refused at once, not after a pool timeout; a retry of the first is answered all the same."""
+    from wfkit.api import create_app
+    from wfkit.store.db import create_engine
+
+    release = threading.Event()
+    registry = Registry()
+    registry.register("held", lambda g, rt, p: (g.add_node("a", lambda s: {"n": release.wait(30)}),
+                                                 g.set_entry_point("a"), g.set_finish_point("a"), {})[-1])
+    engine = create_engine(db_url, pool_size=2, max_overflow=0)
+    try:
+        with TestClient(create_app(engine, registry), raise_server_exceptions=False) as client:
+            first = client.post("/workflows/held/runs", json={}, headers={"Idempotency-Key": "first"})
+            assert first.status_code == 202
+            started = time.monotonic()
+            body = problem(client.post("/workflows/held/runs", json={}), 503)
+            assert time.monotonic() - started < 10  # at once: not the pool's 30 s timeout
+            assert body["error"] == "ServerBusyError" and "executes 1 runs already" in body["detail"]
+            problem(client.post("/workflows/held/execute", json={}), 503)
+            again = client.post("/workflows/held/runs", json={}, headers={"Idempotency-Key": "first"})
+            assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+            assert client.get("/workflows/runs").json()["total"] == 1  # nothing else was made
+            release.set()
+            assert client.get(f"/workflows/runs/{first.json()['id']}", params={"wait": 30}).json()["status"] == \
+                "completed"
+            deadline = time.monotonic() + 30
+            while (second := client.post("/workflows/held/runs", json={})).status_code == 503:
+                assert time.monotonic() < deadline  # the slot comes back once the run's thread is done
+                time.sleep(0.05)
+            assert second.status_code == 202
+    finally:
+        release.set()
+        engine.dispose()
+
+
+def test_a_factory_that_fails_on_its_params_is_400_with_its_message(db_url):
+    from wfkit.api import create_app
+
+    def factory(g, rt, p):
+        if p.get("bad"):
+            raise ValueError("bad must be false")
+        g.add_node("a", lambda s: {"n": 1})
+        g.set_entry_point("a")
+        g.set_finish_point("a")
+        return {}
+
+    registry = Registry()
+    registry.register("picky", factory)
+    with TestClient(create_app(db_url, registry), raise_server_exceptions=False) as client:
+        for response in (client.post("/workflows/picky/runs", json={"params": {"bad": True}}),
+                         client.post("/workflows/picky/execute", json={"params": {"bad": True}}),
+                         client.get("/workflows/picky/graph", params={"params": '{"bad": true}'})):
+            body = problem(response, 400)
+            assert body["error"] == "WorkflowBuildError"
+            assert body["detail"] == "the factory of workflow 'picky' raised ValueError: bad must be false"
+        assert client.get("/workflows/runs").json()["total"] == 0
 
 
 def test_the_database_work_of_requests_is_limited_to_the_pool(db_url):

@@ -80,6 +80,9 @@ def test_every_cut_resumes_with_last_event_id_with_no_gap_or_duplicate(api):
         _, rest = events(api.client, "GET", f"/workflows/runs/{run_id}/events",
                          headers={"Last-Event-ID": event["id"]})
         assert rest == whole[k + 1:], k
+    # after the run's end: 204, which tells a browser's EventSource to stop reconnecting
+    after_end = api.client.get(f"/workflows/runs/{run_id}/events", headers={"Last-Event-ID": whole[-1]["id"]})
+    assert after_end.status_code == 204 and after_end.content == b""
     # an id the stream never gave: everything again (the client starts over, ids and all)
     _, again = events(api.client, "GET", f"/workflows/runs/{run_id}/events", headers={"Last-Event-ID": "nope"})
     assert again == whole

@@ -59,3 +59,20 @@ def test_a_bad_key_is_refused_naming_it(engine, key):
             ConfigurationError, match="an idempotency key must be text of 1 to 200 characters"):
         executor.start("one", idempotency_key=key)
     assert Repository(engine).list_runs().total == 0
+
+
+def test_a_retry_is_answered_without_building_the_workflow_again(engine):
+    builds = []
+    registry = Registry()
+    registry.register("counted", lambda g, rt, p: (builds.append(1), g.add_node("a", lambda s: {"n": 1}),
+                                                    g.set_entry_point("a"), g.set_finish_point("a"), {})[-1])
+    with Executor(engine, registry=registry) as executor:
+        assert executor.started_with("k", "counted") is None  # no run with it yet
+        first = executor.start("counted", idempotency_key="k")
+        executor.wait(first, timeout=30)
+        assert len(builds) == 1
+        assert executor.started_with("k", "counted").id == first
+        assert executor.start("counted", idempotency_key="k") == first
+        assert len(builds) == 1  # the params were checked; the factory was not called again
+        with pytest.raises(ConflictError, match="idempotency key 'k' was used for run"):
+            executor.started_with("k", "counted", {"x": 1})

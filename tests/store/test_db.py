@@ -189,6 +189,42 @@ def test_thread_connections_one_per_thread_reused_and_closed(tmp_path):
         engine.dispose()
 
 
+def test_closing_a_repository_while_another_thread_reads_waits_for_that_read(sqlite_url):
+    """A server closes its repository at shutdown while a stream may still be reading: the read in
+    flight finishes on its connection, which closes after it (closing a SQLite connection that another
+    thread is using could crash the process), and the next read opens a new one."""
+    import threading
+
+    migrations.upgrade(sqlite_url)
+    repo = Repository(sqlite_url)
+    slow = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) "
+            "SELECT count(*) FROM c")
+    got: list[object] = []
+    reading = threading.Event()
+
+    def read() -> None:
+        def work(cursor):
+            reading.set()
+            return cursor.execute(slow).fetchone()[0]
+
+        try:
+            got.append(repo._read(work))
+            got.append(repo.list_runs().total)  # and again, on a new connection
+        except Exception as err:  # noqa: BLE001 (the test says what went wrong)
+            got.append(err)
+
+    try:
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert reading.wait(10)
+        repo.close()
+        reader.join(60)
+        assert got == [2000000, 0]
+        assert len(repo._kept._busy) == 0
+    finally:
+        repo.close()
+
+
 def test_a_closed_repository_reads_again(db_url):
     repo = Repository(db_url)
     assert repo.list_runs().total == 0

@@ -56,7 +56,10 @@ def create_router(database: Any = None, registry: Registry | None = None, runtim
     from wfkit.api.routes import build_router
     from wfkit.api.service import Service
 
-    return build_router(Service(database, registry, runtime, grace=grace, stop_timeout=stop_timeout), dependencies)
+    service = Service(database, registry, runtime, grace=grace, stop_timeout=stop_timeout)
+    router = build_router(service, dependencies)
+    router.wfkit_service = service  # type: ignore[attr-defined]  # create_app and wfkit serve reach it here
+    return router
 
 
 def install_errors(app: FastAPI) -> None:
@@ -82,8 +85,11 @@ def create_app(database: Any = None, registry: Registry | None = None, runtime: 
     app = FastAPI(title="wfkit", version=__version__,
                   description="Start, watch, cancel and resume wfkit runs, and read their history.")
     install_errors(app)
-    app.include_router(create_router(database, registry, runtime, [*dependencies, *bearer(token)], grace=grace,
-                                     stop_timeout=stop_timeout))
+    router = create_router(database, registry, runtime, [*dependencies, *bearer(token)], grace=grace,
+                           stop_timeout=stop_timeout)
+    app.include_router(router)
+    #: what ``wfkit serve`` stops as soon as a signal asks the server to stop (see Service.begin_stop)
+    app.state.wfkit_service = router.wfkit_service  # type: ignore[attr-defined]
     return app
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wfkit.errors import WfkitError, http_status, wfkit_error_in
@@ -65,7 +65,9 @@ def install(app: FastAPI) -> None:
         return problem(400, _validation_detail(err), "RequestValidationError")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, err: StarletteHTTPException) -> JSONResponse:
+    async def _http(_request: Request, err: StarletteHTTPException) -> Response:
+        if err.status_code in (204, 304):  # answers with no body at all
+            return Response(status_code=err.status_code, headers=err.headers)
         return problem(err.status_code, str(err.detail), None, dict(err.headers or {}))
 
     @app.exception_handler(Exception)

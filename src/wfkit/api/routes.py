@@ -12,6 +12,7 @@ one rejects the other rejects with the same message.
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -20,17 +21,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.exceptions import HTTPException
 
 from wfkit.api import schemas
 from wfkit.api.problems import problem, responses
 from wfkit.api.service import Service
-from wfkit.errors import DatabaseError, InvalidQueryError
+from wfkit.errors import DatabaseError, InvalidQueryError, NotFoundError
 from wfkit.executor.history import RunHistory
 from wfkit.ids import parse_uuid
 from wfkit.store.models import RunStatus
 from wfkit.store.query import MAX_FILTER_VALUES, RUNS, PageRequest, RunFilters
 from wfkit.store.repository import LISTING_FIELDS, SUMMARY_LEFT_OUT
 
+log = logging.getLogger("wfkit.api")
 #: A stream reads its run again at least this often (seconds), woken or not: a change the watcher
 #: missed (a database that was away) is late by this much, never lost.
 SAFETY_SECONDS = 2.0
@@ -109,13 +112,13 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
     @runs.get("/{run_id}", response_model=schemas.RunOut, responses=responses(400, 404, 503),
               summary="One run (with ?wait=SECONDS: once it has ended, or the time passes)")
     async def find_run(run_id: RunId,
-                       wait: Annotated[float | None, Query(ge=0, le=MAX_WAIT_SECONDS,
+                       wait: Annotated[float | None, Query(ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False,
                                                            description="seconds to wait for the run to end")] = None
                        ) -> Any:
         rid = parse_uuid(run_id)
         run = await service.call(service.repository.find_run, rid)
         deadline = time.monotonic() + (wait or 0.0)
-        while run.status not in _FINAL and time.monotonic() < deadline:
+        while run.status not in _FINAL and time.monotonic() < deadline and not service.stopped:
             await service.wait(rid, min(SAFETY_SECONDS, max(0.0, deadline - time.monotonic())))
             run = await service.call(service.repository.find_run, rid)
         return JSONResponse(_run_json(run))
@@ -132,17 +135,24 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
         decisions = await service.call(service.repository.get_decisions, parse_uuid(run_id))
         return JSONResponse([decision.to_dict() for decision in decisions])
 
-    async def existing_run(run_id: RunId) -> uuid.UUID:
-        rid = parse_uuid(run_id)
-        await service.call(service.repository.find_run, rid)  # 404 before any stream starts
-        return rid
+    async def history_of(run_id: RunId, last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None
+                         ) -> tuple[RunHistory, str | None]:
+        history = RunHistory(service.repository, parse_uuid(run_id))
+        await service.call(history.read)  # 404 before any stream starts
+        if last_event_id is not None and history.ended and history.events[-1].id == last_event_id:
+            # The client saw the run's end already: 204 tells a browser's EventSource not to
+            # reconnect (it would otherwise come back every few seconds for nothing).
+            raise HTTPException(204)
+        return history, last_event_id
 
-    @runs.get("/{run_id}/events", response_class=EventSourceResponse, responses=responses(400, 404, 503),
+    @runs.get("/{run_id}/events", response_class=EventSourceResponse,
+              responses={**responses(400, 404, 503), 204: {"description": "the client has seen the run's end "
+                                                           "(its Last-Event-ID is the run's last event)"}},
               summary="A run's events as server-sent events: its history, then live until it ends")
-    async def run_events(rid: Annotated[uuid.UUID, Depends(existing_run)],
-                         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None
+    async def run_events(opened: Annotated[tuple[RunHistory, str | None], Depends(history_of)]
                          ) -> AsyncIterator[ServerSentEvent]:
-        async for event in _stream(service, rid, last_event_id):
+        history, last_event_id = opened
+        async for event in _stream(service, history, last_event_id):
             yield event
 
     @runs.delete("/{run_id}", status_code=204, responses=responses(400, 404, 503),
@@ -163,8 +173,12 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
     @runs.post("/{run_id}/resume", response_model=schemas.RunOut, responses=responses(400, 404, 503),
                summary="Resume a failed or cancelled run (force: take over one whose lease expired)")
     async def resume_run(run_id: RunId, force: Force = False) -> Any:
-        run = await service.call(lambda: service.executor.resume_in_background(parse_uuid(run_id), force=force))
-        return JSONResponse(_run_json(run))
+        def go() -> Any:
+            rid = parse_uuid(run_id)
+            with service.run_slot():
+                return service.executor.resume_in_background(rid, force=force)
+
+        return JSONResponse(_run_json(await service.call(go)))
 
     # ------------------------------------------------------------------ workflows
 
@@ -195,7 +209,11 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
 
     async def started(name: str, response: Response,
                       body: Annotated[schemas.RunRequest, Body()] = schemas.RunRequest()) -> uuid.UUID:
-        rid = await service.call(lambda: service.executor.start(name, body.params))
+        def go() -> uuid.UUID:
+            with service.run_slot():
+                return service.executor.start(name, body.params)
+
+        rid = await service.call(go)
         response.headers["X-Run-ID"] = str(rid)
         return rid
 
@@ -203,7 +221,9 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
                     **responses(400, 404, 503), **_headers(200, **{"X-Run-ID": "the id of the run created"})},
                     summary="Run a workflow, streaming its events as server-sent events until it ends")
     async def execute(rid: Annotated[uuid.UUID, Depends(started)]) -> AsyncIterator[ServerSentEvent]:
-        async for event in _stream(service, rid, None):
+        history = RunHistory(service.repository, rid)
+        await service.call(history.read)
+        async for event in _stream(service, history, None):
             yield event
 
     @workflows.post("/{name}/runs", status_code=202, response_model=schemas.RunOut,
@@ -214,8 +234,15 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
                          idempotency_key: Annotated[str | None, Header(
                              alias="Idempotency-Key", description="a retried request with the same key gets the "
                              "same run", **_described(minLength=1, maxLength=200, pattern="\\S"))] = None) -> Any:
+        key = _header_text(idempotency_key)
+
         def go() -> Any:
-            rid = service.executor.start(name, body.params, idempotency_key=idempotency_key)
+            # A retried request is answered from the run it made, even when the server is full.
+            earlier = key and service.executor.started_with(key, name, body.params)
+            if earlier:
+                return earlier
+            with service.run_slot():
+                rid = service.executor.start(name, body.params, idempotency_key=key)
             return service.repository.find_run(rid)
 
         run = await service.call(go)
@@ -249,25 +276,38 @@ def _headers(status: int, **described: str) -> dict[int | str, dict[str, Any]]:
 
 
 def bearer(token: str | None) -> list[Any]:
-    """A dependency that asks for ``Authorization: Bearer <token>`` on every route but ``/health``
-    (none without a token)."""
+    """A dependency that asks for ``Authorization: Bearer <token>`` on every route of the API but
+    ``/health`` (none without a token). The OpenAPI document and ``/docs`` are the app's, not the
+    router's: they describe the routes and hold no run data, and stay open."""
     if not token:
         return []
     import secrets
 
-    from starlette.exceptions import HTTPException
+    expected = token.encode()
 
-    expected = f"Bearer {token}".encode()
-
-    def check(request: Request) -> None:
+    # async: a check this small needs no thread of the pool (a sync dependency would take one)
+    async def check(request: Request) -> None:
         if request.url.path == "/health":
             return
-        given = request.headers.get("authorization", "").encode()
-        if not secrets.compare_digest(given, expected):
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        # The scheme's name is case-insensitive (RFC 9110, section 11.1); the token is not.
+        valid = scheme.lower() == "bearer"
+        if not secrets.compare_digest(given.strip().encode("latin-1", "replace"), expected) or not valid:
             raise HTTPException(401, "this server needs Authorization: Bearer <token> (its WFKIT_API_TOKEN)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
     return [Depends(check)]
+
+
+def _header_text(value: str | None) -> str | None:
+    """A header's value as its sender wrote it: HTTP hands headers over as Latin-1, so text a client
+    sent as UTF-8 is decoded again (a value that is not UTF-8 stays as it came)."""
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
 
 
 def _run_json(run: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
@@ -290,37 +330,45 @@ def _json_params(text: str | None) -> dict[str, Any]:
 
 
 def _links(request: Request, page: int, pages: int) -> str:
-    """RFC 8288 ``Link`` header of a listing: first, prev, next and last pages."""
+    """RFC 8288 ``Link`` header of a listing: first, prev, next and last pages (the request's own
+    URL with ``page`` set, its other parameters in their order)."""
     if pages < 1:
         return ""
-    out = []
+    from urllib.parse import parse_qsl, urlencode
 
-    def url(number: int) -> str:
-        return str(request.url.include_query_params(page=number))
-
-    out.append(f'<{url(1)}>; rel="first"')
+    url = request.url
+    # The query is parsed and encoded once; each link only appends its page number.
+    others = urlencode([(k, v) for k, v in parse_qsl(url.query, keep_blank_values=True) if k != "page"])
+    base = f"{url.scheme}://{url.netloc}{url.path}?{others}{'&' if others else ''}page="
+    out = [f'<{base}1>; rel="first"']
     if 1 < page <= pages + 1:
-        out.append(f'<{url(min(page - 1, pages))}>; rel="prev"')
+        out.append(f'<{base}{min(page - 1, pages)}>; rel="prev"')
     if page < pages:
-        out.append(f'<{url(page + 1)}>; rel="next"')
-    out.append(f'<{url(pages)}>; rel="last"')
+        out.append(f'<{base}{page + 1}>; rel="next"')
+    out.append(f'<{base}{pages}>; rel="last"')
     return ", ".join(out)
 
 
-async def _stream(service: Service, run_id: uuid.UUID, last_event_id: str | None) -> AsyncIterator[ServerSentEvent]:
-    """A run's events: its history after ``last_event_id``, then each new one as it is written, until
-    the run ends. Written events are read from the database, so any process can serve any run;
-    this process's own runs wake the stream at once, others when the service's watcher sees their row
-    change (see Service.wait)."""
-    history = RunHistory(service.repository, run_id)
-    await service.call(history.read)
+async def _stream(service: Service, history: RunHistory, last_event_id: str | None) -> AsyncIterator[ServerSentEvent]:
+    """A run's events (``history``, read once already): those after ``last_event_id``, then each new
+    one as it is written, until the run ends. Written events are read from the database, so any
+    process can serve any run; this process's own runs wake the stream at once, others when the
+    service's watcher sees their row change (see Service.wait)."""
+    run_id = history.run_id
     for event in history.after(last_event_id):
         yield _sse(event)
     if history.ended:  # the client has seen the end already, or just did
         return
-    while True:
+    while not service.stopped:  # a server that stops ends its streams: clients reconnect elsewhere
         await service.wait(run_id, SAFETY_SECONDS)
-        for event in await service.call(history.read):
+        try:
+            events = await service.call(history.read)
+        except (NotFoundError, DatabaseError) as err:
+            # Deleted meanwhile, or the database is away: the stream ends (a client that reconnects
+            # with its last id is answered 404 or 503, or gets the rest once the database is back).
+            log.warning("the event stream of run %s ended: %s", run_id, err)
+            return
+        for event in events:
             yield _sse(event)
             if event.final:
                 return

@@ -158,6 +158,9 @@ class Executor:
         ``idempotency_key``: a retried call with the same key returns the run the first one made
         (and starts nothing); with another workflow or other params it is a :class:`ConflictError`."""
         key = _idempotency_key(idempotency_key)
+        earlier = self.started_with(key, name, params) if key is not None else None
+        if earlier is not None:  # a retry: answered without building the workflow again
+            return earlier.id
         recorder = self._open_recorder()
         try:
             plan = self._cold_start(name, params, recorder, start=False, idempotency_key=key)
@@ -169,6 +172,24 @@ class Executor:
             return plan.id
         self._in_background(plan, recorder)
         return plan.run_id
+
+    def started_with(self, idempotency_key: str, name: str, params: Mapping[str, Any] | None = None) -> Run | None:
+        """The run a :meth:`start` with ``idempotency_key`` made, if there is one (None: a start with
+        it would make a new run). Its workflow and params must be ``name`` and ``params`` (checked as
+        a start checks them, without building the workflow), else :class:`ConflictError`."""
+        key = _idempotency_key(idempotency_key)
+        try:
+            earlier = self.repository.find_run_by_idempotency_key(key)  # type: ignore[arg-type]
+        except NotFoundError:
+            return None
+        _checked, stored = _checked_params(self.registry.get(name), params)
+        return _same_request(earlier, key, name, stored)  # type: ignore[arg-type]
+
+    def background_count(self) -> int:
+        """How many runs started by :meth:`start`, :meth:`astart` or :meth:`resume_in_background`
+        have not ended yet (each holds a connection of the pool)."""
+        with self._lock:
+            return len(self._background)
 
     def _in_background(self, plan: Plan, recorder: SqlRecorder) -> None:
         thread = threading.Thread(target=self._hot_in_background, name=f"wfkit-run-{plan.run_id}",
@@ -196,7 +217,14 @@ class Executor:
         (cancelled for ``reason``, resumable) and wait up to ``stop_timeout`` seconds for that. A
         run whose node is still executing then is cancelled as ``force`` cancels (its stage is
         recorded as interrupted and runs again on resume; the node's thread writes nothing more).
-        Then :meth:`close`."""
+        Then its connections are closed, as :meth:`close` closes them."""
+        self.stop_background(grace, reason, stop_timeout=stop_timeout)
+        self._release()
+
+    def stop_background(self, grace: float = 0.0, reason: str = "the process executing it stopped", *,
+                        stop_timeout: float = 10.0) -> None:
+        """:meth:`shutdown` but for its last step: the runs stop, the executor stays usable (its
+        connections stay open for readers still at work, such as a server's event streams)."""
         import time
 
         deadline = time.monotonic() + max(0.0, grace)
@@ -213,7 +241,6 @@ class Executor:
                                 "again on resume)")
         # A thread whose node still executes is left to the process's end (it is a daemon, and it
         # writes nothing more: the forced cancel fenced it off).
-        self._release()
 
     async def astart(self, name: str, params: Mapping[str, Any] | None = None) -> uuid.UUID:
         """Like :meth:`start`, as a task on the running event loop: its async nodes are awaited there,
@@ -404,12 +431,7 @@ class Executor:
         With ``start``, the run is created running with its first stage current (one statement),
         else pending."""
         workflow = self.registry.get(name)
-        checked = workflow.validate_params(params)
-        stored = checked.model_dump(mode="json") if hasattr(checked, "model_dump") else dict(checked)
-        try:
-            dumps_state(stored, f"the params of workflow {name!r}")
-        except StateNotSerializableError as err:
-            raise InvalidParamsError(str(err)) from None
+        checked, stored = _checked_params(workflow, params)
         graph, initial = workflow.build_checked(checked, self.runtime)
         capture = StageCapture()
         walker = Walker(graph, initial, observer=capture)
@@ -421,11 +443,7 @@ class Executor:
                                          idempotency_key=idempotency_key)
         if created_at is None:  # a run was made with this key before: it, if it is the same request
             earlier = self.repository.find_run_by_idempotency_key(idempotency_key)  # type: ignore[arg-type]
-            if earlier.workflow_name != name or earlier.params != stored:
-                raise ConflictError(f"idempotency key {shown(idempotency_key)} was used for run {earlier.id} of "
-                                    f"workflow {earlier.workflow_name!r} with other params: use a new key for a "
-                                    "new request")
-            return earlier
+            return _same_request(earlier, idempotency_key, name, stored)  # type: ignore[arg-type]
         if start:
             return Plan(run_id, workflow, stored, walker, capture, state_json, False, created_at, epoch=1, attempt=1,
                         started_at=created_at, opened=opened)
@@ -602,6 +620,26 @@ def _stopper(stop: Stop) -> Any:
         stop.event.set()
 
     return lost
+
+
+def _checked_params(workflow: Any, params: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """``params`` checked against ``workflow``'s model, and as they are stored with its run."""
+    checked = workflow.validate_params(params)
+    stored = checked.model_dump(mode="json") if hasattr(checked, "model_dump") else dict(checked)
+    try:
+        dumps_state(stored, f"the params of workflow {workflow.name!r}")
+    except StateNotSerializableError as err:
+        raise InvalidParamsError(str(err)) from None
+    return checked, stored
+
+
+def _same_request(earlier: Run, key: str, name: str, stored: dict[str, Any]) -> Run:
+    """The run made before with idempotency ``key``, if this request (workflow ``name``, params
+    ``stored``) is the one that made it; else a :class:`ConflictError`."""
+    if earlier.workflow_name != name or earlier.params != stored:
+        raise ConflictError(f"idempotency key {shown(key)} was used for run {earlier.id} of workflow "
+                            f"{earlier.workflow_name!r} with other params: use a new key for a new request")
+    return earlier
 
 
 def _idempotency_key(key: str | None) -> str | None:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,6 +39,7 @@ class ThreadConnections:
         # the pool's wrappers (a sqlite3 connection has no weak reference)
         self._open: weakref.WeakSet[Any] = weakref.WeakSet()
         self._generation = 0
+        self._busy: set[Any] = set()  # the wrappers of the connections a read is using now
         self._pid = os.getpid()
         _THREAD_CONNECTIONS.add(self)
 
@@ -58,6 +60,29 @@ class ThreadConnections:
                 local.key, local.fairy = (self._pid, self._generation), fairy
         return local.fairy.dbapi_connection
 
+    @contextlib.contextmanager
+    def using(self) -> Iterator[Any]:
+        """This thread's driver connection for one read. A :meth:`close` from another thread
+        meanwhile leaves it open until the read is done (closing a SQLite connection that another
+        thread is reading from can crash the process); it closes then."""
+        while True:
+            connection = self.get()
+            fairy = self._local.fairy
+            with self._lock:
+                if self._local.key == (self._pid, self._generation):  # not closed since get()
+                    self._busy.add(fairy)
+                    break
+        try:
+            yield connection
+        finally:
+            with self._lock:
+                self._busy.discard(fairy)
+                closed = self._local.key != (self._pid, self._generation)
+            if closed:  # close() ran during the read and left this connection to it
+                if self._local.fairy is fairy:
+                    self._local.key = self._local.fairy = None
+                _close_quietly(fairy)
+
     def discard(self) -> None:
         """Close this thread's connection (after an error that may have broken it)."""
         fairy = getattr(self._local, "fairy", None)
@@ -72,8 +97,10 @@ class ThreadConnections:
         with self._lock:
             self._generation += 1
             fairies, self._open = list(self._open), weakref.WeakSet()
+            busy = set(self._busy)
         for fairy in fairies:
-            _close_quietly(fairy)
+            if fairy not in busy:  # one in use is closed by its reader when it is done (see using)
+                _close_quietly(fairy)
 
     def _forked(self) -> None:
         # In the child: another thread may have held the lock at fork time. The parent's connections
@@ -81,6 +108,7 @@ class ThreadConnections:
         # the parent's locks and WAL); this process opens its own.
         self._lock = threading.Lock()
         self._open = weakref.WeakSet()
+        self._busy = set()
         self._pid = os.getpid()
 
 

@@ -150,8 +150,49 @@ class _Record(SQLModel):
         text, times as ISO 8601 UTC (``...Z``), statuses as their values, JSON values as they are.
         (Built by hand rather than by pydantic, whose depth limit would make one deeply nested
         value break every listing that holds its run.)"""
-        left_out = set(exclude)
-        return {name: _json_value(self.__dict__.get(name)) for name in type(self).model_fields if name not in left_out}
+        names, converted = _json_plan(type(self))
+        values = self.__dict__
+        out = {name: values.get(name) for name in names}
+        for name in exclude:
+            out.pop(name, None)
+        for name, convert in converted:
+            value = out.get(name)
+            if value is not None:
+                out[name] = convert(value)
+        return out
+
+
+_PLANS: dict[type, tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]] = {}
+
+
+def _json_plan(cls: type[SQLModel]) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]:
+    """The fields of ``cls``, and those whose values need converting for JSON with how, chosen once
+    from their types: a listing turns thousands of rows into JSON, and checking every value weighs."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        converters = [(name, _converter(field.annotation)) for name, field in cls.model_fields.items()]
+        plan = (tuple(name for name, _ in converters),
+                tuple((name, convert) for name, convert in converters if convert is not None))
+        _PLANS[cls] = plan
+    return plan
+
+
+def _converter(annotation: Any) -> Any:
+    import typing
+
+    kinds = {a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)}
+    if kinds <= {str, int, float, bool}:
+        return None
+    if len(kinds) == 1:
+        (kind,) = kinds
+        if kind is uuid.UUID:
+            return str
+        # A loader that skips validation may leave text where a type is declared: those stay as they are.
+        if kind is datetime:
+            return lambda value: value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+            return lambda value: value.value if isinstance(value, enum.Enum) else value
+    return _json_value  # a JSON value (Any): as it is, but for what _json_value converts
 
 
 def _json_value(value: Any) -> Any:

@@ -387,8 +387,8 @@ class Repository:
         calls; on PostgreSQL one from the engine's pool (a connection the server dropped, as in
         a restart, is discarded and the read tried once more on a fresh one)."""
         if self._kept is not None:
-            with translate_errors(self.engine):
-                cursor = self._kept.get().cursor()
+            with translate_errors(self.engine), self._kept.using() as connection:
+                cursor = connection.cursor()
                 try:
                     return work(cursor)
                 except self.engine.dialect.loaded_dbapi.ProgrammingError:
