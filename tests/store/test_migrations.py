@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from wfkit.errors import ConfigurationError, DatabaseError
 from wfkit.store import migrations
 from wfkit.store.db import create_engine
+from wfkit.store.queue import is_queue_table
 
 ROOT = Path(__file__).resolve().parents[2]
 WFKIT_TABLES = {"runs", "stages", "decisions", "checkpoints"}
@@ -19,7 +20,7 @@ WFKIT_TABLES = {"runs", "stages", "decisions", "checkpoints"}
 def tables(url: str) -> set[str]:
     engine = create_engine(url)
     try:
-        return set(sa.inspect(engine).get_table_names()) - {"alembic_version"}
+        return {t for t in sa.inspect(engine).get_table_names() if t != "alembic_version" and not is_queue_table(t)}
     finally:
         engine.dispose()
 
@@ -199,7 +200,7 @@ def _schema(url: str) -> set[str]:
     engine = create_engine(url)
     try:
         inspector = sa.inspect(engine)
-        tables = set(inspector.get_table_names()) - {"alembic_version"}
+        tables = {t for t in inspector.get_table_names() if t != "alembic_version" and not is_queue_table(t)}
         return tables | {f"{t}.{c['name']}" for t in tables for c in inspector.get_columns(t)}
     finally:
         engine.dispose()

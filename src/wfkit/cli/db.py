@@ -49,8 +49,18 @@ def db_upgrade(revision: str) -> None:
     from wfkit.store import migrations
 
     before = migrations.current(database_url())
-    migrations.upgrade(database_url(), revision)
+    queued = migrations.upgrade(database_url(), revision)
     _report_move("upgraded", before, migrations.current(database_url()))
+    _report_queue(queued)
+
+
+def _report_queue(applied: list[str]) -> None:
+    from wfkit.store import queue
+
+    if applied == [queue.WHOLE_SCHEMA]:
+        click.echo(f"installed the workers' queue (Procrastinate {queue.version()})")
+    elif applied:
+        click.echo(f"migrated the workers' queue to Procrastinate {queue.version()}: {', '.join(applied)}")
 
 
 def _report_move(verb: str, before: str | None, after: str | None) -> None:
@@ -143,7 +153,9 @@ def db_history(as_json: bool) -> None:
 def db_check() -> None:
     """Compare the database's schema with wfkit's models.
 
-    Exit 0 if they match; else list the differences and exit 1.
+    On PostgreSQL with the worker extra installed, check the workers' queue
+    (Procrastinate's tables) too. Exit 0 if all match; else list the
+    differences and exit 1.
 
     Example: wfkit db check
     """
@@ -152,13 +164,25 @@ def db_check() -> None:
     if migrations.current(database_url()) is None:
         click.echo(with_database_url(f"{_where()}: not migrated (run `wfkit db upgrade`)"), err=True)
         sys.exit(1)
+    from wfkit.store import queue
+
     diffs = migrations.check(database_url())
-    if not diffs:
-        click.echo(f"{_where()} matches wfkit's models")
+    waiting = queue.state(database_url())  # None on SQLite: no queue there
+    queue_ok = waiting is None or waiting.version is None or waiting.up_to_date
+    if not diffs and queue_ok:
+        click.echo(f"{_where()} matches wfkit's models" + (
+            f" and Procrastinate {waiting.version}'s queue" if waiting is not None and waiting.version else ""))
         return
-    click.echo(f"{_where()} differs from wfkit's models:", err=True)
-    for diff in diffs:
-        click.echo(f"  {migrations.describe_diff(diff)}", err=True)
+    if diffs:
+        click.echo(f"{_where()} differs from wfkit's models:", err=True)
+        for diff in diffs:
+            click.echo(f"  {migrations.describe_diff(diff)}", err=True)
+    if not queue_ok:
+        assert waiting is not None
+        missing = ("is not installed" if not waiting.installed else
+                   f"lacks {len(waiting.pending)} of Procrastinate {waiting.version}'s migrations "
+                   f"({', '.join(waiting.pending)})")
+        click.echo(f"{_where()}: the workers' queue {missing}: run `wfkit db upgrade`", err=True)
     sys.exit(1)
 
 

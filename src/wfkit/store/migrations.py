@@ -87,11 +87,16 @@ def _run_command(engine_or_url: Engine | str | None, name: str, *args: Any, crea
         raise ConfigurationError(str(err).splitlines()[0]) from None
 
 
-def upgrade(engine_or_url: Engine | str | None = None, revision: str = "head") -> None:
-    """Migrate the database up to ``revision`` (default: the newest; ``+1``: one step)."""
+def upgrade(engine_or_url: Engine | str | None = None, revision: str = "head") -> list[str]:
+    """Migrate the database up to ``revision`` (default: the newest; ``+1``: one step). Up to the
+    newest on PostgreSQL, with Procrastinate installed (the ``worker`` extra), the workers' queue
+    is installed or migrated too (:mod:`wfkit.store.queue`): returns what of it was applied."""
+    from wfkit.store import queue
+
     with engine_for(engine_or_url) as engine:
         target = resolve_target(current(engine), revision, down=False)
         _run_command(engine, "upgrade", target or "base")
+        return queue.upgrade(engine) if target == head() else []
 
 
 def downgrade(engine_or_url: Engine | str | None = None, revision: str = "-1") -> None:
@@ -228,13 +233,20 @@ def check(engine_or_url: Engine | str | None = None) -> list[Any]:
     with engine_for(engine_or_url, create_missing=False) as engine, translate_errors(engine), engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         diffs = compare_metadata(ctx, metadata)
-    # alembic's own bookkeeping table is not one of ours.
-    return [d for d in diffs if not _is_alembic_version(d)]
+    # alembic's own bookkeeping table is not one of ours, nor are the workers' queue's tables.
+    return [d for d in diffs if not _not_ours(d)]
 
 
-def _is_alembic_version(diff: Any) -> bool:
+def _not_ours(diff: Any) -> bool:
+    from wfkit.store.queue import is_queue_table
+
     item = diff[0] if isinstance(diff, list) else diff
-    return any(getattr(part, "name", None) == "alembic_version" for part in item[1:2])
+    for part in item[1:2]:
+        table = getattr(part, "table", None)  # an index or a constraint: its table
+        name = getattr(table, "name", None) if table is not None else getattr(part, "name", None)
+        if name == "alembic_version" or is_queue_table(name):
+            return True
+    return False
 
 
 def describe_diff(diff: Any) -> str:

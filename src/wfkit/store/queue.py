@@ -1,0 +1,153 @@
+"""The workers' queue: Procrastinate's tables, installed and migrated beside wfkit's on PostgreSQL.
+
+Procrastinate (the ``worker`` extra) ships its whole schema as it stands in the installed version
+(``schema.sql``) and one SQL file per change from each version to the next
+(``sql/migrations/*.sql``); which of those a database has had applied is left to the application.
+wfkit keeps that record in ``wfkit_queue_migrations``: one row per migration file, applied, or made
+unneeded because the whole schema was installed at once. ``wfkit db upgrade`` (:func:`upgrade`)
+then installs the schema on a database that has none, and applies the files it has not yet had on
+one that does (after Procrastinate itself was upgraded), in one transaction, under an advisory lock
+so that two upgrades at once do not both apply them. ``wfkit db check`` (:func:`state`) says what
+is missing.
+
+SQLite has no queue: workers need PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from wfkit.errors import DatabaseError
+from wfkit.store.db import engine_for, translate_errors
+
+#: The table that records which of Procrastinate's migration files a database has had.
+TRACKING_TABLE = "wfkit_queue_migrations"
+#: The prefix of Procrastinate's tables (left out when wfkit compares its own schema with its models).
+QUEUE_PREFIX = "procrastinate_"
+#: The key of the advisory lock an upgrade of the queue holds (any constant unlikely to clash).
+_LOCK_KEY = 0x77666B71  # "wfkq"
+#: What the tracking table records for a fresh install of the whole schema.
+WHOLE_SCHEMA = "schema.sql"
+
+
+def available() -> bool:
+    """Whether Procrastinate is installed (``pip install 'wfkit[worker]'``)."""
+    return importlib.util.find_spec("procrastinate") is not None
+
+
+def version() -> str | None:
+    """The installed Procrastinate's version (None: not installed)."""
+    if not available():
+        return None
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("procrastinate")
+    except PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """Where a PostgreSQL database's queue stands against the installed Procrastinate."""
+
+    version: str | None  # the installed Procrastinate's (None: not installed)
+    installed: bool  # whether the database has Procrastinate's tables
+    pending: list[str] = field(default_factory=list)  # migration files it has not had, in order
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.installed and not self.pending
+
+
+def migration_files() -> list[str]:
+    """The names of the installed Procrastinate's migration files, in the order they apply (their
+    names begin with the version that brings them)."""
+    folder = resources.files("procrastinate.sql") / "migrations"
+    return sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
+
+
+def _read(name: str) -> str:
+    base = resources.files("procrastinate.sql")
+    return (base / name).read_text(encoding="utf-8") if name == WHOLE_SCHEMA else \
+        (base / "migrations" / name).read_text(encoding="utf-8")
+
+
+def is_postgresql(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def state(engine_or_url: Engine | str | None) -> QueueState | None:
+    """The queue's state (None on SQLite, which has none)."""
+    with engine_for(engine_or_url, create_missing=False) as engine:
+        if not is_postgresql(engine):
+            return None
+        with translate_errors(engine), engine.connect() as conn:
+            installed = _has_table(conn, "procrastinate_jobs")
+            applied = _applied(conn)
+        if not available():
+            return QueueState(None, installed)
+        pending = [name for name in migration_files() if name not in applied] if installed else []
+        return QueueState(version(), installed, pending)
+
+
+def upgrade(engine_or_url: Engine | str | None) -> list[str]:
+    """Install or migrate the queue's tables to the installed Procrastinate's (PostgreSQL, with
+    Procrastinate installed; else nothing): the whole schema on a database without it, else the
+    migration files it has not had. One transaction. Returns what was applied, in order."""
+    if not available():
+        return []
+    with engine_for(engine_or_url) as engine:
+        if not is_postgresql(engine):
+            return []
+        with translate_errors(engine), engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+            conn.exec_driver_sql(
+                f"CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (name TEXT PRIMARY KEY, "
+                "applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), procrastinate_version TEXT NOT NULL)")
+            applied = _applied(conn)
+            files = migration_files()
+            installed = _has_table(conn, "procrastinate_jobs")
+            if installed and not applied:
+                raise DatabaseError(
+                    f"the database has Procrastinate's tables but no record of the migrations they had "
+                    f"({TRACKING_TABLE}): they were installed by something other than wfkit, so wfkit cannot "
+                    "tell which of Procrastinate's migrations to apply; apply them as Procrastinate's "
+                    f"documentation says, then record them in {TRACKING_TABLE}")
+            if not installed:
+                # The whole schema is the newest: every migration file up to it is in it already.
+                todo, record = [WHOLE_SCHEMA], [WHOLE_SCHEMA, *files]
+            else:
+                todo = [name for name in files if name not in applied]
+                record = todo
+            driver = conn.connection.driver_connection
+            for name in todo:
+                # No parameters: the driver sends the file as it is (several statements, % and all).
+                driver.execute(_read(name))  # type: ignore[union-attr]
+            for name in record:
+                if name not in applied:
+                    conn.execute(sa.text(f"INSERT INTO {TRACKING_TABLE} (name, procrastinate_version) "
+                                         "VALUES (:name, :version)"), {"name": name, "version": version() or "?"})
+            return todo
+
+
+def _has_table(conn: Any, name: str) -> bool:
+    return conn.execute(sa.text("SELECT to_regclass(:name) IS NOT NULL"), {"name": name}).scalar_one()
+
+
+def _applied(conn: Any) -> set[str]:
+    if not _has_table(conn, TRACKING_TABLE):
+        return set()
+    return set(conn.execute(sa.text(f"SELECT name FROM {TRACKING_TABLE}")).scalars())
+
+
+def is_queue_table(name: str | None) -> bool:
+    """Whether a table is the queue's (Procrastinate's, or wfkit's record of its migrations)."""
+    return bool(name) and (name.startswith(QUEUE_PREFIX) or name == TRACKING_TABLE)  # type: ignore[union-attr]
