@@ -191,7 +191,8 @@ def plural(n: int, word: str) -> str:
 @click.group(
     cls=WfkitGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
-    lazy={"list-workflows": "workflows", "plugins": "workflows", "graph": "workflows", "run": "execute", "db": "db",
+    lazy={"list-workflows": "workflows", "plugins": "workflows", "graph": "workflows", "run": "execute",
+          "submit": "execute", "db": "db",
           "serve": "serve"},
 )
 @click.version_option(package_name="wfkit", prog_name="wfkit")

@@ -206,6 +206,36 @@ def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, du
     _drive(lambda: executor.execute(name, params), progress, executor, as_json)
 
 
+@cli.command("submit")
+@click.argument("name")
+@params_options
+@click.option("--queue", default=None, metavar="QUEUE", help="The workers' queue to put it in (default: wfkit).")
+@click.option("--idempotency-key", default=None, metavar="KEY",
+              help="A retried submit with the same key prints the run the first one made.")
+@json_option
+@database_url_option
+def submit_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, queue: str | None,
+               idempotency_key: str | None, as_json: bool) -> None:
+    """Hand a run of workflow NAME to the workers; print its id.
+
+    The run is created pending together with its job (one transaction); a
+    `wfkit worker` on any machine executes it. Needs PostgreSQL and the worker
+    extra. With --json, the run as JSON.
+
+    Example: wfkit submit text-pipeline -p text="Hello, world"
+    """
+    from wfkit.executor import Executor
+    from wfkit.plugins import get_workflow
+
+    params = parse_params(param_pairs, params_json, text_fields_of(get_workflow(name)))
+    with Executor(database_url()) as executor:
+        run_id = executor.submit(name, params, idempotency_key=idempotency_key, queue=queue)
+        if as_json:
+            click.echo(json.dumps(executor.repository.find_run(run_id).to_dict(), indent=2, ensure_ascii=False))
+        else:
+            click.echo(str(run_id))
+
+
 @runs.command("resume")
 @click.argument("run_id")
 @click.option("--force", is_flag=True,

@@ -173,6 +173,34 @@ class Executor:
         self._in_background(plan, recorder)
         return plan.run_id
 
+    def submit(self, name: str, params: Mapping[str, Any] | None = None, *, idempotency_key: str | None = None,
+               queue: str | None = None) -> uuid.UUID:
+        """Create a run for the workers (``wfkit worker``) and return its id at once: the run,
+        pending and held by nobody, and the job that hands it to a worker are written in one
+        transaction on one connection, so that neither exists without the other. The workflow, its
+        params and its graph are checked here first: an error then writes nothing. ``queue``: the
+        workers' queue to put it in (default ``wfkit``). ``idempotency_key``: as :meth:`start`.
+        Needs PostgreSQL and the ``worker`` extra."""
+        from wfkit.store import queue as queues
+
+        key = _idempotency_key(idempotency_key)
+        if self.engine.dialect.name != "postgresql":
+            raise ConfigurationError(WORKERS_NEED_POSTGRESQL)
+        queue_name = _queue_name(queue)
+        earlier = self.started_with(key, name, params) if key is not None else None
+        if earlier is not None:
+            return earlier.id
+        enqueue_for = queues.enqueuer  # raises, before anything is built, without the worker extra
+        workflow, stored, walker, _capture, state_json = self._built(name, params)
+        run_id = new_id()
+        with self._recorder() as recorder:
+            made = recorder.submit_run(run_id, name, stored, idempotency_key=key,
+                                       checkpoint_json=checkpoints.encode_start(walker.node, state_json),
+                                       enqueue=enqueue_for(run_id, queue_name))
+        if made is None:  # a run was made with this key meanwhile
+            return _same_request(self.repository.find_run_by_idempotency_key(key), key, name, stored).id  # type: ignore[arg-type]
+        return run_id
+
     def started_with(self, idempotency_key: str, name: str, params: Mapping[str, Any] | None = None) -> Run | None:
         """The run a :meth:`start` with ``idempotency_key`` made, if there is one (None: a start with
         it would make a new run). Its workflow and params must be ``name`` and ``params`` (checked as
@@ -430,12 +458,7 @@ class Executor:
         and no run is recorded (factories do not see the run's id, so nothing needs it before).
         With ``start``, the run is created running with its first stage current (one statement),
         else pending."""
-        workflow = self.registry.get(name)
-        checked, stored = _checked_params(workflow, params)
-        graph, initial = workflow.build_checked(checked, self.runtime)
-        capture = StageCapture()
-        walker = Walker(graph, initial, observer=capture)
-        state_json = dumps_state(walker.state, f"the initial state of workflow {name!r}")
+        workflow, stored, walker, capture, state_json = self._built(name, params)
         run_id = new_id()
         opened = OpenStage(new_id(), walker.node, 1, utcnow()) if start and walker.node is not None else None
         created_at = recorder.create_run(run_id, name, stored, owner=self.owner, stage=opened,
@@ -449,6 +472,18 @@ class Executor:
                         started_at=created_at, opened=opened)
         return Plan(run_id, workflow, stored, walker, capture, state_json, False, created_at, epoch=1, attempt=0,
                     pending=True, idempotency_key=idempotency_key)
+
+    def _built(self, name: str, params: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any], Walker,
+                                                                           StageCapture, str]:
+        """Workflow ``name`` resolved, ``params`` checked (and as stored), its graph built and
+        validated, its walk at the start and the initial state as JSON text: every error a new run
+        can meet before it is recorded."""
+        workflow = self.registry.get(name)
+        checked, stored = _checked_params(workflow, params)
+        graph, initial = workflow.build_checked(checked, self.runtime)
+        capture = StageCapture()
+        walker = Walker(graph, initial, observer=capture)
+        return workflow, stored, walker, capture, dumps_state(walker.state, f"the initial state of workflow {name!r}")
 
     def _prepare_resume(self, run_id: uuid.UUID | str, force: bool, recorder: SqlRecorder) -> Plan:
         """Check that the run may resume and that its workflow still builds and fits its checkpoint
@@ -640,6 +675,23 @@ def _same_request(earlier: Run, key: str, name: str, stored: dict[str, Any]) -> 
         raise ConflictError(f"idempotency key {shown(key)} was used for run {earlier.id} of workflow "
                             f"{earlier.workflow_name!r} with other params: use a new key for a new request")
     return earlier
+
+
+#: Why a run cannot be submitted to workers on SQLite, and what to do.
+WORKERS_NEED_POSTGRESQL = ("workers need PostgreSQL (they share the database from many machines), and this database "
+                           "is SQLite: point wfkit at PostgreSQL with --database-url or WFKIT_DATABASE_URL "
+                           "(postgresql://user@host/db), or run here with `wfkit run`")
+
+
+def _queue_name(queue: str | None) -> str | None:
+    """A workers' queue name as given, if it is one: 1 to 100 characters, no NUL, no spaces around."""
+    if queue is None:
+        return None
+    if not isinstance(queue, str) or not queue.strip() or queue != queue.strip() or len(queue) > 100 \
+            or "\x00" in queue:
+        raise ConfigurationError(f"a queue name must be text of 1 to 100 characters with no spaces around it, "
+                                 f"got {shown(queue)}")
+    return queue
 
 
 def _idempotency_key(key: str | None) -> str | None:

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from wfkit.errors import DatabaseError
+from wfkit.errors import ConfigurationError, DatabaseError
 from wfkit.store.db import engine_for, translate_errors
 
 #: The table that records which of Procrastinate's migration files a database has had.
@@ -151,3 +151,46 @@ def _applied(conn: Any) -> set[str]:
 def is_queue_table(name: str | None) -> bool:
     """Whether a table is the queue's (Procrastinate's, or wfkit's record of its migrations)."""
     return bool(name) and (name.startswith(QUEUE_PREFIX) or name == TRACKING_TABLE)  # type: ignore[union-attr]
+
+
+#: The name of the workers' task that executes a submitted run (its job's ``run_id`` argument).
+EXECUTE_TASK = "wfkit.execute_run"
+#: The queue a run is submitted to when none is named.
+DEFAULT_QUEUE = "wfkit"
+_APP: Any = None
+
+
+def _app() -> Any:
+    """A Procrastinate app for deferring jobs on a connection the caller gives (it opens none)."""
+    global _APP
+    if _APP is None:
+        import procrastinate
+
+        _APP = procrastinate.App(connector=procrastinate.SyncPsycopgConnector())
+    return _APP
+
+
+def enqueuer(run_id: Any, queue: str | None = None) -> Any:
+    """How to enqueue the job that executes run ``run_id``, on a psycopg connection inside the
+    caller's transaction (see :meth:`SqlRecorder.submit_run <wfkit.store.recorder.SqlRecorder.submit_run>`).
+    One job per run waits at a time (its queueing lock is the run's id)."""
+    if not available():
+        raise ConfigurationError("submitting runs to workers needs Procrastinate, which is not installed: "
+                                 "pip install 'wfkit[worker]'")
+
+    def enqueue(connection: Any) -> None:
+        deferrer = _app().configure_task(EXECUTE_TASK, queueing_lock=str(run_id), queue=queue or DEFAULT_QUEUE,
+                                         connection=connection)
+        deferrer.defer(run_id=str(run_id))
+
+    return enqueue
+
+
+def jobs_of(engine_or_url: Engine | str | None, run_id: Any) -> list[tuple[str, str, str]]:
+    """The queue's jobs for run ``run_id``: (task, queue, status) each, oldest first."""
+    with engine_for(engine_or_url, create_missing=False) as engine, translate_errors(engine), \
+            engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT task_name, queue_name, status::text FROM procrastinate_jobs "
+            "WHERE args->>'run_id' = :rid ORDER BY id"), {"rid": str(run_id)})
+        return [tuple(row) for row in rows]  # type: ignore[misc]

@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -67,6 +67,11 @@ _RUN_COLUMNS = ("id, workflow_name, status, params, result, error_message, start
 _INSERT_RUN = (
     f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, {{j}}, NULL, NULL, ?, NULL, ?, ?, NULL, NULL, ?, ?, 1, "
     "{lease}, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+)
+# A run submitted to the workers: pending, held by nobody (no owner, no lease) until a worker claims it.
+_INSERT_SUBMITTED = (
+    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, 'pending', {{j}}, NULL, NULL, NULL, NULL, ?, ?, NULL, NULL, "
+    "NULL, 0, 1, NULL, NULL, NULL, NULL, NULL, ?) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
 )
 # Its checkpoint from the start (updated at every step after: no upsert, no conflict to check).
 _INSERT_CHECKPOINT = ("INSERT INTO checkpoints (run_id, state_data, checkpoint_node, created_at, updated_at) "
@@ -395,6 +400,31 @@ class SqlRecorder:
         row = self._gated(("insert_run", values), run_id, None, missing_ok=idempotency_key is not None)
         return None if row is None else now
 
+    def submit_run(self, run_id: uuid.UUID, workflow_name: str, params: Mapping[str, Any], *, checkpoint_json: str,
+                   idempotency_key: str | None, enqueue: Callable[[Any], None]) -> datetime | None:
+        """Record a new run for the workers (PostgreSQL): pending, held by nobody until a worker
+        claims it, with its first checkpoint; and, in the same transaction on the same connection,
+        ``enqueue(driver_connection)`` (its job): the run and its job are committed together or not
+        at all. None, with nothing written and nothing enqueued, if another run has
+        ``idempotency_key``."""
+        if self.codec.sqlite:
+            raise ConfigurationError("runs are submitted to workers on PostgreSQL only")
+        now = utcnow()
+        c = self.codec
+        t, rid = c.time(now), c.id(run_id)
+        writes = [("insert_checkpoint", (rid, checkpoint_json, t, t))]
+        gate = ("insert_submitted", (rid, workflow_name, dumps(params), t, t, idempotency_key))
+        params_out: list[Any] = list(gate[1])
+        for _, part in writes:
+            params_out.extend(part)
+        driver = self._conn.driver_connection
+        with _WriteGuard(self), driver.transaction():
+            self._cursor.execute(self._with(gate[0], writes), params_out)
+            if self._cursor.fetchone() is None:
+                return None
+            enqueue(driver)
+        return now
+
     def start_pending(self, run_id: uuid.UUID, epoch: int) -> datetime:
         """Start a pending run this process created (its first attempt); return when. Raises
         :class:`LeaseLostError` if it is no longer pending with this epoch (it was cancelled)."""
@@ -598,6 +628,7 @@ _FORCE_CANCEL_PG = (
 
 _STATEMENTS = {
     "insert_run": _INSERT_RUN,
+    "insert_submitted": _INSERT_SUBMITTED,
     "claim": _CLAIM % _CLAIMABLE,
     "take_over": _CLAIM % _TAKEOVER,
     "start_pending": _START_PENDING,
