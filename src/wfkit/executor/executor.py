@@ -201,6 +201,20 @@ class Executor:
             return _same_request(self.repository.find_run_by_idempotency_key(key), key, name, stored).id  # type: ignore[arg-type]
         return run_id
 
+    def execute_submitted(self, run_id: uuid.UUID | str) -> Run | None:
+        """Execute a run made by :meth:`submit` (a worker's job), here, to its end: claimed first (one
+        compare-and-set statement), so that of two deliveries of its job one executes it. None, and
+        nothing done, if the run is no longer waiting (cancelled or deleted before a worker took it,
+        or taken already)."""
+        with self._recorder() as recorder:
+            try:
+                plan = self._prepare_resume(run_id, False, recorder, submitted=True)
+            except NotFoundError:
+                return None
+            if plan is None:
+                return None
+            return self._hot(plan, recorder)
+
     def started_with(self, idempotency_key: str, name: str, params: Mapping[str, Any] | None = None) -> Run | None:
         """The run a :meth:`start` with ``idempotency_key`` made, if there is one (None: a start with
         it would make a new run). Its workflow and params must be ``name`` and ``params`` (checked as
@@ -485,18 +499,26 @@ class Executor:
         walker = Walker(graph, initial, observer=capture)
         return workflow, stored, walker, capture, dumps_state(walker.state, f"the initial state of workflow {name!r}")
 
-    def _prepare_resume(self, run_id: uuid.UUID | str, force: bool, recorder: SqlRecorder) -> Plan:
+    def _prepare_resume(self, run_id: uuid.UUID | str, force: bool, recorder: SqlRecorder, *,
+                        submitted: bool = False) -> Any:
         """Check that the run may resume and that its workflow still builds and fits its checkpoint
         (an error before the run is touched), claim it (one compare-and-set statement), then rebuild
         its walk where its checkpoint left it: read again after the claim, since the run's last
         holder may have written a step between the first read and the claim."""
-        run = self.control.check_resume(run_id, force=force)
+        if submitted:  # a worker's job: only a run still waiting for one (None otherwise)
+            run = self.repository.find_run(run_id)
+            if run.status is not RunStatus.PENDING:
+                return None
+        else:
+            run = self.control.check_resume(run_id, force=force)
         workflow = self.registry.get(run.workflow_name)
         graph, initial = workflow.build(run.params, self.runtime)
         capture = StageCapture()
         self._walker_at_checkpoint(run, graph, initial, capture)  # checked before the run is claimed
-        claim = recorder.claim(run.id, self.owner, take_over=force)
+        claim = recorder.claim(run.id, self.owner, take_over=force, submitted=submitted)
         if claim is None:
+            if submitted:
+                return None
             raise self.control.not_claimable(run.id, recorder.holder(run.id), force=force)
         try:
             walker, loaded = self._walker_at_checkpoint(run, graph, initial, capture)
@@ -504,7 +526,7 @@ class Executor:
         except WfkitError as err:  # the checkpoint changed meanwhile, and no longer fits: the run fails
             recorder.finish_run(run.id, claim.epoch, RunStatus.FAILED, error=str(err))
             raise
-        return Plan(run.id, workflow, run.params, walker, capture, state_json, True, run.created_at,
+        return Plan(run.id, workflow, run.params, walker, capture, state_json, not submitted, run.created_at,
                     epoch=claim.epoch, attempt=claim.attempt, started_at=run.started_at or utcnow(), claim=claim,
                     state_from=loaded.stage_id, checkpoint_row=loaded.exists, idempotency_key=run.idempotency_key)
 

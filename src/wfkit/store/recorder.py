@@ -86,6 +86,8 @@ _CLAIMABLE = ("(status IN ('failed', 'cancelled') OR (status = 'pending' AND (le
               "lease_expires_at < {now})))")
 _TAKEOVER = ("(status IN ('failed', 'cancelled') OR (status IN ('pending', 'running') AND (lease_expires_at IS NULL "
              "OR lease_expires_at < {now})))")
+# What a worker claims for a job: a submitted run still waiting (no lease, or its lease expired).
+_SUBMITTED = "(status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < {now}))"
 _CLAIM = (
     "UPDATE runs SET status = 'running', owner = ?, lease_epoch = lease_epoch + 1, attempt = attempt + 1, "
     "lease_expires_at = {lease}, started_at = COALESCE(started_at, ?), updated_at = ?, completed_at = NULL, "
@@ -433,12 +435,15 @@ class SqlRecorder:
         self._gated(("start_pending", (t, t, self.lease_seconds, self.codec.id(run_id), epoch)), run_id, epoch)
         return now
 
-    def claim(self, run_id: uuid.UUID, owner: str, *, take_over: bool = False) -> Claim | None:
+    def claim(self, run_id: uuid.UUID, owner: str, *, take_over: bool = False,
+              submitted: bool = False) -> Claim | None:
         """Claim a run for ``owner`` in one compare-and-set statement (by the database's clock): a
         failed or cancelled run, a pending one whose lease expired or that has none, and with
-        ``take_over`` a running one whose lease expired. None if the run was not claimable."""
+        ``take_over`` a running one whose lease expired; with ``submitted``, only a pending one (a
+        worker's job: a run cancelled or ended meanwhile is not started). None if the run was not
+        claimable."""
         now = self.codec.time(utcnow())
-        row = self._one("take_over" if take_over else "claim",
+        row = self._one("claim_submitted" if submitted else "take_over" if take_over else "claim",
                         (owner, self.lease_seconds, now, now, self.codec.id(run_id)), returning=True)
         if row is None:
             return None
@@ -631,6 +636,7 @@ _STATEMENTS = {
     "insert_submitted": _INSERT_SUBMITTED,
     "claim": _CLAIM % _CLAIMABLE,
     "take_over": _CLAIM % _TAKEOVER,
+    "claim_submitted": _CLAIM % _SUBMITTED,
     "start_pending": _START_PENDING,
     "open_stage": _OPEN_STAGE,
     "finish_run": _FINISH_RUN,
