@@ -91,3 +91,21 @@ def only_run(db_url: str) -> Any:
     page = Repository(db_url).list_runs()
     assert page.total == 1
     return page.data[0]
+
+
+def picky_registry(name: str = "picky") -> Any:
+    """A registry with one one-node workflow whose factory refuses ``{"bad": true}`` (ValueError
+    "bad must be false"): a factory that fails on the params it is given."""
+    from wfkit.registry import Registry
+
+    def factory(g: Any, rt: Any, p: Any) -> dict[str, Any]:
+        if p.get("bad"):
+            raise ValueError("bad must be false")
+        g.add_node("a", lambda s: {"n": 1})
+        g.set_entry_point("a")
+        g.set_finish_point("a")
+        return {"n": 0}
+
+    registry = Registry()
+    registry.register(name, factory)
+    return registry

@@ -237,19 +237,10 @@ def test_a_full_server_answers_503_at_once_and_an_idempotent_retry_its_run(db_ur
 
 
 def test_a_factory_that_fails_on_its_params_is_400_with_its_message(db_url):
+    from factories import picky_registry
     from wfkit.api import create_app
 
-    def factory(g, rt, p):
-        if p.get("bad"):
-            raise ValueError("bad must be false")
-        g.add_node("a", lambda s: {"n": 1})
-        g.set_entry_point("a")
-        g.set_finish_point("a")
-        return {}
-
-    registry = Registry()
-    registry.register("picky", factory)
-    with TestClient(create_app(db_url, registry), raise_server_exceptions=False) as client:
+    with TestClient(create_app(db_url, picky_registry()), raise_server_exceptions=False) as client:
         for response in (client.post("/workflows/picky/runs", json={"params": {"bad": True}}),
                          client.post("/workflows/picky/execute", json={"params": {"bad": True}}),
                          client.get("/workflows/picky/graph", params={"params": '{"bad": true}'})):

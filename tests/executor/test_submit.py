@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from factories import picky_registry
 from wfkit.errors import ConfigurationError, WorkflowBuildError
 from wfkit.executor import Executor
 from wfkit.executor.executor import WORKERS_NEED_POSTGRESQL
@@ -16,17 +17,7 @@ from wfkit.store.repository import Repository
 
 
 def _registry() -> Registry:
-    def factory(g, rt, p):
-        if p.get("bad"):
-            raise ValueError("bad must be false")
-        g.add_node("a", lambda s: {"n": 1})
-        g.set_entry_point("a")
-        g.set_finish_point("a")
-        return {"n": 0}
-
-    registry = Registry()
-    registry.register("one", factory)
-    return registry
+    return picky_registry("one")
 
 
 def _runs(url: str) -> int:
