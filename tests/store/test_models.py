@@ -33,6 +33,9 @@ ALLOWED = {
     ("running", "cancelled"),
     ("failed", "running"),
     ("cancelled", "running"),
+    ("running", "pending"),  # a stopping worker hands its run back to the queue
+    ("failed", "pending"),  # a resume submitted to the workers
+    ("cancelled", "pending"),
 }
 
 

@@ -98,7 +98,7 @@ def test_two_upgrades_at_once_install_the_queue_once(databases):
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert sorted(results) == [[], [queue.WHOLE_SCHEMA]]
+    assert sorted(results) == [[], [queue.WHOLE_SCHEMA, queue.RUN_JOBS_INDEX]]
 
 
 def test_sqlite_has_no_queue(sqlite_url, wfkit_cli):

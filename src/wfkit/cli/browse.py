@@ -92,15 +92,15 @@ def runs_list(
         echo_json(doc)
         return
     if result.data:
-        click.echo(
-            render_table(
-                ("ID", "WORKFLOW", "STATUS", "CREATED", "DURATION"),
-                (
-                    (r.id, r.workflow_name, r.status.value, fmt_time(r.created_at), fmt_ms(r.duration_ms))
-                    for r in result.data
-                ),
-            )
-        )
+        headers: tuple[str, ...] = ("ID", "WORKFLOW", "STATUS", "CREATED", "DURATION")
+        rows = [[r.id, r.workflow_name, r.status.value, fmt_time(r.created_at), fmt_ms(r.duration_ms)]
+                for r in result.data]
+        if any(r.status.value == "running" for r in result.data):
+            # who executes each running run: a worker's name leads its owner (`wfkit workers`)
+            headers += ("HELD BY",)
+            for row, r in zip(rows, result.data):
+                row.append(r.owner or "-" if r.status.value == "running" else "")
+        click.echo(render_table(headers, rows))
     elif result.total == 0:
         filtered = filters.workflow_name or filters.status
         click.echo("No runs match these filters." if filtered else "No runs yet.")

@@ -192,7 +192,7 @@ def plural(n: int, word: str) -> str:
     cls=WfkitGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
     lazy={"list-workflows": "workflows", "plugins": "workflows", "graph": "workflows", "run": "execute",
-          "submit": "execute", "worker": "worker", "db": "db",
+          "submit": "execute", "worker": "worker", "workers": "worker", "db": "db",
           "serve": "serve"},
 )
 @click.version_option(package_name="wfkit", prog_name="wfkit")

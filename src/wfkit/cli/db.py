@@ -57,7 +57,7 @@ def db_upgrade(revision: str) -> None:
 def _report_queue(applied: list[str]) -> None:
     from wfkit.store import queue
 
-    if applied == [queue.WHOLE_SCHEMA]:
+    if queue.WHOLE_SCHEMA in applied:  # with wfkit's index on it
         click.echo(f"installed the workers' queue (Procrastinate {queue.version()})")
     elif applied:
         click.echo(f"migrated the workers' queue to Procrastinate {queue.version()}: {', '.join(applied)}")

@@ -241,18 +241,37 @@ def submit_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None,
 @click.option("--force", is_flag=True,
               help="Take over a 'running' run whose lease expired (its process died or stalled); one whose lease "
               "is live is refused.")
+@click.option("--submit", is_flag=True,
+              help="Hand the resume to the workers (`wfkit worker`, PostgreSQL) and exit at once, instead of "
+              "running it here.")
+@click.option("--queue", default=None, metavar="QUEUE",
+              help="With --submit: the workers' queue to put it in (default: wfkit).")
 @durability_option
 @json_option
 @database_url_option
-def runs_resume(run_id: str, force: bool, durability: str | None, as_json: bool) -> None:
+def runs_resume(run_id: str, force: bool, submit: bool, queue: str | None, durability: str | None,
+                as_json: bool) -> None:
     """Continue a failed or cancelled run from its checkpoint.
 
     Completed nodes are not run again: the run goes on from the last
     checkpoint, with the state it had there. A run another process holds is
-    refused, naming it (exit 2).
+    refused, naming it (exit 2). With --submit, a worker continues it: the
+    run is pending until one takes it, and its id is printed.
 
     Example: wfkit runs resume 123e4567-e89b-12d3-a456-426614174000
     """
+    if queue is not None and not submit:
+        raise click.UsageError("--queue goes with --submit (the workers' queue to resume the run in)")
+    if submit:
+        if force:
+            raise click.UsageError("--force and --submit do not go together: the workers' recovery takes over "
+                                   "runs whose lease expired")
+        from wfkit.executor import Executor
+
+        with Executor(database_url()) as executor:
+            run = executor.submit_resume(run_id, queue=queue)
+            click.echo(json.dumps(run.to_dict(), indent=2, ensure_ascii=False) if as_json else str(run.id))
+        return
     progress = _Progress(to_stderr=as_json)
     executor = _executor(progress, durability)
     _drive(lambda: executor.resume(run_id, force=force), progress, executor, as_json)

@@ -83,13 +83,20 @@ class RunControl:
             reason = f"{'forced' if force else 'cancel requested'} by {where_from()}"
         run = self.repository.find_run(rid)
         check_transition(run.status, RunStatus.CANCELLED)
+        queued = _jobs(self.engine, rid, abort=False)
         with SqlRecorder(self.engine) as recorder:
             changed = False
             if run.status is RunStatus.PENDING:  # at once; unless it started meanwhile: then as a running run
-                changed = recorder.cancel_pending(rid, reason)
+                changed = recorder.cancel_pending(rid, reason, queued)
             if not changed:
-                changed = (recorder.force_cancel(rid, INTERRUPTED, reason) if force
-                           else recorder.request_cancel(rid, reason))
+                # A worker executing it hears of it at once (the queue's abort, by NOTIFY).
+                abort = _jobs(self.engine, rid, abort=True)
+                if force:
+                    changed = recorder.force_cancel(rid, INTERRUPTED, reason)
+                    if changed and abort is not None:
+                        recorder.in_transaction(abort)
+                else:
+                    changed = recorder.request_cancel(rid, reason, abort)
         now = self.repository.find_run(rid)
         if not changed:  # it moved on meanwhile (it finished): say where it is now
             check_transition(now.status, RunStatus.CANCELLED)
@@ -148,6 +155,15 @@ class RunControl:
         rid = parse_uuid(run_id)
         with SqlRecorder(self.engine) as recorder:
             return recorder.interrupt_started_now(rid, INTERRUPTED)
+
+
+def _jobs(engine: Engine, run_id: uuid.UUID, *, abort: bool) -> Any:
+    """What cancels a run's jobs in the workers' queue, if the database has one (else None)."""
+    from wfkit.store import queue
+
+    if not queue.has_queue(engine):
+        return None
+    return queue.cancel_jobs(run_id, abort=abort)
 
 
 def _held(run: Run) -> str:

@@ -72,7 +72,7 @@ from wfkit.registry import Registry
 from wfkit.runtime import Runtime
 from wfkit.store.codec import row_loader
 from wfkit.store.db import as_engine
-from wfkit.store.models import Run, RunStatus, utcnow
+from wfkit.store.models import Run, RunStatus, check_transition, utcnow
 from wfkit.store.query import parse_workflow_names
 from wfkit.store.recorder import OpenStage, SqlRecorder
 from wfkit.store.repository import Repository
@@ -132,6 +132,7 @@ class Executor:
         self._cancel: dict[uuid.UUID, threading.Event] = {}
         self._stops: dict[uuid.UUID, Stop] = {}  # the runs this executor is executing, how to stop each
         self._background: dict[uuid.UUID, _Background] = {}  # the runs started by start() and astart()
+        self._handback: Any = None  # set by drain(): how each run is handed back to the workers' queue
         self._lock = threading.Lock()
 
     # -- public API
@@ -202,10 +203,17 @@ class Executor:
         return run_id
 
     def execute_submitted(self, run_id: uuid.UUID | str) -> Run | None:
-        """Execute a run made by :meth:`submit` (a worker's job), here, to its end: claimed first (one
-        compare-and-set statement), so that of two deliveries of its job one executes it. None, and
-        nothing done, if the run is no longer waiting (cancelled or deleted before a worker took it,
-        or taken already)."""
+        """Execute a run made by :meth:`submit` (a worker's job), here, to its end, on an event loop
+        of its own in this thread (async nodes are awaited there, and cancelled at once when the run
+        is): claimed first (one compare-and-set statement), so that of two deliveries of its job one
+        executes it. A run whose worker stopped holding it (its lease expired: the workers'
+        recovery handed it on) is taken over and continues from its checkpoint. None, and nothing
+        done, if the run is no longer waiting (cancelled, ended or deleted before a worker took it,
+        or held by another). The run as it ended, or as it stands if it was handed back to the queue
+        (pending: see :meth:`drain`)."""
+        return asyncio.run(self._aexecute_submitted(run_id))
+
+    async def _aexecute_submitted(self, run_id: uuid.UUID | str) -> Run | None:
         with self._recorder() as recorder:
             try:
                 plan = self._prepare_resume(run_id, False, recorder, submitted=True)
@@ -213,7 +221,43 @@ class Executor:
                 return None
             if plan is None:
                 return None
-            return self._hot(plan, recorder)
+            return await self._ahot(plan, recorder)
+
+    def drain(self, enqueue_for: Any) -> None:
+        """Hand every run this executor executes (and any it starts from now on) back to the workers'
+        queue before its next node (its node finishes first): for a worker that stops. Each run,
+        with a checkpoint where it stopped, becomes pending again, held by nobody, with the job
+        ``enqueue_for(run_id)`` makes, in one transaction; another worker continues it at once.
+        A run asked to cancel meanwhile ends cancelled instead."""
+        with self._lock:
+            self._handback = enqueue_for
+            stops = list(self._stops.items())
+        for run_id, stop in stops:
+            stop.handback = enqueue_for(run_id)
+
+    def submit_resume(self, run_id: uuid.UUID | str, *, queue: str | None = None) -> Run:
+        """Hand the resume of a failed or cancelled run to the workers (``wfkit runs resume ID
+        --submit``): checked as :meth:`resume` checks it (its workflow still builds and fits its
+        checkpoint), then made pending again with a job for it, in one transaction; a worker
+        continues it from its checkpoint. Returns the run, pending. Needs PostgreSQL and the
+        ``worker`` extra."""
+        from wfkit.store import queue as queues
+
+        if self.engine.dialect.name != "postgresql":
+            raise ConfigurationError(WORKERS_NEED_POSTGRESQL)
+        queue_name = _queue_name(queue)
+        enqueue_for = queues.enqueuer
+        run = self.control.check_resume(run_id)
+        if run.status is RunStatus.PENDING:
+            raise InvalidStatusError(f"run {run.id} is pending already: it starts when a process takes it")
+        workflow = self.registry.get(run.workflow_name)
+        graph, initial = workflow.build(run.params, self.runtime)
+        self._walker_at_checkpoint(run, graph, initial, StageCapture())  # it must fit, before anything changes
+        with self._recorder() as recorder:
+            if not recorder.resubmit(run.id, enqueue_for(run.id, queue_name)):
+                check_transition(self.repository.find_run(run.id).status, RunStatus.PENDING)
+                raise InvalidStatusError(f"run {run.id} changed meanwhile; not resubmitted")
+        return self.repository.find_run(run.id)
 
     def started_with(self, idempotency_key: str, name: str, params: Mapping[str, Any] | None = None) -> Run | None:
         """The run a :meth:`start` with ``idempotency_key`` made, if there is one (None: a start with
@@ -395,6 +439,15 @@ class Executor:
             stop.cancel_reason = stop.cancel_reason or reason
             stop.event.set()
 
+    def interrupt_run(self, run_id: uuid.UUID | str, reason: str) -> None:
+        """Stop one run this executor is executing, at once, as :meth:`interrupt` stops them all
+        (a worker whose job was aborted: the run's cancel, recorded already by whoever asked)."""
+        with self._lock:
+            stop = self._stops.get(parse_uuid(run_id))
+        if stop is not None:
+            stop.cancel_reason = stop.cancel_reason or reason
+            stop.event.set()
+
     async def acancel(self, run_id: uuid.UUID | str, *, force: bool = False, reason: str | None = None) -> Run:
         """Like :meth:`cancel`, its database work in a thread (the event loop goes on meanwhile)."""
         return await asyncio.to_thread(self.cancel, run_id, force=force, reason=reason)
@@ -505,9 +558,9 @@ class Executor:
         (an error before the run is touched), claim it (one compare-and-set statement), then rebuild
         its walk where its checkpoint left it: read again after the claim, since the run's last
         holder may have written a step between the first read and the claim."""
-        if submitted:  # a worker's job: only a run still waiting for one (None otherwise)
+        if submitted:  # a worker's job: only a run waiting for one, or handed on by recovery (None otherwise)
             run = self.repository.find_run(run_id)
-            if run.status is not RunStatus.PENDING:
+            if run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
                 return None
         else:
             run = self.control.check_resume(run_id, force=force)
@@ -526,7 +579,7 @@ class Executor:
         except WfkitError as err:  # the checkpoint changed meanwhile, and no longer fits: the run fails
             recorder.finish_run(run.id, claim.epoch, RunStatus.FAILED, error=str(err))
             raise
-        return Plan(run.id, workflow, run.params, walker, capture, state_json, not submitted, run.created_at,
+        return Plan(run.id, workflow, run.params, walker, capture, state_json, not submitted or claim.attempt > 1, run.created_at,
                     epoch=claim.epoch, attempt=claim.attempt, started_at=run.started_at or utcnow(), claim=claim,
                     state_from=loaded.stage_id, checkpoint_row=loaded.exists, idempotency_key=run.idempotency_key)
 
@@ -559,6 +612,8 @@ class Executor:
         with self._lock:
             cancel = self._cancel.setdefault(run_id, threading.Event())
             self._stops[run_id] = stop
+            if self._handback is not None:  # a worker stopping: this run goes back before its first node
+                stop.handback = self._handback(run_id)
         stop.event = cancel
         loop = RunLoop(recorder, plan, observers=self.observers, checkpoint_every=self.checkpoint_every,
                        cancel=cancel, lost=stop)

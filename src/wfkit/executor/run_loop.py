@@ -105,6 +105,9 @@ class Stop:
     reason: str | None = None  # the lease was lost: the run fails, for this reason
     cancel_reason: str | None = None  # the run is cancelled, for this reason (else "cancel requested")
     forced: bool = False  # its own executor force-cancelled it: a fenced-off write is no surprise
+    # set when its executor's worker stops: the run goes back to the queue before its next node, with
+    # the job this enqueues (see SqlRecorder.hand_back)
+    handback: Any = None
     event: threading.Event = field(default_factory=threading.Event)
     held: Any = None  # the executor's hold on the run (its heartbeat)
 
@@ -134,6 +137,9 @@ class RunLoop:
         self._events: list[Event] = []  # what the next write records, told once it is written
         self._unwritten: OpenStage | None = None  # a stage whose row is buffered, not yet written
         self.held: Any = None  # the executor's hold on the run (its heartbeat): told of each lease extension
+        self.handed_back = False  # the run went back to the workers' queue (its worker stopped)
+        # the last step's node and stage when its checkpoint was not written with it (checkpoint_every > 1)
+        self._unsaved: tuple[str, uuid.UUID] | None = None
         if plan.claim is not None:
             left = plan.claim.left_running
             if left is not None:  # the stage the previous holder was executing when it stopped
@@ -308,6 +314,9 @@ class RunLoop:
             else:
                 self.cancelled(self.lost.cancel_reason or "cancel requested")
             return False
+        if self.lost.handback is not None:
+            self.hand_back()
+            return False
         stage = OpenStage(new_id(), node, iteration, utcnow())
         requested, _ = self.recorder.open_stage(self.run_id, self.epoch, stage)
         if self.held is not None:
@@ -320,6 +329,24 @@ class RunLoop:
         if self.observed:
             self.emit(StageStarted(self.run_id, node, iteration, MappingProxyType(walker.state)))
         return True
+
+    def hand_back(self) -> None:
+        """Give the run back to the workers' queue before its next node (its worker is stopping): what
+        is buffered, with a checkpoint here, the run pending again and a new job for it, in one
+        transaction; another worker continues it from here at once. A run asked to cancel meanwhile
+        ends cancelled instead."""
+        set_execution(None)
+        if self._unsaved is not None:
+            node, stage_id = self._unsaved
+            walker = self.walker
+            self.recorder.checkpoint(self.run_id, node, checkpoints.encode_at_stage(
+                walker.node, walker.counters, walker.route_from, stage_id), upsert=not self.checkpoint_row)
+            self._unsaved = None
+        if self.recorder.hand_back(self.run_id, self.epoch, self.lost.handback):
+            self.handed_back = True
+            self._told()
+            return
+        self.cancelled("cancel requested")  # raises LeaseLostError if the run is no longer ours at all
 
     def stepped(self, result: RouteDecision | GraphError) -> bool:
         """After a step: record it (or its node's failure) with what comes next; whether the walk
@@ -362,6 +389,7 @@ class RunLoop:
         self.recorder.step_done(self.run_id, (stage, input_, updates_json, cap.duration_ms), _row(decision),
                                 checkpoint, upsert=not self.checkpoint_row)
         self.checkpoint_row = self.checkpoint_row or checkpoint is not None
+        self._unsaved = None if checkpoint is not None else (stage.node, stage.id)
         if self.observed:
             self._events += [
                 StageCompleted(self.run_id, stage.node, stage.iteration, MappingProxyType(dict(cap.updates or {})),

@@ -102,10 +102,12 @@ class StageStatus(str, enum.Enum):
 #: Failed and cancelled runs may go back to running: that is a resume.
 RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     RunStatus.PENDING: frozenset({RunStatus.RUNNING, RunStatus.CANCELLED}),
-    RunStatus.RUNNING: frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}),
+    # back to pending: a worker that stops hands its runs back to the queue
+    RunStatus.RUNNING: frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PENDING}),
     RunStatus.COMPLETED: frozenset(),
-    RunStatus.FAILED: frozenset({RunStatus.RUNNING}),
-    RunStatus.CANCELLED: frozenset({RunStatus.RUNNING}),
+    # to pending: a resume submitted to the workers (`wfkit runs resume ID --submit`)
+    RunStatus.FAILED: frozenset({RunStatus.RUNNING, RunStatus.PENDING}),
+    RunStatus.CANCELLED: frozenset({RunStatus.RUNNING, RunStatus.PENDING}),
 }
 
 
@@ -373,6 +375,27 @@ class Checkpoint(_Record, table=True):
     updated_at: datetime = _created_at()
 
 
+class Worker(_Record, table=True):
+    """A ``wfkit worker`` process (PostgreSQL): who it is and when it was last heard from. Its row is
+    written when it starts, its heartbeat refreshed while it runs, and deleted when it stops; the
+    row of a worker that died stays until the workers' recovery prunes it. The runs it holds are
+    the runs whose ``owner`` is its ``id``."""
+
+    __tablename__ = "workers"
+
+    #: the owner its runs are held by (``NAME on host pid N (random id)``)
+    id: str = Field(primary_key=True, max_length=200)
+    name: str = Field(max_length=200, nullable=False)
+    host: str = Field(max_length=255, nullable=False)
+    pid: int = Field(nullable=False)
+    #: the queues it takes runs from (empty: every queue)
+    queues: list[str] = Field(default_factory=list, sa_type=JSONType, nullable=False)
+    concurrency: int = Field(default=1, nullable=False)
+    started_at: datetime = _created_at()
+    #: when it last said it is alive, by the database's clock
+    last_heartbeat: datetime = _created_at()
+
+
 #: The tables, in the order they are created.
-TABLES = (Run, Stage, Decision, Checkpoint)
+TABLES = (Run, Stage, Decision, Checkpoint, Worker)
 metadata = SQLModel.metadata

@@ -16,7 +16,10 @@ SQLite has no queue: workers need PostgreSQL.
 from __future__ import annotations
 
 import importlib.util
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 
@@ -34,6 +37,10 @@ QUEUE_PREFIX = "procrastinate_"
 _LOCK_KEY = 0x77666B71  # "wfkq"
 #: What the tracking table records for a fresh install of the whole schema.
 WHOLE_SCHEMA = "schema.sql"
+#: wfkit's index on the queue's jobs by the run each executes (cancel, recovery and `runs show` find
+#: a run's jobs through it).
+RUN_JOBS_INDEX = "wfkit_jobs_run_id_idx"
+_CREATE_RUN_JOBS_INDEX = f"CREATE INDEX IF NOT EXISTS {RUN_JOBS_INDEX} ON procrastinate_jobs ((args->>'run_id'))"
 
 
 def available() -> bool:
@@ -92,9 +99,12 @@ def state(engine_or_url: Engine | str | None) -> QueueState | None:
         with translate_errors(engine), engine.connect() as conn:
             installed = _has_table(conn, "procrastinate_jobs")
             applied = _applied(conn)
+            index = _has_table(conn, RUN_JOBS_INDEX)
         if not available():
             return QueueState(None, installed)
         pending = [name for name in migration_files() if name not in applied] if installed else []
+        if installed and not index:
+            pending.append(RUN_JOBS_INDEX)
         return QueueState(version(), installed, pending)
 
 
@@ -135,6 +145,9 @@ def upgrade(engine_or_url: Engine | str | None) -> list[str]:
                 if name not in applied:
                     conn.execute(sa.text(f"INSERT INTO {TRACKING_TABLE} (name, procrastinate_version) "
                                          "VALUES (:name, :version)"), {"name": name, "version": version() or "?"})
+            if not _has_table(conn, RUN_JOBS_INDEX):
+                conn.exec_driver_sql(_CREATE_RUN_JOBS_INDEX)
+                todo.append(RUN_JOBS_INDEX)
             return todo
 
 
@@ -186,6 +199,37 @@ def enqueuer(run_id: Any, queue: str | None = None) -> Any:
     return enqueue
 
 
+def cancel_jobs(run_id: Any, *, abort: bool) -> Callable[[Any], None]:
+    """What cancels run ``run_id``'s jobs, on a psycopg connection inside the caller's transaction
+    (the run's own cancel): a queued job is cancelled; with ``abort``, a job being executed is
+    asked to abort (Procrastinate notifies its worker, which stops the run at once)."""
+
+    def cancel(connection: Any) -> None:
+        connection.execute(
+            "SELECT procrastinate_cancel_job_v1(id, %s, false) FROM procrastinate_jobs "
+            "WHERE args->>'run_id' = %s AND task_name = %s AND status IN ('todo', 'doing')",
+            (abort, str(run_id), EXECUTE_TASK))
+
+    return cancel
+
+
+def has_queue(engine: Engine) -> bool:
+    """Whether the database has the queue's tables (PostgreSQL, after ``wfkit db upgrade`` with the
+    worker extra): remembered per engine once seen."""
+    if not is_postgresql(engine):
+        return False
+    if engine in _HAS_QUEUE:
+        return True
+    with translate_errors(engine), engine.connect() as conn:
+        known = _has_table(conn, "procrastinate_jobs")
+    if known:  # a missing queue may be installed later: only its presence is remembered
+        _HAS_QUEUE[engine] = True
+    return known
+
+
+_HAS_QUEUE: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
 def jobs_of(engine_or_url: Engine | str | None, run_id: Any) -> list[tuple[str, str, str]]:
     """The queue's jobs for run ``run_id``: (task, queue, status) each, oldest first."""
     with engine_for(engine_or_url, create_missing=False) as engine, translate_errors(engine), \
@@ -194,3 +238,58 @@ def jobs_of(engine_or_url: Engine | str | None, run_id: Any) -> list[tuple[str, 
             "SELECT task_name, queue_name, status::text FROM procrastinate_jobs "
             "WHERE args->>'run_id' = :rid ORDER BY id"), {"rid": str(run_id)})
         return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+#: The key of the advisory lock the workers' recovery holds (one worker recovers at a time).
+_RECOVERY_KEY = 0x77666B72  # "wfkr"
+#: What recovery records on the stage a dead worker left running.
+INTERRUPTED = "interrupted: the worker executing this stage stopped before it finished"
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What one pass of the workers' recovery did."""
+
+    redispatched: list[str] = field(default_factory=list)  # runs handed to the queue again
+    given_up: list[str] = field(default_factory=list)  # runs failed: their attempts were used up
+    jobs_closed: int = 0  # jobs left 'doing' by workers that stopped heartbeating, closed as failed
+
+
+def recover(engine: Engine, *, max_attempts: int, silent_seconds: float, limit: int = 100) -> Recovery | None:
+    """One pass of the workers' recovery (PostgreSQL), in one transaction; None if another worker
+    is doing it (an advisory lock: one at a time). It finds the runs that a worker held and no
+    longer does (their lease expired) and that have no job waiting, and gives each a new job in the
+    queue its last job had (a worker then takes it over from its checkpoint), or fails it once it
+    has had ``max_attempts`` attempts. It also prunes Procrastinate's workers silent for
+    ``silent_seconds`` and closes the jobs they left 'doing', and prunes wfkit's rows of workers
+    that are silent and hold nothing."""
+    from wfkit.store.recorder import give_up_statement
+    from wfkit.store.workers import prune
+
+    with translate_errors(engine), engine.begin() as conn:
+        if not conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _RECOVERY_KEY}).scalar_one():
+            return None
+        conn.execute(sa.text("SELECT procrastinate_prune_stalled_workers_v1(:s)"), {"s": silent_seconds}).all()
+        closed = len(conn.execute(sa.text(
+            "SELECT procrastinate_finish_job_v1(id, 'failed', false) FROM procrastinate_jobs "
+            "WHERE status = 'doing' AND worker_id IS NULL AND task_name = :task"), {"task": EXECUTE_TASK}).all())
+        rows = conn.execute(sa.text(
+            "SELECT r.id, r.attempt, (SELECT j.queue_name FROM procrastinate_jobs j WHERE j.args->>'run_id' = "
+            "r.id::text ORDER BY j.id DESC LIMIT 1) FROM runs r JOIN workers w ON w.id = r.owner "
+            "WHERE r.status IN ('pending', 'running') AND r.lease_expires_at < now() AND NOT EXISTS "
+            "(SELECT 1 FROM procrastinate_jobs j WHERE j.args->>'run_id' = r.id::text AND j.status = 'todo') "
+            "ORDER BY r.created_at, r.id LIMIT :limit FOR UPDATE OF r SKIP LOCKED"), {"limit": limit}).all()
+        driver = conn.connection.driver_connection
+        redispatched, given_up = [], []
+        for run_id, attempt, queue in rows:
+            if attempt >= max_attempts:
+                error = (f"gave up after {attempt} attempts: the worker executing it stopped each time "
+                         f"(WFKIT_MAX_ATTEMPTS={max_attempts}); resume it with `wfkit runs resume {run_id}`")
+                now = datetime.now(timezone.utc)
+                conn.exec_driver_sql(give_up_statement(), (run_id, INTERRUPTED, INTERRUPTED, error, now, now))
+                given_up.append(str(run_id))
+            else:
+                enqueuer(run_id, queue)(driver)
+                redispatched.append(str(run_id))
+        prune(conn, max(silent_seconds * 10, 300.0))
+        return Recovery(redispatched, given_up, closed)

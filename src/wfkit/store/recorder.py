@@ -86,8 +86,9 @@ _CLAIMABLE = ("(status IN ('failed', 'cancelled') OR (status = 'pending' AND (le
               "lease_expires_at < {now})))")
 _TAKEOVER = ("(status IN ('failed', 'cancelled') OR (status IN ('pending', 'running') AND (lease_expires_at IS NULL "
              "OR lease_expires_at < {now})))")
-# What a worker claims for a job: a submitted run still waiting (no lease, or its lease expired).
-_SUBMITTED = "(status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < {now}))"
+# What a worker claims for a job: a submitted run still waiting (no lease, or its lease expired), or
+# one whose worker stopped holding it (re-dispatched by the workers' recovery).
+_SUBMITTED = "(status IN ('pending', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < {now}))"
 _CLAIM = (
     "UPDATE runs SET status = 'running', owner = ?, lease_epoch = lease_epoch + 1, attempt = attempt + 1, "
     "lease_expires_at = {lease}, started_at = COALESCE(started_at, ?), updated_at = ?, completed_at = NULL, "
@@ -117,6 +118,17 @@ _FINISH_RUN = (
     "UPDATE runs SET status = ?, result = {j}, error_message = ?, completed_at = ?, updated_at = ?, "
     f"cancel_reason = COALESCE(cancel_reason, ?), lease_expires_at = NULL, {_CLEAR_STAGE} "
     "WHERE id = ? AND lease_epoch = ? RETURNING cancel_requested_at, cancel_reason"
+)
+# A stopping worker's run, back to the queue: pending, held by nobody, unless a cancel was asked of it.
+_HAND_BACK = (
+    f"UPDATE runs SET status = 'pending', owner = NULL, lease_expires_at = NULL, updated_at = ?, {_CLEAR_STAGE} "
+    "WHERE id = ? AND lease_epoch = ? AND status = 'running' AND cancel_requested_at IS NULL RETURNING id"
+)
+# A resume submitted to the workers: a failed or cancelled run, pending again, held by nobody.
+_RESUBMIT = (
+    "UPDATE runs SET status = 'pending', owner = NULL, lease_expires_at = NULL, completed_at = NULL, "
+    "error_message = NULL, cancel_requested_at = NULL, cancel_reason = NULL, updated_at = ? "
+    "WHERE id = ? AND status IN ('failed', 'cancelled') RETURNING id"
 )
 _RENEW = "UPDATE runs SET lease_expires_at = {lease} WHERE status IN ('pending', 'running')"
 _REQUEST_CANCEL = (
@@ -409,23 +421,69 @@ class SqlRecorder:
         ``enqueue(driver_connection)`` (its job): the run and its job are committed together or not
         at all. None, with nothing written and nothing enqueued, if another run has
         ``idempotency_key``."""
-        if self.codec.sqlite:
-            raise ConfigurationError("runs are submitted to workers on PostgreSQL only")
         now = utcnow()
         c = self.codec
         t, rid = c.time(now), c.id(run_id)
-        writes = [("insert_checkpoint", (rid, checkpoint_json, t, t))]
-        gate = ("insert_submitted", (rid, workflow_name, dumps(params), t, t, idempotency_key))
-        params_out: list[Any] = list(gate[1])
+        self._pending.append(("insert_checkpoint", (rid, checkpoint_json, t, t)))
+        row = self._gated_with_job(("insert_submitted", (rid, workflow_name, dumps(params), t, t, idempotency_key)),
+                                   enqueue)
+        return None if row is None else now
+
+    def hand_back(self, run_id: uuid.UUID, epoch: int, enqueue: Callable[[Any], None]) -> bool:
+        """What is buffered, the run made pending again and held by nobody, and (``enqueue``) a new job
+        for it, in one transaction fenced by ``epoch``: a worker that stops gives its run back to the
+        queue, and another continues it from the checkpoint at once. False, with nothing written
+        and the buffer kept, if the run is no longer this process's to hand back (its lease was
+        lost) or a cancel was asked of it (the caller ends it cancelled instead)."""
+        t = self.codec.time(utcnow())
+        writes = list(self._pending)
+        row = self._gated_with_job(("hand_back", (t, self.codec.id(run_id), epoch)), enqueue)
+        if row is None:
+            self._pending = writes
+        return row is not None
+
+    def resubmit(self, run_id: uuid.UUID, enqueue: Callable[[Any], None]) -> bool:
+        """A failed or cancelled run made pending again for the workers (a resume submitted to them),
+        with its job, in one transaction; False (nothing written) if it is neither any more."""
+        t = self.codec.time(utcnow())
+        return self._gated_with_job(("resubmit", (t, self.codec.id(run_id))), enqueue) is not None
+
+    def _gated_with_job(self, gate: tuple[str, tuple[Any, ...]], enqueue: Callable[[Any], None]) -> Any:
+        """The buffered writes gated by ``gate`` (as :meth:`_gated`), then ``enqueue(driver_connection)``
+        if the gate returned a row, in one transaction (PostgreSQL): the gate's row, or None with
+        nothing written (the buffer is dropped either way)."""
+        if self.codec.sqlite:
+            raise ConfigurationError("runs are submitted to workers on PostgreSQL only")
+        writes = self._pending
+        self._pending = []
+        params: list[Any] = list(gate[1])
         for _, part in writes:
-            params_out.extend(part)
+            params.extend(part)
         driver = self._conn.driver_connection
         with _WriteGuard(self), driver.transaction():
-            self._cursor.execute(self._with(gate[0], writes), params_out)
-            if self._cursor.fetchone() is None:
-                return None
-            enqueue(driver)
-        return now
+            self._cursor.execute(self._with(gate[0], writes), params)
+            row = self._cursor.fetchone()
+            if row is not None:
+                enqueue(driver)
+        return row
+
+    def in_transaction(self, work: Callable[[Any], None]) -> None:
+        """``work(driver connection)`` in a transaction of its own (PostgreSQL)."""
+        driver = self._conn.driver_connection
+        with _WriteGuard(self), driver.transaction():
+            work(driver)
+
+    def with_jobs(self, name: str, params: tuple[Any, ...], jobs: Callable[[Any], None] | None) -> int:
+        """Statement ``name`` (its row count) and, on PostgreSQL if it changed a row, ``jobs(driver
+        connection)`` in the same transaction (the queue's side of a cancel)."""
+        if jobs is None or self.codec.sqlite:
+            return self._one(name, params)
+        driver = self._conn.driver_connection
+        with _WriteGuard(self), driver.transaction():
+            count = self._run(name, params).rowcount
+            if count:
+                jobs(driver)
+        return count
 
     def start_pending(self, run_id: uuid.UUID, epoch: int) -> datetime:
         """Start a pending run this process created (its first attempt); return when. Raises
@@ -535,6 +593,13 @@ class SqlRecorder:
                           else ("update_checkpoint", (checkpoint[1], checkpoint[0], now, rid)))
         self._pending += writes  # one operation: see above
 
+    def checkpoint(self, run_id: uuid.UUID, node: str, state_data: str, *, upsert: bool = False) -> None:
+        """Buffer the run's checkpoint alone (``node`` just completed; ``state_data`` as JSON text)."""
+        c = self.codec
+        now, rid = c.time(utcnow()), c.id(run_id)
+        self._pending.append(("upsert_checkpoint", (rid, state_data, node, now, now)) if upsert
+                             else ("update_checkpoint", (state_data, node, now, rid)))
+
     def interrupt_started(self, run_id: uuid.UUID, message: str) -> None:
         """Buffer: the stages a wfkit from before stage rows were written once left ``started``
         (their process is gone) are marked failed with ``message``."""
@@ -577,16 +642,18 @@ class SqlRecorder:
 
     # -- control from outside the executing process
 
-    def request_cancel(self, run_id: uuid.UUID, reason: str) -> bool:
+    def request_cancel(self, run_id: uuid.UUID, reason: str, jobs: Callable[[Any], None] | None = None) -> bool:
         """Record a cancel request for a running run, and why (its holder stops before the next node);
-        a run asked before keeps the first request and its reason."""
+        a run asked before keeps the first request and its reason. ``jobs``: the queue's side, in
+        the same transaction (see :meth:`with_jobs`)."""
         now = self.codec.time(utcnow())
-        return self._one("request_cancel", (now, reason, now, self.codec.id(run_id))) == 1
+        return self.with_jobs("request_cancel", (now, reason, now, self.codec.id(run_id)), jobs) == 1
 
-    def cancel_pending(self, run_id: uuid.UUID, reason: str) -> bool:
-        """End a pending run cancelled, raising its epoch (its creator does not start it then)."""
+    def cancel_pending(self, run_id: uuid.UUID, reason: str, jobs: Callable[[Any], None] | None = None) -> bool:
+        """End a pending run cancelled, raising its epoch (its creator does not start it then);
+        ``jobs``: its queued job cancelled in the same transaction."""
         now = self.codec.time(utcnow())
-        return self._one("cancel_pending", (reason, now, now, self.codec.id(run_id))) == 1
+        return self.with_jobs("cancel_pending", (reason, now, now, self.codec.id(run_id)), jobs) == 1
 
     def force_cancel(self, run_id: uuid.UUID, stage_message: str, reason: str) -> bool:
         """End a running run cancelled now, whoever holds it, with ``reason``, raising its epoch (a
@@ -613,11 +680,12 @@ class SqlRecorder:
         return self._one("delete_run_any" if force else "delete_run", (self.codec.id(run_id),)) == 1
 
 
-# PostgreSQL's forced cancel, in one statement: the row locked first (FOR UPDATE waits for a step
-# being committed, and then reads what it wrote), the stage it names recorded failed, the run ended.
-_FORCE_CANCEL_PG = (
+# PostgreSQL's forced end of a run held by another process, in one statement: the row locked first
+# (FOR UPDATE waits for a step being committed, and then reads what it wrote), the stage it names
+# recorded failed, the run ended as ``{end}`` says (its parameters follow the stage's two messages).
+_END_HELD_PG = (
     "WITH o AS (SELECT id, current_stage_id, current_node, current_iteration, current_stage_started_at FROM runs "
-    "WHERE id = ? AND status = 'running' FOR UPDATE), "
+    "WHERE id = ? AND status = 'running'{also} FOR UPDATE), "
     "s AS (INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, input_from, "
     "output_snapshot, duration_ms, error_message, error_traceback, created_at) SELECT o.current_stage_id, o.id, "
     "o.current_node, o.current_iteration, 'failed', NULL, (SELECT (c.state_data->>'stage')::uuid FROM checkpoints c "
@@ -626,10 +694,22 @@ _FORCE_CANCEL_PG = (
     "o.current_stage_started_at FROM o WHERE o.current_stage_id IS NOT NULL ON CONFLICT (id) DO NOTHING), "
     "l AS (UPDATE stages SET status = 'failed', error_message = ? FROM o WHERE stages.run_id = o.id "
     "AND stages.status = 'started'), "
-    "r AS (UPDATE runs SET status = 'cancelled', lease_epoch = runs.lease_epoch + 1, lease_expires_at = NULL, "
-    "cancel_requested_at = COALESCE(runs.cancel_requested_at, ?), cancel_reason = ?, completed_at = ?, "
-    f"updated_at = ?, {_CLEAR_STAGE} FROM o WHERE runs.id = o.id RETURNING runs.id) SELECT count(*) FROM r"
+    "r AS (UPDATE runs SET lease_epoch = runs.lease_epoch + 1, lease_expires_at = NULL, {end}, "
+    f"{_CLEAR_STAGE} FROM o WHERE runs.id = o.id RETURNING runs.id) SELECT count(*) FROM r"
 )
+_FORCE_CANCEL_PG = _END_HELD_PG.format(also="", end=(
+    "status = 'cancelled', cancel_requested_at = COALESCE(runs.cancel_requested_at, ?), cancel_reason = ?, "
+    "completed_at = ?, updated_at = ?"))
+# The workers' recovery giving up on a run whose lease expired once too often: it fails.
+_GIVE_UP_PG = _END_HELD_PG.format(also=" AND lease_expires_at < now()", end=(
+    "status = 'failed', error_message = ?, completed_at = ?, updated_at = ?"))
+
+def give_up_statement() -> str:
+    """PostgreSQL's statement that fails a running run whose lease expired, its current stage recorded
+    failed as a forced cancel records it; parameters: the run's id, the stage's message (twice), the
+    run's error, and the time (twice). For the workers' recovery, in its own transaction."""
+    return _statements_for("postgresql")[0]["give_up_pg"]
+
 
 _STATEMENTS = {
     "insert_run": _INSERT_RUN,
@@ -638,6 +718,8 @@ _STATEMENTS = {
     "take_over": _CLAIM % _TAKEOVER,
     "claim_submitted": _CLAIM % _SUBMITTED,
     "start_pending": _START_PENDING,
+    "hand_back": _HAND_BACK,
+    "resubmit": _RESUBMIT,
     "open_stage": _OPEN_STAGE,
     "finish_run": _FINISH_RUN,
     "renew": _RENEW,
@@ -645,6 +727,7 @@ _STATEMENTS = {
     "cancel_pending": _CANCEL_PENDING,
     "force_cancel": _FORCE_CANCEL,
     "force_cancel_pg": _FORCE_CANCEL_PG,
+    "give_up_pg": _GIVE_UP_PG,
     "interrupt_current": _INTERRUPT_CURRENT,
     "delete_run": _DELETE_RUN,
     "delete_run_any": _DELETE_RUN_ANY,
