@@ -255,21 +255,23 @@ class Recovery:
     jobs_closed: int = 0  # jobs left 'doing' by workers that stopped heartbeating, closed as failed
 
 
-def recover(engine: Engine, *, max_attempts: int, silent_seconds: float, limit: int = 100) -> Recovery | None:
+def recover(engine: Engine, *, max_attempts: int, dead_seconds: float, limit: int = 100) -> Recovery | None:
     """One pass of the workers' recovery (PostgreSQL), in one transaction; None if another worker
     is doing it (an advisory lock: one at a time). It finds the runs that a worker held and no
     longer does (their lease expired) and that have no job waiting, and gives each a new job in the
     queue its last job had (a worker then takes it over from its checkpoint), or fails it once it
-    has had ``max_attempts`` attempts. It also prunes Procrastinate's workers silent for
-    ``silent_seconds`` and closes the jobs they left 'doing', and prunes wfkit's rows of workers
-    that are silent and hold nothing."""
+    has had ``max_attempts`` attempts. It also prunes the workers silent for ``dead_seconds``
+    (Procrastinate's, with the jobs they left 'doing', closed as failed; and wfkit's rows of those
+    that hold no run any more). That is much longer than a lease: a worker that was merely stopped
+    for a while (SIGSTOP, a frozen machine) finds its registration when it comes back, and serves on;
+    its runs were taken over long before, by their leases."""
     from wfkit.store.recorder import give_up_statement
     from wfkit.store.workers import prune
 
     with translate_errors(engine), engine.begin() as conn:
         if not conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _RECOVERY_KEY}).scalar_one():
             return None
-        conn.execute(sa.text("SELECT procrastinate_prune_stalled_workers_v1(:s)"), {"s": silent_seconds}).all()
+        conn.execute(sa.text("SELECT procrastinate_prune_stalled_workers_v1(:s)"), {"s": dead_seconds}).all()
         closed = len(conn.execute(sa.text(
             "SELECT procrastinate_finish_job_v1(id, 'failed', false) FROM procrastinate_jobs "
             "WHERE status = 'doing' AND worker_id IS NULL AND task_name = :task"), {"task": EXECUTE_TASK}).all())
@@ -291,5 +293,5 @@ def recover(engine: Engine, *, max_attempts: int, silent_seconds: float, limit: 
             else:
                 enqueuer(run_id, queue)(driver)
                 redispatched.append(str(run_id))
-        prune(conn, max(silent_seconds * 10, 300.0))
+        prune(conn, dead_seconds)
         return Recovery(redispatched, given_up, closed)

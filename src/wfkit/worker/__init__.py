@@ -43,6 +43,13 @@ RECOVERY_SECONDS_ENV = "WFKIT_RECOVERY_SECONDS"
 MAX_ATTEMPTS_ENV = "WFKIT_MAX_ATTEMPTS"
 DEFAULT_RECOVERY_SECONDS = 10.0
 DEFAULT_MAX_ATTEMPTS = 5
+#: After how long without a heartbeat a worker is taken for dead and its registration pruned, at
+#: least: far longer than a lease (runs are taken over by their leases, not by this).
+DEAD_AFTER_SECONDS = 300.0
+
+
+def dead_seconds(lease_seconds: float) -> float:
+    return max(DEAD_AFTER_SECONDS, 10 * lease_seconds)
 
 
 def conninfo(url: str) -> str:
@@ -166,20 +173,34 @@ class _Worker:
         shown = ", ".join(self.queues) if self.queues else "every queue"
         self.say("worker_started", f"worker {self.name} started (queues: {shown}; concurrency {self.concurrency})",
                  queues=self.queues, concurrency=self.concurrency)
+        self.stopping = False
         try:
             async with app.open_async():
-                worker = asyncio.ensure_future(app.run_worker_async(
-                    queues=self.queues or None, concurrency=self.concurrency, name=self.name,
-                    install_signal_handlers=False, delete_jobs="successful",
-                    update_heartbeat_interval=max(0.5, lease / 3), stalled_worker_timeout=lease))
                 loop = asyncio.get_running_loop()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, self._on_signal, worker)
                 side = asyncio.ensure_future(self._recovery())
                 try:
-                    await worker
-                except asyncio.CancelledError:
-                    pass  # the stop signal: the worker stopped once its jobs ended (runs handed back)
+                    while True:
+                        self.procrastinate = asyncio.ensure_future(app.run_worker_async(
+                            queues=self.queues or None, concurrency=self.concurrency, name=self.name,
+                            install_signal_handlers=False, delete_jobs="successful",
+                            update_heartbeat_interval=max(0.5, lease / 3), stalled_worker_timeout=dead_seconds(lease)))
+                        for sig in (signal.SIGINT, signal.SIGTERM):
+                            loop.add_signal_handler(sig, self._on_signal)
+                        try:
+                            await self.procrastinate
+                            break
+                        except asyncio.CancelledError:
+                            break  # the stop signal: it stopped once its jobs returned (runs handed back)
+                        except Exception as err:
+                            # Procrastinate's worker ends on a database error (a restart, a lost connection,
+                            # its registration pruned while this process was stopped): start it again.
+                            if self.stopping:
+                                break
+                            log.warning("the queue's worker stopped on an error, starting it again in 1 s: %s: %s",
+                                        type(err).__name__, err.__cause__ or err)
+                            await asyncio.sleep(1.0)
+                            if self.stopping:
+                                break
                 finally:
                     side.cancel()
                     await asyncio.gather(side, return_exceptions=True)
@@ -188,7 +209,7 @@ class _Worker:
             await asyncio.to_thread(executor.close)
             self.say("worker_stopped", f"worker {self.name} stopped")
 
-    def _on_signal(self, worker: asyncio.Future[Any]) -> None:
+    def _on_signal(self) -> None:
         from wfkit.store import queue as queues
 
         self.signals += 1
@@ -199,8 +220,9 @@ class _Worker:
             os._exit(1)
         self.say("worker_stopping", f"worker {self.name} stopping: handing its runs back to the queue before their "
                  "next node (a second signal exits at once)")
+        self.stopping = True
         self.executor.drain(lambda run_id: queues.enqueuer(run_id, self.queue_of.get(str(run_id))))
-        worker.cancel()  # Procrastinate's graceful stop: no new job; waits for those running to return
+        self.procrastinate.cancel()  # its graceful stop: no new job; waits for those running to return
 
     async def _execute(self, context: Any, run_id: str) -> None:
         """One job: its run executed in a thread of its own; an abort of the job (the run's cancel)
@@ -255,7 +277,7 @@ class _Worker:
                 if since >= self.recovery_seconds:
                     since = 0.0
                     done = await asyncio.to_thread(queues.recover, engine, max_attempts=self.max_attempts,
-                                                   silent_seconds=lease)
+                                                   dead_seconds=dead_seconds(lease))
                     for run_id in done.redispatched if done else ():
                         self.say("run_recovered", f"run {run_id}: its worker stopped holding it; handed to the "
                                  "queue again", run_id=run_id)
