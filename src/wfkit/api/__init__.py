@@ -42,21 +42,28 @@ def _fastapi() -> None:
                                  "pip install 'wfkit[api]'")
 
 
+#: Where the API's new runs and resumes execute (``dispatch=``): in the server, or on the workers.
+DISPATCHES = ("in-process", "workers")
+
+
 def create_router(database: Any = None, registry: Registry | None = None, runtime: Runtime | None = None,
-                  dependencies: Sequence[Any] = (), *, grace: float = 0.0, stop_timeout: float = 10.0) -> APIRouter:
+                  dependencies: Sequence[Any] = (), *, grace: float = 0.0, stop_timeout: float = 10.0,
+                  dispatch: str = "in-process") -> APIRouter:
     """The API's routes, for a service to include in its app (its authentication in ``dependencies``,
     e.g. ``[Depends(check_token)]``). ``database``: an engine, a URL or None (the configured
     default); ``registry``: where workflows are looked up (default: the installed plugins');
     ``runtime``: the services handed to factories. Runs started through the API execute in the
     server's background; when the app stops, they stop before their next node (after ``grace``
     seconds, if given), cancelled and resumable; a node still executing ``stop_timeout`` seconds
-    after that is left to run again on resume (its run is cancelled as ``force`` cancels). Install the problem-details error handlers with
-    :func:`install_errors` (``create_app`` does)."""
+    after that is left to run again on resume (its run is cancelled as ``force`` cancels).
+    ``dispatch="workers"`` hands new runs and resumes to the workers instead (``wfkit worker``;
+    PostgreSQL and the ``worker`` extra): they are answered pending, and a worker executes them.
+    Install the problem-details error handlers with :func:`install_errors` (``create_app`` does)."""
     _fastapi()
     from wfkit.api.routes import build_router
     from wfkit.api.service import Service
 
-    service = Service(database, registry, runtime, grace=grace, stop_timeout=stop_timeout)
+    service = Service(database, registry, runtime, grace=grace, stop_timeout=stop_timeout, dispatch=dispatch)
     router = build_router(service, dependencies)
     router.wfkit_service = service  # type: ignore[attr-defined]  # create_app and wfkit serve reach it here
     return router
@@ -72,10 +79,10 @@ def install_errors(app: FastAPI) -> None:
 
 def create_app(database: Any = None, registry: Registry | None = None, runtime: Runtime | None = None,
                dependencies: Sequence[Any] = (), *, token: str | None = None, grace: float = 0.0,
-               stop_timeout: float = 10.0) -> FastAPI:
+               stop_timeout: float = 10.0, dispatch: str = "in-process") -> FastAPI:
     """A complete app: :func:`create_router`'s routes, problem-details errors and the OpenAPI
     document (``/openapi.json``, ``/docs``). With ``token``, every route but ``/health`` asks for
-    ``Authorization: Bearer <token>``."""
+    ``Authorization: Bearer <token>``. ``dispatch``: as :func:`create_router`."""
     _fastapi()
     from fastapi import FastAPI
 
@@ -86,11 +93,11 @@ def create_app(database: Any = None, registry: Registry | None = None, runtime: 
                   description="Start, watch, cancel and resume wfkit runs, and read their history.")
     install_errors(app)
     router = create_router(database, registry, runtime, [*dependencies, *bearer(token)], grace=grace,
-                           stop_timeout=stop_timeout)
+                           stop_timeout=stop_timeout, dispatch=dispatch)
     app.include_router(router)
     #: what ``wfkit serve`` stops as soon as a signal asks the server to stop (see Service.begin_stop)
     app.state.wfkit_service = router.wfkit_service  # type: ignore[attr-defined]
     return app
 
 
-__all__ = ["TOKEN_ENV", "create_app", "create_router", "install_errors"]
+__all__ = ["DISPATCHES", "TOKEN_ENV", "create_app", "create_router", "install_errors"]

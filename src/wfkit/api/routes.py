@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from wfkit.api import schemas
 from wfkit.api.problems import problem, responses
 from wfkit.api.service import Service
-from wfkit.errors import DatabaseError, InvalidQueryError, NotFoundError
+from wfkit.errors import DatabaseError, InvalidParamsError, InvalidQueryError, NotFoundError
 from wfkit.executor.history import RunHistory
 from wfkit.ids import parse_uuid
 from wfkit.store.models import RunStatus
@@ -175,6 +175,11 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
     async def resume_run(run_id: RunId, force: Force = False) -> Any:
         def go() -> Any:
             rid = parse_uuid(run_id)
+            if service.workers:
+                if force:
+                    raise InvalidParamsError("force takes a run over in this server; with workers, their recovery "
+                                             "takes over runs whose lease expired: resume without force")
+                return service.executor.submit_resume(rid)
             with service.run_slot():
                 return service.executor.resume_in_background(rid, force=force)
 
@@ -210,6 +215,8 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
     async def started(name: str, response: Response,
                       body: Annotated[schemas.RunRequest, Body()] = schemas.RunRequest()) -> uuid.UUID:
         def go() -> uuid.UUID:
+            if service.workers:  # executed by a worker; streamed from the database as any run
+                return service.executor.submit(name, body.params)
             with service.run_slot():
                 return service.executor.start(name, body.params)
 
@@ -228,7 +235,7 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
 
     @workflows.post("/{name}/runs", status_code=202, response_model=schemas.RunOut,
                     responses={**responses(400, 404, 409, 503), **_headers(202, Location="the run's own URL")},
-                    summary="Run a workflow in the server's background; answer at once with the run")
+                    summary="Run a workflow in the server's background (or on the workers); answer at once with the run")
     async def create_run(name: str, request: Request,
                          body: Annotated[schemas.RunRequest, Body()] = schemas.RunRequest(),
                          idempotency_key: Annotated[str | None, Header(
@@ -241,6 +248,8 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
             earlier = key and service.executor.started_with(key, name, body.params)
             if earlier:
                 return earlier
+            if service.workers:
+                return service.repository.find_run(service.executor.submit(name, body.params, idempotency_key=key))
             with service.run_slot():
                 rid = service.executor.start(name, body.params, idempotency_key=key)
             return service.repository.find_run(rid)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from wfkit.errors import ServerBusyError
+from wfkit.errors import ConfigurationError, ServerBusyError
 from wfkit.events import Event
 from wfkit.executor import Executor
 from wfkit.registry import Registry
@@ -31,6 +31,7 @@ MAX_THREADS = 8
 STOPPED = "the server executing it stopped"
 #: The most runs executed in the server's background at once when its pool sets no limit.
 MAX_BACKGROUND_RUNS = 16
+from wfkit.api import DISPATCHES  # noqa: E402  (the one list, beside create_router that documents it)
 
 
 class Hub:
@@ -92,9 +93,24 @@ class Service:
     """The API's state: build with the database, registry and runtime the router was given."""
 
     def __init__(self, database: Any = None, registry: Registry | None = None, runtime: Runtime | None = None,
-                 *, grace: float = 0.0, stop_timeout: float = 10.0):
+                 *, grace: float = 0.0, stop_timeout: float = 10.0, dispatch: str = "in-process"):
+        if dispatch not in DISPATCHES:
+            raise ConfigurationError(f"unknown dispatch {dispatch!r}: expected one of {', '.join(DISPATCHES)}")
         self.hub = Hub()
         self.executor = Executor(database, registry=registry, runtime=runtime, observers=[self.hub])
+        #: whether new runs and resumes go to the workers (``wfkit worker``) instead of this process
+        self.workers = dispatch == "workers"
+        if self.workers:
+            from wfkit.executor.executor import WORKERS_NEED_POSTGRESQL
+            from wfkit.store import queue
+
+            if self.executor.engine.dialect.name != "postgresql":
+                self.executor.close()
+                raise ConfigurationError(WORKERS_NEED_POSTGRESQL)
+            if not queue.available():
+                self.executor.close()
+                raise ConfigurationError("dispatching runs to workers needs Procrastinate, which is not installed: "
+                                         "pip install 'wfkit[worker]'")
         self.registry = self.executor.registry
         self.repository = self.executor.repository
         self.grace, self.stop_timeout = grace, stop_timeout

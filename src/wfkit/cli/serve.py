@@ -49,13 +49,17 @@ class Seconds(click.FloatRange):
 @click.option("--stop-timeout", type=Seconds(), default=10.0, show_default=True, metavar="SECONDS",
               help="Then, how long to wait for them to stop; a node still executing after that runs again on "
               "resume.")
+@click.option("--dispatch", type=click.Choice(["in-process", "workers"]), default="in-process", show_default=True,
+              help="Where runs started or resumed through the API execute: in this process, or on the workers "
+              "(`wfkit worker`, PostgreSQL).")
 @database_url_option
-def serve_cmd(host: str, port: int, token: str | None, grace: float, stop_timeout: float) -> None:
+def serve_cmd(host: str, port: int, token: str | None, grace: float, stop_timeout: float, dispatch: str) -> None:
     """Serve the HTTP API for runs: start, watch, cancel, resume.
 
     OpenAPI at /openapi.json, interactive docs at /docs. Runs started
     through the API execute in this process; Ctrl-C or SIGTERM stop them
     before their next node (cancelled, resumable) after --grace seconds.
+    With --dispatch workers, they go to the workers instead.
 
     Example: wfkit serve --port 8000
     """
@@ -68,7 +72,7 @@ def serve_cmd(host: str, port: int, token: str | None, grace: float, stop_timeou
                                  f"must send (--token, or {TOKEN_ENV}), or listen on 127.0.0.1")
     import uvicorn
 
-    app = create_app(database_url(), token=token, grace=grace, stop_timeout=stop_timeout)
+    app = create_app(database_url(), token=token, grace=grace, stop_timeout=stop_timeout, dispatch=dispatch)
     service = app.state.wfkit_service
 
     class Server(uvicorn.Server):
