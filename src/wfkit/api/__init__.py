@@ -42,10 +42,6 @@ def _fastapi() -> None:
                                  "pip install 'wfkit[api]'")
 
 
-#: Where the API's new runs and resumes execute (``dispatch=``): in the server, or on the workers.
-DISPATCHES = ("in-process", "workers")
-
-
 def create_router(database: Any = None, registry: Registry | None = None, runtime: Runtime | None = None,
                   dependencies: Sequence[Any] = (), *, grace: float = 0.0, stop_timeout: float = 10.0,
                   dispatch: str = "in-process") -> APIRouter:
@@ -56,7 +52,8 @@ def create_router(database: Any = None, registry: Registry | None = None, runtim
     server's background; when the app stops, they stop before their next node (after ``grace``
     seconds, if given), cancelled and resumable; a node still executing ``stop_timeout`` seconds
     after that is left to run again on resume (its run is cancelled as ``force`` cancels).
-    ``dispatch="workers"`` hands new runs and resumes to the workers instead (``wfkit worker``;
+    ``dispatch``: ``"in-process"`` (the default), or ``"workers"``, which hands new runs and
+    resumes to the workers instead (``wfkit worker``;
     PostgreSQL and the ``worker`` extra): they are answered pending, and a worker executes them.
     Install the problem-details error handlers with :func:`install_errors` (``create_app`` does)."""
     _fastapi()
@@ -100,4 +97,4 @@ def create_app(database: Any = None, registry: Registry | None = None, runtime: 
     return app
 
 
-__all__ = ["DISPATCHES", "TOKEN_ENV", "create_app", "create_router", "install_errors"]
+__all__ = ["TOKEN_ENV", "create_app", "create_router", "install_errors"]

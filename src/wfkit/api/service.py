@@ -31,7 +31,9 @@ MAX_THREADS = 8
 STOPPED = "the server executing it stopped"
 #: The most runs executed in the server's background at once when its pool sets no limit.
 MAX_BACKGROUND_RUNS = 16
-from wfkit.api import DISPATCHES  # noqa: E402  (the one list, beside create_router that documents it)
+#: Where the API's new runs and resumes execute (``create_router(dispatch=...)``): in the server's
+#: background, or on the workers (``wfkit worker``).
+DISPATCHES = ("in-process", "workers")
 
 
 class Hub:

@@ -59,7 +59,7 @@ def worker_cmd(concurrency: int, queues: tuple[str, ...], name: str | None, json
 @json_option
 @database_url_option
 def workers_cmd(as_json: bool) -> None:
-    """List the workers: name, host, pid, last heartbeat, runs in hand.
+    """List the workers: name, host, heartbeat, runs in hand.
 
     A worker that stopped without saying so (killed, or its machine gone)
     is shown as silent until the workers' recovery has handed its runs on.
