@@ -78,6 +78,28 @@ def test_a_worker_killed_mid_node_has_its_run_completed_by_another(workers, tmp_
         ran = Counter(_executions(keys))
         assert max(ran.values()) <= 2 and sum(ran.values()) <= 5, ran  # only the interrupted node again
         assert took < 30
+    # the dead workers' registrations and the jobs they left 'doing' are cleaned up once they have been
+    # silent long enough (five minutes by default; none here)
+    left = [w.name for w in list_workers(workers.repo.engine, silent_seconds=60)]
+    assert sorted(left) == ["doomed0", "doomed1", "doomed2"]
+    done = queue.recover(workers.repo.engine, max_attempts=5, dead_seconds=0)
+    assert done is not None and done.jobs_closed == 3 and done.redispatched == done.given_up == []
+    assert list_workers(workers.repo.engine, silent_seconds=60) == []
+    with workers.repo.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT status::text FROM procrastinate_jobs").scalars().all() == ["failed"] * 3
+
+
+def test_one_worker_recovers_at_a_time(pg_url):
+    from wfkit.store.db import create_engine
+
+    engine = create_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (queue._RECOVERY_KEY,))
+            assert queue.recover(engine, max_attempts=5, dead_seconds=300) is None  # another holds it
+        assert queue.recover(engine, max_attempts=5, dead_seconds=300) == queue.Recovery()
+    finally:
+        engine.dispose()
 
 
 def test_a_stopped_worker_past_its_lease_writes_nothing_and_serves_on(workers, tmp_path):
