@@ -201,10 +201,15 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
 
         return JSONResponse(await service.call(read))
 
+    # The params are one JSON object in the query: documented as such (a parameter with JSON content),
+    # not as any string, so that clients and generated requests know a string that is not JSON is refused.
     @workflows.get("/{name}/graph", response_model=schemas.GraphOut, responses=responses(400, 404, 500),
-                   summary="The graph a workflow builds (with its default params, or those given)")
-    async def workflow_graph(name: str, params: Annotated[str | None, Query(
-            description="the params as one JSON object")] = None) -> Any:
+                   summary="The graph a workflow builds (with its default params, or those given)",
+                   openapi_extra={"parameters": [{
+                       "name": "params", "in": "query", "required": False,
+                       "description": "the params as one JSON object",
+                       "content": {"application/json": {"schema": {"type": "object"}}}}]})
+    async def workflow_graph(name: str, params: Annotated[str | None, Query(include_in_schema=False)] = None) -> Any:
         def build() -> dict[str, Any]:
             workflow = service.registry.get(name)  # an unknown workflow is 404 whatever the params
             graph, _state = workflow.build(_json_params(params))
