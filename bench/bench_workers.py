@@ -17,7 +17,8 @@ folder as an installed wheel declares it, and put on PYTHONPATH).
               are not in it, and neither is the submission (measured apart: submits per second). The
               in-process side's span runs from its first stage's start too (a run is created running
               with its first stage current). Sides take turns, in rotating order, --rounds times;
-              medians. Also per side: CPU per run of the clients (the workers, or this process) and of
+              medians. Each worker batch first warms its workers (W x C runs, not counted); between
+              batches a VACUUM (ANALYZE) does what autovacuum would (--no-vacuum: not). Also per side: CPU per run of the clients (the workers, or this process) and of
               this database's PostgreSQL backends, the machine's busy share, WAL bytes and durable
               commits per run (this database's records in pg_waldump's reading of the batch's WAL: the
               server may be shared, e.g. with a test suite, whose commits per second are shown as noise).
@@ -29,14 +30,16 @@ folder as an installed wheel declares it, and put on PYTHONPATH).
               SIGKILLed at a random instant while a node runs, and the time from the kill to the start of
               the run's next stage on the other worker is read from the stages' records. The run must
               complete with every node completed once. Target: at most lease + recovery interval + 1 s.
-  estimate    rows and bytes per run in wfkit's tables and Procrastinate's (as written: autovacuum may be
-              off; and after VACUUM FULL: the live rows), per index, and the figures scaled to 10 million
+  estimate    rows and bytes in wfkit's tables (per run) and Procrastinate's (per dispatched run), as
+              written (vacuumed between batches, or not) and after VACUUM FULL (the live rows), per
+              index, and the figures scaled to 10 million
               runs a day (rows, bytes, WAL, commits, notifications, dead tuples, what retention deletes
               per hour).
 
     python bench/bench_workers.py [--runs 200] [--rounds 5] [--workers 1,2,4] [--concurrency 1,4]
-        [--latency-samples 120] [--kills 8] [--phases throughput,latency,recovery,estimate]
-        [--postgres-url URL] [--json PATH] [--logs DIR] [--quick] [--strict]
+        [--latency-samples 120] [--kills 8] [--lease 3] [--recovery 1] [--no-vacuum] [--quiet-pct 15]
+        [--phases throughput,latency,recovery,estimate] [--postgres-url URL] [--json PATH] [--logs DIR]
+        [--quick] [--strict]
 """
 
 from __future__ import annotations
@@ -281,7 +284,7 @@ class Server:
     #: a line of pg_waldump: rmgr, record length, total length (with full-page images), transaction, type
     RECORD = re.compile(r"^rmgr: (\S+)\s+len \(rec/tot\):\s*(\d+)/\s*(\d+), tx:\s*(\d+), lsn: \S+, prev \S+, "
                         r"desc: (\S+)")
-    RELATION = re.compile(r"rel \d+/(\d+)/\d+")
+    RELATION = re.compile(r"rel \d+/(\d+)/(\d+)")
 
     def __init__(self, conn: Any):
         self.conn = conn
@@ -325,26 +328,50 @@ class Server:
             if not m:
                 continue
             rmgr, rec, tot, tx, kind = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4)), m.group(5)
-            dbs = {int(d) for d in self.RELATION.findall(line)}
-            ours = self.dboid in dbs
+            rels = [(int(d), int(r)) for d, r in self.RELATION.findall(line)]
+            ours = any(d == self.dboid for d, _ in rels)
             if ours and tx:
                 mine_tx.add(tx)
-            records.append((f"{rmgr}/{kind}", rec, tot, tx, ours))
+            rel = next((r for d, r in rels if d == self.dboid), None)
+            records.append((f"{rmgr}/{kind}", rec, tot, tx, ours, rel))
         stats: dict[str, Any] = {}
         total = [0, 0, 0]
         other_commits = 0
-        for name, rec, tot, tx, ours in records:
+        relations: dict[int, list[int]] = {}  # relfilenode: [records, bytes]
+        updates: dict[int, dict[str, int]] = {}  # relfilenode: {record type: count}, for heap updates
+        for name, rec, tot, tx, ours, rel in records:
             if ours or (tx and tx in mine_tx):
                 entry = stats.setdefault(name, [0, 0, 0])
                 for acc in (entry, total):
                     acc[0] += 1
                     acc[1] += tot
                     acc[2] += tot - rec
+                r = relations.setdefault(rel or 0, [0, 0])
+                r[0] += 1
+                r[1] += tot
+                if name.startswith(("Heap/UPDATE", "Heap/HOT_UPDATE")) and rel:
+                    kind = "hot" if "HOT" in name else "cold"
+                    updates.setdefault(rel, {"hot": 0, "cold": 0})[kind] += 1
             elif name == "Transaction/COMMIT":
                 other_commits += 1
         stats["Total"] = total
         stats["other_commits"] = other_commits
+        names = self.relations()
+        stats["tables"] = tables = {}
+        for rel, (n, b) in relations.items():
+            table_name = names.get(rel, "(no relation: commits...)" if rel == 0 else "(other)")
+            t = tables.setdefault(table_name, [0, 0])
+            t[0] += n
+            t[1] += b
+        stats["heap_updates"] = {names.get(rel, str(rel)): u for rel, u in updates.items()}
         return stats
+
+    def relations(self) -> dict[int, str]:
+        """This database's relation files: the table each belongs to (an index's, its table's)."""
+        rows = self.conn.execute(
+            "SELECT c.relfilenode, COALESCE(t.relname, c.relname) FROM pg_class c LEFT JOIN pg_index i ON "
+            "i.indexrelid = c.oid LEFT JOIN pg_class t ON t.oid = i.indrelid WHERE c.relfilenode <> 0").fetchall()
+        return {int(r[0]): r[1] for r in rows}
 
     def cpu_seconds(self) -> dict[int, float]:
         """CPU time of each live backend of this database (by its process title), by pid."""
@@ -411,6 +438,10 @@ def window(server: Server, a: Snapshot, b: Snapshot, runs: int, clients: str) ->
         out["wal_records_per_run"] = stats["Total"][0] / runs
         out["fpi_bytes_per_run"] = stats["Total"][2] / runs
         out["other_commits_per_s"] = stats["other_commits"] / out["seconds"] if out["seconds"] else math.nan
+        out["wal_bytes_per_run_by_table"] = {t: v[1] / runs for t, v in stats["tables"].items()}
+        upd = stats["heap_updates"].get("runs", {"hot": 0, "cold": 0})
+        out["runs_updates_per_run"] = (upd["hot"] + upd["cold"]) / runs
+        out["runs_hot_updates_per_run"] = upd["hot"] / runs
         out["waldump"] = stats
     else:
         out["wal_bytes_per_run"] = out["cluster_wal_bytes_per_run"]
@@ -497,6 +528,13 @@ class Db:
         self.conn.close()
 
 
+def vacuum(db: Db) -> None:
+    """What autovacuum does to a database in service (this server may have it off: CI settings), done
+    between batches, outside the timed windows: the queue's dead jobs and events, the runs' dead
+    versions and index entries, cleared; statistics for the planner."""
+    db.conn.execute("VACUUM (ANALYZE) " + ", ".join((*WFKIT_TABLES, *QUEUE_TABLES)))
+
+
 def settle_stats() -> None:
     """Backends flush their statistics as they exit, and idle ones within a second or so."""
     time.sleep(1.2)
@@ -520,6 +558,17 @@ def submit_held(url: str, runs: int) -> tuple[list[uuid.UUID], float]:
         executor.close()
 
 
+def submit_runs(url: str, runs: int) -> list[uuid.UUID]:
+    """Submit ``runs`` chain10 runs to the workers' queue (the warm-up of a batch)."""
+    from wfkit.executor import Executor
+
+    executor = Executor(url)
+    try:
+        return [executor.submit("chain10") for _ in range(runs)]
+    finally:
+        executor.close()
+
+
 def worker_batch(ctx: dict[str, Any], workers: int, concurrency: int, round_no: int) -> dict[str, Any]:
     db, server, runs = ctx["db"], ctx["server"], ctx["runs"]
     lsn0 = server.lsn()
@@ -532,8 +581,11 @@ def worker_batch(ctx: dict[str, Any], workers: int, concurrency: int, round_no: 
             procs.append(WorkerProc(f"tput-r{round_no}-{workers}x{concurrency}-{k}", concurrency, ctx["env"],
                                     ctx["logs"]))
         ready_s = db.wait_listening(procs)
-        time.sleep(0.3)  # the listeners' LISTEN is their last statement; let each settle into its wait
-        stats0 = db.table_stats(("runs", *QUEUE_TABLES))
+        # warm-up, not counted: a fresh worker's first run imports and builds what later runs reuse, opens
+        # its pools' connections; W x C runs at once warm every worker at its concurrency
+        warm_ids = submit_runs(ctx["url"], workers * concurrency)
+        db.wait_ended(warm_ids, procs, timeout=120.0)
+        time.sleep(0.3)
         before = Snapshot(server, procs)
         t_release = datetime.now().astimezone()
         moved = db.release()
@@ -541,8 +593,6 @@ def worker_batch(ctx: dict[str, Any], workers: int, concurrency: int, round_no: 
         after = Snapshot(server, procs)
     finally:
         codes = [w.stop() for w in procs]
-    settle_stats()
-    stats1 = db.table_stats(("runs", *QUEUE_TABLES))
     rec = db.batch(ids)
     span = (rec["last_end"] - rec["first_stage"]).total_seconds()
     out = {
@@ -554,7 +604,6 @@ def worker_batch(ctx: dict[str, Any], workers: int, concurrency: int, round_no: 
         "submit_wal_bytes_per_run": (submit_stats["Total"][1] if submit_stats else server.wal_bytes(lsn0, lsn1)) / runs,
         "submit_commits_per_run": submit_stats.get("Transaction/COMMIT", (math.nan,))[0] / runs,
         **window(server, before, after, runs, "workers"),
-        "tuples": tuple_deltas(stats0, stats1, runs),
     }
     return out
 
@@ -566,7 +615,6 @@ def inprocess_batch(ctx: dict[str, Any], round_no: int) -> dict[str, Any]:
     executor = Executor(ctx["url"])
     try:
         executor.execute("chain10")  # warm, as the workers are: connection, registry
-        stats0 = db.table_stats(("runs",))
         before = Snapshot(server)
         t0 = time.perf_counter()
         ids = [executor.execute("chain10").id for _ in range(runs)]
@@ -574,21 +622,11 @@ def inprocess_batch(ctx: dict[str, Any], round_no: int) -> dict[str, Any]:
         after = Snapshot(server)
     finally:
         executor.close()
-    settle_stats()
-    stats1 = db.table_stats(("runs",))
     rec = db.batch(ids)
     span = (rec["last_end"] - rec["first_stage"]).total_seconds()
     return {"side": "in-process", "round": round_no, "runs": runs, "completed": rec["completed"],
             "runs_per_s": runs / span, "span_s": span, "wall_runs_per_s": runs / wall, "owners": rec["owners"],
-            **window(server, before, after, runs, "self"), "tuples": tuple_deltas(stats0, stats1, runs)}
-
-
-def tuple_deltas(a: dict[str, dict[str, int]], b: dict[str, dict[str, int]], runs: int) -> dict[str, dict[str, float]]:
-    out = {}
-    for table_name, now in b.items():
-        was = a.get(table_name, {})
-        out[table_name] = {k: (now[k] - was.get(k, 0)) / runs for k in ("ins", "upd", "hot_upd", "del")}
-    return out
+            **window(server, before, after, runs, "self")}
 
 
 def throughput(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -605,13 +643,15 @@ def throughput(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
                 res = worker_batch(ctx, w, c, r)
             if res["completed"] != res["runs"]:
                 raise RuntimeError(f"{side}, round {r}: {res['completed']} of {res['runs']} runs completed")
+            if args.vacuum:
+                vacuum(ctx["db"])
             results[side].append(res)
             log(f"round {r + 1}/{args.rounds} {side:>10}: {res['runs_per_s']:7.1f} runs/s "
                 f"(span {res['span_s']:.2f} s, {res['owners']} owners, {time.monotonic() - t0:.1f} s in all)")
     return {"sides": sides, "batches": results}
 
 
-def report_throughput(tp: dict[str, Any]) -> dict[str, Any]:
+def report_throughput(tp: dict[str, Any], quiet_pct: float) -> dict[str, Any]:
     sides, batches = tp["sides"], tp["batches"]
     base = {b["round"]: b["runs_per_s"] for b in batches["in-process"]}
     summary = {}
@@ -620,8 +660,10 @@ def report_throughput(tp: dict[str, Any]) -> dict[str, Any]:
         bs = batches[side]
         rps = [b["runs_per_s"] for b in bs]
         ratios = [b["runs_per_s"] / base[b["round"]] for b in bs if b["round"] in base]
+        quiet = [b["runs_per_s"] for b in bs if b["unattributed_cpu_pct"] < quiet_pct]
         s = {
             "runs_per_s": median(rps), "min": min(rps), "max": max(rps), "x_in_process": median(ratios),
+            "quiet_runs_per_s": median(quiet), "quiet_batches": len(quiet),
             "ms_per_run": 1e3 / median(rps),
             "release_to_first_stage_ms": median([b.get("release_to_first_stage_ms", math.nan) for b in bs]),
             "client_cpu_ms_per_run": median([b["client_cpu_ms_per_run"] for b in bs]),
@@ -635,12 +677,15 @@ def report_throughput(tp: dict[str, Any]) -> dict[str, Any]:
             "submit_wal_bytes_per_run": median([b.get("submit_wal_bytes_per_run", math.nan) for b in bs]),
             "submit_commits_per_run": median([b.get("submit_commits_per_run", math.nan) for b in bs]),
             "other_commits_per_s": median([b.get("other_commits_per_s", math.nan) for b in bs]),
-            "runs_upd_per_run": median([b["tuples"].get("runs", {}).get("upd", math.nan) for b in bs]),
-            "runs_hot_per_run": median([b["tuples"].get("runs", {}).get("hot_upd", math.nan) for b in bs]),
+            "runs_upd_per_run": median([b.get("runs_updates_per_run", math.nan) for b in bs]),
+            "runs_hot_per_run": median([b.get("runs_hot_updates_per_run", math.nan) for b in bs]),
+            "wal_bytes_per_run_by_table": {t: median([b.get("wal_bytes_per_run_by_table", {}).get(t, 0.0) for b in bs])
+                                           for t in sorted({t for b in bs for t in b.get("wal_bytes_per_run_by_table", {})})},
             "owners": median([b["owners"] for b in bs]),
         }
         summary[side] = s
         rows.append((side, fmt(s["runs_per_s"]), f"{fmt(s['min'])}-{fmt(s['max'])}", fmt(s["x_in_process"], 2),
+                     f"{fmt(s['quiet_runs_per_s'])} ({len(quiet)})",
                      fmt(s["ms_per_run"], 2), fmt(s["release_to_first_stage_ms"]), fmt(s["client_cpu_ms_per_run"], 2),
                      fmt(s["pg_cpu_ms_per_run"], 2), fmt(s["machine_busy_pct"], 0), fmt(s["unattributed_cpu_pct"], 0),
                      fmt(s["wal_bytes_per_run"], 0),
@@ -648,19 +693,26 @@ def report_throughput(tp: dict[str, Any]) -> dict[str, Any]:
                      fmt(s["other_commits_per_s"], 0)))
     rounds = len(batches[sides[0]])
     print(f"\n## Throughput: chain10, {batches[sides[0]][0]['runs']} runs per batch, {rounds} rounds (medians)\n")
-    table(("side", "runs/s", "range", "x in-process", "ms/run", "release->1st stage ms", "client CPU ms/run",
+    table(("side", "runs/s", "range", "x in-process", "quiet runs/s (n)", "ms/run", "release->1st stage ms", "client CPU ms/run",
            "PG CPU ms/run", "busy %", "unattrib. %", "WAL B/run", "commits/run", "runs HOT/upd",
-           "others' commits/s"), rows, set(range(1, 14)))
+           "others' commits/s"), rows, set(range(1, 15)))
     subs = [summary[s] for s in sides if s != "in-process"]
     if subs:
         print(f"\nsubmit (Executor.submit, one at a time, before the workers start): "
               f"{fmt(median([s['submits_per_s'] for s in subs]))} runs/s, "
               f"{fmt(median([s['submit_wal_bytes_per_run'] for s in subs]), 0)} WAL bytes and "
               f"{fmt(median([s['submit_commits_per_run'] for s in subs]), 2)} commits per run")
+    tables = sorted({t for s in summary.values() for t in s["wal_bytes_per_run_by_table"]},
+                    key=lambda t: -max(s["wal_bytes_per_run_by_table"].get(t, 0) for s in summary.values()))
+    print("\nWAL record bytes per run by table (its indexes included), medians:\n")
+    table(("table", *sides), [(t, *(fmt(summary[s]["wal_bytes_per_run_by_table"].get(t, 0.0), 0) for s in sides))
+                              for t in tables], set(range(1, len(sides) + 1)))
+    print()
     print("side WxC: W worker processes at --concurrency C; span = first stage's start -> last run's completed_at; "
           "client CPU = the workers' (or this process's, in-process); PG CPU = this database's backends; busy = "
           "the whole machine's share of its CPUs; unattrib. = the share none of those used (the kernel, PostgreSQL's "
-          "background processes, other programs); WAL (record bytes) and durable commits = this database's records "
+          f"background processes, other programs); quiet = the median of the batches whose unattrib. was under "
+          f"{quiet_pct:g}% (how many); WAL (record bytes) and durable commits = this database's records "
           "in pg_waldump of the batch; 'runs HOT/upd' = HOT updates / updates of the run's row, per run; others' "
           "commits/s = commits of other databases on the server meanwhile (noise)")
     return summary
@@ -859,6 +911,8 @@ def estimate(ctx: dict[str, Any], tp_summary: dict[str, Any] | None) -> dict[str
     if not runs:
         print("\n## Estimate: no runs in the database (run the throughput phase)")
         return {}
+    # the queue's tables serve the dispatched runs alone: their owner names a worker ("NAME on host pid ...")
+    dispatched = db.one("SELECT count(*) FROM runs WHERE owner LIKE %s", ("% on %",))[0] or runs
     settle_stats()
     counts = {t: db.one(f"SELECT count(*) FROM {t}")[0] for t in (*WFKIT_TABLES, *QUEUE_TABLES)}
     tstats = db.table_stats((*WFKIT_TABLES, *QUEUE_TABLES))
@@ -867,32 +921,35 @@ def estimate(ctx: dict[str, Any], tp_summary: dict[str, Any] | None) -> dict[str
         db.conn.execute(f"VACUUM FULL {t}")
     compact = sizes(db)
     per_day = RUNS_PER_DAY
-    print(f"\n## Rows and bytes per run ({runs:,} runs in the database, chain10 both dispatched and in-process)\n")
+    print(f"\n## Rows and bytes per run ({runs:,} runs in the database, {dispatched:,} of them dispatched: the "
+          "queue's tables per dispatched run, wfkit's per run)\n")
     rows = []
-    out: dict[str, Any] = {"runs": runs, "tables": {}}
+    out: dict[str, Any] = {"runs": runs, "dispatched": dispatched, "tables": {}}
     for t in (*WFKIT_TABLES, *QUEUE_TABLES):
         st = tstats.get(t, {})
         w, c = written[t], compact[t]
+        n = dispatched if t in QUEUE_TABLES else runs
         fig = {
-            "rows_now": counts[t], "inserted_per_run": st.get("ins", 0) / runs, "updated_per_run": st.get("upd", 0) / runs,
-            "hot_per_run": st.get("hot_upd", 0) / runs, "deleted_per_run": st.get("del", 0) / runs,
-            "dead_per_run": st.get("dead", 0) / runs,
-            "written_heap_per_run": w["heap"] / runs, "written_index_per_run": w["indexes"] / runs,
-            "written_total_per_run": w["total"] / runs,
-            "live_heap_per_run": c["heap"] / runs, "live_index_per_run": c["indexes"] / runs,
-            "live_total_per_run": c["total"] / runs,
-            "per_index_written": {k: v / runs for k, v in w["per_index"].items()},
-            "per_index_live": {k: v / runs for k, v in c["per_index"].items()},
+            "rows_now": counts[t], "inserted_per_run": st.get("ins", 0) / n, "updated_per_run": st.get("upd", 0) / n,
+            "hot_per_run": st.get("hot_upd", 0) / n, "deleted_per_run": st.get("del", 0) / n,
+            "dead_per_run": st.get("dead", 0) / n,
+            "written_heap_per_run": w["heap"] / n, "written_index_per_run": w["indexes"] / n,
+            "written_total_per_run": w["total"] / n,
+            "live_heap_per_run": c["heap"] / n, "live_index_per_run": c["indexes"] / n,
+            "live_total_per_run": c["total"] / n,
+            "per_index_written": {k: v / n for k, v in w["per_index"].items()},
+            "per_index_live": {k: v / n for k, v in c["per_index"].items()},
         }
         out["tables"][t] = fig
-        rows.append((t, fmt(counts[t] / runs, 2), fmt(fig["inserted_per_run"], 2), fmt(fig["updated_per_run"], 2),
+        rows.append((t, fmt(counts[t] / n, 2), fmt(fig["inserted_per_run"], 2), fmt(fig["updated_per_run"], 2),
                      fmt(fig["hot_per_run"], 2), fmt(fig["deleted_per_run"], 2), fmt(fig["written_heap_per_run"], 0),
                      fmt(fig["written_index_per_run"], 0), fmt(fig["live_heap_per_run"], 0),
                      fmt(fig["live_index_per_run"], 0), fmt(fig["live_total_per_run"], 0)))
     table(("table", "rows/run", "ins/run", "upd/run", "HOT/run", "del/run", "heap B/run written", "idx B/run written",
            "heap B/run live", "idx B/run live", "total B/run live"), rows, set(range(1, 11)))
-    print("\nwritten = as the runs left the tables (this server's autovacuum setting: "
-          f"{db.one('SHOW autovacuum')[0]}); live = after VACUUM FULL (the rows alone, densely packed)")
+    print("\nwritten = the tables' files as the benchmark left them (this server's autovacuum: "
+          f"{db.one('SHOW autovacuum')[0]}; VACUUM between batches: {'yes' if ctx['vacuum'] else 'no'}); live = after "
+          "VACUUM FULL (the rows alone, densely packed)")
     print("\nper index, bytes per run (written / live):")
     for t in (*WFKIT_TABLES, *QUEUE_TABLES):
         fig = out["tables"][t]
@@ -993,6 +1050,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default 1)")
     parser.add_argument("--nodes", type=int, default=6, help="nodes of a recovery run (default 6)")
     parser.add_argument("--nap", type=float, default=0.5, help="seconds each node of a recovery run sleeps (default 0.5)")
+    parser.add_argument("--no-vacuum", dest="vacuum", action="store_false",
+                        help="no VACUUM (ANALYZE) between throughput batches (by default one emulates autovacuum)")
+    parser.add_argument("--quiet-pct", type=float, default=15.0,
+                        help="a throughput batch is quiet if less than this share of the machine's CPU went to "
+                        "anything but the clients, this database's backends and the bench (default 15)")
     parser.add_argument("--phases", default="throughput,latency,recovery,estimate",
                         help="which phases, comma-separated (default all; estimate needs throughput)")
     parser.add_argument("--seed", type=int, default=None)
@@ -1057,7 +1119,7 @@ def main(argv: list[str] | None = None) -> int:
             db = Db(url)
             server = Server(db.conn)
             ctx = {"url": url, "db": db, "server": server, "env": worker_env(site, url), "logs": logs,
-                   "runs": args.runs}
+                   "runs": args.runs, "vacuum": args.vacuum}
             try:
                 version = db.one("SHOW server_version")[0]
                 settings = dict(db.all("SELECT name, setting FROM pg_settings WHERE name IN ('synchronous_commit', "
@@ -1070,7 +1132,7 @@ def main(argv: list[str] | None = None) -> int:
                 tp_summary = None
                 if "throughput" in args.phases:
                     tp = throughput(args, ctx)
-                    tp_summary = report_throughput(tp)
+                    tp_summary = report_throughput(tp, args.quiet_pct)
                     figures["throughput"] = {"summary": tp_summary, "batches": tp["batches"]}
                 if "estimate" in args.phases:
                     figures["estimate"] = estimate(ctx, tp_summary)
