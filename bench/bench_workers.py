@@ -129,16 +129,7 @@ def wfkit_register_workflows(registry):
 '''
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of ``values``; NaN for none."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+from bench_api import log, percentile  # noqa: E402  (the same helpers as the API's benchmark)
 
 
 def median(values: list[float]) -> float:
