@@ -262,3 +262,14 @@ def test_workers_on_sqlite_refuses_in_one_line(sqlite_url, wfkit_cli):
     out = wfkit_cli.run("runs", "resume", "01a23d92-9c6a-7181-94ba-71bb8d8f2e02", "--submit", url=sqlite_url)
     assert out.returncode == 2 and out.stderr.startswith("Error: workers need PostgreSQL"), out.stderr
 
+
+
+def test_a_worker_without_the_workflow_fails_the_run_saying_so(workers):
+    run_id = workers.submit()
+    bare = workers.start("bare", PYTHONPATH="", WFKIT_LOAD_PLUGINS="samples")  # the steps plugin is not here
+    (run,) = workers.ended(run_id)
+    out, _err = workers.stop(bare)
+    assert run.status.value == "failed" and run.owner.startswith("bare on ")
+    assert "no workflow" in run.error_message.lower() and "install its plugin on every worker" in run.error_message
+    assert f"run {run_id} not executed: " in out
+    assert queue.jobs_of(workers.url, run_id) == [(queue.EXECUTE_TASK, "wfkit", "failed")]

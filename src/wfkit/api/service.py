@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from wfkit.errors import ConfigurationError, ServerBusyError
+from wfkit.errors import ConfigurationError, ServerBusyError, WfkitError
 from wfkit.events import Event
 from wfkit.executor import Executor
 from wfkit.registry import Registry
@@ -103,16 +103,11 @@ class Service:
         #: whether new runs and resumes go to the workers (``wfkit worker``) instead of this process
         self.workers = dispatch == "workers"
         if self.workers:
-            from wfkit.executor.executor import WORKERS_NEED_POSTGRESQL
-            from wfkit.store import queue
-
-            if self.executor.engine.dialect.name != "postgresql":
+            try:
+                self.executor.check_workers()
+            except WfkitError:
                 self.executor.close()
-                raise ConfigurationError(WORKERS_NEED_POSTGRESQL)
-            if not queue.available():
-                self.executor.close()
-                raise ConfigurationError("dispatching runs to workers needs Procrastinate, which is not installed: "
-                                         "pip install 'wfkit[worker]'")
+                raise
         self.registry = self.executor.registry
         self.repository = self.executor.repository
         self.grace, self.stop_timeout = grace, stop_timeout

@@ -40,12 +40,12 @@ def worker_cmd(concurrency: int, queues: tuple[str, ...], name: str | None, json
 
     Example: wfkit worker --concurrency 4
     """
-    from wfkit.errors import ConfigurationError
-    from wfkit.store.queue import available
+    from wfkit.executor.executor import check_workers
+    from wfkit.store.db import engine_for
 
     url = _postgresql_url()
-    if not available():
-        raise ConfigurationError("wfkit worker needs Procrastinate, which is not installed: pip install 'wfkit[worker]'")
+    with engine_for(url, create_missing=False) as engine:
+        check_workers(engine)
     if name is not None and (not name.strip() or len(name) > 100 or name != name.strip()):
         raise click.BadParameter("a name of 1 to 100 characters, no spaces around it", param_hint="--name")
     from wfkit.worker import max_attempts, recovery_seconds, run_worker

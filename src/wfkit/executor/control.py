@@ -84,23 +84,27 @@ class RunControl:
         run = self.repository.find_run(rid)
         check_transition(run.status, RunStatus.CANCELLED)
         queued = _jobs(self.engine, rid, abort=False)
+        # A worker executing it hears of it at once (the queue's abort, by NOTIFY).
+        abort = _jobs(self.engine, rid, abort=True)
         with SqlRecorder(self.engine) as recorder:
-            changed = False
-            if run.status is RunStatus.PENDING:  # at once; unless it started meanwhile: then as a running run
-                changed = recorder.cancel_pending(rid, reason, queued)
-            if not changed:
-                # A worker executing it hears of it at once (the queue's abort, by NOTIFY).
-                abort = _jobs(self.engine, rid, abort=True)
-                if force:
+            # Each statement changes the run only in the status it was read in; if it moved on
+            # meanwhile (a pending run started; a stopping worker handed a running one back to the
+            # queue, pending again), the cancel follows it. A run that ended is not cancelled.
+            for _ in range(5):
+                if run.status is RunStatus.PENDING:
+                    changed = recorder.cancel_pending(rid, reason, queued)
+                elif force:
                     changed = recorder.force_cancel(rid, INTERRUPTED, reason)
                     if changed and abort is not None:
                         recorder.in_transaction(abort)
                 else:
                     changed = recorder.request_cancel(rid, reason, abort)
-        now = self.repository.find_run(rid)
+                run = self.repository.find_run(rid)
+                if changed or run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
+                    break
         if not changed:  # it moved on meanwhile (it finished): say where it is now
-            check_transition(now.status, RunStatus.CANCELLED)
-        return now
+            check_transition(run.status, RunStatus.CANCELLED)
+        return run
 
     def delete(self, run_id: uuid.UUID | str, *, force: bool = False) -> None:
         """Delete a run with its stages, decisions and checkpoint. A running run needs ``force`` (a

@@ -49,6 +49,7 @@ from wfkit.errors import (
     CheckpointError,
     ConfigurationError,
     ConflictError,
+    DatabaseNotMigratedError,
     GraphError,
     InvalidParamsError,
     InvalidStatusError,
@@ -56,6 +57,7 @@ from wfkit.errors import (
     NotFoundError,
     StateNotSerializableError,
     WfkitError,
+    WorkflowNotFoundError,
 )
 from wfkit.events import MultiObserver, Observer, RunStarted
 from wfkit.executor import checkpoints
@@ -71,7 +73,7 @@ from wfkit.plugins import default_registry, plugin_observers
 from wfkit.registry import Registry
 from wfkit.runtime import Runtime
 from wfkit.store.codec import row_loader
-from wfkit.store.db import as_engine
+from wfkit.store.db import as_engine, display_url
 from wfkit.store.models import Run, RunStatus, check_transition, utcnow
 from wfkit.store.query import parse_workflow_names
 from wfkit.store.recorder import OpenStage, SqlRecorder
@@ -185,13 +187,12 @@ class Executor:
         from wfkit.store import queue as queues
 
         key = _idempotency_key(idempotency_key)
-        if self.engine.dialect.name != "postgresql":
-            raise ConfigurationError(WORKERS_NEED_POSTGRESQL)
+        self.check_workers()
         queue_name = _queue_name(queue)
         earlier = self.started_with(key, name, params) if key is not None else None
         if earlier is not None:
             return earlier.id
-        enqueue_for = queues.enqueuer  # raises, before anything is built, without the worker extra
+        enqueue_for = queues.enqueuer
         workflow, stored, walker, _capture, state_json = self._built(name, params)
         run_id = new_id()
         with self._recorder() as recorder:
@@ -215,10 +216,7 @@ class Executor:
 
     async def _aexecute_submitted(self, run_id: uuid.UUID | str) -> Run | None:
         with self._recorder() as recorder:
-            try:
-                plan = self._prepare_resume(run_id, False, recorder, submitted=True)
-            except NotFoundError:
-                return None
+            plan = self._prepare_resume(run_id, False, recorder, submitted=True)
             if plan is None:
                 return None
             return await self._ahot(plan, recorder)
@@ -235,21 +233,33 @@ class Executor:
         for run_id, stop in stops:
             stop.handback = enqueue_for(run_id)
 
+    def check_workers(self) -> None:
+        """Raise, saying what to do, unless runs can be submitted to workers here: the database must
+        be PostgreSQL with the workers' queue installed (``wfkit db upgrade``), and Procrastinate
+        installed (the ``worker`` extra)."""
+        check_workers(self.engine)
+
     def submit_resume(self, run_id: uuid.UUID | str, *, queue: str | None = None) -> Run:
         """Hand the resume of a failed or cancelled run to the workers (``wfkit runs resume ID
         --submit``): checked as :meth:`resume` checks it (its workflow still builds and fits its
         checkpoint), then made pending again with a job for it, in one transaction; a worker
-        continues it from its checkpoint. Returns the run, pending. Needs PostgreSQL and the
-        ``worker`` extra."""
+        continues it from its checkpoint. A pending run that nobody holds and that has no job (its
+        job was deleted from the queue) gets a job again. Returns the run, pending. Needs
+        PostgreSQL and the ``worker`` extra."""
         from wfkit.store import queue as queues
 
-        if self.engine.dialect.name != "postgresql":
-            raise ConfigurationError(WORKERS_NEED_POSTGRESQL)
+        self.check_workers()
         queue_name = _queue_name(queue)
         enqueue_for = queues.enqueuer
         run = self.control.check_resume(run_id)
         if run.status is RunStatus.PENDING:
-            raise InvalidStatusError(f"run {run.id} is pending already: it starts when a process takes it")
+            if run.owner is not None:
+                raise InvalidStatusError(f"run {run.id} is pending, held by {run.owner}: it starts when that "
+                                         "process starts it")
+            waiting = [job for job in queues.jobs_of(self.engine, run.id) if job[2] in ("todo", "doing")]
+            if waiting:
+                raise InvalidStatusError(f"run {run.id} is pending with a job in queue {waiting[-1][1]!r} "
+                                         f"already: a worker takes it when one is free")
         workflow = self.registry.get(run.workflow_name)
         graph, initial = workflow.build(run.params, self.runtime)
         self._walker_at_checkpoint(run, graph, initial, StageCapture())  # it must fit, before anything changes
@@ -558,16 +568,52 @@ class Executor:
         (an error before the run is touched), claim it (one compare-and-set statement), then rebuild
         its walk where its checkpoint left it: read again after the claim, since the run's last
         holder may have written a step between the first read and the claim."""
-        if submitted:  # a worker's job: only a run waiting for one, or handed on by recovery (None otherwise)
-            run = self.repository.find_run(run_id)
-            if run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
-                return None
-        else:
-            run = self.control.check_resume(run_id, force=force)
+        if submitted:
+            return self._prepare_submitted(run_id, recorder)
+        run = self.control.check_resume(run_id, force=force)
         workflow = self.registry.get(run.workflow_name)
         graph, initial = workflow.build(run.params, self.runtime)
         capture = StageCapture()
         self._walker_at_checkpoint(run, graph, initial, capture)  # checked before the run is claimed
+        return self._claimed_plan(run, workflow, graph, initial, capture, recorder, force=force)
+
+    def _prepare_submitted(self, run_id: uuid.UUID | str, recorder: SqlRecorder) -> Any:
+        """A worker's job: only a run waiting for one, or handed on by the recovery (None otherwise:
+        cancelled, ended or deleted before a worker took it, or held by another). A run that cannot
+        be executed here (its workflow is not installed on this worker, or no longer builds with its
+        params, or no longer fits its checkpoint) is claimed and fails, saying why, and the error is
+        raised: it would fail the same way at every attempt, and a run left waiting would be
+        dispatched again and again."""
+        try:
+            run = self.repository.find_run(run_id)
+        except NotFoundError:
+            return None  # deleted before a worker took it
+        if run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
+            return None
+        try:
+            workflow = self.registry.get(run.workflow_name)
+            graph, initial = workflow.build(run.params, self.runtime)
+            capture = StageCapture()
+            self._walker_at_checkpoint(run, graph, initial, capture)
+        except WfkitError as err:
+            claim = recorder.claim(run.id, self.owner, submitted=True)
+            if claim is None:
+                return None
+            message = str(err)
+            if isinstance(err, WorkflowNotFoundError):
+                message = (f"{message} (on worker {self.owner}): install its plugin on every worker that takes "
+                           "its queue, or submit it to a queue only workers that have it take; then resume it "
+                           f"with `wfkit runs resume {run.id} --submit`")
+            recorder.finish_run(run.id, claim.epoch, RunStatus.FAILED, error=message)
+            if message != str(err):
+                raise WorkflowNotFoundError(message) from None
+            raise
+        return self._claimed_plan(run, workflow, graph, initial, capture, recorder, submitted=True)
+
+    def _claimed_plan(self, run: Run, workflow: Any, graph: Any, initial: Any, capture: StageCapture,
+                      recorder: SqlRecorder, *, force: bool = False, submitted: bool = False) -> Any:
+        """Claim the run (one compare-and-set statement), then rebuild its walk where its checkpoint
+        left it (read again after the claim)."""
         claim = recorder.claim(run.id, self.owner, take_over=force, submitted=submitted)
         if claim is None:
             if submitted:
@@ -752,6 +798,20 @@ def _same_request(earlier: Run, key: str, name: str, stored: dict[str, Any]) -> 
         raise ConflictError(f"idempotency key {shown(key)} was used for run {earlier.id} of workflow "
                             f"{earlier.workflow_name!r} with other params: use a new key for a new request")
     return earlier
+
+
+def check_workers(engine: Any) -> None:
+    """Raise, saying what to do, unless runs can be submitted to workers on ``engine``'s database
+    (see :meth:`Executor.check_workers`)."""
+    from wfkit.store import queue as queues
+
+    if engine.dialect.name != "postgresql":
+        raise ConfigurationError(WORKERS_NEED_POSTGRESQL)
+    if not queues.available():
+        raise ConfigurationError("workers need Procrastinate, which is not installed: pip install 'wfkit[worker]'")
+    if not queues.has_queue(engine):
+        raise DatabaseNotMigratedError(f"the database at {display_url(engine)} has no workers' queue (Procrastinate's "
+                                       "tables): run `wfkit db upgrade` with the worker extra installed")
 
 
 #: Why a run cannot be submitted to workers on SQLite, and what to do.

@@ -380,6 +380,25 @@ def translate_errors(engine: Engine) -> Iterator[None]:
         raise _translated(engine, orig) from err
 
 
+def _revision(engine: Engine) -> str | None:
+    """The database's migration (Alembic's record), read on a connection of its own; None if it has
+    none or cannot say (this is an error's message: it must not raise)."""
+    try:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except Exception:
+        return None
+
+
+def _missing_table(message: str) -> str:
+    """The table a driver's error says is missing (PostgreSQL: relation "x" does not exist; SQLite:
+    no such table: x)."""
+    import re
+
+    found = re.search(r'relation "([^"]+)" does not exist|no such table: (\S+)', message)
+    return (found.group(1) or found.group(2)) if found else "that it needs"
+
+
 def _translated(engine: Engine, orig: BaseException) -> WfkitError:
     text = f"{type(orig).__name__} {orig}".lower()
     where = display_url(engine)
@@ -393,6 +412,11 @@ def _translated(engine: Engine, orig: BaseException) -> WfkitError:
             return DatabaseNotMigratedError(
                 f"the database at {where} has no wfkit tables: an in-memory SQLite database lives only as long as "
                 "its engine (one command of the command line), so migrate and use it through one engine, or use a file")
+        revision = _revision(engine)
+        if revision is not None:  # migrated, but by an older wfkit: the table comes with a later migration
+            return DatabaseNotMigratedError(
+                f"the database at {where} is at migration {revision}, older than this wfkit (it has no table "
+                f"{_missing_table(str(orig))}): run `wfkit db upgrade`")
         return DatabaseNotMigratedError(f"the database at {where} has no wfkit tables: run `wfkit db upgrade` first")
     path = _sqlite_file(engine.url) if sqlite else None
     if "unable to open database file" in text and path is not None and not path.exists():

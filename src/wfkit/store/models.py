@@ -394,6 +394,8 @@ class Worker(_Record, table=True):
     started_at: datetime = _created_at()
     #: when it last said it is alive, by the database's clock
     last_heartbeat: datetime = _created_at()
+    #: its lease: it is alive while heard from within this many seconds (None: written before 0007)
+    lease_seconds: float | None = Field(default=None, nullable=True)
 
 
 #: The tables, in the order they are created.

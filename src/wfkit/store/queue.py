@@ -183,18 +183,28 @@ def _app() -> Any:
     return _APP
 
 
-def enqueuer(run_id: Any, queue: str | None = None) -> Any:
+def enqueuer(run_id: Any, queue: str | None = None, recoveries: int = 0) -> Any:
     """How to enqueue the job that executes run ``run_id``, on a psycopg connection inside the
     caller's transaction (see :meth:`SqlRecorder.submit_run <wfkit.store.recorder.SqlRecorder.submit_run>`).
-    One job per run waits at a time (its queueing lock is the run's id)."""
+    One job per run waits at a time (its queueing lock is the run's id): if one waits already
+    (a recovery and a hand-back crossed), it is the run's job, and nothing more is enqueued; the
+    caller's transaction goes on either way. ``recoveries``: how many times the workers' recovery
+    has re-dispatched the run since it was submitted (the job carries it, so that hand-backs of a
+    stopping worker do not count as attempts)."""
     if not available():
         raise ConfigurationError("submitting runs to workers needs Procrastinate, which is not installed: "
                                  "pip install 'wfkit[worker]'")
 
     def enqueue(connection: Any) -> None:
+        from procrastinate.exceptions import AlreadyEnqueued
+
         deferrer = _app().configure_task(EXECUTE_TASK, queueing_lock=str(run_id), queue=queue or DEFAULT_QUEUE,
                                          connection=connection)
-        deferrer.defer(run_id=str(run_id))
+        try:
+            with connection.transaction():  # a savepoint: a clash rolls back the insert only
+                deferrer.defer(run_id=str(run_id), recoveries=recoveries)
+        except AlreadyEnqueued:
+            pass
 
     return enqueue
 
@@ -260,7 +270,8 @@ def recover(engine: Engine, *, max_attempts: int, dead_seconds: float, limit: in
     is doing it (an advisory lock: one at a time). It finds the runs that a worker held and no
     longer does (their lease expired) and that have no job waiting, and gives each a new job in the
     queue its last job had (a worker then takes it over from its checkpoint), or fails it once it
-    has had ``max_attempts`` attempts. It also prunes the workers silent for ``dead_seconds``
+    has had ``max_attempts`` attempts (its first, and one per recovery since it was submitted: a
+    stopping worker's hand-back is not one). It also prunes the workers silent for ``dead_seconds``
     (Procrastinate's, with the jobs they left 'doing', closed as failed; and wfkit's rows of those
     that hold no run any more). That is much longer than a lease: a worker that was merely stopped
     for a while (SIGSTOP, a frozen machine) finds its registration when it comes back, and serves on;
@@ -275,23 +286,30 @@ def recover(engine: Engine, *, max_attempts: int, dead_seconds: float, limit: in
         closed = len(conn.execute(sa.text(
             "SELECT procrastinate_finish_job_v1(id, 'failed', false) FROM procrastinate_jobs "
             "WHERE status = 'doing' AND worker_id IS NULL AND task_name = :task"), {"task": EXECUTE_TASK}).all())
+        # The runs a worker held (they have a job: the workers' runs) whose lease expired, with no job
+        # waiting; with the queue and the recovery count of their last job. Whether the worker still
+        # has its registration does not matter: the lease says it no longer holds the run.
         rows = conn.execute(sa.text(
-            "SELECT r.id, r.attempt, (SELECT j.queue_name FROM procrastinate_jobs j WHERE j.args->>'run_id' = "
-            "r.id::text ORDER BY j.id DESC LIMIT 1) FROM runs r JOIN workers w ON w.id = r.owner "
-            "WHERE r.status IN ('pending', 'running') AND r.lease_expires_at < now() AND NOT EXISTS "
-            "(SELECT 1 FROM procrastinate_jobs j WHERE j.args->>'run_id' = r.id::text AND j.status = 'todo') "
-            "ORDER BY r.created_at, r.id LIMIT :limit FOR UPDATE OF r SKIP LOCKED"), {"limit": limit}).all()
+            "SELECT r.id, j.queue_name, COALESCE((j.args->>'recoveries')::int, 0) FROM runs r "
+            "JOIN LATERAL (SELECT j.queue_name, j.args FROM procrastinate_jobs j "
+            "WHERE j.args->>'run_id' = r.id::text AND j.task_name = :task ORDER BY j.id DESC LIMIT 1) j ON true "
+            "WHERE r.status = 'running' AND r.lease_expires_at < now() AND NOT EXISTS "
+            "(SELECT 1 FROM procrastinate_jobs t WHERE t.args->>'run_id' = r.id::text AND t.status = 'todo') "
+            "ORDER BY r.created_at, r.id LIMIT :limit FOR UPDATE OF r SKIP LOCKED"),
+            {"limit": limit, "task": EXECUTE_TASK}).all()
         driver = conn.connection.driver_connection
         redispatched, given_up = [], []
-        for run_id, attempt, queue in rows:
-            if attempt >= max_attempts:
-                error = (f"gave up after {attempt} attempts: the worker executing it stopped each time "
+        for run_id, queue, recoveries in rows:
+            attempts = recoveries + 1  # the first execution, then one per recovery (hand-backs are not counted)
+            if attempts >= max_attempts:
+                error = (f"gave up after {attempts} attempts: the worker executing it stopped each time "
                          f"(WFKIT_MAX_ATTEMPTS={max_attempts}); resume it with `wfkit runs resume {run_id}`")
                 now = datetime.now(timezone.utc)
-                conn.exec_driver_sql(give_up_statement(), (run_id, INTERRUPTED, INTERRUPTED, error, now, now))
-                given_up.append(str(run_id))
+                if conn.exec_driver_sql(give_up_statement(), (run_id, INTERRUPTED, INTERRUPTED, error, now,
+                                                              now)).scalar_one():
+                    given_up.append(str(run_id))
             else:
-                enqueuer(run_id, queue)(driver)
+                enqueuer(run_id, queue, recoveries + 1)(driver)
                 redispatched.append(str(run_id))
         prune(conn, dead_seconds)
         return Recovery(redispatched, given_up, closed)

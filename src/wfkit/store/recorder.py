@@ -120,15 +120,18 @@ _FINISH_RUN = (
     "WHERE id = ? AND lease_epoch = ? RETURNING cancel_requested_at, cancel_reason"
 )
 # A stopping worker's run, back to the queue: pending, held by nobody, unless a cancel was asked of it.
+# The epoch grows: a renewal of the lease the worker held, late, matches nothing.
 _HAND_BACK = (
-    f"UPDATE runs SET status = 'pending', owner = NULL, lease_expires_at = NULL, updated_at = ?, {_CLEAR_STAGE} "
+    "UPDATE runs SET status = 'pending', owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1, "
+    f"updated_at = ?, {_CLEAR_STAGE} "
     "WHERE id = ? AND lease_epoch = ? AND status = 'running' AND cancel_requested_at IS NULL RETURNING id"
 )
-# A resume submitted to the workers: a failed or cancelled run, pending again, held by nobody.
+# A resume submitted to the workers: a failed or cancelled run, pending again, held by nobody; or a
+# submitted run still pending and held by nobody (its job is enqueued again).
 _RESUBMIT = (
     "UPDATE runs SET status = 'pending', owner = NULL, lease_expires_at = NULL, completed_at = NULL, "
     "error_message = NULL, cancel_requested_at = NULL, cancel_reason = NULL, updated_at = ? "
-    "WHERE id = ? AND status IN ('failed', 'cancelled') RETURNING id"
+    "WHERE id = ? AND (status IN ('failed', 'cancelled') OR (status = 'pending' AND owner IS NULL)) RETURNING id"
 )
 _RENEW = "UPDATE runs SET lease_expires_at = {lease} WHERE status IN ('pending', 'running')"
 _REQUEST_CANCEL = (
@@ -444,7 +447,8 @@ class SqlRecorder:
 
     def resubmit(self, run_id: uuid.UUID, enqueue: Callable[[Any], None]) -> bool:
         """A failed or cancelled run made pending again for the workers (a resume submitted to them),
-        with its job, in one transaction; False (nothing written) if it is neither any more."""
+        or a pending one nobody holds given its job again, in one transaction; False (nothing
+        written) if it is none of these any more."""
         t = self.codec.time(utcnow())
         return self._gated_with_job(("resubmit", (t, self.codec.id(run_id))), enqueue) is not None
 

@@ -1,9 +1,10 @@
 """The ``workers`` table: the ``wfkit worker`` processes sharing a PostgreSQL database.
 
 A worker writes its row as it starts (:func:`register`), refreshes its heartbeat while it runs
-(:func:`heartbeat`, by the database's clock) and deletes its row when it stops
-(:func:`unregister`). The row of a worker that died stays, silent, until the workers' recovery has
-handed its runs on and prunes it (:func:`prune`). :func:`list_workers` is what ``wfkit workers``
+(:func:`heartbeat`, by the database's clock; it writes the row again if it was pruned) and deletes
+its row when it stops (:func:`unregister`). The row of a worker that died stays, silent, until the
+workers' recovery prunes it (:func:`prune`): once it has been silent for the time the recovery is
+given (``dead_seconds``) and holds no pending or running run. :func:`list_workers` is what ``wfkit workers``
 shows: each worker with the runs it holds (the running runs whose ``owner`` is its id).
 """
 
@@ -33,7 +34,7 @@ class WorkerInfo:
     concurrency: int
     started_at: datetime
     last_heartbeat: datetime
-    alive: bool  # heard from within the silence allowed (else it stopped without saying so, or stalls)
+    alive: bool  # heard from within its lease (else it stopped without saying so, or stalls)
     runs: int  # the running runs it holds
 
     def to_dict(self) -> dict[str, Any]:
@@ -44,18 +45,23 @@ class WorkerInfo:
 
 
 def register(engine: Engine, worker_id: str, *, name: str, host: str, pid: int, queues: Sequence[str],
-             concurrency: int) -> None:
+             concurrency: int, lease_seconds: float) -> None:
+    """Write the worker's row, or refresh the heartbeat of the row it has. ``lease_seconds``: how
+    long it may be silent and still be alive (it heartbeats a few times within it)."""
     with translate_errors(engine), engine.begin() as conn:
         conn.execute(sa.text(
-            "INSERT INTO workers (id, name, host, pid, queues, concurrency, started_at, last_heartbeat) "
-            "VALUES (:id, :name, :host, :pid, CAST(:queues AS jsonb), :concurrency, now(), now())"),
+            "INSERT INTO workers (id, name, host, pid, queues, concurrency, started_at, last_heartbeat, lease_seconds) "
+            "VALUES (:id, :name, :host, :pid, CAST(:queues AS jsonb), :concurrency, now(), now(), :lease) "
+            "ON CONFLICT (id) DO UPDATE SET last_heartbeat = now()"),
             {"id": worker_id, "name": name, "host": host, "pid": pid, "queues": json.dumps(list(queues)),
-             "concurrency": concurrency})
+             "concurrency": concurrency, "lease": lease_seconds})
 
 
-def heartbeat(engine: Engine, worker_id: str) -> None:
-    with translate_errors(engine), engine.begin() as conn:
-        conn.execute(sa.text("UPDATE workers SET last_heartbeat = now() WHERE id = :id"), {"id": worker_id})
+def heartbeat(engine: Engine, worker_id: str, **registration: Any) -> None:
+    """Refresh the worker's heartbeat; a worker whose row was pruned meanwhile (it was stopped for
+    longer than the recovery allows, then went on) writes it again (``registration``: what
+    :func:`register` takes), so that the runs it takes from now on are known to be a worker's."""
+    register(engine, worker_id, **registration)
 
 
 def unregister(engine: Engine, worker_id: str) -> None:
@@ -73,11 +79,12 @@ def prune(conn: Any, silent_seconds: float) -> int:
 
 
 def list_workers(engine: Engine, *, silent_seconds: float) -> list[WorkerInfo]:
-    """Every worker with a row, oldest first; ``alive`` if heard from within ``silent_seconds``."""
+    """Every worker with a row, oldest first; ``alive`` if heard from within its own lease (or
+    ``silent_seconds``, for a row that does not say)."""
     with translate_errors(engine), engine.connect() as conn:
         rows = conn.execute(sa.text(
             "SELECT w.id, w.name, w.host, w.pid, w.queues, w.concurrency, w.started_at, w.last_heartbeat, "
-            "w.last_heartbeat >= now() - :s * interval '1 second', "
+            "w.last_heartbeat >= now() - COALESCE(w.lease_seconds, :s) * interval '1 second', "
             "(SELECT count(*) FROM runs r WHERE r.status = 'running' AND r.owner = w.id) "
             "FROM workers w ORDER BY w.started_at, w.id"), {"s": silent_seconds}).all()
     return [WorkerInfo(*row[:4], list(row[4] or []), *row[5:8], bool(row[8]), int(row[9])) for row in rows]

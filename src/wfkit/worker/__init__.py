@@ -150,7 +150,8 @@ class _Worker:
         # The owner its runs are held by names the worker: `wfkit runs show` says which one holds a run.
         self.executor.owner = f"{name} on {self.executor.owner}"
         self.id = self.say.worker = self.executor.owner
-        self.queue_of: dict[str, str] = {}  # the queue of each run's job, to hand it back there
+        # Each run's job: its queue and recovery count, to hand the run back there with the same count.
+        self.job_of: dict[str, tuple[str, int]] = {}
         self.signals = 0
 
     async def main(self) -> None:
@@ -164,12 +165,12 @@ class _Worker:
         app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(self.url)))
 
         @app.task(name=queues.EXECUTE_TASK, pass_context=True)
-        async def execute_run(context: Any, run_id: str) -> None:
-            await self._execute(context, run_id)
+        async def execute_run(context: Any, run_id: str, recoveries: int = 0) -> None:
+            await self._execute(context, run_id, recoveries)
 
-        await asyncio.to_thread(workers.register, executor.engine, self.id, name=self.name,
-                                host=socket.gethostname(), pid=os.getpid(), queues=self.queues,
-                                concurrency=self.concurrency)
+        self.registration = dict(name=self.name, host=socket.gethostname(), pid=os.getpid(), queues=self.queues,
+                                 concurrency=self.concurrency, lease_seconds=lease)
+        await asyncio.to_thread(workers.register, executor.engine, self.id, **self.registration)
         shown = ", ".join(self.queues) if self.queues else "every queue"
         self.say("worker_started", f"worker {self.name} started (queues: {shown}; concurrency {self.concurrency})",
                  queues=self.queues, concurrency=self.concurrency)
@@ -221,13 +222,13 @@ class _Worker:
         self.say("worker_stopping", f"worker {self.name} stopping: handing its runs back to the queue before their "
                  "next node (a second signal exits at once)")
         self.stopping = True
-        self.executor.drain(lambda run_id: queues.enqueuer(run_id, self.queue_of.get(str(run_id))))
+        self.executor.drain(lambda run_id: queues.enqueuer(run_id, *self.job_of.get(str(run_id), (None, 0))))
         self.procrastinate.cancel()  # its graceful stop: no new job; waits for those running to return
 
-    async def _execute(self, context: Any, run_id: str) -> None:
+    async def _execute(self, context: Any, run_id: str, recoveries: int) -> None:
         """One job: its run executed in a thread of its own; an abort of the job (the run's cancel)
         stops the run at once."""
-        self.queue_of[run_id] = context.job.queue
+        self.job_of[run_id] = (context.job.queue, recoveries)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
 
@@ -248,7 +249,7 @@ class _Worker:
                     # Procrastinate aborts the job: the run was cancelled (its reason is stored already).
                     self.executor.interrupt_run(run_id, "cancel requested")
         finally:
-            self.queue_of.pop(run_id, None)
+            self.job_of.pop(run_id, None)
         if isinstance(outcome, LeaseLostError):
             self.say("run_lost", f"run {run_id} was taken over by another process: this worker stopped executing "
                      "it", run_id=run_id, reason=str(outcome))
@@ -272,7 +273,7 @@ class _Worker:
         since = float("inf")
         while True:
             try:
-                await asyncio.to_thread(workers.heartbeat, engine, self.id)
+                await asyncio.to_thread(workers.heartbeat, engine, self.id, **self.registration)
                 since += every
                 if since >= self.recovery_seconds:
                     since = 0.0
@@ -284,8 +285,9 @@ class _Worker:
                     for run_id in done.given_up if done else ():
                         self.say("run_given_up", f"run {run_id} failed: its attempts are used up "
                                  f"({MAX_ATTEMPTS_ENV}={self.max_attempts})", run_id=run_id)
-            except WfkitError as err:  # the database did not answer: the next round tries again
-                log.warning("recovery or heartbeat failed, trying again in %.1f s: %s", every, err)
+            except Exception as err:  # the database did not answer, or the queue failed: the next round tries again
+                log.warning("recovery or heartbeat failed, trying again in %.1f s: %s: %s", every,
+                            type(err).__name__, err)
             await asyncio.sleep(every)
 
 
