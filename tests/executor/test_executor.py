@@ -712,7 +712,8 @@ def test_history_that_cannot_be_written_fails_the_run_cleanly(engine, samples):
                 conn.exec_driver_sql("ALTER TABLE decisions RENAME TO decisions_gone")
 
     try:
-        with pytest.raises(DatabaseError, match="has no wfkit tables") as info:
+        with pytest.raises(DatabaseError, match="has no table decisions, though it is at this wfkit's newest "
+                           "migration") as info:
             Executor(engine, registry=samples, observers=[CallbackObserver(break_history)]).execute("branching")
         run = Repository(engine).list_runs().data[0]
         assert run.status is RunStatus.FAILED

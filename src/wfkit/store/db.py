@@ -413,10 +413,17 @@ def _translated(engine: Engine, orig: BaseException) -> WfkitError:
                 f"the database at {where} has no wfkit tables: an in-memory SQLite database lives only as long as "
                 "its engine (one command of the command line), so migrate and use it through one engine, or use a file")
         revision = _revision(engine)
-        if revision is not None:  # migrated, but by an older wfkit: the table comes with a later migration
+        if revision is not None:
+            from wfkit.store.migrations import head
+
+            table = _missing_table(str(orig))
+            if revision != head():  # migrated by an older wfkit: the table comes with a later migration
+                return DatabaseNotMigratedError(
+                    f"the database at {where} is at migration {revision}, older than this wfkit's {head()} (it has "
+                    f"no table {table}): run `wfkit db upgrade`")
             return DatabaseNotMigratedError(
-                f"the database at {where} is at migration {revision}, older than this wfkit (it has no table "
-                f"{_missing_table(str(orig))}): run `wfkit db upgrade`")
+                f"the database at {where} has no table {table}, though it is at this wfkit's newest migration "
+                f"({revision}): it was changed by hand; `wfkit db check` says what differs")
         return DatabaseNotMigratedError(f"the database at {where} has no wfkit tables: run `wfkit db upgrade` first")
     path = _sqlite_file(engine.url) if sqlite else None
     if "unable to open database file" in text and path is not None and not path.exists():
