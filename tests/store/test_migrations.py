@@ -304,3 +304,9 @@ def test_a_downgrade_from_0004_keeps_every_run_resumable_by_the_wfkit_before(emp
                        ("c", "started", {"seen": 0, "a": 1, "b": 2})]
     migrations.upgrade(empty_url)  # and back up: the history reads as before
     assert [s.node_name for s in Repository(empty_url).get_stages(plan.run_id)] == ["a", "b", "c"]
+
+
+def test_the_newest_revision_read_from_the_file_names_is_alembics_head():
+    from wfkit.store.db import _newest_revision
+
+    assert _newest_revision() == migrations.head()

@@ -390,6 +390,15 @@ def _revision(engine: Engine) -> str | None:
         return None
 
 
+def _newest_revision() -> str:
+    """This wfkit's newest migration, from the names of its files (``NNNN_what.py``: see
+    :mod:`wfkit.store.migrations`), without loading Alembic (this is an error's message)."""
+    from importlib import resources
+
+    folder = resources.files("wfkit.store") / "alembic" / "versions"
+    return max(entry.name[:4] for entry in folder.iterdir() if entry.name[:4].isdigit())
+
+
 def _missing_table(message: str) -> str:
     """The table a driver's error says is missing (PostgreSQL: relation "x" does not exist; SQLite:
     no such table: x)."""
@@ -414,12 +423,11 @@ def _translated(engine: Engine, orig: BaseException) -> WfkitError:
                 "its engine (one command of the command line), so migrate and use it through one engine, or use a file")
         revision = _revision(engine)
         if revision is not None:
-            from wfkit.store.migrations import head
-
+            head = _newest_revision()
             table = _missing_table(str(orig))
-            if revision != head():  # migrated by an older wfkit: the table comes with a later migration
+            if revision != head:  # migrated by an older wfkit: the table comes with a later migration
                 return DatabaseNotMigratedError(
-                    f"the database at {where} is at migration {revision}, older than this wfkit's {head()} (it has "
+                    f"the database at {where} is at migration {revision}, older than this wfkit's {head} (it has "
                     f"no table {table}): run `wfkit db upgrade`")
             return DatabaseNotMigratedError(
                 f"the database at {where} has no table {table}, though it is at this wfkit's newest migration "
