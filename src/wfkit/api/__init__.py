@@ -76,9 +76,10 @@ def install_errors(app: FastAPI) -> None:
 
 def create_app(database: Any = None, registry: Registry | None = None, runtime: Runtime | None = None,
                dependencies: Sequence[Any] = (), *, token: str | None = None, grace: float = 0.0,
-               stop_timeout: float = 10.0, dispatch: str = "in-process") -> FastAPI:
+               stop_timeout: float = 10.0, dispatch: str = "in-process", viewer: bool = True) -> FastAPI:
     """A complete app: :func:`create_router`'s routes, problem-details errors and the OpenAPI
-    document (``/openapi.json``, ``/docs``). With ``token``, every route but ``/health`` asks for
+    document (``/openapi.json``, ``/docs``), and with ``viewer`` the run viewer's pages at ``/``
+    (:mod:`wfkit.web`). With ``token``, every route but ``/health`` asks for
     ``Authorization: Bearer <token>``. ``dispatch``: as :func:`create_router`."""
     _fastapi()
     from fastapi import FastAPI
@@ -92,6 +93,10 @@ def create_app(database: Any = None, registry: Registry | None = None, runtime: 
     router = create_router(database, registry, runtime, [*dependencies, *bearer(token)], grace=grace,
                            stop_timeout=stop_timeout, dispatch=dispatch)
     app.include_router(router)
+    if viewer:
+        from wfkit.web import build_viewer
+
+        app.include_router(build_viewer(router.wfkit_service, [*dependencies, *bearer(token)]))  # type: ignore[attr-defined]
     #: what ``wfkit serve`` stops as soon as a signal asks the server to stop (see Service.begin_stop)
     app.state.wfkit_service = router.wfkit_service  # type: ignore[attr-defined]
     return app

@@ -1,0 +1,183 @@
+"""The run viewer: server-rendered pages that ``wfkit serve`` (and ``create_app``) serve at ``/``.
+
+- ``/``: the runs, with the filters, sort and pages of ``wfkit runs list`` in the URL;
+- ``/runs/{id}``: one run (header and actions, timeline, graph with the path taken, decisions,
+  state with what each stage changed), kept up to date while it executes through the API's event
+  stream;
+- ``/catalog``: the registered workflows, with their params schemas and graphs;
+- ``/static/...``: the pages' own CSS and JavaScript, and the vendored libraries
+  (``static/vendor/VENDOR.json`` records their versions, licences and checksums). Nothing is
+  fetched from another host.
+
+Jinja2 templates (FastAPI's templating) shipped in the wheel; a little JavaScript. The pages read
+through the same repository and parsers as the API and the command line: a bad filter gets the
+same message, as a page with status 400.
+"""
+
+# FastAPI reads the annotations of the route functions (defined inside build_viewer) when they are
+# made: they are not postponed here (no `from __future__ import annotations`).
+
+import hashlib
+import math
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from wfkit.errors import NotFoundError, WfkitError
+from wfkit.web import views
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+#: Stages per page of a run's state section.
+STAGES_PER_PAGE = 50
+_STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".json": "application/json", ".svg": "image/svg+xml", ".png": "image/png",
+                 ".LICENSE": "text/plain; charset=utf-8"}
+
+
+def _templates() -> Any:
+    from fastapi.templating import Jinja2Templates
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("wfkit.web", "templates"), autoescape=select_autoescape(["html"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(duration=views.duration, when=views.when)
+    return Jinja2Templates(env=env)
+
+
+def _static() -> dict[str, tuple[bytes, str, str]]:
+    """Every static file: its bytes, media type and ETag (its checksum), read once."""
+    files: dict[str, tuple[bytes, str, str]] = {}
+    root = resources.files("wfkit.web") / "static"
+
+    def walk(folder: Any, prefix: str) -> None:
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                walk(entry, f"{prefix}{entry.name}/")
+                continue
+            suffix = "." + entry.name.rsplit(".", 1)[-1] if "." in entry.name else ""
+            body = entry.read_bytes()
+            files[prefix + entry.name] = (body, _STATIC_TYPES.get(suffix, "application/octet-stream"),
+                                          '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+
+    walk(root, "")
+    return files
+
+
+def build_viewer(service: Any, dependencies: Sequence[Any] = ()) -> "APIRouter":
+    """The viewer's routes on the API's service (its repository, registry and thread pool)."""
+    from fastapi import APIRouter, Request
+    from fastapi.responses import HTMLResponse, Response
+
+    templates = _templates()
+    static = _static()
+    router = APIRouter(dependencies=list(dependencies), include_in_schema=False)
+
+    def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, {"now": datetime.now(timezone.utc), **context},
+                                          status_code=status_code)
+
+    def problem(request: Request, err: WfkitError) -> HTMLResponse:
+        status = getattr(err, "http_status", 500)
+        return page(request, "error.html", status_code=status, status=status, message=str(err))
+
+    @router.get("/", response_class=HTMLResponse)
+    async def runs_page(request: Request) -> Any:
+        from wfkit.store.query import PageRequest, RunFilters
+
+        query = request.query_params
+
+        def read() -> dict[str, Any]:
+            values = {k: query.get(k) for k in ("page", "page_size", "sort") if query.get(k)}
+            request_page = PageRequest.from_query(values)
+            filters = RunFilters.from_query({"workflow_name": query.getlist("workflow_name"),
+                                             "status": query.getlist("status")})
+            result = service.repository.list_runs(request_page, filters, fields="summary")
+            running = service.repository.list_runs(1, status="running", page_size=1, fields="summary").total
+            return {"result": result, "filters": filters, "running": running,
+                    "sort": request_page.sort or "-created_at", "workflows": service.registry.names()}
+
+        try:
+            context = await service.call(read)
+        except WfkitError as err:
+            return problem(request, err)
+        return page(request, "runs.html", **context, statuses=["pending", "running", "completed", "failed",
+                                                               "cancelled"],
+                    query=query, run_seconds=views.run_seconds)
+
+    @router.get("/runs/{run_id}", response_class=HTMLResponse)
+    async def run_page(request: Request, run_id: str) -> Any:
+        query = request.query_params
+        part = query.get("part")
+
+        def read() -> dict[str, Any]:
+            from wfkit.ids import parse_uuid
+
+            rid = parse_uuid(run_id)
+            repository = service.repository
+            run = repository.find_run(rid)
+            stages, decisions = repository.get_stages(rid), repository.get_decisions(rid)
+            try:
+                stage_page = max(1, int(query.get("stages_page") or 1))
+            except ValueError:
+                stage_page = 1
+            pages = max(1, math.ceil(len(stages) / STAGES_PER_PAGE))
+            stage_page = min(stage_page, pages)
+            shown_stages = stages[(stage_page - 1) * STAGES_PER_PAGE: stage_page * STAGES_PER_PAGE]
+            graph_text, graph_error = None, None
+            try:
+                graph, _state = service.registry.get(run.workflow_name).build(run.params)
+                graph_text = views.run_graph(graph, stages, decisions)
+            except WfkitError as err:
+                graph_error = str(err)
+            failed = next((s for s in reversed(stages) if s.status.value == "failed"), None)
+            return {"run": run, "stages": stages, "decisions": decisions, "timeline": views.timeline(stages),
+                    "state_rows": views.state_rows(shown_stages), "stage_page": stage_page, "stage_pages": pages,
+                    "first_stage": (stage_page - 1) * STAGES_PER_PAGE, "graph": graph_text,
+                    "graph_error": graph_error, "failed_stage": failed, "params": views.shown(run.params),
+                    "result": None if run.result is None else views.shown(run.result),
+                    "seconds": views.run_seconds(run), "live": run.status.value not in views.FINAL}
+
+        try:
+            context = await service.call(read)
+        except WfkitError as err:
+            return problem(request, err)
+        return page(request, "run_live.html" if part == "live" else "run.html", **context)
+
+    @router.get("/catalog", response_class=HTMLResponse)
+    async def catalog_page(request: Request) -> Any:
+        def read() -> list[dict[str, Any]]:
+            out = []
+            for info in service.registry.list():
+                workflow = service.registry.get(info.name)
+                entry: dict[str, Any] = {"info": info, "schema": None, "graph": None, "error": None}
+                try:
+                    model = workflow.resolve_params_model()
+                    entry["schema"] = views.shown(model.model_json_schema()) if model else None
+                    graph, _state = workflow.build({})
+                    entry["graph"] = graph.to_mermaid()
+                except WfkitError as err:
+                    entry["error"] = str(err)
+                out.append(entry)
+            return out
+
+        return page(request, "catalog.html", workflows=await service.call(read))
+
+    @router.get("/static/{path:path}")
+    async def static_file(request: Request, path: str) -> Any:
+        found = static.get(path)
+        if found is None:
+            raise NotFoundError(f"no file {path!r} in the viewer's static files")
+        body, media, etag = found
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type=media, headers=headers)
+
+    return router
+
+
+__all__ = ["build_viewer"]

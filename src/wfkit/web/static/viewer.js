@@ -1,0 +1,98 @@
+// The viewer's behaviour: the live count of running runs, the graphs (mermaid, vendored), a run
+// page kept up to date through the API's event stream, and the cancel / resume actions.
+"use strict";
+
+const FINAL = ["completed", "failed", "cancelled"];
+const STREAM_EVENTS = ["stage.start", "stage.complete", "error", "decision", "complete"];
+
+function dark() {
+  return window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
+}
+
+async function drawGraphs(root) {
+  if (!window.mermaid) return;
+  const charts = Array.from((root || document).querySelectorAll("pre.mermaid:not([data-processed])"));
+  if (!charts.length) return;
+  window.mermaid.initialize({ startOnLoad: false, securityLevel: "strict", theme: dark() ? "dark" : "default" });
+  await window.mermaid.run({ nodes: charts });
+}
+
+function watchRunningCount() {
+  const counter = document.getElementById("running-count");
+  if (!counter) return;
+  setInterval(async () => {
+    try {
+      const answer = await fetch("/workflows/runs?status=running&page_size=1", { headers: { Accept: "application/json" } });
+      if (answer.ok) {
+        const page = await answer.json();
+        counter.textContent = String(page.total);
+        counter.dataset.count = String(page.total);
+      }
+    } catch (_) { /* the server is away: the next round tries again */ }
+  }, 5000);
+}
+
+function runPage() {
+  const live = document.getElementById("live");
+  if (!live) return;
+  const runId = live.dataset.run;
+  let source = null;
+  let pending = null;
+
+  async function refresh() {
+    pending = null;
+    const query = new URLSearchParams(location.search);
+    query.set("part", "live");
+    const answer = await fetch(`/runs/${runId}?${query}`);
+    if (!answer.ok) return;
+    live.innerHTML = await answer.text();
+    await drawGraphs(live);
+    const status = document.getElementById("run-status");
+    if (status && FINAL.includes(status.dataset.status) && source) {
+      source.close();
+      source = null;
+    }
+  }
+
+  function soon() {
+    if (pending === null) pending = setTimeout(refresh, 200);
+  }
+
+  function follow() {
+    if (source) return;
+    // EventSource reconnects by itself, sending Last-Event-ID: nothing is replayed twice.
+    source = new EventSource(`/workflows/runs/${runId}/events`);
+    for (const name of STREAM_EVENTS) source.addEventListener(name, soon);
+    source.addEventListener("complete", () => { if (source) { source.close(); source = null; } soon(); });
+  }
+
+  if (live.dataset.live === "yes") follow();
+
+  live.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (!button) return;
+    const action = button.dataset.action;
+    const question = action === "cancel"
+      ? `Cancel run ${runId}? A running run stops before its next node.`
+      : `Resume run ${runId} from its checkpoint?`;
+    if (!window.confirm(question)) return;
+    button.disabled = true;
+    const answer = await fetch(`/workflows/runs/${runId}/${action}`, { method: "POST" });
+    const said = live.querySelector(".action-error");
+    if (!answer.ok) {
+      let detail = `${answer.status} ${answer.statusText}`;
+      try { detail = (await answer.json()).detail || detail; } catch (_) { /* not problem details */ }
+      if (said) { said.textContent = detail; said.hidden = false; }
+      button.disabled = false;
+      return;
+    }
+    await refresh();
+    if (action === "resume") follow();
+  });
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  watchRunningCount();
+  runPage();
+});
+window.addEventListener("load", () => { drawGraphs(document); });
