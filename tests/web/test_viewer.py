@@ -212,7 +212,7 @@ def test_the_workflows_page(page, viewer):
     page.page.wait_for_url(re.compile(r"workflow_name=branching"))
 
 
-def test_a_slow_run_appears_live_and_is_cancelled_from_its_page(page, viewer):
+def test_a_slow_run_appears_live_and_is_cancelled_from_its_page(page, viewer, tmp_path):
     go = viewer.markers / f"go-{os.getpid()}"
     started = viewer.client.post("/workflows/steps/runs", json={"params": {
         "nap": 0.4, "pause_in": "s3", "pause_seconds": 30, "pause_until": str(go)}})
@@ -231,7 +231,8 @@ def test_a_slow_run_appears_live_and_is_cancelled_from_its_page(page, viewer):
     page.page.wait_for_selector("#run-status[data-status=cancelled]", timeout=20000)
     assert json.loads(viewer.client.get(f"/workflows/runs/{run_id}").text)["status"] == "cancelled"
     assert page.page.locator("button[data-action=resume]").count() == 1
-    _screenshots(page, run_id)
+    for scheme, shot in _screenshots(page, run_id, tmp_path).items():
+        assert shot.stat().st_size > 10_000, scheme
 
 
 def viewer_wait(what: Any, seconds: float = 20) -> Any:
@@ -244,18 +245,20 @@ def viewer_wait(what: Any, seconds: float = 20) -> Any:
     return value
 
 
-def _screenshots(page: Page, run_id: str) -> None:
-    """The run page in light and dark, for docs/ (written where WFKIT_TEST_SCREENSHOTS says)."""
-    folder = os.environ.get(SCREENSHOTS_ENV)
-    if not folder:
-        return
-    Path(folder).mkdir(parents=True, exist_ok=True)
+def _screenshots(page: Page, run_id: str, tmp_path: Path) -> dict[str, Path]:
+    """The run page in light and dark (docs/viewer-run.png is one of them), written to
+    ``$WFKIT_TEST_SCREENSHOTS`` or the test's temporary folder."""
+    folder = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    shots = {}
     for scheme in ("light", "dark"):
         page.page.emulate_media(color_scheme=scheme)
         page.page.set_viewport_size({"width": 1200, "height": 1300})
         page.goto(f"/runs/{run_id}")
         page.page.wait_for_selector("pre.mermaid svg")
-        page.page.screenshot(path=str(Path(folder) / f"run-{scheme}.png"))
+        shots[scheme] = folder / f"run-{scheme}.png"
+        page.page.screenshot(path=str(shots[scheme]))
+    return shots
 
 
 def test_missing_and_malformed_runs_are_pages_with_the_right_status(page, viewer):

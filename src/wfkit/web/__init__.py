@@ -31,8 +31,9 @@ from wfkit.web import views
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
-#: Stages per page of a run's state section.
+#: Stages per page of a run's state section, and decisions per page of its decisions.
 STAGES_PER_PAGE = 50
+DECISIONS_PER_PAGE = 100
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".json": "application/json", ".svg": "image/svg+xml", ".png": "image/png",
                  ".LICENSE": "text/plain; charset=utf-8"}
@@ -65,6 +66,17 @@ def _static() -> dict[str, tuple[bytes, str, str]]:
 
     walk(root, "")
     return files
+
+
+def _page_of(text: str | None, count: int, size: int) -> tuple[int, int]:
+    """The page a query asks for (1 if it names none or no number; the last if past it), and how
+    many pages there are."""
+    pages = max(1, math.ceil(count / size))
+    try:
+        wanted = int(text or 1)
+    except ValueError:
+        wanted = 1
+    return min(max(1, wanted), pages), pages
 
 
 def build_viewer(service: Any, dependencies: Sequence[Any] = ()) -> "APIRouter":
@@ -120,13 +132,10 @@ def build_viewer(service: Any, dependencies: Sequence[Any] = ()) -> "APIRouter":
             repository = service.repository
             run = repository.find_run(rid)
             stages, decisions = repository.get_stages(rid), repository.get_decisions(rid)
-            try:
-                stage_page = max(1, int(query.get("stages_page") or 1))
-            except ValueError:
-                stage_page = 1
-            pages = max(1, math.ceil(len(stages) / STAGES_PER_PAGE))
-            stage_page = min(stage_page, pages)
+            stage_page, pages = _page_of(query.get("stages_page"), len(stages), STAGES_PER_PAGE)
             shown_stages = stages[(stage_page - 1) * STAGES_PER_PAGE: stage_page * STAGES_PER_PAGE]
+            decision_page, decision_pages = _page_of(query.get("decisions_page"), len(decisions), DECISIONS_PER_PAGE)
+            first_decision = (decision_page - 1) * DECISIONS_PER_PAGE
             graph_text, graph_error = None, None
             try:
                 graph, _state = service.registry.get(run.workflow_name).build(run.params)
@@ -135,6 +144,9 @@ def build_viewer(service: Any, dependencies: Sequence[Any] = ()) -> "APIRouter":
                 graph_error = str(err)
             failed = next((s for s in reversed(stages) if s.status.value == "failed"), None)
             return {"run": run, "stages": stages, "decisions": decisions, "timeline": views.timeline(stages),
+                    "shown_decisions": decisions[first_decision:first_decision + DECISIONS_PER_PAGE],
+                    "first_decision": first_decision, "decision_page": decision_page,
+                    "decision_pages": decision_pages,
                     "state_rows": views.state_rows(shown_stages), "stage_page": stage_page, "stage_pages": pages,
                     "first_stage": (stage_page - 1) * STAGES_PER_PAGE, "graph": graph_text,
                     "graph_error": graph_error, "failed_stage": failed, "params": views.shown(run.params),

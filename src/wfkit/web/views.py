@@ -113,45 +113,45 @@ def timeline(stages: Sequence[Any], now: datetime | None = None) -> Timeline:
     now = now or datetime.now(timezone.utc)
     if not stages:
         return Timeline([], 0.0, [], False, [])
-    start = min(s.created_at for s in stages)
-
-    def end_of(stage: Any) -> datetime:
-        if stage.duration_ms is not None:
-            return stage.created_at + timedelta(milliseconds=stage.duration_ms)
-        return now if stage.status.value == "started" else stage.created_at
-
-    finish = max(end_of(s) for s in stages)
-    span = max((finish - start).total_seconds() * 1000, 1.0)
-    lanes: dict[str, Lane] = {}
+    origin = min(s.created_at for s in stages)
+    live_ms = (now - origin).total_seconds() * 1000
+    # Each stage's start and end, in milliseconds from the first start (one pass: a big run has many).
+    spans = []
     for stage in stages:
-        lanes.setdefault(stage.node_name, Lane(stage.node_name)).executions += 1
-    aggregated = False
-    for lane in lanes.values():
-        lane_stages = [s for s in stages if s.node_name == lane.node]
-        merge = len(lane_stages) > MAX_BARS
-        aggregated |= merge
-        slot = 100.0 / MAX_BARS
-        for stage in lane_stages:
-            left = (stage.created_at - start).total_seconds() * 1000 / span * 100
-            width = max((end_of(stage) - stage.created_at).total_seconds() * 1000 / span * 100, 0.15)
-            status = stage.status.value
-            took = duration(None if stage.duration_ms is None else stage.duration_ms / 1000) or "running"
-            title = f"{stage.node_name} #{stage.iteration}: {took}, {status}"
-            last = lane.bars[-1] if lane.bars else None
-            if merge and last is not None and int(left / slot) == last.slot:
-                last.width = round(max(last.width, left + width - last.left), 3)
-                last.count += 1
-                if _RANK.get(status, 0) > _RANK.get(last.status, 0):
-                    last.status = status
-                last.title = f"{stage.node_name}: {last.count} executions, the last #{stage.iteration}"
-                continue
-            lane.bars.append(Bar(round(left, 3), round(width, 3), status, title, slot=int(left / slot)))
+        begin = (stage.created_at - origin).total_seconds() * 1000
+        if stage.duration_ms is not None:
+            spans.append((begin, begin + stage.duration_ms))
+        else:
+            spans.append((begin, max(begin, live_ms) if stage.status.value == "started" else begin))
+    span = max(max(end for _begin, end in spans), 1.0)
+    counts: dict[str, int] = {}
+    for stage in stages:
+        counts[stage.node_name] = counts.get(stage.node_name, 0) + 1
+    lanes = {name: Lane(name, executions=count) for name, count in counts.items()}
+    merge = {name for name, count in counts.items() if count > MAX_BARS}
+    slot_width = 100.0 / MAX_BARS
+    scale = 100.0 / span
+    for stage, (begin, end) in zip(stages, spans):
+        lane = lanes[stage.node_name]
+        left = begin * scale
+        width = max((end - begin) * scale, 0.15)
+        status = stage.status.value
+        slot = int(left / slot_width)
+        last = lane.bars[-1] if lane.bars else None
+        if stage.node_name in merge and last is not None and slot == last.slot:
+            last.width = round(max(last.width, left + width - last.left), 3)
+            last.count += 1
+            if _RANK.get(status, 0) > _RANK.get(last.status, 0):
+                last.status = status
+            last.title = f"{stage.node_name}: {last.count} executions, the last #{stage.iteration}"
+            continue
+        took = duration(None if stage.duration_ms is None else stage.duration_ms / 1000) or "running"
+        lane.bars.append(Bar(round(left, 3), round(width, 3), status,
+                             f"{stage.node_name} #{stage.iteration}: {took}, {status}", slot=slot))
     ticks = [(pct, _tick(span * pct / 100, span)) for pct in (0, 25, 50, 75, 100)]
-    attempts = []
-    for before, after in zip(stages, stages[1:]):
-        if before.status.value != "completed" and after.created_at >= end_of(before):
-            attempts.append(round((after.created_at - start).total_seconds() * 1000 / span * 100, 3))
-    return Timeline(list(lanes.values()), span, ticks, aggregated, attempts)
+    attempts = [round(spans[i + 1][0] * scale, 3) for i in range(len(stages) - 1)
+                if stages[i].status.value != "completed" and spans[i + 1][0] >= spans[i][1]]
+    return Timeline(list(lanes.values()), span, ticks, bool(merge), attempts)
 
 
 def _tick(ms: float, span_ms: float) -> str:
