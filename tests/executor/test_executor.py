@@ -298,8 +298,8 @@ def test_node_failure_then_resume_does_not_rerun_completed_nodes(engine):
     assert resumed.result == {"seen": ["a", "b", "c"]}
     assert calls == ["a", "b", "b", "c"]  # a did not run again
     stages = executor.repository.get_stages(run.id)
-    assert [(s.node_name, s.iteration, s.status.value) for s in stages] == [
-        ("a", 1, "completed"), ("b", 1, "failed"), ("b", 1, "completed"), ("c", 1, "completed")
+    assert [(s.node_name, s.iteration, s.status.value, s.attempt) for s in stages] == [
+        ("a", 1, "completed", 1), ("b", 1, "failed", 1), ("b", 1, "completed", 2), ("c", 1, "completed", 2)
     ]
 
 
@@ -819,10 +819,12 @@ def test_force_cancel_ends_a_run_whose_process_is_gone_and_it_resumes(engine, sa
     assert run.lease_epoch == plan.epoch + 1 and run.lease_expires_at is None and run.current_node is None
     [failed] = executor.repository.get_stages(plan.run_id)
     assert failed.id == stage.id and failed.status is StageStatus.FAILED and failed.error_message == INTERRUPTED
+    assert stage.attempt == failed.attempt == 1  # the attempt that ran it, on the run's row and on its own
     with pytest.raises(InvalidStatusError, match="cannot go from cancelled to cancelled"):
         executor.cancel(plan.run_id, force=True)
     resumed = executor.resume(plan.run_id)
     assert resumed.status is RunStatus.COMPLETED and resumed.result == expected
+    assert [s.attempt for s in executor.repository.get_stages(plan.run_id)] == [1, 2, 2, 2]
 
 
 @pytest.mark.parametrize("where", ["slow", "last"])

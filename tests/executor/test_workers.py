@@ -75,6 +75,10 @@ def test_a_worker_killed_mid_node_has_its_run_completed_by_another(workers, tmp_
         assert run.owner.startswith(f"heir{round_} on ") and run.attempt == 2
         completed = _completed(workers, run_id)
         assert sorted(completed) == [("s1", 1), ("s2", 1), ("s3", 1), ("s4", 1)]  # none twice
+        # the stage the killed worker left is the first attempt's; what the heir ran, the second's
+        stages = workers.repo.get_stages(run_id)
+        assert {s.attempt for s in stages if s.status.value == "failed"} <= {1}
+        assert stages[-1].attempt == 2 and {s.attempt for s in stages} <= {1, 2}
         ran = Counter(_executions(keys))
         assert max(ran.values()) <= 2 and sum(ran.values()) <= 5, ran  # only the interrupted node again
         assert took < 30

@@ -28,7 +28,7 @@ def tables(url: str) -> set[str]:
 def test_schema_matches_the_models_after_upgrade(empty_url):
     assert migrations.current(empty_url) is None
     migrations.upgrade(empty_url)
-    assert migrations.current(empty_url) == migrations.head() == "0007"
+    assert migrations.current(empty_url) == migrations.head() == "0008"
     assert tables(empty_url) == WFKIT_TABLES
     assert migrations.check(empty_url) == []
 
@@ -52,19 +52,19 @@ def test_round_trip_upgrade_downgrade_upgrade(empty_url):
     assert tables(empty_url) == set()
     migrations.upgrade(empty_url, "0001")
     assert tables(empty_url) == WFKIT_TABLES - {"workers"}
-    assert sorted(d[0] for d in migrations.check(empty_url)) == ["add_column"] * 13 + ["add_index", "add_table", "remove_index"]  # later ones
+    assert sorted(d[0] for d in migrations.check(empty_url)) == ["add_column"] * 14 + ["add_index", "add_table", "remove_index"]  # later ones
     migrations.upgrade(empty_url)
     assert migrations.check(empty_url) == []
 
 
 def test_unknown_revision_is_a_clear_error(empty_url):
-    with pytest.raises(ConfigurationError, match="unknown revision 'zzz': known revisions are 0001, 0002, 0003, 0004, 0005, 0006, 0007 \\(or head, base\\)"):
+    with pytest.raises(ConfigurationError, match="unknown revision 'zzz': known revisions are 0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008 \\(or head, base\\)"):
         migrations.upgrade(empty_url, "zzz")
 
 
 def test_history():
     revs = migrations.history()
-    assert [r.revision for r in revs] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+    assert [r.revision for r in revs] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
     assert revs[-1].is_head and revs[0].down_revision is None
     assert "run history tables" in revs[0].message
 
@@ -224,7 +224,7 @@ def test_plan_downgrade_names_what_holds_data(empty_url):
     from factories import add, make_run
 
     migrations.upgrade(empty_url)
-    plan = migrations.plan_downgrade(empty_url, "-5")
+    plan = migrations.plan_downgrade(empty_url, "-6")
     assert (plan.current, plan.target, plan.losses) == (migrations.head(), "0002", [])
     engine = create_engine(empty_url)
     try:
@@ -244,7 +244,7 @@ def test_plan_downgrade_names_what_holds_data(empty_url):
     assert migrations.plan_downgrade(empty_url, "base").losses[-1] == "table runs, which holds 3 rows"
     with pytest.raises(ConfigurationError, match="-9 would go below base"):
         migrations.plan_downgrade(empty_url, "-9")
-    with pytest.raises(ConfigurationError, match=r"the newest revision is 0007: there is no revision \+1"):
+    with pytest.raises(ConfigurationError, match=r"the newest revision is 0008: there is no revision \+1"):
         migrations.upgrade(empty_url, "+1")
 
 
@@ -276,9 +276,10 @@ def test_a_downgrade_from_0004_keeps_every_run_resumable_by_the_wfkit_before(emp
             loop.first_stage()
             for _ in range(2):
                 assert loop.stepped(loop.walker.step())
-        losses = migrations.plan_downgrade(engine, "0003").losses  # the leases go: the rest is kept
-        assert [loss.split(",")[0] for loss in losses] == ["column runs.owner", "column runs.attempt",
-                                                           "column runs.lease_epoch", "column runs.lease_expires_at"]
+        losses = migrations.plan_downgrade(engine, "0003").losses  # the leases and attempts go: the rest is kept
+        assert [loss.split(",")[0] for loss in losses] == ["column stages.attempt", "column runs.owner",
+                                                           "column runs.attempt", "column runs.lease_epoch",
+                                                           "column runs.lease_expires_at"]
         migrations.downgrade(engine, "0003")
         with engine.connect() as conn:
             rows = {run_id: data for run_id, data in conn.execute(

@@ -69,6 +69,9 @@ def viewer(backend: str, databases: Any, installed_plugins: dict[str, Path],
                  ("steps", "-p", "fail_in=s3")):
         out = cli.run("run", *args, "--json", url=url)
         assert out.returncode in (0, 1), out.stderr
+    out = cli.run("run", "steps", "-p", "fail_in=s2", "--json", url=url)  # fails once, then resumed
+    resumed = cli.run("runs", "resume", json.loads(out.stdout)["id"], url=url)
+    assert resumed.returncode == 0, resumed.stderr
     server = start_server(url, installed_plugins, markers)
     server.db_url = url  # type: ignore[attr-defined]
     yield server
@@ -200,6 +203,15 @@ def test_a_failed_run_shows_its_error_traceback_and_changes(page, viewer):
     assert page.page.locator("li.stage .changes tr.change-added, li.stage .changes tr.change-changed").count() >= 1
     assert page.page.locator("button[data-action=resume]").count() == 1
     assert page.page.locator("button[data-action=cancel]").count() == 0
+
+
+def test_a_resumed_run_s_timeline_tells_its_attempts_apart(page, viewer):
+    (run,) = [r for r in _runs(viewer, workflow_name="steps", status="completed") if r["attempt"] == 2]
+    page.goto(f"/runs/{run['id']}")
+    assert page.page.locator(".timeline .attempt").all_inner_texts() == ["Attempt 1", "Attempt 2"]
+    lanes = page.page.locator(".timeline .lane .lane-name").all_inner_texts()
+    assert lanes == ["s1", "s2", "s2", "s3", "s4"]  # s2 failed in the first attempt, ran again in the second
+    assert page.page.locator(".timeline .bar-failed").count() == 1
 
 
 def test_the_workflows_page(page, viewer):

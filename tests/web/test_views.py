@@ -16,8 +16,8 @@ T0 = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 
 
 def _stage(node: str, start_ms: float, ms: float | None, status: str = "completed", iteration: int = 1,
-           before: dict | None = None, updates: dict | None = None) -> SimpleNamespace:
-    return SimpleNamespace(node_name=node, iteration=iteration, status=StageStatus(status),
+           before: dict | None = None, updates: dict | None = None, attempt: int | None = 1) -> SimpleNamespace:
+    return SimpleNamespace(node_name=node, iteration=iteration, status=StageStatus(status), attempt=attempt,
                            created_at=T0 + timedelta(milliseconds=start_ms), duration_ms=ms,
                            input_snapshot=before, output_snapshot=updates, id=f"{node}{iteration}")
 
@@ -29,7 +29,7 @@ def test_the_timeline_places_each_execution_by_start_and_duration():
     assert [(bar.left, bar.width) for bar in line.lanes[0].bars] == [(0, 20), (80, 20)]
     assert [(bar.left, bar.width) for bar in line.lanes[1].bars] == [(20, 60)]
     assert line.lanes[0].bars[1].title == "a #2: 100 ms, completed"
-    assert not line.aggregated and line.attempts == []
+    assert not line.aggregated and [group.attempt for group in line.groups] == [1]
     assert [label for _pct, label in line.ticks] == ["0 ms", "125 ms", "250 ms", "375 ms", "500 ms"]
 
 
@@ -43,9 +43,12 @@ def test_a_big_run_s_timeline_merges_neighbouring_executions_and_keeps_the_worst
     assert [bar.status for bar in lane.bars].count("failed") == 1
 
 
-def test_a_later_attempt_is_marked_where_it_begins():
-    stages = [_stage("a", 0, 100), _stage("b", 100, 50, status="failed"), _stage("b", 5000, 50, iteration=1)]
-    assert views.timeline(stages).attempts == [round(5000 / 5050 * 100, 3)]
+def test_a_resumed_run_s_attempts_are_told_apart():
+    stages = [_stage("a", 0, 100), _stage("b", 100, 50, status="failed"),
+              _stage("b", 5000, 50, attempt=2), _stage("c", 5050, 50, attempt=2)]
+    line = views.timeline(stages)
+    assert [(g.attempt, [lane.node for lane in g.lanes]) for g in line.groups] == [(1, ["a", "b"]), (2, ["b", "c"])]
+    assert line.groups[1].lanes[0].bars[0].left == round(5000 / 5100 * 100, 3)  # one time axis for all
 
 
 def test_state_differences_name_what_each_stage_added_changed_and_removed():

@@ -75,6 +75,8 @@ class StageOut(_Shape):
     error_message: str | None
     error_traceback: str | None
     created_at: datetime
+    attempt: int | None = Field(description="the run's attempt that executed it (None: written before wfkit "
+                                            "recorded it)")
 
 
 class DecisionOut(_Shape):

@@ -537,7 +537,7 @@ class Executor:
         else pending."""
         workflow, stored, walker, capture, state_json = self._built(name, params)
         run_id = new_id()
-        opened = OpenStage(new_id(), walker.node, 1, utcnow()) if start and walker.node is not None else None
+        opened = OpenStage(new_id(), walker.node, 1, utcnow(), 1) if start and walker.node is not None else None
         created_at = recorder.create_run(run_id, name, stored, owner=self.owner, stage=opened,
                                          checkpoint_json=checkpoints.encode_start(walker.node, state_json),
                                          idempotency_key=idempotency_key)

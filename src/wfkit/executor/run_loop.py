@@ -147,7 +147,9 @@ class RunLoop:
                 walker = plan.walker
                 # It started from the state this walk resumes from when it is the step the walk takes next.
                 same = walker.node == node and walker.counters.get(node, 0) + 1 == iteration
-                recorder.stage_ended(self.run_id, OpenStage(stage_id, node, iteration, started_at or utcnow()),
+                # It was the previous attempt's (each claim is one attempt more).
+                recorder.stage_ended(self.run_id, OpenStage(stage_id, node, iteration, started_at or utcnow(),
+                                                            max(1, self.attempt - 1)),
                                      StageStatus.FAILED, input=self._input() if same else (None, None),
                                      error=INTERRUPTED)
             recorder.interrupt_started(self.run_id, INTERRUPTED)
@@ -317,7 +319,7 @@ class RunLoop:
         if self.lost.handback is not None:
             self.hand_back()
             return False
-        stage = OpenStage(new_id(), node, iteration, utcnow())
+        stage = OpenStage(new_id(), node, iteration, utcnow(), self.attempt)
         requested, _ = self.recorder.open_stage(self.run_id, self.epoch, stage)
         if self.held is not None:
             self.held.renewed()

@@ -337,6 +337,9 @@ class Stage(_Record, table=True):
     #: the formatted traceback of the exception that failed the stage, if there was one
     error_traceback: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
     created_at: datetime = _created_at()
+    #: the run's attempt that executed it (1 for its first execution; a resume or a takeover is the
+    #: next); None for stages written before migration 0008
+    attempt: int | None = Field(default=None, nullable=True)
 
 
 class Decision(_Record, table=True):

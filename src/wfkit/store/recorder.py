@@ -154,11 +154,11 @@ _FORCE_CANCEL = (
 # checkpoint's next node, with its visit count one short); a stage with no such checkpoint keeps none.
 _INTERRUPT_CURRENT = (
     "INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, input_from, output_snapshot, "
-    "duration_ms, error_message, error_traceback, created_at) SELECT current_stage_id, id, current_node, "
+    "duration_ms, error_message, error_traceback, created_at, attempt) SELECT current_stage_id, id, current_node, "
     "current_iteration, 'failed', NULL, (SELECT json_extract(state_data, '$.stage') FROM checkpoints c "
     "WHERE c.run_id = runs.id AND json_extract(state_data, '$.next_node') = runs.current_node AND "
     "COALESCE(json_extract(state_data, '$.counters.\"' || runs.current_node || '\"'), 0) + 1 = runs.current_iteration), "
-    "NULL, NULL, ?, NULL, current_stage_started_at FROM runs WHERE id = ? AND status = 'running' "
+    "NULL, NULL, ?, NULL, current_stage_started_at, attempt FROM runs WHERE id = ? AND status = 'running' "
     "AND current_stage_id IS NOT NULL"
 )
 _DELETE_RUN = "DELETE FROM runs WHERE id = ? AND status <> 'running'"
@@ -171,7 +171,7 @@ _EXPIRED = (
 # Buffered writes (gated by the step's fenced UPDATE of the run).
 _INSERT_STAGE = (
     "INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, input_from, output_snapshot, "
-    "duration_ms, error_message, error_traceback, created_at) VALUES (?, ?, ?, ?, ?, {j}, ?, {j}, ?, ?, ?, ?)"
+    "duration_ms, error_message, error_traceback, created_at, attempt) VALUES (?, ?, ?, ?, ?, {j}, ?, {j}, ?, ?, ?, ?, ?)"
 )
 _INSERT_DECISION = (
     "INSERT INTO decisions (id, run_id, from_node, to_node, predicate_name, predicate_result, reason, created_at) "
@@ -207,12 +207,14 @@ class Finished(NamedTuple):
 
 
 class OpenStage(NamedTuple):
-    """The stage that becomes a run's current one: its id, node, iteration and start time."""
+    """The stage that becomes a run's current one: its id, node, iteration, start time, and the
+    run's attempt that executes it."""
 
     id: uuid.UUID
     node: str
     iteration: int
     started_at: datetime
+    attempt: int | None = None
 
 
 def what_became(run_id: uuid.UUID, holder: tuple[Any, ...] | None, epoch: int | None = None) -> str:
@@ -564,7 +566,7 @@ class SqlRecorder:
         self._pending.append(("insert_stage", (
             c.id(stage.id), c.id(run_id), stage.node, stage.iteration, status.value, input[0],
             None if input[1] is None else c.id(input[1]), output_json, duration_ms, error, traceback,
-            c.time(stage.started_at))))
+            c.time(stage.started_at), stage.attempt)))
 
     def step_done(self, run_id: uuid.UUID, stage: tuple[OpenStage, tuple[str | None, uuid.UUID | None], str, float] | None,
                   decision: tuple[str, str | None, str | None, bool, str],
@@ -589,7 +591,7 @@ class SqlRecorder:
             writes.append(("insert_stage", (c.id(opened.id), rid, opened.node, opened.iteration,
                                             StageStatus.COMPLETED.value, input_json,
                                             None if input_from is None else c.id(input_from), output_json,
-                                            duration_ms, None, None, c.time(opened.started_at))))
+                                            duration_ms, None, None, c.time(opened.started_at), opened.attempt)))
         writes.append(("insert_decision", (c.id(new_id()), rid, from_node, to_node, predicate_name,
                                            c.flag(predicate_result), reason, now)))
         if checkpoint is not None:
@@ -688,14 +690,14 @@ class SqlRecorder:
 # (FOR UPDATE waits for a step being committed, and then reads what it wrote), the stage it names
 # recorded failed, the run ended as ``{end}`` says (its parameters follow the stage's two messages).
 _END_HELD_PG = (
-    "WITH o AS (SELECT id, current_stage_id, current_node, current_iteration, current_stage_started_at FROM runs "
+    "WITH o AS (SELECT id, current_stage_id, current_node, current_iteration, current_stage_started_at, attempt FROM runs "
     "WHERE id = ? AND status = 'running'{also} FOR UPDATE), "
     "s AS (INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, input_from, "
-    "output_snapshot, duration_ms, error_message, error_traceback, created_at) SELECT o.current_stage_id, o.id, "
+    "output_snapshot, duration_ms, error_message, error_traceback, created_at, attempt) SELECT o.current_stage_id, o.id, "
     "o.current_node, o.current_iteration, 'failed', NULL, (SELECT (c.state_data->>'stage')::uuid FROM checkpoints c "
     "WHERE c.run_id = o.id AND c.state_data->>'next_node' = o.current_node AND "
     "COALESCE((c.state_data->'counters'->>o.current_node)::int, 0) + 1 = o.current_iteration), NULL, NULL, ?, NULL, "
-    "o.current_stage_started_at FROM o WHERE o.current_stage_id IS NOT NULL ON CONFLICT (id) DO NOTHING), "
+    "o.current_stage_started_at, o.attempt FROM o WHERE o.current_stage_id IS NOT NULL ON CONFLICT (id) DO NOTHING), "
     "l AS (UPDATE stages SET status = 'failed', error_message = ? FROM o WHERE stages.run_id = o.id "
     "AND stages.status = 'started'), "
     "r AS (UPDATE runs SET lease_epoch = runs.lease_epoch + 1, lease_expires_at = NULL, {end}, "

@@ -135,7 +135,8 @@ class Repository:
         self._run_exists = Statement.compile(sa.select(Run.id).where(Run.id == rid), dialect)
         # The stage a run is executing lives on the run's row until it ends (then it gets its own).
         self._current_stage = Statement.compile(
-            sa.select(Run.current_stage_id, Run.current_node, Run.current_iteration, Run.current_stage_started_at)
+            sa.select(Run.current_stage_id, Run.current_node, Run.current_iteration, Run.current_stage_started_at,
+                      Run.attempt)
             .where(Run.id == rid), dialect)
         self._find_stage = Statement.compile(STAGES.select_all(Stage.id == rid), dialect)
         self._find_checkpoint = Statement.compile(
@@ -347,7 +348,7 @@ class Repository:
             fill_inputs(found)
             if run[0] is not None:
                 found.append(decode((run[0], values["rid"], run[1], run[2], "started", None, None, None, None,
-                                     None, None, run[3])))
+                                     None, None, run[3], run[4])))
             return found
         # Only an empty answer needs the existence check: rows imply the run.
         if check and not rows and self._execute(cursor, self._run_exists, values).fetchone() is None:

@@ -94,25 +94,34 @@ class Lane:
 
 
 @dataclass
-class Timeline:
+class Group:
+    attempt: int | None  # the run's attempt that ran these stages (None: recorded before wfkit kept it)
     lanes: list[Lane]
+
+
+@dataclass
+class Timeline:
+    groups: list[Group]  # one per attempt, in order: a resumed run's attempts told apart
     span_ms: float  # from the first stage's start to the last one's end
     ticks: list[tuple[float, str]]  # (percent, label) along the axis
     aggregated: bool  # some bars stand for several executions
-    attempts: list[float]  # where each later attempt begins, in percent (a gap after a failed or
-    # interrupted stage, or after a stage left running: the run was resumed or taken over)
+
+    @property
+    def lanes(self) -> list[Lane]:
+        return [lane for group in self.groups for lane in group.lanes]
 
 
 _RANK = {"completed": 0, "started": 1, "failed": 2}
 
 
 def timeline(stages: Sequence[Any], now: datetime | None = None) -> Timeline:
-    """A Gantt of a run's stages: one lane per node (in the order they first ran), one bar per
-    execution placed by its start and duration; a lane with more than :data:`MAX_BARS` executions
-    has neighbouring ones merged into one bar (its title says how many)."""
+    """A Gantt of a run's stages, grouped by the attempt that ran them: in each group one lane per
+    node (in the order they first ran), one bar per execution placed by its start and duration on
+    one time axis for the whole run; a lane with more than :data:`MAX_BARS` executions has
+    neighbouring ones merged into one bar (its title says how many)."""
     now = now or datetime.now(timezone.utc)
     if not stages:
-        return Timeline([], 0.0, [], False, [])
+        return Timeline([], 0.0, [], False)
     origin = min(s.created_at for s in stages)
     live_ms = (now - origin).total_seconds() * 1000
     # Each stage's start and end, in milliseconds from the first start (one pass: a big run has many).
@@ -124,21 +133,23 @@ def timeline(stages: Sequence[Any], now: datetime | None = None) -> Timeline:
         else:
             spans.append((begin, max(begin, live_ms) if stage.status.value == "started" else begin))
     span = max(max(end for _begin, end in spans), 1.0)
-    counts: dict[str, int] = {}
+    counts: dict[tuple[int | None, str], int] = {}
     for stage in stages:
-        counts[stage.node_name] = counts.get(stage.node_name, 0) + 1
-    lanes = {name: Lane(name, executions=count) for name, count in counts.items()}
-    merge = {name for name, count in counts.items() if count > MAX_BARS}
+        key = (stage.attempt, stage.node_name)
+        counts[key] = counts.get(key, 0) + 1
+    lanes = {key: Lane(key[1], executions=count) for key, count in counts.items()}
+    merge = {key for key, count in counts.items() if count > MAX_BARS}
     slot_width = 100.0 / MAX_BARS
     scale = 100.0 / span
     for stage, (begin, end) in zip(stages, spans):
-        lane = lanes[stage.node_name]
+        key = (stage.attempt, stage.node_name)
+        lane = lanes[key]
         left = begin * scale
         width = max((end - begin) * scale, 0.15)
         status = stage.status.value
         slot = int(left / slot_width)
         last = lane.bars[-1] if lane.bars else None
-        if stage.node_name in merge and last is not None and slot == last.slot:
+        if key in merge and last is not None and slot == last.slot:
             last.width = round(max(last.width, left + width - last.left), 3)
             last.count += 1
             if _RANK.get(status, 0) > _RANK.get(last.status, 0):
@@ -149,9 +160,10 @@ def timeline(stages: Sequence[Any], now: datetime | None = None) -> Timeline:
         lane.bars.append(Bar(round(left, 3), round(width, 3), status,
                              f"{stage.node_name} #{stage.iteration}: {took}, {status}", slot=slot))
     ticks = [(pct, _tick(span * pct / 100, span)) for pct in (0, 25, 50, 75, 100)]
-    attempts = [round(spans[i + 1][0] * scale, 3) for i in range(len(stages) - 1)
-                if stages[i].status.value != "completed" and spans[i + 1][0] >= spans[i][1]]
-    return Timeline(list(lanes.values()), span, ticks, bool(merge), attempts)
+    groups: dict[int | None, Group] = {}
+    for (attempt, _node), lane in lanes.items():
+        groups.setdefault(attempt, Group(attempt, [])).lanes.append(lane)
+    return Timeline(list(groups.values()), span, ticks, bool(merge))
 
 
 def _tick(ms: float, span_ms: float) -> str:
