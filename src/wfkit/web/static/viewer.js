@@ -9,12 +9,31 @@ function dark() {
   return window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
 }
 
+// Mermaid is large (its parse alone takes most of a second): it is loaded once the page has, and
+// only where there is a graph to draw, so that the page itself is never waiting for it.
+let mermaidLoading = null;
+
+function loadMermaid() {
+  if (!mermaidLoading) {
+    mermaidLoading = new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = "/static/vendor/mermaid.min.js";
+      script.onload = () => {
+        window.mermaid.initialize({ startOnLoad: false, securityLevel: "strict", theme: dark() ? "dark" : "default" });
+        resolve(window.mermaid);
+      };
+      script.onerror = reject;
+      document.head.appendChild(script);
+    });
+  }
+  return mermaidLoading;
+}
+
 async function drawGraphs(root) {
-  if (!window.mermaid) return;
   const charts = Array.from((root || document).querySelectorAll("pre.mermaid:not([data-processed])"));
   if (!charts.length) return;
-  window.mermaid.initialize({ startOnLoad: false, securityLevel: "strict", theme: dark() ? "dark" : "default" });
-  await window.mermaid.run({ nodes: charts });
+  const mermaid = await loadMermaid();
+  await mermaid.run({ nodes: charts });
 }
 
 function watchRunningCount() {
