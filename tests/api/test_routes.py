@@ -18,8 +18,8 @@ def test_workflows_are_those_the_command_line_lists(api, cli):
     response = api.client.get("/workflows")
     assert response.status_code == 200
     assert response.json() == json.loads(cli.run("list-workflows", "--json").stdout)
-    assert {w["name"] for w in response.json()} == {"branching", "review-loop", "steps", "text-pipeline",
-                                                        "unbuildable"}
+    assert {w["name"] for w in response.json()} == {"branching", "review-loop", "rounds", "steps",
+                                                        "text-pipeline", "unbuildable"}
 
 
 def test_a_workflow_with_its_params_schema_and_graph(api, cli):

@@ -214,6 +214,31 @@ def test_stages_and_decisions_oldest_first(repo, engine):
     assert ids(got) == ids(decisions)
 
 
+def test_stage_summaries_leave_the_large_values_out(repo, engine):
+    from wfkit.store.repository import STAGE_SUMMARY_LEFT_OUT
+
+    run = add_runs(engine, 1, status=RunStatus.RUNNING)[0]
+    add_history(engine, run, ["load", "check"])
+    from wfkit.store.codec import codec_for
+
+    codec = codec_for(engine.dialect.name)
+    with engine.begin() as conn:  # it is executing a third stage (shown from its row)
+        conn.exec_driver_sql(
+            "UPDATE runs SET current_stage_id = ?, current_node = 'save', current_iteration = 1, "
+            "current_stage_started_at = ?, attempt = 2 WHERE id = ?".replace("?", "%s" if codec.sqlite is False else "?"),
+            (codec.id(uuid.uuid4()), codec.time(T0 + timedelta(hours=1)), codec.id(run.id)))
+    full, summary = repo.get_stages(run.id), repo.get_stages(run.id, fields="summary")
+    assert [s.node_name for s in summary] == ["load", "check", "save"] and ids(summary) == ids(full)
+    for whole, brief in zip(full, summary):
+        for name, value in whole.to_dict().items():
+            assert brief.to_dict()[name] == (None if name in STAGE_SUMMARY_LEFT_OUT else value), name
+    assert summary[-1].status.value == "started" and summary[-1].attempt == 2
+    with pytest.raises(InvalidQueryError, match="unknown fields 'some': expected one of full, summary"):
+        repo.get_stages(run.id, fields="some")
+    with pytest.raises(NotFoundError):
+        repo.get_stages(uuid.uuid4(), fields="summary")
+
+
 def test_related_rows_with_equal_times_have_a_stable_order(repo, engine):
     run = add_runs(engine, 1)[0]
     stages, _ = add_history(engine, run, ["a", "b", "c", "d"])

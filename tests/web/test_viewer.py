@@ -69,6 +69,8 @@ def viewer(backend: str, databases: Any, installed_plugins: dict[str, Path],
                  ("steps", "-p", "fail_in=s3")):
         out = cli.run("run", *args, "--json", url=url)
         assert out.returncode in (0, 1), out.stderr
+    assert cli.run("run", "rounds", "-p", "rounds=60", url=url).returncode == 0  # 120 stages, 120 decisions
+    assert cli.run("run", "rounds", "-p", "rounds=1100", "--durability", "async", url=url).returncode == 0  # 2,200
     out = cli.run("run", "steps", "-p", "fail_in=s2", "--json", url=url)  # fails once, then resumed
     resumed = cli.run("runs", "resume", json.loads(out.stdout)["id"], url=url)
     assert resumed.returncode == 0, resumed.stderr
@@ -214,10 +216,41 @@ def test_a_resumed_run_s_timeline_tells_its_attempts_apart(page, viewer):
     assert page.page.locator(".timeline .bar-failed").count() == 1
 
 
+def test_a_big_run_s_stages_and_decisions_come_a_page_at_a_time(page, viewer):
+    (run,) = [r for r in _runs(viewer, workflow_name="rounds", fields="full") if r["result"]["i"] == 60]
+    page.goto(f"/runs/{run['id']}")
+    assert page.page.locator("li.stage").count() == 50 and page.page.locator("table.decisions tbody tr").count() == 100
+    assert "stages 1–50 of 120" in page.page.locator("nav[aria-label='Pages of stages']").inner_text()
+    assert "decisions 1–100 of 120" in page.page.locator("nav[aria-label='Pages of decisions']").inner_text()
+    page.page.click("nav[aria-label='Pages of stages'] >> text=Next stages")
+    page.page.wait_for_url(re.compile(r"stages_page=2"))
+    assert page.page.locator("ol.stages").get_attribute("start") == "51"
+    page.page.click("nav[aria-label='Pages of decisions'] >> text=Next decisions")
+    page.page.wait_for_url(re.compile(r"decisions_page=2"))
+    query = parse_qs(urlparse(page.page.url).query)
+    assert query == {"decisions_page": ["2"], "stages_page": ["2"]}  # the other section's page is kept
+    assert page.page.locator("table.decisions tbody tr").count() == 20
+    assert page.page.locator("table.decisions tbody tr td").first.inner_text() == "101"
+    # the timeline: one lane per node, every execution a bar (120 stages: none merged)
+    assert page.page.locator(".timeline .lane").count() == 2 and page.page.locator(".timeline .bar").count() == 120
+
+
+def test_a_run_too_big_for_one_page_shows_its_first_screen_then_its_details(page, viewer):
+    (run,) = [r for r in _runs(viewer, workflow_name="rounds", fields="full") if r["result"]["i"] == 1100]
+    answer = page.goto(f"/runs/{run['id']}")
+    assert "id=\"details\"" in answer.text()  # the first answer: facts and timeline, the rest to follow
+    assert "(2200 stages)" in page.page.locator("#timeline-h").inner_text()
+    assert page.page.locator(".timeline .bar").count() <= 2 * 300  # executions merged, MAX_BARS a lane
+    page.page.wait_for_selector("table.decisions")
+    assert "decisions 1–100 of 2200" in page.page.locator("nav[aria-label='Pages of decisions']").inner_text()
+    page.page.wait_for_selector("pre.mermaid svg")
+    assert "work ×1100" in page.page.locator("pre.mermaid svg").text_content()
+
+
 def test_the_workflows_page(page, viewer):
     page.goto("/catalog")
     names = page.page.locator("section.workflow h2").all_inner_texts()
-    assert {"branching", "review-loop", "text-pipeline", "steps"} <= set(names)
+    assert {"branching", "review-loop", "text-pipeline", "steps", "rounds"} <= set(names)
     page.page.wait_for_selector("#branching pre.mermaid svg")
     assert "is_express" in page.page.locator("#branching pre.mermaid svg").text_content()
     page.page.click("#branching a")

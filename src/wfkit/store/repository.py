@@ -73,6 +73,10 @@ LISTING_FIELDS = ("full", "summary")
 SUMMARY_LEFT_OUT = ("params", "result")
 _RUN_COLUMNS = tuple(Run.__table__.columns)
 _SUMMARY_COLUMNS = tuple(c for c in _RUN_COLUMNS if c.key not in SUMMARY_LEFT_OUT)
+#: The columns ``get_stages(fields="summary")`` leaves out (None in its stages): the snapshots and
+#: the traceback, which may be large; what is left places each stage in time (a timeline).
+STAGE_SUMMARY_LEFT_OUT = ("input_snapshot", "output_snapshot", "error_traceback")
+_STAGE_SUMMARY_COLUMNS = tuple(c for c in Stage.__table__.columns if c.key not in STAGE_SUMMARY_LEFT_OUT)
 
 
 def _page_request(page: PageRequest | int | None, page_size: int | None, sort: str | None) -> PageRequest:
@@ -126,6 +130,8 @@ class Repository:
         self._decode = {model: row_loader(model, codec=self._codec) for model in (Run, Stage, Decision, Checkpoint)}
         self._decode_summary = row_loader(Run, _SUMMARY_COLUMNS, codec=self._codec,
                                           absent={column: None for column in SUMMARY_LEFT_OUT})
+        self._decode_stage_summary = row_loader(Stage, _STAGE_SUMMARY_COLUMNS, codec=self._codec,
+                                                absent={column: None for column in STAGE_SUMMARY_LEFT_OUT})
         self._lock = threading.Lock()
         self._listings: dict[Any, tuple[Statement, Statement]] = {}
         rid = sa.bindparam("rid", type_=sa.Uuid())
@@ -146,6 +152,8 @@ class Repository:
             Decision: Statement.compile(
                 DECISIONS.select_all(Decision.run_id == rid, sort=DECISIONS.default_sort), dialect),
         }
+        self._stage_summaries = Statement.compile(
+            sa.select(*_STAGE_SUMMARY_COLUMNS).where(Stage.run_id == rid).order_by(*STAGES.order_by(None)), dialect)
         since = sa.bindparam("since", type_=Stage.__table__.c.created_at.type)
         # The same from a time on (a follower reading only what is new): still one index range.
         self._related_since = {
@@ -209,12 +217,38 @@ class Repository:
             raise NotFoundError(f"no run with idempotency key {shown(key)}")
         return decode(row)
 
-    def get_stages(self, run_id: uuid.UUID | str, *, since: datetime | None = None) -> list[Stage]:
+    def get_stages(self, run_id: uuid.UUID | str, *, since: datetime | None = None,
+                   fields: str = "full") -> list[Stage]:
         """Every stage of a run, oldest first; :class:`NotFoundError` if the run does not exist. The
         stage a running run is executing comes last, ``started``, with no snapshots yet (its input
         and output are written with its row when it ends). ``since``: only the stages that started
-        then or later (an input that refers to an earlier stage is then left None)."""
-        return self._related(run_id, Stage, since)
+        then or later (an input that refers to an earlier stage is then left None).
+        ``fields="summary"`` leaves out each stage's snapshots and traceback (they are None): what
+        places the stages in time, read from the index's order without the large values."""
+        if fields not in LISTING_FIELDS:
+            raise InvalidQueryError(f"unknown fields {fields!r}: expected one of {', '.join(LISTING_FIELDS)}")
+        if fields == "full":
+            return self._related(run_id, Stage, since)
+        if since is not None:
+            raise InvalidQueryError("get_stages(fields='summary') reads every stage: it takes no since=")
+        rid = parse_uuid(run_id)
+        values = {"rid": self._codec.id(rid)}
+
+        def read(cursor: Any) -> list[Stage] | None:
+            rows = self._execute(cursor, self._stage_summaries, values).fetchall()
+            run = self._execute(cursor, self._current_stage, values).fetchone()
+            if run is None:
+                return None
+            found = [self._decode_stage_summary(row) for row in rows]
+            if run[0] is not None:  # the stage it is executing, from the run's row
+                found.append(self._decode_stage_summary((run[0], values["rid"], run[1], run[2], "started", None,
+                                                         None, None, run[3], run[4])))
+            return found
+
+        found = self._read(read)
+        if found is None:
+            raise NotFoundError(f"no run with id {rid}")
+        return found
 
     def lease_expired(self, run_id: uuid.UUID | str) -> bool | None:
         """Whether no process holds a pending or running run any more, by the database's clock (the

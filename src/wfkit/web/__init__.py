@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 #: Stages per page of a run's state section, and decisions per page of its decisions.
 STAGES_PER_PAGE = 50
 DECISIONS_PER_PAGE = 100
+#: A run with at most this many stages has its whole page at once; a bigger one has its first screen
+#: (facts, timeline) first, and its graph, decisions and state fetched after.
+INLINE_STAGES = 2000
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".json": "application/json", ".svg": "image/svg+xml", ".png": "image/png",
                  ".LICENSE": "text/plain; charset=utf-8"}
@@ -130,8 +133,26 @@ def build_viewer(service: Any, dependencies: Sequence[Any] = ()) -> "APIRouter":
 
             rid = parse_uuid(run_id)
             repository = service.repository
+            if part == "details":
+                return _details(repository.find_run(rid), query)
             run = repository.find_run(rid)
-            stages, decisions = repository.get_stages(rid), repository.get_decisions(rid)
+            summaries = repository.get_stages(rid, fields="summary")  # no snapshots: the timeline's
+            context = {"run": run, "stages": summaries, "timeline": views.timeline(summaries),
+                       "params": views.shown(run.params), "seconds": views.run_seconds(run),
+                       "result": None if run.result is None else views.shown(run.result),
+                       "live": run.status.value not in views.FINAL, "details": None,
+                       "failed_stage": None}
+            if run.error_message:  # its traceback is the last failed stage's
+                failed = next((s for s in reversed(summaries) if s.status.value == "failed"), None)
+                context["failed_stage"] = failed and repository.find_stage(failed.id)
+            # A big run's first screen comes first; its details follow (the page fetches them).
+            if len(summaries) <= INLINE_STAGES or part == "live":
+                context["details"] = _details(run, query)
+            return context
+
+        def _details(run: Any, query: Any) -> dict[str, Any]:
+            repository = service.repository
+            stages, decisions = repository.get_stages(run.id), repository.get_decisions(run.id)
             stage_page, pages = _page_of(query.get("stages_page"), len(stages), STAGES_PER_PAGE)
             shown_stages = stages[(stage_page - 1) * STAGES_PER_PAGE: stage_page * STAGES_PER_PAGE]
             decision_page, decision_pages = _page_of(query.get("decisions_page"), len(decisions), DECISIONS_PER_PAGE)
@@ -142,21 +163,21 @@ def build_viewer(service: Any, dependencies: Sequence[Any] = ()) -> "APIRouter":
                 graph_text = views.run_graph(graph, stages, decisions)
             except WfkitError as err:
                 graph_error = str(err)
-            failed = next((s for s in reversed(stages) if s.status.value == "failed"), None)
-            return {"run": run, "stages": stages, "decisions": decisions, "timeline": views.timeline(stages),
+            return {"run": run, "all_stages": stages, "decisions": decisions,
                     "shown_decisions": decisions[first_decision:first_decision + DECISIONS_PER_PAGE],
                     "first_decision": first_decision, "decision_page": decision_page,
-                    "decision_pages": decision_pages,
-                    "state_rows": views.state_rows(shown_stages), "stage_page": stage_page, "stage_pages": pages,
-                    "first_stage": (stage_page - 1) * STAGES_PER_PAGE, "graph": graph_text,
-                    "graph_error": graph_error, "failed_stage": failed, "params": views.shown(run.params),
-                    "result": None if run.result is None else views.shown(run.result),
-                    "seconds": views.run_seconds(run), "live": run.status.value not in views.FINAL}
+                    "decision_pages": decision_pages, "state_rows": views.state_rows(shown_stages),
+                    "stage_page": stage_page, "stage_pages": pages, "first_stage": (stage_page - 1) * STAGES_PER_PAGE,
+                    "graph": graph_text, "graph_error": graph_error}
 
         try:
             context = await service.call(read)
         except WfkitError as err:
             return problem(request, err)
+        if part == "details":
+            return page(request, "run_details.html", **context)
+        if context["details"] is not None:
+            context.update(context["details"])
         return page(request, "run_live.html" if part == "live" else "run.html", **context)
 
     @router.get("/catalog", response_class=HTMLResponse)

@@ -29,11 +29,19 @@ function loadMermaid() {
   return mermaidLoading;
 }
 
-async function drawGraphs(root) {
-  const charts = Array.from((root || document).querySelectorAll("pre.mermaid:not([data-processed])"));
-  if (!charts.length) return;
-  const mermaid = await loadMermaid();
-  await mermaid.run({ nodes: charts });
+// Graphs are drawn one batch at a time: a live page may replace a chart while an earlier batch is
+// still drawing it, and mermaid must not be handed a chart that left the page.
+let drawing = Promise.resolve();
+
+function drawGraphs(root) {
+  drawing = drawing.then(async () => {
+    const charts = Array.from((root || document).querySelectorAll("pre.mermaid:not([data-processed])"))
+      .filter((chart) => chart.isConnected);
+    if (!charts.length) return;
+    const mermaid = await loadMermaid();
+    await mermaid.run({ nodes: charts.filter((chart) => chart.isConnected) });
+  });
+  return drawing;
 }
 
 function watchRunningCount() {
@@ -58,13 +66,22 @@ function runPage() {
   let source = null;
   let pending = null;
 
-  async function refresh() {
+  let refreshing = Promise.resolve();
+
+  function refresh() {
     pending = null;
+    refreshing = refreshing.then(refreshNow, refreshNow);  // one at a time, in order
+    return refreshing;
+  }
+
+  async function refreshNow() {
     const query = new URLSearchParams(location.search);
     query.set("part", "live");
     const answer = await fetch(`/runs/${runId}?${query}`);
     if (!answer.ok) return;
-    live.innerHTML = await answer.text();
+    const html = await answer.text();
+    await drawing;  // not while mermaid draws the charts this replaces
+    live.innerHTML = html;
     await drawGraphs(live);
     const status = document.getElementById("run-status");
     if (status && FINAL.includes(status.dataset.status) && source) {
@@ -86,6 +103,23 @@ function runPage() {
   }
 
   if (live.dataset.live === "yes") follow();
+  loadDetails();
+
+  // A big run's page comes with its first screen only; its details are fetched once it has loaded.
+  async function loadDetails() {
+    const holder = document.getElementById("details");
+    if (!holder) return;
+    const query = new URLSearchParams(location.search);
+    query.set("part", "details");
+    const answer = await fetch(`/runs/${runId}?${query}`);
+    if (!answer.ok) {
+      holder.textContent = `The details could not be loaded: ${answer.status} ${answer.statusText}`;
+      return;
+    }
+    holder.outerHTML = await answer.text();
+    await drawGraphs(live);
+    if (location.hash) document.querySelector(location.hash)?.scrollIntoView();
+  }
 
   live.addEventListener("click", async (event) => {
     const button = event.target.closest("button[data-action]");

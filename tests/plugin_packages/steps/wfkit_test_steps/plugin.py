@@ -103,10 +103,25 @@ def unbuildable(graph, runtime, params):
     raise RuntimeError("the settings file is missing")
 
 
+def rounds(graph, runtime, params):
+    """``work`` then ``check``, ``rounds`` times: a run with many stages and decisions."""
+    from wfkit.graph import END
+
+    count = int(params.get("rounds", 3))
+    graph.add_node("work", lambda s: {"i": s["i"] + 1})
+    graph.add_node("check", lambda s: {"checked": s["i"]})
+    graph.set_entry_point("work")
+    graph.add_edge("work", "check")
+    graph.add_edge("check", "work", when=lambda s: s["i"] < count, name="more_rounds")
+    graph.add_edge("check", END)
+    return {"i": 0}
+
+
 @wfkit.hookimpl
 def wfkit_register_workflows(registry):
     registry.register("steps", steps)
     registry.register("unbuildable", unbuildable)
+    registry.register("rounds", rounds, max_iterations=10_000)
 
 
 @wfkit.hookimpl
