@@ -90,8 +90,10 @@ function runPage() {
     }
   }
 
+  // Events come in bursts: one refresh per burst, and fewer for a big run (each reads all of it).
   function soon() {
-    if (pending === null) pending = setTimeout(refresh, 200);
+    const stages = Number(live.dataset.stages || 0);
+    if (pending === null) pending = setTimeout(refresh, Math.min(2000, 200 + stages / 10));
   }
 
   function follow() {
