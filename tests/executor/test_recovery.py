@@ -34,16 +34,26 @@ def _submit(url: str, **params: Any) -> str:
         return str(executor.submit("one", params))
 
 
-def _take(engine: sa.Engine, run_id: str, owner: str) -> int:
-    """What a worker does as it takes the run's job: the job 'doing' (the worker's id left NULL, as
-    once its registration is pruned), the run claimed. The claim's epoch."""
+def _register(engine: sa.Engine, owner: str) -> None:
+    workers.register(engine, owner, name=owner, host="h", pid=1, queues=[], concurrency=1, lease_seconds=30)
+
+
+def _take(engine: sa.Engine, run_id: str, owner: str, *, worker: bool = True, claim: bool = True) -> int:
+    """What a worker does as it takes the run's job: the job 'doing' (its Procrastinate worker
+    unknown, as once that registration is pruned), then (``claim``) the run claimed by ``owner``,
+    registered as a worker (``worker``), or else claimed as a process of its own resumes it. The
+    claim's epoch."""
+    if worker:
+        _register(engine, owner)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE procrastinate_jobs SET status = 'doing' WHERE args->>'run_id' = :r "
                              "AND status = 'todo'"), {"r": run_id})
+    if not claim:
+        return 0
     with SqlRecorder(engine, lease_seconds=30) as recorder:
-        claim = recorder.claim(uuid.UUID(run_id), owner, submitted=True)
-    assert claim is not None
-    return claim.epoch
+        found = recorder.claim(uuid.UUID(run_id), owner, submitted=worker, take_over=not worker)
+    assert found is not None
+    return found.epoch
 
 
 def _die(engine: sa.Engine, run_id: str) -> None:
@@ -79,9 +89,13 @@ def test_a_worker_pruned_while_stopped_registers_again_at_its_next_heartbeat(eng
     assert (back.name, back.host, back.pid, back.queues, back.concurrency, back.alive) == ("w", "h", 7, ["q"], 2, True)
 
 
-def test_a_run_held_by_a_worker_without_a_row_is_still_recovered(pg_url, engine):
+def test_a_worker_pruned_while_it_held_nothing_comes_back_and_its_next_run_is_recovered(pg_url, engine):
+    _register(engine, "w on h")
+    with engine.begin() as conn:
+        assert workers.prune(conn, 0) == 1
+    workers.heartbeat(engine, "w on h", name="w on h", host="h", pid=1, queues=[], concurrency=1, lease_seconds=30)
     run_id = _submit(pg_url)
-    _take(engine, run_id, "gone on h pid 1 (x)")  # no row in workers: pruned, or never written
+    _take(engine, run_id, "w on h")
     _die(engine, run_id)
     done = _recover(engine)
     assert done.redispatched == [run_id] and done.jobs_closed == 1
@@ -89,16 +103,48 @@ def test_a_run_held_by_a_worker_without_a_row_is_still_recovered(pg_url, engine)
     assert _recover(engine) == queue.Recovery()  # its job waits: nothing more to do
 
 
-def test_a_run_held_in_process_is_left_to_wfkit_runs_recover(pg_url, engine):
-    run_id = _submit(pg_url)
-    with engine.begin() as conn:  # no job: resumed by a process of its own (`wfkit runs resume`), which died
-        conn.execute(sa.text("DELETE FROM procrastinate_jobs WHERE args->>'run_id' = :r"), {"r": run_id})
-    _take(engine, run_id, "someone on h pid 2 (y)")
-    _die(engine, run_id)
-    assert _recover(engine) == queue.Recovery()
+def test_a_run_held_in_process_is_left_to_wfkit_runs_recover_even_if_it_had_a_job(pg_url, engine):
+    run_id = _submit(pg_url)  # submitted once; now resumed by a process of its own (`wfkit runs resume`)
+    _take(engine, run_id, "laptop pid 2 (y)", worker=False)
+    _die(engine, run_id)  # which died
+    assert _recover(engine, max_attempts=1) == queue.Recovery(jobs_closed=1)  # not the workers' to take, nor fail
     with Executor(pg_url, registry=picky_registry("one")) as executor:
         (recovered,) = executor.recover()
     assert str(recovered.run_id) == run_id and recovered.run.status.value == "completed"
+
+
+def test_a_run_a_live_worker_has_in_hand_is_left_alone(pg_url, engine):
+    run_id = _submit(pg_url)
+    _take(engine, run_id, "w1")
+    _die(engine, run_id)
+    with engine.begin() as conn:  # its job is being executed by a worker heard from just now
+        live = conn.execute(sa.text("INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id")).scalar_one()
+        conn.execute(sa.text("UPDATE procrastinate_jobs SET worker_id = :w WHERE args->>'run_id' = :r"),
+                     {"w": live, "r": run_id})
+    for _ in range(3):  # however often the recovery looks
+        assert _recover(engine, max_attempts=2) == queue.Recovery()
+    assert _jobs(engine, run_id) == [("doing", 0)]
+    with engine.begin() as conn:  # the worker stops heartbeating: then the run is recovered
+        conn.execute(sa.text("UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 hour'"))
+    assert _recover(engine, max_attempts=2).redispatched == [run_id]
+
+
+def test_a_pending_run_whose_job_was_taken_but_never_started_is_dispatched_again(pg_url, engine):
+    run_id = _submit(pg_url)
+    _take(engine, run_id, "w1", claim=False)  # the worker died (or its task raised) before claiming
+    done = _recover(engine, max_attempts=2)  # its job was closed (no live worker), then the run re-dispatched
+    assert done.jobs_closed == 1 and done.redispatched == [run_id]
+    assert _jobs(engine, run_id) == [("failed", 0), ("todo", 1)]
+    _take(engine, run_id, "w2", claim=False)  # and again: now its attempts are used up
+    done = _recover(engine, max_attempts=2)
+    assert done.given_up == [run_id]
+    with Executor(pg_url, registry=picky_registry("one")) as executor:
+        run = executor.repository.find_run(run_id)
+        assert run.status.value == "failed" and run.error_message.startswith(
+            "gave up after 2 attempts: each worker that took it stopped or failed before starting it")
+        # resumed for the workers, it starts over with its attempts
+        assert executor.submit_resume(run_id).status.value == "pending"
+    assert _jobs(engine, run_id)[-1] == ("todo", 0)
 
 
 def test_a_hand_back_with_a_job_waiting_already_keeps_that_job_and_fences_the_old_lease(pg_url, engine):
@@ -207,3 +253,39 @@ def test_a_worker_is_alive_while_heard_from_within_its_own_lease(engine):
     listed = {w.name: w.alive for w in workers.list_workers(engine, silent_seconds=0.1)}
     assert listed == {"short": False, "long": True, "old": False}
     assert workers.list_workers(engine, silent_seconds=60)[2].alive
+
+
+def test_a_database_error_while_preparing_leaves_the_run_to_be_recovered_not_failed(pg_url, engine, monkeypatch):
+    from wfkit.errors import DatabaseError
+    from wfkit.executor import checkpoints
+
+    run_id = _submit(pg_url)
+
+    def away(*args: Any, **kwargs: Any) -> Any:
+        raise DatabaseError("the database at ... did not answer: server closed the connection unexpectedly")
+
+    monkeypatch.setattr(checkpoints, "load", away)
+    with Executor(pg_url, registry=picky_registry("one")) as executor:
+        with pytest.raises(DatabaseError):
+            executor.execute_submitted(run_id)
+        run = executor.repository.find_run(run_id)
+    assert run.status.value == "running" and run.error_message is None  # held until its lease expires
+
+
+def test_a_taken_over_run_that_cannot_execute_here_keeps_the_stage_its_worker_left(pg_url, engine):
+    from wfkit.ids import new_id
+    from wfkit.store.models import utcnow
+    from wfkit.store.recorder import OpenStage
+
+    run_id = _submit(pg_url)
+    epoch = _take(engine, run_id, "w1")
+    with SqlRecorder(engine) as recorder:  # w1 was executing node a when it died
+        recorder.open_stage(uuid.UUID(run_id), epoch, OpenStage(new_id(), "a", 1, utcnow(), 1))
+    _die(engine, run_id)
+    with Executor(pg_url, registry=Registry()) as executor:
+        with pytest.raises(WorkflowNotFoundError):
+            executor.execute_submitted(run_id)
+        (stage,) = executor.repository.get_stages(run_id)
+        run = executor.repository.find_run(run_id)
+    assert (stage.node_name, stage.status.value, stage.attempt) == ("a", "failed", 1)
+    assert "interrupted" in stage.error_message and run.status.value == "failed" and run.attempt == 2

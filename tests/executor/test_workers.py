@@ -168,7 +168,12 @@ def test_a_running_run_is_cancelled_wherever_it_runs(workers, async_nodes):
 
 def test_sigterm_hands_the_run_in_flight_to_another_worker(workers, tmp_path):
     keys = tmp_path / "keys"
-    run_id = workers.submit(nap=0.4, keys_to=str(keys))
+    out = workers.wfkit("submit", "steps", "--queue", "special", "--params-json",
+                        json.dumps({"nap": 0.4, "keys_to": str(keys)}))
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.strip()
+    with workers.repo.engine.begin() as conn:  # as if the recovery had handed it on twice already
+        conn.exec_driver_sql("UPDATE procrastinate_jobs SET args = args || '{\"recoveries\": 2}'")
     first = workers.start("first")
     workers.wait(lambda: "s2" in _executions(keys))
     out, _err = workers.stop(first)
@@ -176,7 +181,11 @@ def test_sigterm_hands_the_run_in_flight_to_another_worker(workers, tmp_path):
     assert f"handed run {run_id} back to the queue" in out, out
     run = workers.run(run_id)
     assert run.status.value == "pending" and run.owner is None
-    assert queue.jobs_of(workers.url, run_id)[-1][2] == "todo"
+    # its new job: in the queue it came from, with the recoveries it had (a hand-back is not one)
+    assert queue.jobs_of(workers.url, run_id)[-1] == (queue.EXECUTE_TASK, "special", "todo")
+    with workers.repo.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT args->>'recoveries' FROM procrastinate_jobs WHERE status = 'todo'"
+                                    ).scalar_one() == "2"
     done = _completed(workers, run_id)
     assert done and done[-1] == ("s2", 1)  # the node in flight finished first
     second = workers.start("second")

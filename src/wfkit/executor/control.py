@@ -31,6 +31,10 @@ from wfkit.store.repository import Repository
 INTERRUPTED = "interrupted: the process executing this stage stopped before it finished"
 
 
+#: How many times a cancel follows a run that moves between pending and running meanwhile.
+_CANCEL_TRIES = 5
+
+
 def where_from() -> str:
     """Who is asking, from where: ``user on host (pid N)``, for the reasons stored on runs."""
     try:
@@ -90,7 +94,7 @@ class RunControl:
             # Each statement changes the run only in the status it was read in; if it moved on
             # meanwhile (a pending run started; a stopping worker handed a running one back to the
             # queue, pending again), the cancel follows it. A run that ended is not cancelled.
-            for _ in range(5):
+            for _ in range(_CANCEL_TRIES):
                 if run.status is RunStatus.PENDING:
                     changed = recorder.cancel_pending(rid, reason, queued)
                 elif force:
@@ -104,6 +108,8 @@ class RunControl:
                     break
         if not changed:  # it moved on meanwhile (it finished): say where it is now
             check_transition(run.status, RunStatus.CANCELLED)
+            raise InvalidStatusError(f"run {rid} changed status {_CANCEL_TRIES} times while it was being "
+                                     f"cancelled (it is {run.status.value} now): try again")
         return run
 
     def delete(self, run_id: uuid.UUID | str, *, force: bool = False) -> None:

@@ -57,6 +57,7 @@ from wfkit.errors import (
     NotFoundError,
     StateNotSerializableError,
     WfkitError,
+    WorkflowBuildError,
     WorkflowNotFoundError,
 )
 from wfkit.events import MultiObserver, Observer, RunStarted
@@ -64,7 +65,7 @@ from wfkit.executor import checkpoints
 from wfkit.executor.control import RunControl
 from wfkit.executor import lease as leases
 from wfkit.executor.lease import Heartbeat, new_owner
-from wfkit.executor.run_loop import Plan, RunLoop, StageCapture, Stop
+from wfkit.executor.run_loop import INTERRUPTED, Plan, RunLoop, StageCapture, Stop
 from wfkit.formatting import shown
 from wfkit.graph import Walker
 from wfkit.ids import new_id, parse_uuid
@@ -74,7 +75,7 @@ from wfkit.registry import Registry
 from wfkit.runtime import Runtime
 from wfkit.store.codec import row_loader
 from wfkit.store.db import as_engine, display_url
-from wfkit.store.models import Run, RunStatus, check_transition, utcnow
+from wfkit.store.models import Run, RunStatus, StageStatus, check_transition, utcnow
 from wfkit.store.query import parse_workflow_names
 from wfkit.store.recorder import OpenStage, SqlRecorder
 from wfkit.store.repository import Repository
@@ -579,51 +580,64 @@ class Executor:
 
     def _prepare_submitted(self, run_id: uuid.UUID | str, recorder: SqlRecorder) -> Any:
         """A worker's job: only a run waiting for one, or handed on by the recovery (None otherwise:
-        cancelled, ended or deleted before a worker took it, or held by another). A run that cannot
-        be executed here (its workflow is not installed on this worker, or no longer builds with its
-        params, or no longer fits its checkpoint) is claimed and fails, saying why, and the error is
+        cancelled, ended or deleted before a worker took it, or held by another). The run is claimed
+        first (one compare-and-set statement): from then on its lease is live, so the workers'
+        recovery leaves it alone while its workflow is built and its checkpoint read. A run that
+        cannot be executed here (its workflow is not installed on this worker, or no longer builds
+        with its params, or no longer fits its checkpoint) then fails, saying why, and the error is
         raised: it would fail the same way at every attempt, and a run left waiting would be
-        dispatched again and again."""
+        dispatched again and again. Any other error (the database, say) leaves the run held until
+        its lease expires: the recovery hands it on then."""
         try:
             run = self.repository.find_run(run_id)
         except NotFoundError:
             return None  # deleted before a worker took it
         if run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
             return None
+        claim = recorder.claim(run.id, self.owner, submitted=True)
+        if claim is None:
+            return None
         try:
             workflow = self.registry.get(run.workflow_name)
             graph, initial = workflow.build(run.params, self.runtime)
-            capture = StageCapture()
-            self._walker_at_checkpoint(run, graph, initial, capture)
-        except WfkitError as err:
-            claim = recorder.claim(run.id, self.owner, submitted=True)
-            if claim is None:
-                return None
+            return self._plan_after_claim(run, workflow, graph, initial, StageCapture(), recorder, claim,
+                                          submitted=True, fail=False)
+        except _CANNOT_EXECUTE as err:
             message = str(err)
             if isinstance(err, WorkflowNotFoundError):
                 message = (f"{message} (on worker {self.owner}): install its plugin on every worker that takes "
                            "its queue, or submit it to a queue only workers that have it take; then resume it "
                            f"with `wfkit runs resume {run.id} --submit`")
+            if claim.left_running is not None:  # the stage its last holder was executing when it stopped
+                stage_id, node, iteration, started_at = claim.left_running
+                recorder.stage_ended(run.id, OpenStage(stage_id, node, iteration, started_at or utcnow(),
+                                                       max(1, claim.attempt - 1)),
+                                     StageStatus.FAILED, error=INTERRUPTED)
             recorder.finish_run(run.id, claim.epoch, RunStatus.FAILED, error=message)
             if message != str(err):
                 raise WorkflowNotFoundError(message) from None
             raise
-        return self._claimed_plan(run, workflow, graph, initial, capture, recorder, submitted=True)
 
     def _claimed_plan(self, run: Run, workflow: Any, graph: Any, initial: Any, capture: StageCapture,
-                      recorder: SqlRecorder, *, force: bool = False, submitted: bool = False) -> Any:
+                      recorder: SqlRecorder, *, force: bool = False) -> Any:
         """Claim the run (one compare-and-set statement), then rebuild its walk where its checkpoint
         left it (read again after the claim)."""
-        claim = recorder.claim(run.id, self.owner, take_over=force, submitted=submitted)
+        claim = recorder.claim(run.id, self.owner, take_over=force)
         if claim is None:
-            if submitted:
-                return None
             raise self.control.not_claimable(run.id, recorder.holder(run.id), force=force)
+        return self._plan_after_claim(run, workflow, graph, initial, capture, recorder, claim)
+
+    def _plan_after_claim(self, run: Run, workflow: Any, graph: Any, initial: Any, capture: StageCapture,
+                          recorder: SqlRecorder, claim: Any, *, submitted: bool = False, fail: bool = True) -> Any:
+        """The run's walk rebuilt where its checkpoint left it, read after the claim (its last holder
+        may have written a step meanwhile). A checkpoint that no longer fits fails the run (``fail``;
+        else the caller does)."""
         try:
             walker, loaded = self._walker_at_checkpoint(run, graph, initial, capture)
             state_json = None if loaded.stage_id is not None else dumps_state(walker.state, "the state to resume from")
         except WfkitError as err:  # the checkpoint changed meanwhile, and no longer fits: the run fails
-            recorder.finish_run(run.id, claim.epoch, RunStatus.FAILED, error=str(err))
+            if fail:
+                recorder.finish_run(run.id, claim.epoch, RunStatus.FAILED, error=str(err))
             raise
         return Plan(run.id, workflow, run.params, walker, capture, state_json, not submitted or claim.attempt > 1, run.created_at,
                     epoch=claim.epoch, attempt=claim.attempt, started_at=run.started_at or utcnow(), claim=claim,
@@ -813,6 +827,10 @@ def check_workers(engine: Any) -> None:
         raise DatabaseNotMigratedError(f"the database at {display_url(engine)} has no workers' queue (Procrastinate's "
                                        "tables): run `wfkit db upgrade` with the worker extra installed")
 
+
+#: What makes a submitted run impossible to execute on a worker, at any attempt: it fails at once.
+_CANNOT_EXECUTE = (WorkflowNotFoundError, WorkflowBuildError, InvalidParamsError, CheckpointError, GraphError,
+                   StateNotSerializableError)
 
 #: Why a run cannot be submitted to workers on SQLite, and what to do.
 WORKERS_NEED_POSTGRESQL = ("workers need PostgreSQL (they share the database from many machines), and this database "

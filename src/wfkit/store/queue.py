@@ -265,17 +265,36 @@ class Recovery:
     jobs_closed: int = 0  # jobs left 'doing' by workers that stopped heartbeating, closed as failed
 
 
-def recover(engine: Engine, *, max_attempts: int, dead_seconds: float, limit: int = 100) -> Recovery | None:
+#: The workers' recovery failing a pending run nobody could start (see :func:`recover`).
+_GIVE_UP_PENDING = (
+    "UPDATE runs SET status = 'failed', error_message = %s, completed_at = %s, updated_at = %s, "
+    "lease_epoch = lease_epoch + 1 WHERE id = %s AND status = 'pending' AND owner IS NULL"
+)
+
+
+def recover(engine: Engine, *, max_attempts: int, dead_seconds: float, lease_seconds: float = 30.0,
+            limit: int = 100) -> Recovery | None:
     """One pass of the workers' recovery (PostgreSQL), in one transaction; None if another worker
-    is doing it (an advisory lock: one at a time). It finds the runs that a worker held and no
-    longer does (their lease expired) and that have no job waiting, and gives each a new job in the
-    queue its last job had (a worker then takes it over from its checkpoint), or fails it once it
-    has had ``max_attempts`` attempts (its first, and one per recovery since it was submitted: a
-    stopping worker's hand-back is not one). It also prunes the workers silent for ``dead_seconds``
-    (Procrastinate's, with the jobs they left 'doing', closed as failed; and wfkit's rows of those
-    that hold no run any more). That is much longer than a lease: a worker that was merely stopped
-    for a while (SIGSTOP, a frozen machine) finds its registration when it comes back, and serves on;
-    its runs were taken over long before, by their leases."""
+    is doing it (an advisory lock: one at a time). It finds the workers' runs that nobody executes
+    any more and that have no job waiting:
+
+    - a run a worker held (its owner is a registered worker) whose lease expired: the worker died,
+      or stalls;
+    - a run waiting for a worker (pending, held by nobody) whose job a worker took and then did not
+      start it: its job failed (the worker's task raised before the claim), or is still 'doing';
+
+    unless its last job is being executed by a worker heard from within ``lease_seconds`` (that
+    worker has it in hand: it is about to claim it, or executing it).
+
+    Each gets a new job in the queue its last job had (a worker then takes it over from its
+    checkpoint), or fails once it has had ``max_attempts`` attempts (its first, and one per recovery
+    since it was submitted: a stopping worker's hand-back is not one). Runs held by any other
+    process (``wfkit run``, a service) are left to ``wfkit runs recover``, even if they once had a
+    job. It also prunes the workers silent for ``dead_seconds`` (Procrastinate's, with the jobs
+    they left 'doing', closed as failed; and wfkit's rows of those that hold no run any more).
+    That is much longer than a lease: a worker that was merely stopped for a while (SIGSTOP, a
+    frozen machine) finds its registration when it comes back, and serves on; its runs were taken
+    over long before, by their leases."""
     from wfkit.store.recorder import give_up_statement
     from wfkit.store.workers import prune
 
@@ -286,27 +305,40 @@ def recover(engine: Engine, *, max_attempts: int, dead_seconds: float, limit: in
         closed = len(conn.execute(sa.text(
             "SELECT procrastinate_finish_job_v1(id, 'failed', false) FROM procrastinate_jobs "
             "WHERE status = 'doing' AND worker_id IS NULL AND task_name = :task"), {"task": EXECUTE_TASK}).all())
-        # The runs a worker held (they have a job: the workers' runs) whose lease expired, with no job
-        # waiting; with the queue and the recovery count of their last job. Whether the worker still
-        # has its registration does not matter: the lease says it no longer holds the run.
+        # With the queue and the recovery count of each run's last job. A worker's row stays while it
+        # holds a run (prune), and its heartbeat writes it again if it was pruned while it held none.
+        # Its last job is being executed by a worker heard from within a lease: that worker has the run
+        # in hand (about to claim it, or executing it), whatever the run's row says yet.
+        in_hand = ("(j.status = 'doing' AND EXISTS (SELECT 1 FROM procrastinate_workers pw WHERE pw.id = j.worker_id "
+                   "AND pw.last_heartbeat > now() - :lease * interval '1 second'))")
         rows = conn.execute(sa.text(
-            "SELECT r.id, j.queue_name, COALESCE((j.args->>'recoveries')::int, 0) FROM runs r "
-            "JOIN LATERAL (SELECT j.queue_name, j.args FROM procrastinate_jobs j "
+            "SELECT r.id, r.status::text, j.queue_name, COALESCE((j.args->>'recoveries')::int, 0) FROM runs r "
+            "JOIN LATERAL (SELECT j.queue_name, j.args, j.status, j.worker_id FROM procrastinate_jobs j "
             "WHERE j.args->>'run_id' = r.id::text AND j.task_name = :task ORDER BY j.id DESC LIMIT 1) j ON true "
-            "WHERE r.status = 'running' AND r.lease_expires_at < now() AND NOT EXISTS "
-            "(SELECT 1 FROM procrastinate_jobs t WHERE t.args->>'run_id' = r.id::text AND t.status = 'todo') "
+            "WHERE ((r.status = 'running' AND r.lease_expires_at < now() "
+            "AND EXISTS (SELECT 1 FROM workers w WHERE w.id = r.owner)) "
+            "OR (r.status = 'pending' AND r.owner IS NULL AND j.status IN ('failed', 'doing'))) "
+            f"AND NOT {in_hand} AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs t "
+            "WHERE t.args->>'run_id' = r.id::text AND t.status = 'todo') "
             "ORDER BY r.created_at, r.id LIMIT :limit FOR UPDATE OF r SKIP LOCKED"),
-            {"limit": limit, "task": EXECUTE_TASK}).all()
+            {"limit": limit, "task": EXECUTE_TASK, "lease": lease_seconds}).all()
         driver = conn.connection.driver_connection
         redispatched, given_up = [], []
-        for run_id, queue, recoveries in rows:
+        for run_id, status, queue, recoveries in rows:
             attempts = recoveries + 1  # the first execution, then one per recovery (hand-backs are not counted)
             if attempts >= max_attempts:
-                error = (f"gave up after {attempts} attempts: the worker executing it stopped each time "
-                         f"(WFKIT_MAX_ATTEMPTS={max_attempts}); resume it with `wfkit runs resume {run_id}`")
                 now = datetime.now(timezone.utc)
-                if conn.exec_driver_sql(give_up_statement(), (run_id, INTERRUPTED, INTERRUPTED, error, now,
-                                                              now)).scalar_one():
+                if status == "running":
+                    error = (f"gave up after {attempts} attempts: the worker executing it stopped each time "
+                             f"(WFKIT_MAX_ATTEMPTS={max_attempts}); resume it with `wfkit runs resume {run_id}`")
+                    done = conn.exec_driver_sql(give_up_statement(), (run_id, INTERRUPTED, INTERRUPTED, error, now,
+                                                                      now)).scalar_one()
+                else:
+                    error = (f"gave up after {attempts} attempts: each worker that took it stopped or failed "
+                             f"before starting it (WFKIT_MAX_ATTEMPTS={max_attempts}); see the workers' logs, "
+                             f"then resume it with `wfkit runs resume {run_id} --submit`")
+                    done = conn.exec_driver_sql(_GIVE_UP_PENDING, (error, now, now, run_id)).rowcount
+                if done:
                     given_up.append(str(run_id))
             else:
                 enqueuer(run_id, queue, recoveries + 1)(driver)

@@ -278,7 +278,7 @@ class _Worker:
                 if since >= self.recovery_seconds:
                     since = 0.0
                     done = await asyncio.to_thread(queues.recover, engine, max_attempts=self.max_attempts,
-                                                   dead_seconds=dead_seconds(lease))
+                                                   dead_seconds=dead_seconds(lease), lease_seconds=lease)
                     for run_id in done.redispatched if done else ():
                         self.say("run_recovered", f"run {run_id}: its worker stopped holding it; handed to the "
                                  "queue again", run_id=run_id)
