@@ -17,7 +17,7 @@ demo: $(VENV)/.installed
 	@bash examples/demo.sh $(BIN) .demo
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -n 3
+	$(BIN)/python -m pytest -n 3 --dist loadgroup
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_cli.py

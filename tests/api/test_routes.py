@@ -194,7 +194,8 @@ def test_cancel_resume_and_delete(api, cli):
     assert body["detail"] == cli_error(cli.invoke("runs", "cancel", run["id"])) and body["error"] == "InvalidStatusError"
     resumed = api.client.post(f"/workflows/runs/{run['id']}/resume")
     assert resumed.status_code == 200
-    assert resumed.json()["id"] == run["id"] and resumed.json()["status"] == "running"
+    # answered as it stands: running, or already completed (nothing pauses it any more)
+    assert resumed.json()["id"] == run["id"] and resumed.json()["status"] in ("running", "completed")
     assert resumed.json()["attempt"] == 2
     done = finished(api, run["id"])
     assert done["status"] == "completed" and done["result"]["log"] == ["s1:0", "s2:1", "s3:2", "s4:3"]

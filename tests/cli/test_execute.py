@@ -99,13 +99,15 @@ def test_bad_input(cli):
 
 
 def test_cancel_from_another_process_then_resume(cli, db_url, tmp_path):
-    proc = cli.start("run", "steps", "-p", "pause_in=s2", "-p", "pause_seconds=1.5")
+    go = tmp_path / "go"  # s2 pauses until this exists (the cancel must reach it first, however slow the machine)
+    proc = cli.start("run", "steps", "-p", "pause_in=s2", "-p", "pause_seconds=30", "-p", f"pause_until={go}")
     wait_for(tmp_path / "markers" / "s2-in", proc)
     run = only_run(db_url)
     out = cli.run("runs", "cancel", str(run.id))
     assert out.returncode == 0 and out.stdout.splitlines() == [  # its holder is alive: it is named
         f"cancel requested: {run.owner} stops run {run.id} before its next node (a run in its last node completes).",
     ]
+    go.touch()
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "status: cancelled" in stdout
     run = only_run(db_url)

@@ -40,7 +40,13 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+# Playwright's synchronous API runs an event loop in this thread while it is open: the browser tests
+# run together in one test process (`make test` distributes by these groups), and the browser is
+# closed with this module, so that no other test finds a loop running (asyncio.run would refuse).
+pytestmark = pytest.mark.xdist_group("browser")
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
