@@ -36,6 +36,8 @@ def _chromium() -> str:
                    f"{CHROMIUM_ENV} at one")
         if os.environ.get("CI"):
             pytest.fail(message + " (CI must run the browser tests)")
+        # A developer's machine without Chromium can still run everything else (as without PostgreSQL);
+        # CI, above, cannot.
         pytest.skip(message)
     return path
 
@@ -173,7 +175,7 @@ def test_an_empty_database_says_what_to_do(browser, databases, installed_plugins
 
 def test_list_to_run_to_graph_with_the_path_taken(page, viewer):
     run = _runs(viewer, workflow_name="branching", status="completed")[0]
-    page.goto(f"/?workflow_name=branching")
+    page.goto("/?workflow_name=branching")
     page.page.click(f"a[href='/runs/{run['id']}']")
     page.page.wait_for_url(f"**/runs/{run['id']}")
     body = page.page.locator("main")

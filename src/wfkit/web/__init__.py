@@ -19,7 +19,6 @@ same message, as a page with status 400.
 
 import hashlib
 import math
-import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import resources
