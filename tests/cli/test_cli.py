@@ -270,13 +270,13 @@ def test_db_commands(wfkit_cli, new_database):
 def test_a_downgrade_that_removes_data_asks_however_it_is_spelled(wfkit_cli, new_database):
     url = new_database()
     assert wfkit_cli.invoke("db", "upgrade", url=url).returncode == 0
-    for spelled in ("-8", "base"):  # both end at base
+    for spelled in ("-9", "base"):  # both end at base
         out = wfkit_cli.run("db", "downgrade", "--", spelled, url=url)
-        again = "-- -8" if spelled == "-8" else "base"
+        again = "-- -9" if spelled == "-9" else "base"
         assert_one_line_error(out, 2, "to base removes every wfkit table, and all the run history in them: confirm "
                                       f"with `wfkit db downgrade --yes {again}`")
         assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == HEAD
-    assert wfkit_cli.run("db", "downgrade", "--", "-6", url=url).returncode == 0  # drops empty columns: no question
+    assert wfkit_cli.run("db", "downgrade", "--", "-7", url=url).returncode == 0  # drops empty columns: no question
     assert wfkit_cli.invoke("db", "upgrade", url=url).returncode == 0
     from wfkit.store.db import create_engine
 
@@ -285,7 +285,7 @@ def test_a_downgrade_that_removes_data_asks_however_it_is_spelled(wfkit_cli, new
         add(engine, make_run(cancel_reason="by the test"))
     finally:
         engine.dispose()
-    assert wfkit_cli.run("db", "downgrade", "--", "-5", url=url).returncode == 0  # to 0003: no data lost
+    assert wfkit_cli.run("db", "downgrade", "--", "-6", url=url).returncode == 0  # to 0003: no data lost
     out = wfkit_cli.run("db", "downgrade", "--", "-1", url=url)
     assert_one_line_error(out, 2, "removes column runs.cancel_reason, which holds 1 value: confirm with "
                                   "`wfkit db downgrade --yes -- -1`")
@@ -300,7 +300,7 @@ def test_a_downgrade_that_removes_data_asks_however_it_is_spelled(wfkit_cli, new
     assert_one_line_error(wfkit_cli.run("db", "downgrade", "--", "-1", url=url), 2, "to base removes every wfkit table")
     out = wfkit_cli.run("--database-url", url, "db", "downgrade", "0002")  # from 0001: the wrong way, and what to run
     assert_one_line_error(out, 2, f"that is an upgrade (`wfkit --database-url {url} db upgrade`)")
-    assert_one_line_error(wfkit_cli.run("db", "upgrade", "+8", url=url), 2, "there is no revision +8 from it")
+    assert_one_line_error(wfkit_cli.run("db", "upgrade", "+9", url=url), 2, "there is no revision +9 from it")
 
 
 def test_db_history_and_path(wfkit_cli, tmp_path):

@@ -789,7 +789,7 @@ def test_a_cancel_request_stops_the_next_stage_from_starting(engine, samples):
         assert rec.open_stage(plan.run_id, plan.epoch, receive) == (None, None)
         assert executor.repository.find_run(plan.run_id).current_node == "receive"
         assert rec.request_cancel(plan.run_id, "asked by the test")
-        rec.step_done(plan.run_id, (receive, ("{}", None), "{}", 1.0), ("receive", "batch", None, True, "edge"), None)
+        rec.step_done(plan.run_id, (receive, ("{}", None), "{}", 1.0, None), ("receive", "batch", None, True, "edge"), None)
         requested, reason = rec.open_stage(plan.run_id, plan.epoch, OpenStage(uuid.uuid4(), "batch", 1, utcnow()))
         assert requested is not None and reason == "asked by the test"
     run = executor.repository.find_run(plan.run_id)

@@ -195,12 +195,12 @@ def test_a_process_that_lost_its_lease_writes_nothing(engine):
             claim = taker.claim(run_id, "the taker", take_over=True)
         assert claim is not None and claim.epoch == 2
         stage = OpenStage(uuid.uuid4(), "b", 1, utcnow())
-        recorder.step_done(run_id, (stage, ('{"seen": ["a"]}', None), '{"seen": ["a", "b"]}', 1.0),
+        recorder.step_done(run_id, (stage, ('{"seen": ["a"]}', None), '{"seen": ["a", "b"]}', 1.0, None),
                            ("b", "c", None, True, "unconditional edge"), ("b", '{"state": {}, "format": 3}'))
         with pytest.raises(LeaseLostError, match=f"run {run_id} was taken over by the taker at attempt 2; "
                                                  "this process stopped"):
             recorder.open_stage(run_id, 1, OpenStage(uuid.uuid4(), "c", 1, utcnow()))
-        recorder.step_done(run_id, (stage, ("{}", None), "{}", 1.0), ("b", None, None, True, "end"), None)
+        recorder.step_done(run_id, (stage, ("{}", None), "{}", 1.0, None), ("b", None, None, True, "end"), None)
         with pytest.raises(LeaseLostError):
             recorder.finish_run(run_id, 1, RunStatus.COMPLETED, result_json="{}")
         assert not recorder.renew(run_id, 1)

@@ -28,7 +28,7 @@ def tables(url: str) -> set[str]:
 def test_schema_matches_the_models_after_upgrade(empty_url):
     assert migrations.current(empty_url) is None
     migrations.upgrade(empty_url)
-    assert migrations.current(empty_url) == migrations.head() == "0008"
+    assert migrations.current(empty_url) == migrations.head() == "0009"
     assert tables(empty_url) == WFKIT_TABLES
     assert migrations.check(empty_url) == []
 
@@ -52,19 +52,19 @@ def test_round_trip_upgrade_downgrade_upgrade(empty_url):
     assert tables(empty_url) == set()
     migrations.upgrade(empty_url, "0001")
     assert tables(empty_url) == WFKIT_TABLES - {"workers"}
-    assert sorted(d[0] for d in migrations.check(empty_url)) == ["add_column"] * 14 + ["add_index", "add_table", "remove_index"]  # later ones
+    assert sorted(d[0] for d in migrations.check(empty_url)) == ["add_column"] * 15 + ["add_index", "add_table", "remove_index"]  # later ones
     migrations.upgrade(empty_url)
     assert migrations.check(empty_url) == []
 
 
 def test_unknown_revision_is_a_clear_error(empty_url):
-    with pytest.raises(ConfigurationError, match="unknown revision 'zzz': known revisions are 0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008 \\(or head, base\\)"):
+    with pytest.raises(ConfigurationError, match="unknown revision 'zzz': known revisions are 0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009 \\(or head, base\\)"):
         migrations.upgrade(empty_url, "zzz")
 
 
 def test_history():
     revs = migrations.history()
-    assert [r.revision for r in revs] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
+    assert [r.revision for r in revs] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
     assert revs[-1].is_head and revs[0].down_revision is None
     assert "run history tables" in revs[0].message
 
@@ -224,7 +224,7 @@ def test_plan_downgrade_names_what_holds_data(empty_url):
     from factories import add, make_run
 
     migrations.upgrade(empty_url)
-    plan = migrations.plan_downgrade(empty_url, "-6")
+    plan = migrations.plan_downgrade(empty_url, "-7")
     assert (plan.current, plan.target, plan.losses) == (migrations.head(), "0002", [])
     engine = create_engine(empty_url)
     try:
@@ -242,9 +242,9 @@ def test_plan_downgrade_names_what_holds_data(empty_url):
         "column runs.owner, which holds 1 value", "column runs.attempt, which holds 1 value",
         "column runs.lease_epoch, which holds 1 value"]
     assert migrations.plan_downgrade(empty_url, "base").losses[-1] == "table runs, which holds 3 rows"
-    with pytest.raises(ConfigurationError, match="-9 would go below base"):
-        migrations.plan_downgrade(empty_url, "-9")
-    with pytest.raises(ConfigurationError, match=r"the newest revision is 0008: there is no revision \+1"):
+    with pytest.raises(ConfigurationError, match="-10 would go below base"):
+        migrations.plan_downgrade(empty_url, "-10")
+    with pytest.raises(ConfigurationError, match=r"the newest revision is 0009: there is no revision \+1"):
         migrations.upgrade(empty_url, "+1")
 
 
@@ -311,3 +311,43 @@ def test_the_newest_revision_read_from_the_file_names_is_alembics_head():
     from wfkit.store.db import _newest_revision
 
     assert _newest_revision() == migrations.head()
+
+
+def test_a_downgrade_from_0009_writes_the_unchanged_outputs_back(empty_url):
+    """The wfkit before 0009 reads each stage's output whole: the downgrade writes the values a node
+    returned unchanged back into its stage's output, from the stage's input."""
+    import json
+
+    from wfkit.executor import Executor
+    from wfkit.registry import Registry
+    from wfkit.store.repository import Repository
+
+    def whole(graph, runtime, params):
+        graph.add_node("tick", lambda s: {**s, "n": s["n"] + 1})
+        graph.set_entry_point("tick")
+        graph.add_edge("tick", "tick", when=lambda s: s["n"] < 3, name="more")
+        graph.set_finish_point("tick")
+        return {"n": 0, "big": ["x"] * 50}
+
+    migrations.upgrade(empty_url)
+    reg = Registry()
+    reg.register("whole", whole)
+    engine = create_engine(empty_url)
+    try:
+        run = Executor(engine, registry=reg).execute("whole")
+        before = [(s.input_snapshot, s.output_snapshot) for s in Repository(engine).get_stages(run.id)]
+        assert [out for _, out in before] == [{"n": i, "big": ["x"] * 50} for i in (1, 2, 3)]
+        with engine.connect() as conn:  # as stored: only n
+            stored = [json.loads(v) if isinstance(v, str) else v for v in conn.execute(
+                sa.text("SELECT output_snapshot FROM stages ORDER BY created_at")).scalars()]
+        assert stored == [{"n": 1}, {"n": 2}, {"n": 3}]
+        assert migrations.plan_downgrade(engine, "0008").losses == ["column stages.output_unchanged, which holds 3 values"]
+        migrations.downgrade(engine, "0008")
+        with engine.connect() as conn:
+            stored = [json.loads(v) if isinstance(v, str) else v for v in conn.execute(
+                sa.text("SELECT output_snapshot FROM stages ORDER BY created_at")).scalars()]
+        assert stored == [{"big": ["x"] * 50, "n": i} for i in (1, 2, 3)]
+        migrations.upgrade(engine)  # and back: the same history
+        assert [(s.input_snapshot, s.output_snapshot) for s in Repository(engine).get_stages(run.id)] == before
+    finally:
+        engine.dispose()

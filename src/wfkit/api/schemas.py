@@ -77,6 +77,9 @@ class StageOut(_Shape):
     created_at: datetime
     attempt: int | None = Field(description="the run's attempt that executed it (None: written before wfkit "
                                             "recorded it)")
+    output_unchanged: list[str] | None = Field(
+        default=None, description="the keys of output_snapshot whose values the stage's input held already, as they "
+                                  "were (stored once, in the input: output_snapshot has them all); None: none")
 
 
 class DecisionOut(_Shape):

@@ -69,7 +69,7 @@ from wfkit.executor.run_loop import INTERRUPTED, Plan, RunLoop, StageCapture, St
 from wfkit.formatting import shown
 from wfkit.graph import Walker
 from wfkit.ids import new_id, parse_uuid
-from wfkit.jsontext import dumps_state
+from wfkit.jsontext import dumps_state, join_texts, key_texts
 from wfkit.plugins import default_registry, plugin_observers
 from wfkit.registry import Registry
 from wfkit.runtime import Runtime
@@ -194,7 +194,8 @@ class Executor:
         if earlier is not None:
             return earlier.id
         enqueue_for = queues.enqueuer
-        workflow, stored, walker, _capture, state_json = self._built(name, params)
+        workflow, stored, walker, _capture, texts = self._built(name, params)
+        state_json = join_texts(texts)
         run_id = new_id()
         with self._recorder() as recorder:
             made = recorder.submit_run(run_id, name, stored, idempotency_key=key,
@@ -536,7 +537,8 @@ class Executor:
         and no run is recorded (factories do not see the run's id, so nothing needs it before).
         With ``start``, the run is created running with its first stage current (one statement),
         else pending."""
-        workflow, stored, walker, capture, state_json = self._built(name, params)
+        workflow, stored, walker, capture, texts = self._built(name, params)
+        state_json = join_texts(texts)
         run_id = new_id()
         opened = OpenStage(new_id(), walker.node, 1, utcnow(), 1) if start and walker.node is not None else None
         created_at = recorder.create_run(run_id, name, stored, owner=self.owner, stage=opened,
@@ -547,21 +549,21 @@ class Executor:
             return _same_request(earlier, idempotency_key, name, stored)  # type: ignore[arg-type]
         if start:
             return Plan(run_id, workflow, stored, walker, capture, state_json, False, created_at, epoch=1, attempt=1,
-                        started_at=created_at, opened=opened)
+                        started_at=created_at, opened=opened, texts=texts)
         return Plan(run_id, workflow, stored, walker, capture, state_json, False, created_at, epoch=1, attempt=0,
-                    pending=True, idempotency_key=idempotency_key)
+                    pending=True, idempotency_key=idempotency_key, texts=texts)
 
     def _built(self, name: str, params: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any], Walker,
-                                                                           StageCapture, str]:
+                                                                           StageCapture, dict[str, str]]:
         """Workflow ``name`` resolved, ``params`` checked (and as stored), its graph built and
-        validated, its walk at the start and the initial state as JSON text: every error a new run
-        can meet before it is recorded."""
+        validated, its walk at the start and the initial state's values as JSON text (see
+        :func:`~wfkit.jsontext.key_texts`): every error a new run can meet before it is recorded."""
         workflow = self.registry.get(name)
         checked, stored = _checked_params(workflow, params)
         graph, initial = workflow.build_checked(checked, self.runtime)
         capture = StageCapture()
         walker = Walker(graph, initial, observer=capture)
-        return workflow, stored, walker, capture, dumps_state(walker.state, f"the initial state of workflow {name!r}")
+        return workflow, stored, walker, capture, key_texts(walker.state, f"the initial state of workflow {name!r}")
 
     def _prepare_resume(self, run_id: uuid.UUID | str, force: bool, recorder: SqlRecorder, *,
                         submitted: bool = False) -> Any:
@@ -634,14 +636,17 @@ class Executor:
         else the caller does)."""
         try:
             walker, loaded = self._walker_at_checkpoint(run, graph, initial, capture)
-            state_json = None if loaded.stage_id is not None else dumps_state(walker.state, "the state to resume from")
+            # Encoded now, before any node runs: a node may change a value in place (see RunLoop.step_done).
+            texts = key_texts(walker.state, "the state to resume from")
+            state_json = None if loaded.stage_id is not None else join_texts(texts)
         except WfkitError as err:  # the checkpoint changed meanwhile, and no longer fits: the run fails
             if fail:
                 recorder.finish_run(run.id, claim.epoch, RunStatus.FAILED, error=str(err))
             raise
         return Plan(run.id, workflow, run.params, walker, capture, state_json, not submitted or claim.attempt > 1, run.created_at,
                     epoch=claim.epoch, attempt=claim.attempt, started_at=run.started_at or utcnow(), claim=claim,
-                    state_from=loaded.stage_id, checkpoint_row=loaded.exists, idempotency_key=run.idempotency_key)
+                    state_from=loaded.stage_id, checkpoint_row=loaded.exists, idempotency_key=run.idempotency_key,
+                    texts=texts)
 
     def _walker_at_checkpoint(self, run: Run, graph: Any, initial: Any,
                               capture: StageCapture) -> tuple[Walker, checkpoints.Loaded]:

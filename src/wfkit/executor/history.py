@@ -34,7 +34,7 @@ from wfkit.events import (
 )
 from wfkit.executor import checkpoints
 from wfkit.store.models import Decision, Run, RunStatus, Stage, StageStatus
-from wfkit.store.repository import Repository
+from wfkit.store.repository import Repository, fill_output
 
 #: The stream's name for each kind of event (the HTTP API's ``event:`` field).
 STREAM_NAMES = {
@@ -95,6 +95,7 @@ class RunHistory:
         for stage in stages:  # an input stored as a reference to a stage read before: fill it in
             if stage.input_snapshot is None and stage.input_from is not None:
                 stage.__dict__["input_snapshot"] = self._after.get(stage.input_from)
+            fill_output(stage)
             if isinstance(stage.input_snapshot, dict) and stage.status is StageStatus.COMPLETED:
                 self._after[stage.id] = {**stage.input_snapshot, **(stage.output_snapshot or {})}
         if stages and stages[-1].status is StageStatus.STARTED and stages[-1].input_snapshot is None:

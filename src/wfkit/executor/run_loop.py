@@ -47,7 +47,7 @@ from wfkit.events import (
 from wfkit.executor import checkpoints
 from wfkit.graph import RouteDecision, StateGraph, Walker
 from wfkit.ids import new_id
-from wfkit.jsontext import dumps, dumps_state
+from wfkit.jsontext import changed_texts, dumps, dumps_state, key_texts
 from wfkit.registry import Workflow
 from wfkit.runtime import NodeExecution, set_execution
 from wfkit.store.models import RunStatus, StageStatus, utcnow
@@ -80,6 +80,9 @@ class Plan:
     state_from: uuid.UUID | None = None  # the stage whose end state the walk starts from (a resume)
     checkpoint_row: bool = True  # the run has its checkpoint row (runs made before wfkit 0004 may not)
     idempotency_key: str | None = None
+    # the walker's state as stored, a JSON text per key (see RunLoop.step_done); None: made from the
+    # walker's state when the run loop begins
+    texts: dict[str, str] | None = None
 
 
 class StageCapture:
@@ -126,6 +129,10 @@ class RunLoop:
         # (its id: the stage's row refers to it instead of holding it again), else as JSON text.
         self.state_from = plan.state_from
         self._state_json = plan.state_json
+        # Each key of that state as its stored JSON text: a node's updates that are stored already as
+        # they are (a node that returns the whole state) are not written again. Taken before any node
+        # runs: a node may change a value in place, and then only the stored text tells it changed.
+        self._texts = plan.texts if plan.texts is not None else key_texts(self.walker.state, "the state")
         self.checkpoint_row = plan.checkpoint_row
         self.stage: OpenStage | None = plan.opened  # the stage being executed (current on the run's row)
         self.stage_began = perf_counter()  # when the current stage began, for its duration if interrupted
@@ -374,7 +381,9 @@ class RunLoop:
         try:
             # The state after the node is the state before it with these updates: checking and storing
             # the updates checks and stores it (the initial state was checked when the run was made).
-            updates_json = dumps_state(cap.updates or {}, f"the output of node {stage.node!r}")
+            # Only the keys whose JSON text changed are written; the others are named (``unchanged``),
+            # and readers take their values from the stage's input.
+            updates_json, unchanged = changed_texts(cap.updates or {}, self._texts, f"the output of node {stage.node!r}")
         except StateNotSerializableError as err:
             self.stage_failed(str(err), cap.duration_ms)
             self.fail(str(err))
@@ -388,7 +397,7 @@ class RunLoop:
         # The stage is no longer this loop's to fail before its row is buffered: interrupted in between,
         # it stays current on the run's row (and runs again on resume) rather than ending twice.
         self.stage, self._unwritten = None, stage
-        self.recorder.step_done(self.run_id, (stage, input_, updates_json, cap.duration_ms), _row(decision),
+        self.recorder.step_done(self.run_id, (stage, input_, updates_json, cap.duration_ms, unchanged), _row(decision),
                                 checkpoint, upsert=not self.checkpoint_row)
         self.checkpoint_row = self.checkpoint_row or checkpoint is not None
         self._unsaved = None if checkpoint is not None else (stage.node, stage.id)

@@ -329,7 +329,7 @@ class Stage(_Record, table=True):
     #: the stage whose end state this one started from (its input with its output merged in), when the
     #: row does not store its input itself: a step's input is then not written a second time
     input_from: uuid.UUID | None = Field(default=None, nullable=True)
-    #: the node's updates
+    #: the node's updates (the repository fills in those named in ``output_unchanged``)
     output_snapshot: Any | None = Field(default=None, sa_type=JSONType, nullable=True)
     duration_ms: float | None = Field(default=None, nullable=True)
     #: one line: what failed (the node's exception, or why the stage was ended)
@@ -340,6 +340,10 @@ class Stage(_Record, table=True):
     #: the run's attempt that executed it (1 for its first execution; a resume or a takeover is the
     #: next); None for stages written before migration 0008
     attempt: int | None = Field(default=None, nullable=True)
+    #: the keys of the node's updates whose values the state held already, as they were: the row's
+    #: ``output_snapshot`` leaves them out (a node that returns the whole state writes only what it
+    #: changed), and the repository fills them in from the stage's input; None: there were none
+    output_unchanged: list[str] | None = Field(default=None, sa_type=JSONType, nullable=True)
 
 
 class Decision(_Record, table=True):

@@ -171,7 +171,8 @@ _EXPIRED = (
 # Buffered writes (gated by the step's fenced UPDATE of the run).
 _INSERT_STAGE = (
     "INSERT INTO stages (id, run_id, node_name, iteration, status, input_snapshot, input_from, output_snapshot, "
-    "duration_ms, error_message, error_traceback, created_at, attempt) VALUES (?, ?, ?, ?, ?, {j}, ?, {j}, ?, ?, ?, ?, ?)"
+    "duration_ms, error_message, error_traceback, created_at, attempt, output_unchanged) "
+    "VALUES (?, ?, ?, ?, ?, {j}, ?, {j}, ?, ?, ?, ?, ?, {j})"
 )
 _INSERT_DECISION = (
     "INSERT INTO decisions (id, run_id, from_node, to_node, predicate_name, predicate_result, reason, created_at) "
@@ -566,14 +567,16 @@ class SqlRecorder:
         self._pending.append(("insert_stage", (
             c.id(stage.id), c.id(run_id), stage.node, stage.iteration, status.value, input[0],
             None if input[1] is None else c.id(input[1]), output_json, duration_ms, error, traceback,
-            c.time(stage.started_at), stage.attempt)))
+            c.time(stage.started_at), stage.attempt, None)))
 
-    def step_done(self, run_id: uuid.UUID, stage: tuple[OpenStage, tuple[str | None, uuid.UUID | None], str, float] | None,
+    def step_done(self, run_id: uuid.UUID,
+                  stage: tuple[OpenStage, tuple[str | None, uuid.UUID | None], str, float, list[str] | None] | None,
                   decision: tuple[str, str | None, str | None, bool, str],
                   checkpoint: tuple[str, str] | None, *, upsert: bool = False) -> None:
         """Buffer a completed step as one piece: the stage's row ``(stage, input: (JSON text, None) or
-        (None, the stage it started from), output_json: the node's updates as JSON text,
-        duration_ms)`` (None for a route chosen again, with no node run), its decision
+        (None, the stage it started from), output_json: the node's updates as JSON text (but those
+        stored already as they are), duration_ms, unchanged: the keys of the updates left out of
+        output_json, or None)`` (None for a route chosen again, with no node run), its decision
         ``(from_node, to_node, predicate_name, predicate_result, reason)``, and the checkpoint
         ``(node just completed, state_data as JSON text)`` if one is due (its format is the
         executor's business: :mod:`wfkit.executor.checkpoints`). The run's checkpoint row exists
@@ -587,11 +590,12 @@ class SqlRecorder:
         from_node, to_node, predicate_name, predicate_result, reason = decision
         writes = []
         if stage is not None:
-            opened, (input_json, input_from), output_json, duration_ms = stage
+            opened, (input_json, input_from), output_json, duration_ms, unchanged = stage
             writes.append(("insert_stage", (c.id(opened.id), rid, opened.node, opened.iteration,
                                             StageStatus.COMPLETED.value, input_json,
                                             None if input_from is None else c.id(input_from), output_json,
-                                            duration_ms, None, None, c.time(opened.started_at), opened.attempt)))
+                                            duration_ms, None, None, c.time(opened.started_at), opened.attempt,
+                                            None if unchanged is None else dumps(unchanged))))
         writes.append(("insert_decision", (c.id(new_id()), rid, from_node, to_node, predicate_name,
                                            c.flag(predicate_result), reason, now)))
         if checkpoint is not None:

@@ -242,7 +242,7 @@ class Repository:
             found = [self._decode_stage_summary(row) for row in rows]
             if run[0] is not None:  # the stage it is executing, from the run's row
                 found.append(self._decode_stage_summary((run[0], values["rid"], run[1], run[2], "started", None,
-                                                         None, None, run[3], run[4])))
+                                                         None, None, run[3], run[4], None)))
             return found
 
         found = self._read(read)
@@ -281,7 +281,8 @@ class Repository:
 
     def find_stage(self, stage_id: uuid.UUID | str) -> Stage:
         """The ended stage with this id, or :class:`NotFoundError`. (Its ``input_snapshot`` is None
-        when it is stored as ``input_from``: :meth:`get_stages` fills it in.)"""
+        when it is stored as ``input_from``, and its ``output_snapshot`` leaves out the keys named in
+        ``output_unchanged`` when its input is not stored in the row: :meth:`get_stages` fills both in.)"""
         return self._one(self._find_stage, Stage, stage_id, "no stage with id {rid}", what="stage id")
 
     def state_after(self, run_id: uuid.UUID | str, stage_id: uuid.UUID | str) -> dict[str, Any]:
@@ -382,7 +383,7 @@ class Repository:
             fill_inputs(found)
             if run[0] is not None:
                 found.append(decode((run[0], values["rid"], run[1], run[2], "started", None, None, None, None,
-                                     None, None, run[3], run[4])))
+                                     None, None, run[3], run[4], None)))
             return found
         # Only an empty answer needs the existence check: rows imply the run.
         if check and not rows and self._execute(cursor, self._run_exists, values).fetchone() is None:
@@ -500,8 +501,9 @@ def _readable(record: Any) -> Any:
 
 def fill_inputs(stages: Sequence[Stage]) -> None:
     """Fill in the input of each stage stored as ``input_from`` (the stage whose end state it started
-    from): that stage's input with its output merged in. The filled-in snapshots share their values
-    with the stages they come from: treat them as read-only."""
+    from): that stage's input with its output merged in; then the output of each stage that names
+    keys it returned unchanged (``output_unchanged``): their values, from its input. The filled-in
+    snapshots share their values with the stages they come from: treat them as read-only."""
     by_id = {stage.id: stage for stage in stages}
     for stage in stages:
         # Follow the references back to a stage whose input is known, then fill them in forward (no
@@ -517,3 +519,18 @@ def fill_inputs(stages: Sequence[Stage]) -> None:
             before = by_id.get(later.input_from)  # type: ignore[arg-type]
             if before is not None and isinstance(before.input_snapshot, dict):
                 later.__dict__["input_snapshot"] = {**before.input_snapshot, **(before.output_snapshot or {})}
+    for stage in stages:
+        fill_output(stage)
+
+
+def fill_output(stage: Stage) -> None:
+    """Fill in the keys a stage's node returned unchanged (``output_unchanged``) into its output, from
+    its input (when that is known)."""
+    unchanged, state, output = stage.output_unchanged, stage.input_snapshot, stage.output_snapshot
+    if unchanged and isinstance(state, dict) and isinstance(output, dict):
+        # In the state's order, then the new keys: the order of a node that returns ``{**state, ...}``.
+        kept = set(unchanged)
+        whole = {key: value if key in kept else output[key] for key, value in state.items()
+                 if key in kept or key in output}
+        whole.update((key, value) for key, value in output.items() if key not in whole)
+        stage.__dict__["output_snapshot"] = whole
