@@ -12,7 +12,7 @@ Sides, each measured in the same run, in turns:
   full snapshots   every stage stores its whole input state and its node's whole return (what a
                    history of "input and output snapshots" costs naively; computed from the
                    stages that get_stages returns, as compact JSON)
-  wfkit 0.8        each stage's input is a reference to the stage before it (input_from), its
+  wfkit before        each stage's input is a reference to the stage before it (input_from), its
                    output the node's whole return: measured by running wfkit with the elision of
                    unchanged keys turned off (this script patches it out)
   wfkit now        the same, plus only the updates whose JSON text changed are stored
@@ -75,7 +75,7 @@ def workflows(steps: int, size: int) -> Registry:
 
 
 def _all_changed(updates: Any, texts: dict[str, str], where: str) -> tuple[str, None]:
-    """wfkit 0.8's way: every key of the node's updates is stored."""
+    """wfkit before's way: every key of the node's updates is stored."""
     for key, value in updates.items():
         texts[key] = jsontext.check_json(value, check_depth=False)
     return jsontext.dumps_state(updates, where), None
@@ -152,8 +152,8 @@ def main() -> int:
                 naive: dict[str, list[int]] = {}
                 for _ in range(args.rounds):
                     for kind in ("small", "whole"):
-                        for side in ("wfkit 0.8", "wfkit now"):  # in turns
-                            run_loop.changed_texts = _all_changed if side == "wfkit 0.8" else jsontext.changed_texts
+                        for side in ("wfkit before", "wfkit now"):  # in turns
+                            run_loop.changed_texts = _all_changed if side == "wfkit before" else jsontext.changed_texts
                             before = disk_bytes(engine)
                             t0 = time.perf_counter()
                             run = executor.execute(kind)
@@ -170,7 +170,7 @@ def main() -> int:
                 for kind in ("small", "whole"):
                     full = statistics.median(naive[kind])
                     print(f"| {kind} | full snapshots (computed) | {full:,.0f} | {full / state_bytes:,.1f} | | | |")
-                    for side in ("wfkit 0.8", "wfkit now"):
+                    for side in ("wfkit before", "wfkit now"):
                         rows = measured[(kind, side)]
                         json_b = statistics.median(r[0] for r in rows)
                         disk_b = statistics.median(r[1] for r in rows)
