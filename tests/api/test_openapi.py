@@ -5,6 +5,7 @@ type, body, headers) as the document says."""
 from __future__ import annotations
 
 import schemathesis
+from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, given, settings
 from servers import api  # noqa: F401 (fixtures)
 
@@ -21,7 +22,12 @@ def test_every_operation_answers_as_its_document_says(api):
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case):
-            case.call_and_validate(base_url=api.url, timeout=30)
+            # A cursor, or a time (since/until), is text whose form no schema can say whole (a cursor
+            # only this server made, a calendar date): a well-formed one may still be refused, with
+            # a 400. Every other check still applies to those requests.
+            free_text = bool(set(case.query or {}) & {"cursor", "since", "until"})
+            case.call_and_validate(base_url=api.url, timeout=30,
+                                   excluded_checks=[positive_data_acceptance] if free_text else None)
 
         try:
             check()

@@ -133,9 +133,14 @@ def test_listing_pages_filters_links_and_fields(api, cli):
     links = {part.split('rel="')[1].rstrip('"'): part.split(">")[0].lstrip("<")
              for part in page.headers["link"].split(", ")}
     assert set(links) == {"first", "prev", "next", "last"}
-    assert "page=1" in links["first"] and "page=3" in links["next"] and "workflow_name=branching" in links["next"]
-    nxt = api.client.get(links["next"]).json()
-    assert nxt["page"] == 3 and not {r["id"] for r in nxt["data"]} & {r["id"] for r in body["data"]}
+    assert "page=1" in links["first"] and "page=1" in links["prev"] and "workflow_name=branching" in links["next"]
+    assert f"cursor={body['next_cursor']}" in links["next"] and "page=" not in links["next"]  # next: by cursor
+    nxt = api.client.get(links["next"])
+    by_number = api.client.get("/workflows/runs", params={"workflow_name": "branching", "page_size": 2, "page": 3})
+    assert [r["id"] for r in nxt.json()["data"]] == [r["id"] for r in by_number.json()["data"]]
+    assert nxt.json()["page"] is None and nxt.json()["total"] == body["total"]
+    assert not {r["id"] for r in nxt.json()["data"]} & {r["id"] for r in body["data"]}
+    assert 'rel="prev"' not in nxt.headers["link"]  # no number for a page by cursor: first and next only
     full = api.client.get("/workflows/runs", params={"workflow_name": "branching", "fields": "full"}).json()
     assert all("params" in run and "result" in run for run in full["data"])
     # the same as the command line's listing, filters repeated or comma-separated
@@ -208,3 +213,30 @@ def test_health(api):
 
     response = api.client.get("/health")
     assert response.status_code == 200 and response.json() == {"status": "ok", "revision": migrations.head()}
+
+
+def test_listing_by_cursor_totals_and_creation_times(api):
+    ids = [api.client.post("/workflows/branching/runs", json={"params": {"items": i}}).json()["id"]
+           for i in range(1, 4)]
+    for run_id in ids:
+        finished(api, run_id)
+    first = api.client.get("/workflows/runs", params={"workflow_name": "branching", "page_size": 1, "total": "none",
+                                                      "since": "1h"})
+    body = first.json()
+    assert (body["total"], body["total_kind"], body["total_pages"], body["page"]) == (None, "none", None, 1)
+    walked, url = [r["id"] for r in body["data"]], None
+    while 'rel="next"' in first.headers.get("link", ""):
+        url = [p.split(">")[0].lstrip("<") for p in first.headers["link"].split(", ") if 'rel="next"' in p][0]
+        assert "since=20" in url  # the time "1h" stood for, not "1h" again: a cursor fits only its own filters
+        first = api.client.get(url)
+        assert first.status_code == 200, first.text
+        walked += [r["id"] for r in first.json()["data"]]
+    assert len(walked) == len(set(walked)) and [i for i in walked if i in ids] == ids[::-1]  # (others: earlier tests')
+    total = api.client.get("/workflows/runs", params={"workflow_name": "branching"}).json()["total"]
+    assert len(walked) == total
+    assert api.client.get("/workflows/runs", params={"workflow_name": "branching", "until": "1h"}).json()["total"] == 0
+    for query, detail in (({"cursor": "bm9wZQ"}, "invalid cursor 'bm9wZQ': it is not a cursor this listing gave"),
+                          ({"since": "tomorrow"}, "invalid since 'tomorrow'"),
+                          ({"total": "many"}, "unknown total 'many'"),
+                          ({"cursor": body["next_cursor"] or "x", "status": "failed"}, "invalid cursor")):
+        assert detail in problem(api.client.get("/workflows/runs", params=query), 400)["detail"]

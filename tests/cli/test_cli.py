@@ -50,6 +50,53 @@ def history(engine):
 # --------------------------------------------------------------------------- runs list
 
 
+def test_list_pages_by_cursor_and_prints_the_next_command(wfkit_cli, db_url, history):
+    """Each page ends with the command that lists the next one (on stderr); run as printed, it
+    continues where the page ended, with the same filters."""
+    import shlex
+
+    out = wfkit_cli.run("runs", "list", "--workflow", "alpha", "--page-size", "4", "--total", "none", url=db_url)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "page 1"  # no total asked for
+    seen = [line.split()[0] for line in out.stdout.splitlines()[1:-1]]
+    for _ in range(5):
+        if "next page: " not in out.stderr:
+            break
+        command = shlex.split(out.stderr.split("next page: ", 1)[1].strip())
+        assert command[:1] == ["wfkit"] and "--after" in command and "--page" not in command
+        out = wfkit_cli.run(*command[1:], url=db_url)
+        assert out.returncode == 0, out.stderr
+        seen += [line.split()[0] for line in out.stdout.splitlines()[1:-1]]
+    assert out.stdout.splitlines()[-1] == "3 runs after the cursor"  # 11 alpha runs: 4 + 4 + 3
+    assert seen == [str(r.id) for r in sorted(history, key=lambda r: r.created_at, reverse=True)
+                    if r.workflow_name == "alpha"]
+    doc = json.loads(wfkit_cli.invoke("runs", "list", "--page-size", "20", "--json", url=db_url).stdout)
+    assert doc["next_cursor"] and doc["total_kind"] == "exact" and doc["total"] == 23
+    rest = json.loads(wfkit_cli.invoke("runs", "list", "--page-size", "20", "--json", "--after", doc["next_cursor"],
+                                       url=db_url).stdout)
+    assert len(rest["data"]) == 3 and rest["next_cursor"] is None and rest["page"] is None
+
+
+def test_list_since_until_and_bad_cursors(wfkit_cli, db_url, history):
+    out = wfkit_cli.invoke("runs", "list", "--since", (T0 + timedelta(minutes=20)).isoformat(), url=db_url)
+    assert out.stdout.splitlines()[-1] == "page 1 of 1 (3 runs)"
+    out = wfkit_cli.invoke("runs", "list", "--since", "2026-01-01T12:05:00Z", "--until", "2026-01-01T12:07:00Z",
+                           url=db_url)
+    assert out.stdout.splitlines()[-1] == "page 1 of 1 (2 runs)"
+    out = wfkit_cli.run("runs", "list", "--since", "7d", "--page-size", "1", url=db_url)
+    assert "No runs match these filters." in out.stdout  # 2026-01-01 is long past
+    assert_one_line_error(wfkit_cli.run("runs", "list", "--since", "soon", url=db_url), 2,
+                          "invalid since 'soon': expected an ISO 8601 date or time")
+    assert_one_line_error(wfkit_cli.run("runs", "list", "--after", "bm90IGEgY3Vyc29y", url=db_url), 2,
+                          "invalid cursor 'bm90IGEgY3Vyc29y': it is not a cursor this listing gave")
+    first = json.loads(wfkit_cli.invoke("runs", "list", "--page-size", "2", "--json", url=db_url).stdout)
+    assert_one_line_error(wfkit_cli.run("runs", "list", "--status", "failed", "--after", first["next_cursor"],
+                                        url=db_url), 2, "it was made for other filters")
+    assert_one_line_error(wfkit_cli.run("runs", "list", "--page", "2", "--after", first["next_cursor"], url=db_url), 2,
+                          "give a page number or a cursor, not both")
+    assert_one_line_error(wfkit_cli.run("runs", "list", "--total", "some", url=db_url), 2, "'some' is not one of")
+
+
 def test_list_human(wfkit_cli, db_url, history):
     out = wfkit_cli.invoke("runs", "list", "--page-size", "5", url=db_url)
     assert out.returncode == 0, out.stderr
@@ -95,7 +142,8 @@ def test_list_empty_states(wfkit_cli, db_url):
     out = wfkit_cli.invoke("runs", "list", "--status", "failed", url=db_url)
     assert out.stdout.startswith("No runs match these filters.")
     doc = json.loads(wfkit_cli.invoke("runs", "list", "--json", url=db_url).stdout)
-    assert doc == {"data": [], "total": 0, "page": 1, "page_size": 20, "total_pages": 1}
+    assert doc == {"data": [], "total": 0, "page": 1, "page_size": 20, "total_pages": 1, "total_kind": "exact",
+                   "next_cursor": None}
 
 
 def test_list_takes_several_workflows_a_sort_in_any_case_and_says_when_a_size_was_limited(wfkit_cli, db_url,

@@ -155,5 +155,5 @@ def test_page_result():
     assert PageResult[int].build([1], total=41, page=3, page_size=20).total_pages == 3
     assert PageResult[int].build(range(20), total=40, page=1, page_size=20).total_pages == 2
     assert PageResult[int].build([], total=0, page=1, page_size=20).to_dict() == {
-        "data": [], "total": 0, "page": 1, "page_size": 20, "total_pages": 1
+        "data": [], "total": 0, "page": 1, "page_size": 20, "total_pages": 1, "total_kind": "exact", "next_cursor": None
     }

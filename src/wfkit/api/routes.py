@@ -30,7 +30,7 @@ from wfkit.errors import DatabaseError, InvalidParamsError, InvalidQueryError, N
 from wfkit.executor.history import RunHistory
 from wfkit.ids import parse_uuid
 from wfkit.store.models import RunStatus
-from wfkit.store.query import MAX_FILTER_VALUES, RUNS, PageRequest, RunFilters
+from wfkit.store.query import MAX_CURSOR_LENGTH, MAX_FILTER_VALUES, RUNS, TOTALS, PageRequest, RunFilters, check_total
 from wfkit.store.repository import LISTING_FIELDS, SUMMARY_LEFT_OUT
 
 log = logging.getLogger("wfkit.api")
@@ -77,7 +77,7 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
     # ------------------------------------------------------------------ runs (before /workflows/{name})
 
     @runs.get("", response_model=schemas.RunListing, responses={**responses(400, 503), **_headers(200, Link=(
-              "RFC 8288 links to the first, previous, next and last pages (none when no run matches)"))},
+              "RFC 8288 links: the first page, the next one (by cursor), and by number the previous and the last when the total is known"))},
               summary="List runs, newest first, a page at a time")
     async def list_runs(request: Request, response: Response,
                         page: Annotated[str | None, Query(description="1, 2, ...", **_described(pattern=_COUNT))]
@@ -93,21 +93,36 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
                         status: Annotated[list[str], Query(description="repeated or comma-separated", **_described(
                             items={"type": "string", "pattern": f"^{_STATUS}(,{_STATUS})*$"}))] = [],  # noqa: B006
                         fields: Annotated[str | None, Query(description="'full': each run's params and result too",
-                                                            **_described(enum=list(LISTING_FIELDS)))] = None) -> Any:
+                                                            **_described(enum=list(LISTING_FIELDS)))] = None,
+                        since: Annotated[str | None, Query(description="only runs created at or after this time: "
+                                                           "ISO 8601, or a time ago such as 7d or 12h")] = None,
+                        until: Annotated[str | None, Query(description="only runs created before this time: ISO "
+                                                           "8601, or a time ago such as 7d or 12h")] = None,
+                        cursor: Annotated[str | None, Query(description="the next_cursor of the page before: the "
+                                                            "page after it, in place of a page number (it costs "
+                                                            "what the first page costs, at any depth)",
+                                                            max_length=MAX_CURSOR_LENGTH)] = None,
+                        total: Annotated[str | None, Query(description="'exact' (default): count the matching runs; "
+                                                           "'estimate': the planner's estimate (PostgreSQL); 'none': "
+                                                           "no total", **_described(enum=list(TOTALS)))] = None
+                        ) -> Any:
         query = {"page": page, "page_size": page_size, "sort": sort}
         request_page = PageRequest.from_query({k: v for k, v in query.items() if v is not None})
-        filters = RunFilters.from_query({"workflow_name": workflow_name, "status": status})
+        filters = RunFilters.from_query({"workflow_name": workflow_name, "status": status, "since": since,
+                                         "until": until})
         chosen = fields or "summary"
         if chosen not in LISTING_FIELDS:
             raise InvalidQueryError(f"unknown fields {chosen!r}: expected one of {', '.join(LISTING_FIELDS)}")
-        result = await service.call(lambda: service.repository.list_runs(request_page, filters, fields=chosen))
+        result = await service.call(lambda: service.repository.list_runs(
+            request_page, filters, fields=chosen, cursor=cursor, total=check_total(total or "exact")))
         left_out = SUMMARY_LEFT_OUT if chosen == "summary" else ()
         data = [_run_json(run, exclude=left_out) for run in result.data]
-        link = _links(request, result.page, result.total_pages)
+        link = _links(request, result.page, result.total_pages, result.next_cursor, filters)
         if link:
             response.headers["Link"] = link
         return JSONResponse({"data": data, "total": result.total, "page": result.page, "page_size": result.page_size,
-                             "total_pages": result.total_pages}, headers=dict(response.headers))
+                             "total_pages": result.total_pages, "total_kind": result.total_kind,
+                             "next_cursor": result.next_cursor}, headers=dict(response.headers))
 
     @runs.get("/{run_id}", response_model=schemas.RunOut, responses=responses(400, 404, 503),
               summary="One run (with ?wait=SECONDS: once it has ended, or the time passes)")
@@ -343,23 +358,27 @@ def _json_params(text: str | None) -> dict[str, Any]:
     return value
 
 
-def _links(request: Request, page: int, pages: int) -> str:
-    """RFC 8288 ``Link`` header of a listing: first, prev, next and last pages (the request's own
-    URL with ``page`` set, its other parameters in their order)."""
-    if pages < 1:
-        return ""
-    from urllib.parse import parse_qsl, urlencode
+def _links(request: Request, page: int | None, pages: int | None, next_cursor: str | None,
+           filters: RunFilters) -> str:
+    """RFC 8288 ``Link`` header of a listing (the request's own URL, its other parameters in their
+    order; ``since`` and ``until`` as the times they stood for, since ``7d`` means another time
+    later): ``next`` by cursor (the page after this one, at the cost of the first page, however
+    deep), ``first``; and, when the page and the total are known, ``prev`` and ``last`` by number."""
+    from urllib.parse import parse_qsl, quote, urlencode
 
     url = request.url
-    # The query is parsed and encoded once; each link only appends its page number.
-    others = urlencode([(k, v) for k, v in parse_qsl(url.query, keep_blank_values=True) if k != "page"])
-    base = f"{url.scheme}://{url.netloc}{url.path}?{others}{'&' if others else ''}page="
-    out = [f'<{base}1>; rel="first"']
-    if 1 < page <= pages + 1:
-        out.append(f'<{base}{min(page - 1, pages)}>; rel="prev"')
-    if page < pages:
-        out.append(f'<{base}{page + 1}>; rel="next"')
-    out.append(f'<{base}{pages}>; rel="last"')
+    times = {"since": filters.since, "until": filters.until}
+    # The query is parsed and encoded once; each link only appends its page number or cursor.
+    others = urlencode([(k, times[k].isoformat().replace("+00:00", "Z") if k in times and times[k] else v)
+                        for k, v in parse_qsl(url.query, keep_blank_values=True) if k not in ("page", "cursor")])
+    base = f"{url.scheme}://{url.netloc}{url.path}?{others}{'&' if others else ''}"
+    out = [f'<{base}page=1>; rel="first"']
+    if page is not None and pages is not None and 1 < page <= pages + 1:
+        out.append(f'<{base}page={min(page - 1, pages)}>; rel="prev"')
+    if next_cursor is not None:
+        out.append(f'<{base}cursor={quote(next_cursor)}>; rel="next"')
+    if pages is not None:
+        out.append(f'<{base}page={pages}>; rel="last"')
     return ", ".join(out)
 
 

@@ -54,10 +54,15 @@ class RunListing(_Shape):
     """One page of runs."""
 
     data: list[RunOut | RunSummary]
-    total: int
-    page: int
+    total: int | None = Field(description="how many runs match (None with total=none); total_kind says how it was "
+                                          "counted")
+    page: int | None = Field(description="the page's number (None for a page asked for by cursor)")
     page_size: int
-    total_pages: int
+    total_pages: int | None
+    total_kind: Literal["exact", "estimate", "none"] = Field(
+        description="'exact' (counted), 'estimate' (PostgreSQL's planner) or 'none' (not counted)")
+    next_cursor: str | None = Field(description="where the next page starts (pass it as cursor=); None on the last "
+                                                "page")
 
 
 class StageOut(_Shape):

@@ -59,6 +59,14 @@ def _read(read: Callable[[Any], Any]) -> Any:
     "deciding first (default -created_at). Fields: id, workflow_name, status, created_at, updated_at, started_at, "
     "completed_at.",
 )
+@click.option("--since", metavar="WHEN", help="Only runs created at or after WHEN: an ISO 8601 date or time "
+              "(2026-12-01, 2026-12-01T08:00Z; UTC unless it says otherwise), or a time ago (7d, 12h, 30m).")
+@click.option("--until", metavar="WHEN", help="Only runs created before WHEN (as --since).")
+@click.option("--after", "cursor", metavar="CURSOR", help="The page after the one that printed this cursor "
+              "(in place of --page: as fast at any depth as the first page).")
+@click.option("--total", "total", type=click.Choice(["exact", "estimate", "none"]), default="exact",
+              show_default=True, help="How to count the matching runs: estimate asks PostgreSQL's planner "
+              "(SQLite counts), none spares the count.")
 @click.option("--full", is_flag=True, help="With --json: each run's params and result too (left out by default).")
 @json_option
 @database_url_option
@@ -68,21 +76,27 @@ def runs_list(
     page: str,
     page_size: str | None,
     sorts: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    cursor: str | None,
+    total: str,
     full: bool,
     as_json: bool,
 ) -> None:
     """List runs, newest first, a page at a time.
 
-    Example: wfkit runs list --status failed --workflow nightly-report --page 2
+    Example: wfkit runs list --status failed --workflow nightly-report --since 7d
+
+    Each page ends with the command that prints the next one (--after CURSOR).
     """
     from wfkit.store.query import PageRequest, RunFilters
     from wfkit.store.repository import SUMMARY_LEFT_OUT
 
-    filters = RunFilters(workflow_name=workflow_names, status=statuses)
+    filters = RunFilters(workflow_name=workflow_names, status=statuses, since=since, until=until)
     query = {"page": page, "sort": list(sorts), **({"page_size": page_size} if page_size is not None else {})}
     request = PageRequest.from_query(query)
     fields = "full" if full and as_json else "summary"
-    result = _read(lambda repo: repo.list_runs(request, filters, fields=fields))
+    result = _read(lambda repo: repo.list_runs(request, filters, fields=fields, cursor=cursor, total=total))
     if request.page_size is not None and result.page_size < request.page_size:
         click.echo(f"Note: page size limited to {result.page_size} (WFKIT_MAX_PAGE_SIZE)", err=True)
     if as_json:
@@ -101,13 +115,44 @@ def runs_list(
             for row, r in zip(rows, result.data):
                 row.append(r.owner or "-" if r.status.value == "running" else "")
         click.echo(render_table(headers, rows))
-    elif result.total == 0:
-        filtered = filters.workflow_name or filters.status
-        click.echo("No runs match these filters." if filtered else "No runs yet.")
-    footer = f"page {result.page} of {result.total_pages} ({plural(result.total, 'run')})"
-    if result.page > result.total_pages:
-        footer += ": past the last page"
+    elif result.total == 0 or (cursor is None and result.page == 1):
+        click.echo("No runs match these filters." if filters.filtered else "No runs yet.")
+    counted = "" if result.total is None else plural(result.total, "run") + (
+        " (an estimate)" if result.total_kind == "estimate" else "")
+    if result.page is None:  # a page by cursor: its number is not known
+        footer = f"{plural(len(result.data), 'run')} after the cursor" + (f" ({counted} in all)" if counted else "")
+    elif result.total_pages is None:
+        footer = f"page {result.page}"
+    else:
+        footer = f"page {result.page} of {result.total_pages} ({counted})"
+        if result.page > result.total_pages:
+            footer += ": past the last page"
     click.echo(footer)
+    if result.next_cursor is not None:
+        click.echo(f"next page: {_next_command(result.next_cursor, filters)}", err=True)
+
+
+def _next_command(cursor: str, filters: Any) -> str:
+    """The command line that lists the next page: this one, with ``--after CURSOR`` for its page
+    (and ``--since``/``--until`` as the times they stood for: ``7d`` means another time later)."""
+    import shlex
+
+    args = sys.argv[1:]
+    kept: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--page", "--after", "--since", "--until"):
+            skip = "=" not in arg and i + 1 < len(args)
+            continue
+        kept.append(arg)
+    for name, moment in (("--since", filters.since), ("--until", filters.until)):
+        if moment is not None:
+            kept += [name, moment.isoformat().replace("+00:00", "Z")]
+    return shlex.join(["wfkit", *kept, "--after", cursor])
 
 
 @runs.command("show")

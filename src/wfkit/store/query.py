@@ -13,11 +13,17 @@ bound parameter, never as text.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
@@ -25,7 +31,8 @@ from pydantic import BaseModel, ConfigDict
 
 from wfkit.errors import ConfigurationError, InvalidQueryError
 from wfkit.formatting import shown
-from wfkit.store.models import Decision, Run, RunStatus, Stage
+from wfkit.jsontext import dumps
+from wfkit.store.models import Decision, Run, RunStatus, Stage, UTCDateTime
 
 T = TypeVar("T")
 
@@ -343,10 +350,16 @@ class PageResult(BaseModel, Generic[T]):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     data: list[T]
-    total: int
-    page: int
+    #: how many runs match (None with ``total="none"``); ``total_kind`` says how it was counted
+    total: int | None
+    #: the page's number (None for a page asked for by cursor: its number is not known)
+    page: int | None
     page_size: int
-    total_pages: int
+    total_pages: int | None
+    #: ``"exact"`` (counted), ``"estimate"`` (the database planner's estimate) or ``"none"``
+    total_kind: str = "exact"
+    #: where the next page starts (pass it as ``cursor=``); None on the last page
+    next_cursor: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form; items with a ``to_dict()`` use it (fields in declared order)."""
@@ -354,9 +367,14 @@ class PageResult(BaseModel, Generic[T]):
         return {"data": items, **self.model_dump(mode="json", exclude={"data"})}
 
     @classmethod
-    def build(cls, data: Iterable[T], *, total: int, page: int, page_size: int) -> PageResult[T]:
-        pages = max(1, math.ceil(total / page_size)) if page_size else 1
-        return cls(data=list(data), total=total, page=page, page_size=page_size, total_pages=pages)
+    def build(cls, data: Iterable[T], *, total: int | None, page: int | None, page_size: int,
+              total_kind: str = "exact", next_cursor: str | None = None) -> PageResult[T]:
+        if total is None:
+            pages = None
+        else:
+            pages = max(1, math.ceil(total / page_size)) if page_size else 1
+        return cls(data=list(data), total=total, page=page, page_size=page_size, total_pages=pages,
+                   total_kind=total_kind, next_cursor=next_cursor)
 
 
 # --------------------------------------------------------------------------- filters
@@ -405,17 +423,39 @@ class RunFilters:
 
     workflow_name: tuple[str, ...] = field(default=())
     status: tuple[RunStatus, ...] = field(default=())
+    #: only runs created at or after this time (a datetime; text: see :func:`parse_time`)
+    since: datetime | None = None
+    #: only runs created before this time
+    until: datetime | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", parse_statuses(_values(self.status, "status", (str, RunStatus))))
         object.__setattr__(self, "workflow_name", parse_workflow_names(_values(self.workflow_name, "workflow_name",
                                                                                (str,))))
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, parse_time(value, name))
 
     @classmethod
     def from_query(cls, query: Mapping[str, Any]) -> RunFilters:
-        """Read ``workflow_name`` and ``status`` (repeated, or comma-separated) from query parameters."""
+        """Read ``workflow_name`` and ``status`` (repeated, or comma-separated), ``since`` and
+        ``until`` from query parameters."""
         return cls(workflow_name=parse_workflow_names(_query_values(query, "workflow_name")),
-                   status=parse_statuses(_query_values(query, "status")))
+                   status=parse_statuses(_query_values(query, "status")),
+                   since=_last_value(query, "since"), until=_last_value(query, "until"))
+
+    @property
+    def filtered(self) -> bool:
+        """Whether any filter is set."""
+        return bool(self.workflow_name or self.status or self.since or self.until)
+
+    def fingerprint(self) -> str:
+        """A short digest of these filters: a cursor carries it, so that it is not used with others."""
+        text = dumps([sorted(self.workflow_name), sorted(s.value for s in self.status),
+                      None if self.since is None else self.since.isoformat(),
+                      None if self.until is None else self.until.isoformat()])
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def apply(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
         """``stmt`` with these filters added as bound-parameter WHERE clauses."""
@@ -423,21 +463,28 @@ class RunFilters:
         return stmt.where(*clauses).params(self.values()) if clauses else stmt
 
     @property
-    def shape(self) -> tuple[int, int]:
+    def shape(self) -> tuple[int, int, bool, bool]:
         """What the SQL of these filters depends on (not their values): statements are cached by it."""
-        return len(self.workflow_name), len(self.status)
+        return len(self.workflow_name), len(self.status), self.since is not None, self.until is not None
 
     def clauses(self) -> list[Any]:
         """The WHERE clauses, with bound parameters named as :meth:`values` names them."""
+        created = RUNS.column("created_at")
         return [clause for clause in (_any_of(RUNS.column("workflow_name", purpose="filter"), "f_workflow_name",
                                               len(self.workflow_name)),
-                                      _any_of(RUNS.column("status", purpose="filter"), "f_status", len(self.status)))
+                                      _any_of(RUNS.column("status", purpose="filter"), "f_status", len(self.status)),
+                                      None if self.since is None else created >= sa.bindparam("f_since"),
+                                      None if self.until is None else created < sa.bindparam("f_until"))
                 if clause is not None]
 
-    def values(self) -> dict[str, Any]:
-        """The bound parameters' values (plain strings)."""
+    def values(self, time: Callable[[datetime], Any] = lambda value: value) -> dict[str, Any]:
+        """The bound parameters' values (plain strings, and times as ``time`` gives them to the driver)."""
         values: dict[str, Any] = {f"f_status_{i}": status.value for i, status in enumerate(self.status)}
         values.update({f"f_workflow_name_{i}": name for i, name in enumerate(self.workflow_name)})
+        if self.since is not None:
+            values["f_since"] = time(self.since)
+        if self.until is not None:
+            values["f_until"] = time(self.until)
         return values
 
 
@@ -478,3 +525,190 @@ def check_filter_text(text: str, what: str) -> str:
     return text
 
 
+
+
+# --------------------------------------------------------------------------- times and durations
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+DURATION_FORMS = "a number and a unit: 45s, 90m, 12h, 30d, 2w"
+
+
+def parse_duration(value: timedelta | str, what: str = "duration") -> timedelta:
+    """A positive length of time: a :class:`timedelta`, or text such as ``30d``, ``12h``, ``90m``,
+    ``45s``, ``2w``; anything else is an :class:`InvalidQueryError` naming the value and the forms."""
+    if isinstance(value, timedelta):
+        amount = value
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise InvalidQueryError(f"invalid {what} {shown(str(value))}: expected {DURATION_FORMS}")
+        amount = timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()])
+    if amount <= timedelta(0):
+        raise InvalidQueryError(f"invalid {what} {shown(str(value))}: it must be longer than nothing")
+    return amount
+
+
+def parse_time(value: datetime | str, what: str = "time", *, now: datetime | None = None) -> datetime:
+    """A moment, timezone-aware UTC: a datetime (naive means UTC), or text: an ISO 8601 date or time
+    (``2026-12-01``, ``2026-12-01T08:00``, ``...Z`` or ``...+01:00``; without an offset, UTC) or a
+    length of time ago (``7d``, ``2h``: see :func:`parse_duration`). Anything else is an
+    :class:`InvalidQueryError` naming the value and the forms."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and _DURATION.match(value):
+        return (now or datetime.now(timezone.utc)) - parse_duration(value, what)
+    else:
+        text = str(value).strip()
+        try:
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" and text else text)
+        except ValueError:
+            raise InvalidQueryError(f"invalid {what} {shown(text)}: expected an ISO 8601 date or time "
+                                    f"(2026-12-01, 2026-12-01T08:00:00Z) or a time ago ({DURATION_FORMS})") from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+# --------------------------------------------------------------------------- totals and cursors
+
+#: What ``list_runs(total=...)`` takes: count the matching runs, ask the database's planner for an
+#: estimate (PostgreSQL; SQLite has none and counts), or leave the total out.
+TOTALS = ("exact", "estimate", "none")
+
+
+def check_total(value: str) -> str:
+    if value not in TOTALS:
+        raise InvalidQueryError(f"unknown total {shown(str(value))}: expected one of {', '.join(TOTALS)}")
+    return value
+
+
+CURSOR_VERSION = 1
+#: Longer than any cursor wfkit makes (a handful of sort values): a longer one is not worth decoding.
+MAX_CURSOR_LENGTH = 2000
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page of a listing ends: the sort it was made with (with the tie-breaker), the last
+    row's values of those fields, and the fingerprint of the filters. Text to clients
+    (:meth:`encode`), opaque to them.
+
+    A cursor is validated, not signed: it holds nothing secret (the sort values of a row the client
+    was shown), and whatever it holds reaches SQL only as bound parameters of the types its fields
+    have. A cursor that does not decode, or does not fit the listing it is given to, is an
+    :class:`InvalidQueryError` (HTTP 400)."""
+
+    sort: tuple[SortField, ...]
+    values: tuple[Any, ...]
+    filters: str
+
+    def encode(self) -> str:
+        keys = [_cursor_value(value) for value in self.values]
+        text = dumps({"v": CURSOR_VERSION, "s": ",".join(map(str, self.sort)), "k": keys, "f": self.filters})
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    @classmethod
+    def of(cls, run: Any, sort: tuple[SortField, ...], filters: RunFilters) -> Cursor:
+        """The cursor after ``run`` in a listing sorted by ``sort`` (resolved) with ``filters``."""
+        return cls(sort, tuple(getattr(run, f.name) for f in sort), filters.fingerprint())
+
+    @classmethod
+    def decode(cls, text: str, filters: RunFilters, sort: tuple[SortField, ...] | None) -> Cursor:
+        """The cursor ``text`` stands for, checked against the listing it is given to (``filters``,
+        and ``sort`` if the request names one; else the cursor's own sort applies)."""
+        def bad(why: str) -> InvalidQueryError:
+            return InvalidQueryError(f"invalid cursor {shown(str(text)[:40] + ('...' if len(str(text)) > 40 else ''))}: "
+                                     f"{why}; list again without it to start from the first page")
+
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_CURSOR_LENGTH:
+            raise bad("it is not a cursor this listing gave")
+        try:
+            raw = base64.b64decode(text.strip() + "=" * (-len(text.strip()) % 4), altchars=b"-_", validate=True)
+            doc = json.loads(raw.decode("utf-8"))
+        except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+            raise bad("it is not a cursor this listing gave") from None
+        if not isinstance(doc, dict) or set(doc) != {"v", "s", "k", "f"} or doc["v"] != CURSOR_VERSION:
+            raise bad("it is not a cursor this listing gave")
+        if not isinstance(doc["s"], str) or not isinstance(doc["k"], list) or not isinstance(doc["f"], str):
+            raise bad("it is not a cursor this listing gave")
+        try:
+            own = RUNS.resolve_sort(doc["s"])
+        except InvalidQueryError:
+            raise bad("it is not a cursor this listing gave") from None
+        if ",".join(map(str, own)) != doc["s"] or len(doc["k"]) != len(own):
+            raise bad("it is not a cursor this listing gave")
+        if sort is not None and tuple(sort) != own:
+            raise bad(f"it was made for the sort {doc['s']}, not {','.join(map(str, sort))}")
+        if doc["f"] != filters.fingerprint():
+            raise bad("it was made for other filters")
+        values = tuple(_cursor_field(f.name, value, bad) for f, value in zip(own, doc["k"]))
+        return cls(own, values, doc["f"])
+
+
+def _cursor_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return value.hex
+    if isinstance(value, RunStatus):
+        return value.value
+    return value
+
+
+def _cursor_field(name: str, value: Any, bad: Callable[[str], InvalidQueryError]) -> Any:
+    """A cursor's value of field ``name``, as the column's type (else ``bad``)."""
+    column = RUNS.column(name)
+    if value is None:
+        if column.nullable:
+            return None
+        raise bad(f"its {name} is missing")
+    if not isinstance(value, str) or len(value) > 100:
+        raise bad(f"its {name} is not a {name}")
+    try:
+        if isinstance(column.type, UTCDateTime):
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is None:
+                raise ValueError(value)
+            return moment.astimezone(timezone.utc)
+        if name == "id":
+            return uuid.UUID(hex=value)
+        if name == "status":
+            return RunStatus(value)
+    except ValueError:
+        raise bad(f"its {name} is not a {name}") from None
+    return check_filter_text(value, name)
+
+
+def keyset(sort: Sequence[SortField], nulls: Sequence[bool]) -> Any:
+    """The WHERE clause of the rows after a cursor in a listing sorted by ``sort`` (resolved: its
+    last field is the unique tie-breaker), NULLs last in both directions, with bound parameters
+    ``k_0``, ``k_1``... for the cursor's values (``nulls``: which of them are NULL, and have no
+    parameter). When every field is NOT NULL and sorts the same way, it is one row comparison,
+    ``(created_at, id) < (:k_0, :k_1)``, which both databases answer with a range of the index the
+    listing reads; otherwise the lexicographic expansion, led by a bound on the first field that
+    an index range can start from."""
+    columns = [RUNS.column(f.name) for f in sort]
+    params = [None if null else sa.bindparam(f"k_{i}", type_=col.type) for i, (col, null) in
+              enumerate(zip(columns, nulls))]
+    same_way = len({f.descending for f in sort}) == 1
+    if same_way and not any(getattr(col, "nullable", False) for col in columns):
+        left, right = sa.tuple_(*columns), sa.tuple_(*params)
+        return left < right if sort[0].descending else left > right
+    disjuncts = []
+    for i, (f, col, param) in enumerate(zip(sort, columns, params)):
+        if param is None:
+            continue  # NULL sorts last: nothing comes after it in this field
+        after = col < param if f.descending else col > param
+        if getattr(col, "nullable", False):
+            after = sa.or_(after, col.is_(None))
+        equal = [c.is_(None) if p is None else c == p for c, p in zip(columns[:i], params[:i])]
+        disjuncts.append(sa.and_(*equal, after))
+    first, lead = columns[0], params[0]
+    if lead is None:
+        bound = first.is_(None)
+    else:
+        bound = first <= lead if sort[0].descending else first >= lead
+        if getattr(first, "nullable", False):
+            bound = sa.or_(bound, first.is_(None))
+    return sa.and_(bound, sa.or_(*disjuncts) if disjuncts else sa.false())

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -41,10 +41,13 @@ from wfkit.store.query import (
     DECISIONS,
     RUNS,
     STAGES,
+    Cursor,
     PageRequest,
     PageResult,
     PaginationConfig,
     RunFilters,
+    check_total,
+    keyset,
 )
 
 
@@ -91,10 +94,11 @@ def _page_request(page: PageRequest | int | None, page_size: int | None, sort: s
                             f"({type(page).__name__})")
 
 
-def _run_filters(filters: RunFilters | None, workflow_name: Any, status: Any) -> RunFilters:
+def _run_filters(filters: RunFilters | None, workflow_name: Any, status: Any, since: Any = None,
+                 until: Any = None) -> RunFilters:
     """The filters asked for, as a RunFilters or as keywords (not both)."""
     if filters is None:
-        return RunFilters(workflow_name=workflow_name or (), status=status or ())
+        return RunFilters(workflow_name=workflow_name or (), status=status or (), since=since, until=until)
     if not isinstance(filters, RunFilters):
         raise InvalidQueryError(f"list_runs takes a RunFilters as its filters, got {filters!r} "
                                 f"({type(filters).__name__}); or pass workflow_name= and status=")
@@ -171,39 +175,98 @@ class Repository:
     def list_runs(self, page: PageRequest | int | None = None, filters: RunFilters | None = None, *,
                   page_size: int | None = None, sort: str | None = None,
                   workflow_name: str | Sequence[str] | None = None, status: str | Sequence[str] | None = None,
-                  fields: str = "full") -> PageResult[Run]:
+                  since: datetime | str | None = None, until: datetime | str | None = None,
+                  cursor: str | None = None, total: str = "exact", fields: str = "full") -> PageResult[Run]:
         """One page of runs, newest first unless the sort says otherwise.
 
         Give the page as a :class:`PageRequest`, or as keywords (``list_runs(page=2, page_size=50,
         sort="-created_at")``), and the filters as a :class:`RunFilters` or as keywords
-        (``workflow_name=``, ``status=``, each one value or several). ``fields="summary"`` leaves
-        each run's ``params`` and ``result`` out (they are None): a listing then reads none of
-        them, however large. The total counts every run that matches. A page past the end has empty
-        ``data``; a page size above the configured maximum is limited to it.
+        (``workflow_name=``, ``status=``, each one value or several; ``since=`` and ``until=``, the
+        creation time: a datetime, ISO 8601 text or a time ago such as ``"7d"``).
+        ``fields="summary"`` leaves each run's ``params`` and ``result`` out (they are None): a
+        listing then reads none of them, however large. A page past the end has empty ``data``; a
+        page size above the configured maximum is limited to it.
+
+        Paging by number costs more the deeper the page (the database skips the rows before it).
+        ``cursor=`` (the ``next_cursor`` of the page before, in place of a page number) starts
+        right after that page's last run, and costs what the first page costs at any depth; a
+        cursor only fits the filters and sort it was made with. ``total``: ``"exact"`` (the
+        default) counts the matching runs; ``"estimate"`` asks PostgreSQL's planner (SQLite has
+        no estimate, and counts: the result's ``total_kind`` says which it is); ``"none"`` leaves
+        the total out (``total`` and ``total_pages`` are None), which spares a count over every
+        matching run.
         """
         request = _page_request(page, page_size, sort).normalized(self.pagination)
-        filters = _run_filters(filters, workflow_name, status)
+        filters = _run_filters(filters, workflow_name, status, since, until)
         if fields not in LISTING_FIELDS:
             raise InvalidQueryError(f"unknown fields {fields!r}: expected one of {', '.join(LISTING_FIELDS)}")
+        check_total(total)
         order = RUNS.resolve_sort(request.sort)
+        after = None
+        if cursor is not None:
+            if request.page != 1:
+                raise InvalidQueryError("give a page number or a cursor, not both")
+            after = Cursor.decode(cursor, filters, order if request.sort else None)
+            order = after.sort
         size = request.page_size or self.pagination.default_page_size
-        count, rows = self._listing(filters, order, fields)
-        values = {**filters.values(), "limit": size, "offset": request.offset}
+        nulls = None if after is None else tuple(value is None for value in after.values)
+        count, rows, estimate = self._listing(filters, order, fields, nulls)
+        codec = self._codec
+        values = {**filters.values(codec.time), "limit": size + 1, "offset": 0 if after else request.offset}
+        if after is not None:
+            for i, value in enumerate(after.values):
+                if value is not None:
+                    values[f"k_{i}"] = (codec.time(value) if isinstance(value, datetime) else codec.id(value)
+                                        if isinstance(value, uuid.UUID) else getattr(value, "value", value))
         decode = self._decode[Run] if fields == "full" else self._decode_summary
+        kind = "exact" if total == "estimate" and codec.sqlite else total
 
-        def read(cursor: Any) -> tuple[int, list[Run]]:
-            total = self._execute(cursor, count, values).fetchone()[0]
-            if request.offset >= total:
-                return total, []
+        def read(cursor: Any) -> tuple[int | None, list[Run]]:
+            counted = None
+            if kind == "exact":
+                counted = self._execute(cursor, count, values).fetchone()[0]
+                if after is None and request.offset >= counted:
+                    return counted, []
+            elif kind == "estimate":
+                # The planner's estimate of the rows the listing's filters match: the top of the plan
+                # of the select of their ids (not of the count, whose plan may be a parallel one).
+                plan = self._execute(cursor, estimate, values).fetchone()[0]
+                plan = json_loads(plan) if isinstance(plan, str) else plan
+                counted = int(plan[0]["Plan"]["Plan Rows"])
             page = [decode(row) for row in self._execute(cursor, rows, values).fetchall()]
             for run in page:  # one row nobody can read must not take the page down with it
                 for name in ("params", "result"):
                     if run.__dict__.get(name) is UNREADABLE:
                         run.__dict__[name] = dict(UNREADABLE_MARK)
-            return total, page
+            return counted, page
 
-        total, data = self._read(read)
-        return PageResult[Run].build(data, total=total, page=request.page, page_size=size)
+        counted, data = self._read(read)
+        more = len(data) > size
+        data = data[:size]
+        next_cursor = Cursor.of(data[-1], order, filters).encode() if more else None
+        if kind == "estimate" and counted is not None and counted < len(data) + request.offset:
+            counted = len(data) + request.offset + (1 if more else 0)  # an estimate never below what is seen
+        return PageResult[Run].build(data, total=counted, page=None if after else request.page, page_size=size,
+                                     total_kind=kind, next_cursor=next_cursor)
+
+    def iter_runs(self, filters: RunFilters | None = None, *, sort: str | None = None,
+                  workflow_name: str | Sequence[str] | None = None, status: str | Sequence[str] | None = None,
+                  since: datetime | str | None = None, until: datetime | str | None = None,
+                  page_size: int = 100, fields: str = "full") -> Iterator[Run]:
+        """Every run that matches, in the listing's order (newest first unless ``sort`` says
+        otherwise), read a page at a time by cursor (``page_size`` runs per read, limited to the
+        configured maximum; no total is counted). Lazy: a run is read when the iteration comes to
+        its page, so that memory stays bounded however many runs match. Runs created while it
+        iterates may or may not be included (each page reads the database as it is then)."""
+        filters = _run_filters(filters, workflow_name, status, since, until)
+        cursor = None
+        while True:
+            page = self.list_runs(None, filters, page_size=page_size, sort=None if cursor else sort, cursor=cursor,
+                                  total="none", fields=fields)
+            yield from page.data
+            cursor = page.next_cursor
+            if cursor is None:
+                return
 
     def find_run(self, run_id: uuid.UUID | str) -> Run:
         """The run with this id (a UUID or its string form), or :class:`NotFoundError`."""
@@ -390,15 +453,21 @@ class Repository:
             return None
         return [_readable(decode(row)) for row in rows]
 
-    def _listing(self, filters: RunFilters, sort: Sequence[Any], fields: str) -> tuple[Statement, Statement]:
-        """The COUNT and the page of a listing of this shape (built and compiled on first use)."""
-        key = (filters.shape, tuple(sort), fields)
+    def _listing(self, filters: RunFilters, sort: Sequence[Any], fields: str,
+                 nulls: tuple[bool, ...] | None = None) -> tuple[Statement, Statement, Statement]:
+        """The COUNT, the page, and the EXPLAIN that estimates the count (PostgreSQL) of a listing
+        of this shape (built and compiled on first use); ``nulls``: a page after a cursor, and
+        which of its values are NULL."""
+        key = (filters.shape, tuple(sort), fields, nulls)
         found = self._listings.get(key)
         if found is not None:
             return found
         order = RUNS.order_by(sort)
         where = filters.clauses()
         count = sa.select(sa.func.count()).select_from(Run).where(*where)
+        matching = sa.select(Run.id).where(*where)
+        if nulls is not None:
+            where.append(keyset(tuple(sort), nulls))
         # A deferred join: the page's ids come from the index alone (an index-only scan in the order
         # of the listing, skipping the offset there), then only those rows are fetched.
         page_ids = (sa.select(Run.id).where(*where).order_by(*order)
@@ -407,7 +476,9 @@ class Repository:
         columns = _RUN_COLUMNS if fields == "full" else _SUMMARY_COLUMNS
         rows = sa.select(*columns).join(page_ids, Run.id == page_ids.c.id).order_by(*order)
         dialect = self.engine.dialect
-        found = (Statement.compile(count, dialect), Statement.compile(rows, dialect))
+        ids = Statement.compile(matching, dialect)
+        found = (Statement.compile(count, dialect), Statement.compile(rows, dialect),
+                 Statement(f"EXPLAIN (FORMAT JSON) {ids.text}", ids.positions))
         with self._lock:
             if len(self._listings) >= self.MAX_CACHED_LISTINGS:
                 self._listings.clear()
