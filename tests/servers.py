@@ -98,9 +98,10 @@ class Server:
 
 
 def start_server(url: str, plugins: dict[str, Path], markers: Path, *args: str, env: dict[str, str] | None = None,
-                 ready: bool = True) -> Server:
-    """``wfkit serve`` on ``url`` with the samples and the fixture plugin ``steps`` (markers in ``markers``)."""
-    port = free_port()
+                 ready: bool = True, port: int | None = None) -> Server:
+    """``wfkit serve`` on ``url`` with the samples and the fixture plugin ``steps`` (markers in ``markers``),
+    on ``port`` (default: a free one)."""
+    port = port or free_port()
     environ = WfkitCli().environ(url, {"PYTHONPATH": str(plugins["steps"]), "WFKIT_LOAD_PLUGINS": "steps,samples",
                                        "WFKIT_TEST_MARKERS": str(markers), **(env or {})})
     proc = subprocess.Popen([WFKIT, "serve", "--port", str(port), *args], stdout=subprocess.PIPE,

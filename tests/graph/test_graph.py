@@ -758,3 +758,12 @@ def test_a_route_that_fails_keeps_the_nodes_work_and_can_be_chosen_again():
     assert resumed.state == {"count": 2} and resumed.done
     with pytest.raises(GraphError, match="cannot resume the walk: route_from 'nope'"):
         Walker(graph, {}, node=None, route_from="nope")
+
+
+def test_mermaid_labels_keep_every_character_of_a_name():
+    """Quotes, bars, brackets, '&' (mermaid decodes entities) and line breaks (a line starting '%%'
+    would be a directive) come out as entity codes, which mermaid draws as the characters."""
+    from wfkit.graph.mermaid import label_text
+
+    assert label_text('a&amp;b "x" |y| <z>') == "a#38;amp;b #quot;x#quot; #124;y#124; #lt;z#gt;"
+    assert label_text("one\n%%{init: {}}%%\r\ntwo #1") == "one#10;%%{init: {}}%%#13;#10;two #35;1"

@@ -320,3 +320,58 @@ def test_missing_and_malformed_runs_are_pages_with_the_right_status(page, viewer
     answer = page.goto("/runs/not-a-run")
     assert answer.status == 400 and "not-a-run" in page.page.locator(".error-message").inner_text()
     page.errors.clear()  # the browser logs the 404 and the 400 themselves
+
+
+def test_a_refused_action_says_why_and_the_page_shows_the_run_as_it_is(page, viewer):
+    """A stale page offers Resume for a run resumed meanwhile elsewhere: the refusal is shown, stays
+    shown through the refreshes, and the page is brought up to date."""
+    failed = viewer.client.post("/workflows/steps/runs", json={"params": {"fail_in": "s4"}}).json()["id"]
+    viewer_wait(lambda: viewer.client.get(f"/workflows/runs/{failed}").json()["status"] == "failed")
+    page.goto(f"/runs/{failed}")
+    assert page.page.locator("button[data-action=resume]").count() == 1
+    assert viewer.client.post(f"/workflows/runs/{failed}/resume").status_code in (200, 202)
+    viewer_wait(lambda: viewer.client.get(f"/workflows/runs/{failed}").json()["status"] == "completed")
+    page.page.on("dialog", lambda dialog: dialog.accept())
+    page.page.click("button[data-action=resume]")
+    page.page.wait_for_selector("#run-status[data-status=completed]", timeout=20000)
+    message = page.page.locator("#action-error")
+    assert message.is_visible() and message.inner_text().startswith("Resume refused: ")
+    assert "completed" in message.inner_text()
+    assert page.page.locator("button[data-action=resume]").count() == 0
+    page.errors[:] = [e for e in page.errors if "409" not in e and "400" not in e]  # the refusal, logged
+
+
+def test_a_live_page_outlives_a_server_restart(browser, viewer, installed_plugins, tmp_path):
+    """The server executing a run stops (the run ends cancelled) and comes back on the same
+    address: the page, which could not refresh meanwhile, says so, then shows the run's end."""
+    from servers import free_port
+
+    port = free_port()
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    server = start_server(viewer.db_url, installed_plugins, markers, port=port)
+    tab = Page(browser, server)
+    try:
+        run_id = server.client.post("/workflows/steps/runs", json={"params": {
+            "nap": 0.2, "pause_in": "s2", "pause_seconds": 60}}).json()["id"]
+        tab.goto(f"/runs/{run_id}")
+        tab.page.wait_for_function(
+            "() => [...document.querySelectorAll('.timeline .lane-name')].map(e => e.textContent).includes('s2')",
+            timeout=20000)
+        tab.page.locator("details").first.evaluate("d => d.open = true")  # the reader opened a section
+        server.stop()  # SIGTERM: the run it executes ends cancelled
+        tab.page.wait_for_selector("#live-note:not([hidden])", timeout=20000)
+        assert "Live updates interrupted" in tab.page.locator("#live-note").inner_text()
+        again = start_server(viewer.db_url, installed_plugins, markers, port=port)
+        try:
+            tab.page.wait_for_selector("#run-status[data-status=cancelled]", timeout=30000)
+            assert tab.page.locator("#live-note").is_hidden()
+            assert tab.page.locator("button[data-action=resume]").count() == 1
+            assert tab.page.locator("details").first.evaluate("d => d.open")  # still open after the refreshes
+        finally:
+            again.stop()
+        # The browser logs each refused connection while the server was away: those, and nothing else.
+        tab.errors[:] = [e for e in tab.errors if "ERR_CONNECTION_REFUSED" not in e and "Failed to load" not in e]
+        tab.check()
+    finally:
+        tab.page.close()

@@ -78,6 +78,10 @@ def to_mermaid(graph: Drawable) -> str:
 
 
 def label_text(text: str) -> str:
-    """``text`` with the characters that would end a mermaid label replaced by entity codes."""
+    """``text`` with the characters that would end a mermaid label, or change it, replaced by entity
+    codes: quotes, bars and angle brackets; ``&`` (mermaid decodes HTML entities in labels, so that
+    ``a&amp;b`` would be drawn ``a&b``); and line breaks (a line of a label that begins ``%%`` would
+    be taken for a comment or a directive)."""
     return text.replace("#", "#35;").replace('"', "#quot;").replace("|", "#124;") \
-               .replace("<", "#lt;").replace(">", "#gt;")
+               .replace("<", "#lt;").replace(">", "#gt;").replace("&", "#38;") \
+               .replace("\r", "#13;").replace("\n", "#10;")

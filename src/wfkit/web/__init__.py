@@ -110,6 +110,10 @@ def build_viewer(service: Any, dependencies: Sequence[Any] = ()) -> "APIRouter":
             filters = RunFilters.from_query({"workflow_name": query.getlist("workflow_name"),
                                              "status": query.getlist("status")})
             result = service.repository.list_runs(request_page, filters, fields="summary")
+            if not result.data and result.total and result.total_pages and result.page > result.total_pages:
+                # past the last page (a link kept from when there were more runs): the last page
+                result = service.repository.list_runs(PageRequest(result.total_pages, request_page.page_size,
+                                                                  request_page.sort), filters, fields="summary")
             running = service.repository.list_runs(1, status="running", page_size=1, fields="summary").total
             return {"result": result, "filters": filters, "running": running,
                     "sort": request_page.sort or "-created_at", "workflows": service.registry.names()}
