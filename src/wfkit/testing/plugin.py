@@ -96,8 +96,12 @@ def wfkit_registry(request: pytest.FixtureRequest) -> Registry:
                         f"got {marker}", pytrace=False)
         report = load_plugins(registry, plugin_manager=pm,
                               environ={**os.environ, LOAD_PLUGINS_ENV: ",".join(n.strip() for n in names)})
-        if report.messages():
-            pytest.fail("wfkit_registry: " + "; ".join(report.messages()), pytrace=False)
+        installed = ", ".join(p.name for p in report.plugins) or "none"
+        # The selection is the marker's, not the environment's: say so, with what is installed.
+        problems = [f"@pytest.mark.wfkit_plugins{message.removeprefix(LOAD_PLUGINS_ENV)} (installed: {installed})"
+                    if message.startswith(LOAD_PLUGINS_ENV) else message for message in report.messages()]
+        if problems:
+            pytest.fail("wfkit_registry: " + "; ".join(problems), pytrace=False)
     request.node.stash[_PLUGIN_MANAGER] = pm
     return registry
 
