@@ -120,7 +120,9 @@ class ThrowawayDatabases:
         url = os.environ.get(POSTGRES_URL_ENV, "") if postgres_url is None else postgres_url
         self.postgres_url = url.strip() or None
         self.backend = "postgresql" if self.postgres_url else "sqlite"
-        self._template: str | None = None
+        #: what every database is copied from (a SQLite file's path, a PostgreSQL database's name),
+        #: migrated when the first one is made; None until then
+        self.template: str | None = None
         self._admin: Any = None  # the SQLAlchemy engine on the server's admin database
         self._created: list[str] = []  # PostgreSQL databases made and not dropped yet
         self._failure: str | None = None
@@ -143,17 +145,17 @@ class ThrowawayDatabases:
             raise
 
     def _new_sqlite(self, name: str, directory: Path) -> ThrowawayDatabase:
-        if self._template is None:
+        if self.template is None:
             from wfkit.store import migrations
 
             template = self.directory / "wfkit_template.db"
             migrations.upgrade(f"sqlite:///{template}")
-            self._template = str(template)
+            self.template = str(template)
         path = directory / f"{name}.db"
         # Private, as wfkit makes its own database files; then the template's pages, through
         # SQLite's backup API, which reads a consistent copy whatever journal mode the file is in.
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        source, target = sqlite3.connect(self._template), sqlite3.connect(path)
+        source, target = sqlite3.connect(self.template), sqlite3.connect(path)
         try:
             source.backup(target)
         finally:
@@ -173,15 +175,15 @@ class ThrowawayDatabases:
         if admin_url.get_backend_name() != "postgresql":
             raise ConfigurationError(f"{POSTGRES_URL_ENV} must name a PostgreSQL server (postgresql://...), "
                                      f"got {mask_password(self.postgres_url)!r}")
-        if self._template is None:
+        if self.template is None:
             from wfkit.store import migrations
 
             template = f"wfkit_test_template_{uuid.uuid4().hex[:12]}"
             self._on_server(f'CREATE DATABASE "{template}"')
             self._created.append(template)
             migrations.upgrade(self._url_of(template))  # its engine is disposed after: the template is idle
-            self._template = template
-        self._on_server(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
+            self.template = template
+        self._on_server(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
         self._created.append(name)
         return ThrowawayDatabase(self._url_of(name), "postgresql", name, owner=self)
 
