@@ -205,7 +205,7 @@ class ThrowawayDatabases:
         try:
             with self._admin.connect() as conn:
                 conn.exec_driver_sql(statement)
-        except sa.exc.OperationalError as err:
+        except sa.exc.DBAPIError as err:  # unreachable, refused, or not allowed to create databases
             cause = error_text(err.orig if err.orig is not None else err).splitlines()[0]
             raise DatabaseError(f"{POSTGRES_URL_ENV} is set, but the PostgreSQL server at "
                                 f"{mask_password(self.postgres_url or '')} cannot be used: {cause} "
