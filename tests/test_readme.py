@@ -123,3 +123,14 @@ def test_the_api_service_example_runs(tmp_path, monkeypatch):
         assert run.status_code == 202
         done = client.get(run.headers["location"], params={"wait": 30}, headers={"X-Team": "ops"}).json()
         assert done["status"] == "completed"
+
+
+def test_the_testing_example_is_the_plugin_templates_own_tests():
+    """README's pytest example is taken, test by test, from the template's tests, which the suite
+    runs for real (tests/testing/test_pytest_plugin.py)."""
+    code = re.search(r"```python\n# tests/test_hello.py\n(.*?)```", README, re.S).group(1)
+    template = (Path(__file__).parents[1] / "examples" / "wfkit-plugin-template" / "tests" / "test_hello.py").read_text()
+    chunks = [chunk.strip() for chunk in code.split("\n\n\n")]
+    assert len(chunks) == 3 and chunks[-1].startswith("def test_")
+    for chunk in chunks:
+        assert chunk in template, chunk

@@ -3,9 +3,10 @@
 The public API is the table below, importable from here and loaded lazily (PEP 562): ``import
 wfkit`` costs almost nothing, and SQLAlchemy or pydantic are imported only when a name that
 needs them (``wfkit.Repository``, ``wfkit.Run``...) is first used. Beside this module, the stable
-import paths are ``wfkit.graph``, ``wfkit.events``, ``wfkit.executor``, ``wfkit.hookspecs`` and
-``wfkit.errors``; everything else (``wfkit.store``, ``wfkit.plugins``, ``wfkit.cli``...) is how
-wfkit works inside, and may change between releases.
+import paths are ``wfkit.graph``, ``wfkit.events``, ``wfkit.executor``, ``wfkit.hookspecs``,
+``wfkit.errors`` and ``wfkit.testing`` (assertions for tests, and the pytest plugin's fixtures);
+everything else (``wfkit.store``, ``wfkit.plugins``, ``wfkit.cli``...) is how wfkit works inside,
+and may change between releases.
 """
 
 from __future__ import annotations

@@ -432,14 +432,15 @@ def plugin_manager() -> pluggy.PluginManager:
     return _default_pm
 
 
-def plugin_observers() -> list[Observer]:
+def plugin_observers(pm: pluggy.PluginManager | None = None) -> list[Observer]:
     """The observers that installed plugins contribute through ``wfkit_observers()``; a hook that
-    raises or returns something else is logged (with its traceback) and its observers left out."""
+    raises or returns something else is logged (with its traceback) and its observers left out.
+    ``pm``: the plugins of another :func:`load_plugins` call (default: the default registry's)."""
     import logging  # here, not at the top: `wfkit list-workflows` loads this module and never logs
 
     log = logging.getLogger("wfkit.plugins")
     found: list[Observer] = []
-    for call in call_each(plugin_manager(), "wfkit_observers", timeout=plugin_timeout()):
+    for call in call_each(pm or plugin_manager(), "wfkit_observers", timeout=plugin_timeout()):
         problem = call.error
         if problem is None:
             try:
