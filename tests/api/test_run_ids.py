@@ -8,7 +8,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from servers import Server, api, cli, cli_error, finished, problem  # noqa: F401 (fixtures)
+from servers import MISSING, Server, api, cli, cli_error, finished, problem  # noqa: F401 (fixtures)
 
 from factories import T0, add, make_run
 from wfkit.store.db import create_engine
@@ -88,7 +88,13 @@ def test_the_document_describes_short_ids(api):
     doc = api.client.get("/openapi.json").json()
     [param] = doc["paths"]["/workflows/runs/{run_id}"]["get"]["parameters"][:1]
     assert param["name"] == "run_id" and "latest" in param["description"]
-    assert param["schema"]["pattern"] == "^(latest|[0-9a-fA-F-]{6,36})$"
+    import re
+
+    pattern = re.compile(param["schema"]["pattern"])
+    for valid in ("latest", "0194a3", "0194A3B27C1E", "0194a3b2-7c", "0194a3b2-7c1e-7", MISSING, MISSING.replace("-", "")):
+        assert pattern.match(valid), valid
+    for invalid in ("0194a", "0194a3b2-", "nope", "Latest!", MISSING + "0", MISSING.replace("-", "") + "0"):
+        assert not pattern.match(invalid), invalid
     for path, operations in doc["paths"].items():
         if "{run_id}" in path:
             for operation in operations.values():

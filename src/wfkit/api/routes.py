@@ -47,7 +47,11 @@ _FINAL = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 # more (any case, spaces around values).
 _STATUS = f"({'|'.join(s.value for s in RunStatus)})"
 _SORT = f"[+-]?({'|'.join(sorted(RUNS.sortable))})"
-_RUN_ID = "^(latest|[0-9a-fA-F-]{6,36})$"
+_H = "[0-9a-fA-F]"
+# A whole id, or a start of it, without dashes or with them where a UUID has them (the parser
+# ignores dashes anywhere); every value the pattern allows is a valid id (404 if no run has it).
+_RUN_ID = (f"^(latest|{_H}{{6,32}}|{_H}{{8}}(-{_H}{{1,4}}|-{_H}{{4}}-{_H}{{1,4}}|-{_H}{{4}}-{_H}{{4}}-{_H}{{1,4}}|"
+           f"-{_H}{{4}}-{_H}{{4}}-{_H}{{4}}-{_H}{{1,12}}))$")
 _COUNT = "^[1-9][0-9]{0,8}$"
 
 

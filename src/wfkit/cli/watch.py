@@ -238,11 +238,16 @@ class _Api:
     def get_json(self, path: str) -> dict[str, Any]:
         try:
             with self._open(path, {"Accept": "application/json"}, 30) as response:
-                return json.loads(response.read())
+                body = response.read()
         except _Unreachable as err:
             raise WfkitError(str(err)) from None
-        except ValueError as err:
-            raise WfkitError(f"{self.base}{path} answered something that is not JSON: {err}") from None
+        try:
+            found = json.loads(body)
+        except ValueError:
+            found = None
+        if not isinstance(found, dict) or "id" not in found:
+            raise WfkitError(f"{self.base}{path} answered something that is not a wfkit run: is it a wfkit API?")
+        return found
 
     def events(self, path: str, last_id: str | None) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """The stream's events after ``last_id``: (id, event name, data). Ends when the server ends it."""
@@ -287,6 +292,7 @@ def _remote_error(err: Any, base: str) -> WfkitError:
         detail = None
     message = detail if isinstance(detail, str) and detail else f"{base} answered {err.code} {err.reason}"
     if err.code in (401, 403):
-        return ConfigurationError(f"{message} (set {TOKEN_ENV} to the server's token)")
+        return ConfigurationError(message if TOKEN_ENV in message else f"{message} (set {TOKEN_ENV} to the server's "
+                                                                         "token)")
     kinds = {404: NotFoundError, 409: AmbiguousRunIdError, 400: InvalidQueryError, 422: InvalidQueryError}
     return kinds.get(err.code, WfkitError)(message)
