@@ -91,7 +91,8 @@ def test_the_document_describes_short_ids(api):
     import re
 
     pattern = re.compile(param["schema"]["pattern"])
-    for valid in ("latest", "0194a3", "0194A3B27C1E", "0194a3b2-7c", "0194a3b2-7c1e-7", MISSING, MISSING.replace("-", "")):
+    for valid in ("latest", "0194a3", "0194A3B27C1E", "0194a3b2-7c", "0194a3b2-7c1e-7", MISSING,
+                  MISSING.replace("-", "")):
         assert pattern.match(valid), valid
     for invalid in ("0194a", "0194a3b2-", "nope", "Latest!", MISSING + "0", MISSING.replace("-", "") + "0"):
         assert not pattern.match(invalid), invalid

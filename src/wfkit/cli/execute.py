@@ -355,8 +355,9 @@ def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
 
     command = f"`wfkit runs cancel{' --force' if force else ''}`"
     with RunControl(database_url()) as control:
-        run = control.cancel(control.repository.resolve_run_id(run_id), force=force, reason=f"{'forced' if force else 'cancel requested'} "
-                                                         f"with {command} by {where_from()}")
+        rid = control.repository.resolve_run_id(run_id)
+        run = control.cancel(rid, force=force, reason=f"{'forced' if force else 'cancel requested'} "
+                                                      f"with {command} by {where_from()}")
         expired = control.repository.lease_expired(run.id)  # by the database's clock, as claims are
     if as_json:
         echo_json({**run.to_dict(), "lease_expired": expired})
