@@ -132,7 +132,8 @@ def runs_list(
 @json_option
 @click.option("--full", is_flag=True, help=f"At a terminal, print params and result whole, however long "
               f"(else cut at {SHOW_AT_TERMINAL} characters).")
-@click.option("--follow", "-f", is_flag=True, help="Follow the run live until it ends, as `wfkit runs watch` does.")
+@click.option("--follow", "-f", is_flag=True, help="Follow the run live until it ends, as `wfkit runs watch` does (with --json: one "
+              "event per line).")
 @database_url_option
 def runs_show(run_id: str, with_traceback: bool, full: bool, follow: bool, as_json: bool) -> None:
     """Show one run: status, times, params, result or error.
