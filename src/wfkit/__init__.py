@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 #: for type checkers below, against what ``wfkit.<name>`` serves)
 _EXPORTS: dict[str, str] = {
     # errors (light)
+    "AmbiguousRunIdError": "wfkit.errors",
     "CheckpointError": "wfkit.errors",
     "ConfigurationError": "wfkit.errors",
     "ConflictError": "wfkit.errors",
@@ -95,6 +96,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from wfkit.errors import (
+        AmbiguousRunIdError,
         CheckpointError,
         ConfigurationError,
         ConflictError,

@@ -13,6 +13,7 @@ failure), unless a class says otherwise (``exit_code``)::
     +-- InvalidStatusError            400  a status, or a status change, that is not allowed
     +-- LeaseLostError                409  this process no longer holds the run it was executing
     +-- ConflictError                 409  a request that contradicts one made before (an idempotency key reused)
+    +-- AmbiguousRunIdError           409  a short run id that more than one run's id starts with
     +-- InvalidQueryError             400  a bad filter, sort, page or id (also a ValueError)
     |   +-- InvalidParamsError        400  a workflow's params fail its params model
     +-- ConfigurationError            400  a setting or argument wfkit cannot use (also a ValueError)
@@ -84,6 +85,24 @@ class ConflictError(WfkitError):
     workflow or other params."""
 
     http_status = 409
+
+
+class AmbiguousRunIdError(WfkitError):
+    """A short run id (a prefix of a run's id) that more than one run's id starts with: the message
+    names a few of them (``.candidates``: their ids, newest first), and a longer prefix picks one.
+
+    409, not 400: the same prefix was valid, and will be again, depending on which runs the
+    database holds; the request is well formed, the database's state makes it ambiguous. For the
+    command line it is bad input all the same (exit code 2)."""
+
+    http_status = 409
+
+    def __init__(self, message: str, candidates: tuple[object, ...] = ()):
+        super().__init__(message)
+        self.candidates = tuple(candidates)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.candidates))
 
 
 class InvalidQueryError(WfkitError, ValueError):

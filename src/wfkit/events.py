@@ -124,6 +124,21 @@ _KINDS: dict[type, str] = {
 }
 
 
+def event_from_dict(data: Mapping[str, Any]) -> Event:
+    """The event a :meth:`Event.to_dict` form (as an event stream carries it) describes: its ``kind``
+    picks the class, its fields fill it in (a ``traceback`` stays behind: the exception it came from
+    is not sent). ``ValueError`` for a kind or fields no event has."""
+    classes = {kind: cls for cls, kind in _KINDS.items()}
+    cls = classes.get(data.get("kind")) if isinstance(data, Mapping) else None
+    if cls is None:
+        raise ValueError(f"not a wfkit event: kind {data.get('kind') if isinstance(data, Mapping) else data!r}")
+    try:
+        values = {f.name: data[f.name] for f in fields(cls) if f.name not in ("run_id", "exception") and f.name in data}
+        return cls(uuid.UUID(str(data["run_id"])), **values)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"not a wfkit {data.get('kind')} event: {err}") from None
+
+
 def traceback_text(err: BaseException | None) -> str | None:
     """The formatted traceback of what failed: for an error that wraps the exception a node (or a
     predicate) raised, that exception's own traceback, where the bug is; None for None."""

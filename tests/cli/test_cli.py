@@ -491,7 +491,7 @@ def test_every_command_has_an_example_and_a_whole_summary(wfkit_cli):
     from wfkit.cli import cli
 
     commands = [((), cli), *_commands(cli)]
-    assert len(commands) == 25  # a new command is listed here, and gets an example
+    assert len(commands) == 26  # a new command is listed here, and gets an example
     for words, command in commands:
         assert "\n    Example: wfkit " in command.help or "\n    Example: WFKIT_" in command.help, words
     for group in ([], ["runs"], ["db"]):
@@ -504,7 +504,7 @@ def test_every_command_has_an_example_and_a_whole_summary(wfkit_cli):
 def test_runs_help_names_each_of_its_commands(wfkit_cli):
     out = wfkit_cli.invoke("runs", "--help")
     description = out.stdout.split("Options:")[0]
-    for name in ("list", "show", "stages", "decisions", "cancel", "resume", "delete"):
+    for name in ("list", "show", "stages", "decisions", "watch", "cancel", "resume", "delete"):
         assert f"\n  {name} " in description, name
 
 
@@ -629,3 +629,68 @@ def test_downgrade_to_base_asks_at_a_terminal(wfkit_cli, tmp_path, answer, code,
     assert out.returncode == code, out.stderr
     assert "to base removes every wfkit table, and all the run history in them. Go on?" in out.stderr
     assert json.loads(wfkit_cli.invoke("db", "current", "--json", url=url).stdout)["current"] == current
+
+
+# --------------------------------------------------------------------------- short run ids
+
+
+def _at_a_terminal(wfkit_cli: Any, url: str, *args: str) -> tuple[int, str]:
+    """A command's exit code and output with a pseudo-terminal as its stdout."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        out = subprocess.run([WFKIT, *args], stdout=slave, stderr=subprocess.PIPE, env=wfkit_cli.environ(url=url),
+                             timeout=60)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    return out.returncode, shown.decode().replace("\r\n", "\n")
+
+
+def test_runs_list_prints_short_ids_at_a_terminal_that_every_command_takes(wfkit_cli, engine):
+    from wfkit.ids import new_id
+
+    runs = [make_run(id=new_id(), created_at=T0 + timedelta(seconds=i), status=RunStatus.COMPLETED)
+            for i in range(5)]  # made together: their ids share their first digits
+    add(engine, *runs)
+    url = engine.url.render_as_string(hide_password=False)
+    code, text = _at_a_terminal(wfkit_cli, url, "runs", "list")
+    assert code == 0
+    shown = [line.split()[0] for line in text.splitlines()[1:-1]]
+    assert len(shown) == 5 and all(8 <= len(s.replace("-", "")) < 32 for s in shown)
+    for short, run in zip(shown, reversed(runs)):
+        assert str(run.id).startswith(short)
+        doc = json.loads(wfkit_cli.run("runs", "show", short, "--json", url=url).stdout)
+        assert doc["id"] == str(run.id)
+    # into a pipe, whole ids, as before
+    piped = wfkit_cli.run("runs", "list", url=url).stdout.splitlines()
+    assert [line.split()[0] for line in piped[1:-1]] == [str(r.id) for r in reversed(runs)]
+
+
+def test_every_command_taking_a_run_id_takes_a_short_one_or_latest(wfkit_cli, db_url, history):
+    newest = history[-1]
+    short = str(newest.id)[:13]
+    for command in ("show", "stages", "decisions"):
+        by_short = wfkit_cli.run("runs", command, short, "--json", url=db_url)
+        by_latest = wfkit_cli.run("runs", command, "latest", "--json", url=db_url)
+        assert by_short.returncode == 0 and by_short.stdout == by_latest.stdout == \
+            wfkit_cli.run("runs", command, str(newest.id), "--json", url=db_url).stdout
+    out = wfkit_cli.run("runs", "cancel", short.upper(), url=db_url)
+    assert_one_line_error(out, 2, "a run cannot go from completed to cancelled")
+    out = wfkit_cli.run("runs", "delete", short.replace("-", ""), url=db_url)
+    assert out.returncode == 0 and out.stdout == f"deleted run {newest.id}\n"
+    assert_one_line_error(wfkit_cli.run("runs", "show", str(newest.id), url=db_url), 1, "no run with id")
+    assert json.loads(wfkit_cli.run("runs", "show", "latest", "--json", url=db_url).stdout)["id"] == str(
+        history[-2].id)
+    assert_one_line_error(wfkit_cli.run("runs", "resume", "abcdef99", url=db_url), 1,
+                          "no run with an id starting 'abcdef99'")

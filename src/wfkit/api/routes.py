@@ -28,7 +28,7 @@ from wfkit.api.problems import problem, responses
 from wfkit.api.service import Service
 from wfkit.errors import DatabaseError, InvalidParamsError, InvalidQueryError, NotFoundError
 from wfkit.executor.history import RunHistory
-from wfkit.ids import parse_uuid
+from wfkit.ids import parse_run_ref
 from wfkit.store.models import RunStatus
 from wfkit.store.query import MAX_CURSOR_LENGTH, MAX_FILTER_VALUES, RUNS, TOTALS, PageRequest, RunFilters, check_total
 from wfkit.store.repository import LISTING_FIELDS, SUMMARY_LEFT_OUT
@@ -47,7 +47,11 @@ _FINAL = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 # more (any case, spaces around values).
 _STATUS = f"({'|'.join(s.value for s in RunStatus)})"
 _SORT = f"[+-]?({'|'.join(sorted(RUNS.sortable))})"
-_UUID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_H = "[0-9a-fA-F]"
+# A whole id, or a start of it, without dashes or with them where a UUID has them (the parser
+# ignores dashes anywhere); every value the pattern allows is a valid id (404 if no run has it).
+_RUN_ID = (f"^(latest|{_H}{{6,32}}|{_H}{{8}}(-{_H}{{1,4}}|-{_H}{{4}}-{_H}{{1,4}}|-{_H}{{4}}-{_H}{{4}}-{_H}{{1,4}}|"
+           f"-{_H}{{4}}-{_H}{{4}}-{_H}{{4}}-{_H}{{1,12}}))$")
 _COUNT = "^[1-9][0-9]{0,8}$"
 
 
@@ -55,8 +59,10 @@ def _described(**schema: Any) -> dict[str, Any]:
     return {"json_schema_extra": schema}
 
 
-RunId = Annotated[str, Path(description="the run's id, a UUID", examples=["123e4567-e89b-12d3-a456-426614174000"],
-                            **_described(pattern=_UUID, format="uuid"))]
+RunId = Annotated[str, Path(description="the run's id (a UUID), a prefix of at least 6 of its hex digits that no "
+                            "other run's id starts with (409 if several do), or latest (the newest run)",
+                            examples=["123e4567-e89b-12d3-a456-426614174000", "123e4567-e8", "latest"],
+                            **_described(pattern=_RUN_ID))]
 Force = Annotated[bool, Query(description="as `--force` on the command line")]
 
 
@@ -69,6 +75,13 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
         finally:  # the server stops: so do the runs it executes (see Service.close)
             service.stop_watching()
             await asyncio.to_thread(service.close)
+
+    async def resolved(run_id: str) -> uuid.UUID:
+        """The whole id a run id names (a short one or latest is looked up; a whole one is not)."""
+        ref = parse_run_ref(run_id)
+        if isinstance(ref, uuid.UUID):
+            return ref
+        return await service.call(service.repository.resolve_run_id, ref)
 
     router = APIRouter(dependencies=list(dependencies), lifespan=lifespan)
     runs = APIRouter(prefix="/workflows/runs", tags=["Runs"])
@@ -124,13 +137,13 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
                              "total_pages": result.total_pages, "total_kind": result.total_kind,
                              "next_cursor": result.next_cursor}, headers=dict(response.headers))
 
-    @runs.get("/{run_id}", response_model=schemas.RunOut, responses=responses(400, 404, 503),
+    @runs.get("/{run_id}", response_model=schemas.RunOut, responses=responses(400, 404, 409, 503),
               summary="One run (with ?wait=SECONDS: once it has ended, or the time passes)")
     async def find_run(run_id: RunId,
                        wait: Annotated[float | None, Query(ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False,
                                                            description="seconds to wait for the run to end")] = None
                        ) -> Any:
-        rid = parse_uuid(run_id)
+        rid = await resolved(run_id)
         run = await service.call(service.repository.find_run, rid)
         deadline = time.monotonic() + (wait or 0.0)
         while run.status not in _FINAL and time.monotonic() < deadline and not service.stopped:
@@ -138,21 +151,21 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
             run = await service.call(service.repository.find_run, rid)
         return JSONResponse(_run_json(run))
 
-    @runs.get("/{run_id}/stages", response_model=list[schemas.StageOut], responses=responses(400, 404, 503),
+    @runs.get("/{run_id}/stages", response_model=list[schemas.StageOut], responses=responses(400, 404, 409, 503),
               summary="A run's stages (node executions), oldest first")
     async def get_stages(run_id: RunId) -> Any:
-        stages = await service.call(service.repository.get_stages, parse_uuid(run_id))
+        stages = await service.call(service.repository.get_stages, await resolved(run_id))
         return JSONResponse([stage.to_dict() for stage in stages])
 
-    @runs.get("/{run_id}/decisions", response_model=list[schemas.DecisionOut], responses=responses(400, 404, 503),
+    @runs.get("/{run_id}/decisions", response_model=list[schemas.DecisionOut], responses=responses(400, 404, 409, 503),
               summary="A run's routing decisions, oldest first")
     async def get_decisions(run_id: RunId) -> Any:
-        decisions = await service.call(service.repository.get_decisions, parse_uuid(run_id))
+        decisions = await service.call(service.repository.get_decisions, await resolved(run_id))
         return JSONResponse([decision.to_dict() for decision in decisions])
 
     async def history_of(run_id: RunId, last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None
                          ) -> tuple[RunHistory, str | None]:
-        history = RunHistory(service.repository, parse_uuid(run_id))
+        history = RunHistory(service.repository, await resolved(run_id))
         await service.call(history.read)  # 404 before any stream starts
         if last_event_id is not None and history.ended and history.events[-1].id == last_event_id:
             # The client saw the run's end already: 204 tells a browser's EventSource not to
@@ -161,7 +174,7 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
         return history, last_event_id
 
     @runs.get("/{run_id}/events", response_class=EventSourceResponse,
-              responses={**responses(400, 404, 503), 204: {"description": "the client has seen the run's end "
+              responses={**responses(400, 404, 409, 503), 204: {"description": "the client has seen the run's end "
                                                            "(its Last-Event-ID is the run's last event)"}},
               summary="A run's events as server-sent events: its history, then live until it ends")
     async def run_events(opened: Annotated[tuple[RunHistory, str | None], Depends(history_of)]
@@ -170,26 +183,29 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
         async for event in _stream(service, history, last_event_id):
             yield event
 
-    @runs.delete("/{run_id}", status_code=204, responses=responses(400, 404, 503),
+    @runs.delete("/{run_id}", status_code=204, responses=responses(400, 404, 409, 503),
                  summary="Delete a run with its stages, decisions and checkpoint")
     async def delete_run(run_id: RunId, force: Force = False) -> Response:
-        await service.call(lambda: service.executor.delete(parse_uuid(run_id), force=force))
+        rid = await resolved(run_id)
+        await service.call(lambda: service.executor.delete(rid, force=force))
         return Response(status_code=204)
 
-    @runs.post("/{run_id}/cancel", status_code=204, responses=responses(400, 404, 503),
+    @runs.post("/{run_id}/cancel", status_code=204, responses=responses(400, 404, 409, 503),
                summary="Cancel a run: at once if pending, before its next node if running")
     async def cancel_run(run_id: RunId, force: Force = False) -> Response:
         from wfkit.executor.control import where_from
 
         reason = f"{'forced' if force else 'cancel requested'} through the HTTP API of {where_from()}"
-        await service.call(lambda: service.executor.cancel(parse_uuid(run_id), force=force, reason=reason))
+        rid = await resolved(run_id)
+        await service.call(lambda: service.executor.cancel(rid, force=force, reason=reason))
         return Response(status_code=204)
 
-    @runs.post("/{run_id}/resume", response_model=schemas.RunOut, responses=responses(400, 404, 503),
+    @runs.post("/{run_id}/resume", response_model=schemas.RunOut, responses=responses(400, 404, 409, 503),
                summary="Resume a failed or cancelled run (force: take over one whose lease expired)")
     async def resume_run(run_id: RunId, force: Force = False) -> Any:
+        rid = await resolved(run_id)
+
         def go() -> Any:
-            rid = parse_uuid(run_id)
             if service.workers:
                 if force:
                     raise InvalidParamsError("force takes a run over in this server; with workers, their recovery "

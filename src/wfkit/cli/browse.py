@@ -11,6 +11,8 @@ import click
 
 from wfkit.cli.common import (
     RUN_STATUSES,
+    complete_statuses,
+    complete_workflows,
     database_url,
     database_url_option,
     echo_json,
@@ -19,6 +21,7 @@ from wfkit.cli.common import (
     json_option,
     plural,
     render_table,
+    run_id_argument,
     runs,
     with_database_url,
 )
@@ -37,13 +40,14 @@ def _read(read: Callable[[Any], Any]) -> Any:
 
 
 @runs.command("list")
-@click.option("--workflow", "workflow_names", multiple=True, metavar="NAME",
+@click.option("--workflow", "workflow_names", multiple=True, metavar="NAME", shell_complete=complete_workflows,
               help="Only runs of this workflow; repeat or comma-separate for several.")
 @click.option(
     "--status",
     "statuses",
     multiple=True,
     metavar="STATUS",
+    shell_complete=complete_statuses,
     help=f"Only runs with this status; repeat or comma-separate for several ({', '.join(RUN_STATUSES)}).",
 )
 # Page and page size are read by the same parser as the HTTP API's query (PageRequest.from_query), so
@@ -85,6 +89,10 @@ def runs_list(
 ) -> None:
     """List runs, newest first, a page at a time.
 
+    At a terminal, each id is shown short: the fewest of its first digits
+    (at least 8) that no other run's id starts with, which every command
+    taking a run id accepts. Into a pipe or file, and with --json, whole ids.
+
     Example: wfkit runs list --status failed --workflow nightly-report --since 7d
 
     Each page ends with the command that prints the next one (--after CURSOR).
@@ -96,7 +104,13 @@ def runs_list(
     query = {"page": page, "sort": list(sorts), **({"page_size": page_size} if page_size is not None else {})}
     request = PageRequest.from_query(query)
     fields = "full" if full and as_json else "summary"
-    result = _read(lambda repo: repo.list_runs(request, filters, fields=fields, cursor=cursor, total=total))
+    short = not as_json and sys.stdout.isatty()  # people read short ids; programs get whole ones
+
+    def read(repo: Any) -> Any:
+        found = repo.list_runs(request, filters, fields=fields, cursor=cursor, total=total)
+        return found, repo.short_ids([run.id for run in found.data]) if short else {}
+
+    result, short_ids = _read(read)
     if request.page_size is not None and result.page_size < request.page_size:
         click.echo(f"Note: page size limited to {result.page_size} (WFKIT_MAX_PAGE_SIZE)", err=True)
     if as_json:
@@ -107,7 +121,8 @@ def runs_list(
         return
     if result.data:
         headers: tuple[str, ...] = ("ID", "WORKFLOW", "STATUS", "CREATED", "DURATION")
-        rows = [[r.id, r.workflow_name, r.status.value, fmt_time(r.created_at), fmt_ms(r.duration_ms)]
+        rows = [[short_ids.get(r.id, r.id), r.workflow_name, r.status.value, fmt_time(r.created_at),
+                 fmt_ms(r.duration_ms)]
                 for r in result.data]
         if any(r.status.value == "running" for r in result.data):
             # who executes each running run: a worker's name leads its owner (`wfkit workers`)
@@ -156,21 +171,36 @@ def _next_command(cursor: str, filters: Any) -> str:
 
 
 @runs.command("show")
-@click.argument("run_id")
+@run_id_argument
 @click.option("--traceback", "with_traceback", is_flag=True,
               help="Also show the traceback of the exception that failed the run's stage, if one did.")
 @json_option
 @click.option("--full", is_flag=True, help=f"At a terminal, print params and result whole, however long "
               f"(else cut at {SHOW_AT_TERMINAL} characters).")
+@click.option("--follow", "-f", is_flag=True, help="Follow the run live until it ends, as `wfkit runs watch` does (with --json: one "
+              "event per line).")
 @database_url_option
-def runs_show(run_id: str, with_traceback: bool, full: bool, as_json: bool) -> None:
+def runs_show(run_id: str, with_traceback: bool, full: bool, follow: bool, as_json: bool) -> None:
     """Show one run: status, times, params, result or error.
 
-    Example: wfkit runs show 123e4567-e89b-12d3-a456-426614174000 --traceback
+    RUN_ID is a whole id, an unambiguous prefix of at least 6 of its hex
+    digits, or latest (the newest run).
+
+    Example: wfkit runs show latest --traceback
     """
-    run, stages, expired = _read(lambda repo: (repo.find_run(run_id),
-                                               repo.get_stages(run_id) if with_traceback else [],
-                                               repo.lease_expired(run_id)))
+    if follow:
+        if with_traceback or full:
+            raise click.UsageError("--follow prints the run's events as they happen: it takes no --traceback or --full")
+        from wfkit.cli.watch import watch
+
+        watch(run_id, api=None, as_json=as_json, interval=None)
+        return
+
+    def read(repo: Any) -> Any:
+        rid = repo.resolve_run_id(run_id)
+        return repo.find_run(rid), repo.get_stages(rid) if with_traceback else [], repo.lease_expired(rid)
+
+    run, stages, expired = _read(read)
     failed = next((s for s in reversed(stages) if s.error_traceback), None)
     if as_json:
         doc = {**run.to_dict(), "lease_expired": expired}  # by the database's clock, as claims are
@@ -243,16 +273,16 @@ def _echo_related(items: list[Any], as_json: bool, empty: str, headers: tuple[st
 
 
 @runs.command("stages")
-@click.argument("run_id")
+@run_id_argument
 @click.option("-v", "--verbose", is_flag=True, help="Show the traceback of each stage that failed with one.")
 @json_option
 @database_url_option
 def runs_stages(run_id: str, verbose: bool, as_json: bool) -> None:
     """List a run's stages (node executions), oldest first.
 
-    Example: wfkit runs stages 123e4567-e89b-12d3-a456-426614174000 -v
+    Example: wfkit runs stages 0194a3b2-7c1 -v
     """
-    stages = _read(lambda repo: repo.get_stages(run_id))
+    stages = _read(lambda repo: repo.get_stages(repo.resolve_run_id(run_id)))
     _echo_related(
         stages, as_json, "This run has no stages yet.",
         ("NODE", "ITER", "STATUS", "DURATION", "STARTED", "OUTPUT / ERROR"),
@@ -266,7 +296,7 @@ def runs_stages(run_id: str, verbose: bool, as_json: bool) -> None:
 
 
 @runs.command("decisions")
-@click.argument("run_id")
+@run_id_argument
 @json_option
 @database_url_option
 def runs_decisions(run_id: str, as_json: bool) -> None:
@@ -275,7 +305,7 @@ def runs_decisions(run_id: str, as_json: bool) -> None:
     Example: wfkit runs decisions 123e4567-e89b-12d3-a456-426614174000 --json
     """
     _echo_related(
-        _read(lambda repo: repo.get_decisions(run_id)), as_json, "This run has no decisions yet.",
+        _read(lambda repo: repo.get_decisions(repo.resolve_run_id(run_id))), as_json, "This run has no decisions yet.",
         ("FROM", "TO", "PREDICATE", "RESULT", "AT", "REASON"),
         lambda d: (d.from_node, d.to_node or ("END" if d.predicate_result else "(no route)"), d.predicate_name or "-",
                    str(d.predicate_result).lower(),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -153,6 +154,104 @@ def database_url() -> str | None:
     return given
 
 
+# --------------------------------------------------------------------------- run ids and shell completion
+#
+# Completion is Click's own (``_WFKIT_COMPLETE=bash_source wfkit``, see README). What it offers is
+# computed here, when the shell asks: nothing heavy is imported before then, and a completion never
+# prints an error into the shell (on any failure it offers nothing).
+
+#: How many runs a completion of a run id offers (the newest that match).
+COMPLETE_RUNS = 20
+
+
+class RunIdType(click.ParamType):
+    """A run id as typed: a whole id, a prefix of at least 6 hex digits, or ``latest``. The text is
+    kept as given: the command resolves it (``Repository.resolve_run_id``) on the database it
+    uses, once its ``--database-url`` is known. Completes with the newest runs' short ids."""
+
+    name = "run_id"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "RUN_ID"
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        return complete_run_ids(ctx, incomplete)
+
+
+RUN_ID = RunIdType()
+
+
+def run_id_argument(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``RUN_ID``: a whole id, an unambiguous prefix of at least 6 hex digits, or ``latest``."""
+    return click.argument("run_id", type=RUN_ID)(fn)
+
+
+@contextlib.contextmanager
+def _quietly() -> Iterator[None]:
+    """Nothing printed, and no warning shown, while a completion is computed: the shell reads stdout."""
+    import io
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def complete_run_ids(ctx: click.Context, incomplete: str) -> list[Any]:
+    """``latest`` and the newest runs whose id starts with ``incomplete``, as short ids (each with its
+    workflow, status and creation time for shells that show them), from the database in use."""
+    from click.shell_completion import CompletionItem
+
+    typed = incomplete.strip().lower()
+    items = [CompletionItem("latest", help="the newest run")] if "latest".startswith(typed) else []
+    try:
+        with _quietly():
+            from wfkit.store.repository import Repository
+
+            with Repository(ctx.meta.get(_URL_KEY)) as repository:
+                matches = repository.match_run_ids(typed, limit=COMPLETE_RUNS)
+                short = repository.short_ids([m.id for m in matches])
+    except Exception:  # no database, not migrated, unreachable: nothing to offer
+        return items
+    for match in matches:
+        text = short[match.id]
+        if len(typed) > len(text) or not text.startswith(typed):  # typed further, or without dashes
+            text = str(match.id) if str(match.id).startswith(typed) else match.id.hex
+        items.append(CompletionItem(text, help=f"{match.workflow_name}, {match.status}, created "
+                                               f"{fmt_time(match.created_at)}"))
+    return items
+
+
+def complete_workflows(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """The registered workflows whose name starts with ``incomplete`` (the last of a comma-separated
+    list, for options that take several)."""
+    from click.shell_completion import CompletionItem
+
+    done, _, last = incomplete.rpartition(",") if param.multiple else ("", "", incomplete)
+    try:
+        with _quietly():
+            from wfkit.plugins import list_workflows
+
+            infos = list_workflows()
+    except Exception:
+        return []
+    head = f"{done}," if done else ""
+    return [CompletionItem(head + info.name, help=info.description.split("\n")[0] or None)
+            for info in infos if info.name.startswith(last)]
+
+
+def complete_statuses(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """The run statuses that start with the last of a comma-separated list (those not given yet)."""
+    from click.shell_completion import CompletionItem
+
+    done, _, last = incomplete.rpartition(",")
+    given = {s.strip().lower() for s in done.split(",")} if done else set()
+    head = f"{done}," if done else ""
+    return [CompletionItem(head + status) for status in RUN_STATUSES
+            if status.startswith(last.strip().lower()) and status not in given]
+
+
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")(fn)
 
@@ -209,17 +308,21 @@ def cli() -> None:
 
 
 @cli.group(cls=WfkitGroup, lazy={
-    "list": "browse", "show": "browse", "stages": "browse", "decisions": "browse",
+    "list": "browse", "show": "browse", "stages": "browse", "decisions": "browse", "watch": "watch",
     "resume": "execute", "cancel": "execute", "delete": "execute", "recover": "execute",
 })
 def runs() -> None:
-    """Browse, cancel, resume, recover and delete runs.
+    """Browse, watch, cancel, resume, recover and delete runs.
+
+    RUN_ID is a whole id, a prefix of at least 6 of its hex digits that
+    no other run's id starts with, or latest (the newest run).
 
     \b
     list       runs, newest first, a page at a time (filters, sort, --json)
     show       one run: status, times, owner and lease, params, result or error
     stages     a run's stages (node executions), oldest first
     decisions  a run's routing decisions, oldest first
+    watch      follow a run live, stage by stage, until it ends
     cancel     stop a run before its next node (--force: end it now)
     resume     continue a failed or cancelled run from its checkpoint
     recover    resume every run whose process died (its lease expired)

@@ -13,12 +13,14 @@ import click
 
 from wfkit.cli.common import (
     cli,
+    complete_workflows,
     database_url,
     database_url_option,
     durability_option,
     echo_json,
     json_option,
     params_options,
+    run_id_argument,
     runs,
     silence_stdout,
     warn_plugin_failures,
@@ -181,7 +183,7 @@ def _drive(go: Callable[[], Any], progress: _Progress, executor: Any, as_json: b
 
 
 @cli.command("run")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_workflows)
 @params_options
 @durability_option
 @json_option
@@ -207,7 +209,7 @@ def run_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None, du
 
 
 @cli.command("submit")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_workflows)
 @params_options
 @click.option("--queue", default=None, metavar="QUEUE", help="The workers' queue to put it in (default: wfkit).")
 @click.option("--idempotency-key", default=None, metavar="KEY",
@@ -237,7 +239,7 @@ def submit_cmd(name: str, param_pairs: tuple[str, ...], params_json: str | None,
 
 
 @runs.command("resume")
-@click.argument("run_id")
+@run_id_argument
 @click.option("--force", is_flag=True,
               help="Take over a 'running' run whose lease expired (its process died or stalled); one whose lease "
               "is live is refused.")
@@ -269,16 +271,17 @@ def runs_resume(run_id: str, force: bool, submit: bool, queue: str | None, durab
         from wfkit.executor import Executor
 
         with Executor(database_url()) as executor:
-            run = executor.submit_resume(run_id, queue=queue)
+            run = executor.submit_resume(executor.repository.resolve_run_id(run_id), queue=queue)
             click.echo(json.dumps(run.to_dict(), indent=2, ensure_ascii=False) if as_json else str(run.id))
         return
     progress = _Progress(to_stderr=as_json)
     executor = _executor(progress, durability)
-    _drive(lambda: executor.resume(run_id, force=force), progress, executor, as_json)
+    rid = executor.repository.resolve_run_id(run_id)
+    _drive(lambda: executor.resume(rid, force=force), progress, executor, as_json)
 
 
 @runs.command("recover")
-@click.option("--workflow", "workflow_names", multiple=True, metavar="NAME",
+@click.option("--workflow", "workflow_names", multiple=True, metavar="NAME", shell_complete=complete_workflows,
               help="Only runs of this workflow (comma-separate or repeat for several).")
 @click.option("--concurrency", type=click.IntRange(min=1, max=8), default=1, show_default=True,
               help="How many runs to resume at once, each in a thread of its own (at most 8: each holds one of "
@@ -331,7 +334,7 @@ def runs_recover(workflow_names: tuple[str, ...], concurrency: int, durability: 
 
 
 @runs.command("cancel")
-@click.argument("run_id")
+@run_id_argument
 @click.option("--force", is_flag=True,
               help="End a 'running' run as cancelled now, whoever holds it (its process, if alive, writes nothing "
               "more and stops).")
@@ -352,8 +355,9 @@ def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
 
     command = f"`wfkit runs cancel{' --force' if force else ''}`"
     with RunControl(database_url()) as control:
-        run = control.cancel(run_id, force=force, reason=f"{'forced' if force else 'cancel requested'} "
-                                                         f"with {command} by {where_from()}")
+        rid = control.repository.resolve_run_id(run_id)
+        run = control.cancel(rid, force=force, reason=f"{'forced' if force else 'cancel requested'} "
+                                                      f"with {command} by {where_from()}")
         expired = control.repository.lease_expired(run.id)  # by the database's clock, as claims are
     if as_json:
         echo_json({**run.to_dict(), "lease_expired": expired})
@@ -370,7 +374,7 @@ def runs_cancel(run_id: str, force: bool, as_json: bool) -> None:
 
 
 @runs.command("delete")
-@click.argument("run_id")
+@run_id_argument
 @click.option("--force", is_flag=True, help="Delete even a run that is 'running' (its process is gone).")
 @database_url_option
 def runs_delete(run_id: str, force: bool) -> None:
@@ -381,5 +385,6 @@ def runs_delete(run_id: str, force: bool) -> None:
     from wfkit.executor import RunControl
 
     with RunControl(database_url()) as control:
-        control.delete(run_id, force=force)
-    click.echo(f"deleted run {run_id}")
+        rid = control.repository.resolve_run_id(run_id)
+        control.delete(rid, force=force)
+    click.echo(f"deleted run {rid}")

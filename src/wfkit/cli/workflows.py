@@ -6,6 +6,7 @@ import click
 
 from wfkit.cli.common import (
     cli,
+    complete_workflows,
     echo_json,
     json_option,
     params_options,
@@ -80,7 +81,7 @@ def plugins_cmd(as_json: bool) -> None:
 
 
 @cli.command("graph")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_workflows)
 @click.option(
     "--format", "fmt", type=click.Choice(["mermaid", "json"], case_sensitive=False), default=None,
     help="Output format (default: mermaid).",

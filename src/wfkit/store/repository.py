@@ -30,9 +30,9 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from wfkit.errors import InvalidQueryError, NotFoundError
+from wfkit.errors import AmbiguousRunIdError, InvalidQueryError, NotFoundError
 from wfkit.formatting import shown
-from wfkit.ids import parse_uuid
+from wfkit.ids import LATEST, id_prefix, parse_run_ref, parse_uuid, prefix_range
 from wfkit.store.codec import UNREADABLE, UNREADABLE_MARK, codec_for, json_loads, row_loader
 from wfkit.store.connections import ThreadConnections
 from wfkit.store.db import as_engine, display_url, translate_errors
@@ -107,6 +107,19 @@ def _run_filters(filters: RunFilters | None, workflow_name: Any, status: Any, si
     return filters
 
 
+class RunIdMatch(NamedTuple):
+    """A run whose id starts with a prefix that was asked for (:meth:`Repository.match_run_ids`)."""
+
+    id: uuid.UUID
+    workflow_name: str
+    status: str
+    created_at: datetime
+
+
+#: How many candidates an ambiguous short id's error names.
+AMBIGUOUS_SHOWN = 5
+
+
 class Repository:
     """Read-only access to run history.
 
@@ -158,6 +171,22 @@ class Repository:
         }
         self._stage_summaries = Statement.compile(
             sa.select(*_STAGE_SUMMARY_COLUMNS).where(Stage.run_id == rid).order_by(*STAGES.order_by(None)), dialect)
+        # Short ids: a prefix is a range of the primary key (lowest..highest id with it), newest id
+        # first; ``latest`` is the newest run by the created_at index. Neighbours by id say how much
+        # of an id tells it apart (short_ids): one index seek each.
+        matched = (Run.id, Run.workflow_name, Run.status, Run.created_at)
+        self._match_ids = Statement.compile(
+            sa.select(*matched).where(Run.id >= sa.bindparam("low", type_=sa.Uuid()),
+                                      Run.id <= sa.bindparam("high", type_=sa.Uuid()))
+            .order_by(Run.id.desc()).limit(sa.bindparam("limit", type_=sa.Integer()))
+            .offset(sa.bindparam("offset", type_=sa.Integer())), dialect)  # SQLite's LIMIT ? has an OFFSET too
+        self._newest_ids = Statement.compile(
+            sa.select(*matched).order_by(Run.created_at.desc(), Run.id.desc())
+            .limit(sa.bindparam("limit", type_=sa.Integer())).offset(sa.bindparam("offset", type_=sa.Integer())),
+            dialect)
+        # (PostgreSQL before 16 has no max() of uuid: ORDER BY ... LIMIT 1, the same index seek.)
+        self._neighbours = self._codec.sql("SELECT (SELECT id FROM runs WHERE id < ? ORDER BY id DESC LIMIT 1), "
+                                           "(SELECT id FROM runs WHERE id > ? ORDER BY id LIMIT 1)")
         since = sa.bindparam("since", type_=Stage.__table__.c.created_at.type)
         # The same from a time on (a follower reading only what is new): still one index range.
         self._related_since = {
@@ -271,6 +300,84 @@ class Repository:
     def find_run(self, run_id: uuid.UUID | str) -> Run:
         """The run with this id (a UUID or its string form), or :class:`NotFoundError`."""
         return self._one(self._find_run, Run, run_id, "no run with id {rid}")
+
+    # -- run ids as people type them
+
+    def resolve_run_id(self, run_id: uuid.UUID | str) -> uuid.UUID:
+        """The whole id of the run ``run_id`` names: a whole id (returned as it is, without reading:
+        whether that run exists is the next read's to say), ``latest`` (the newest run, by
+        ``created_at`` then id), or a prefix of at least 6 hex digits (dashes anywhere, any case)
+        that exactly one run's id starts with. :class:`NotFoundError` if no run matches (or there
+        is no run at all, for ``latest``); :class:`AmbiguousRunIdError` naming a few of them if
+        several do; :class:`InvalidQueryError` for text that is none of these forms.
+
+        The library's other methods take whole ids only: resolving is this separate step, so that a
+        command or route resolves once and then acts on the one run it names."""
+        ref = parse_run_ref(run_id)
+        if isinstance(ref, uuid.UUID):
+            return ref
+        if ref == LATEST:
+            newest = self.match_run_ids("", limit=1)
+            if not newest:
+                raise NotFoundError("no run yet: latest names the newest run")
+            return newest[0].id
+        found = self.match_run_ids(ref, limit=AMBIGUOUS_SHOWN + 1)
+        if not found:
+            raise NotFoundError(f"no run with an id starting {shown(str(run_id).strip())}")
+        if len(found) == 1:
+            return found[0].id
+        more = len(found) > AMBIGUOUS_SHOWN
+        listed = "; ".join(f"{m.id} ({m.workflow_name}, {m.status}, created {m.created_at:%Y-%m-%d %H:%M:%SZ})"
+                           for m in found[:AMBIGUOUS_SHOWN])
+        raise AmbiguousRunIdError(
+            f"run id {shown(str(run_id).strip())} is ambiguous: {'more than ' if more else ''}"
+            f"{min(len(found), AMBIGUOUS_SHOWN)} runs' ids start with it, newest first: {listed}"
+            f"{'; ...' if more else ''}; give more of its digits", tuple(m.id for m in found[:AMBIGUOUS_SHOWN]))
+
+    def match_run_ids(self, prefix: str = "", limit: int = 10) -> list[RunIdMatch]:
+        """At most ``limit`` runs whose id starts with ``prefix`` (hex digits, dashes ignored, any
+        case; fewer than 6 is fine here), newest id first (ids made by wfkit sort by creation time);
+        for an empty prefix, the newest runs by ``created_at``. For completion and for
+        :meth:`resolve_run_id`; read through the primary key's index, whatever the table's size."""
+        digits = prefix.replace("-", "").strip().lower()
+        if len(digits) > 32 or any(c not in "0123456789abcdef" for c in digits):
+            return []
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise InvalidQueryError(f"limit must be a whole number of at least 1, got {limit!r}")
+        if digits:
+            low, high = prefix_range(digits)
+            statement = self._match_ids
+            values: dict[str, Any] = {"low": self._codec.id(low), "high": self._codec.id(high), "limit": limit,
+                                       "offset": 0}
+        else:
+            statement, values = self._newest_ids, {"limit": limit, "offset": 0}
+        rows = self._read(lambda cursor: self._execute(cursor, statement, values).fetchall())
+        as_id = uuid.UUID if self._codec.sqlite else (lambda value: value)
+        return [RunIdMatch(as_id(raw), name, str(status), self._codec.time_in(created)) for raw, name, status, created
+                in rows]
+
+    def short_ids(self, run_ids: Sequence[uuid.UUID], min_digits: int = 8) -> dict[uuid.UUID, str]:
+        """For each of these ids, the shortest start of it (at least ``min_digits`` hex digits, in
+        its dashed form) that no other run's id in the database starts with: what a listing prints,
+        and what :meth:`resolve_run_id` then resolves to the same run. Ids made by wfkit begin with
+        their creation time, so runs made within about a minute share their first 8 digits: the
+        shortest start that tells them apart is found from each id's neighbours in the primary key
+        (two index seeks per id, in one round trip)."""
+        ids = list(dict.fromkeys(run_ids))
+        as_id = uuid.UUID if self._codec.sqlite else (lambda value: value)
+
+        def read(cursor: Any) -> dict[uuid.UUID, str]:
+            out = {}
+            for rid in ids:
+                key = self._codec.id(rid)
+                before, after = cursor.execute(self._neighbours, (key, key)).fetchone()
+                own = rid.hex
+                shared = max((_common(own, as_id(other).hex) for other in (before, after) if other is not None),
+                             default=0)
+                out[rid] = id_prefix(rid, max(min_digits, shared + 1))
+            return out
+
+        return self._read(read) if ids else {}
 
     def find_run_by_idempotency_key(self, key: str) -> Run:
         """The run created with this idempotency key, or :class:`NotFoundError`."""
@@ -558,6 +665,16 @@ class History(NamedTuple):
     stages: list[Stage]
     decisions: list[Decision]
     checkpoint: Any  # its checkpoint's data (None: it has none), as the executor wrote it
+
+
+def _common(a: str, b: str) -> int:
+    """How many leading characters two strings share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _readable(record: Any) -> Any:

@@ -19,6 +19,7 @@ same message, as a page with status 400.
 
 import hashlib
 import math
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import resources
@@ -84,7 +85,7 @@ def _page_of(text: str | None, count: int, size: int) -> tuple[int, int]:
 def build_viewer(service: Any, dependencies: Sequence[Any] = ()) -> "APIRouter":
     """The viewer's routes on the API's service (its repository, registry and thread pool)."""
     from fastapi import APIRouter, Request
-    from fastapi.responses import HTMLResponse, Response
+    from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
     templates = _templates()
     static = _static()
@@ -130,6 +131,18 @@ def build_viewer(service: Any, dependencies: Sequence[Any] = ()) -> "APIRouter":
     async def run_page(request: Request, run_id: str) -> Any:
         query = request.query_params
         part = query.get("part")
+        # A short id, latest, or a whole id written otherwise: redirected to the run's own address,
+        # so that the page (and its live refreshes) keeps showing this run whatever comes later.
+        try:
+            from wfkit.ids import parse_run_ref
+
+            ref = parse_run_ref(run_id)
+            if not (isinstance(ref, uuid.UUID) and str(ref) == run_id):
+                rid = await service.call(service.repository.resolve_run_id, ref)
+                target = request.url_for("run_page", run_id=str(rid)).include_query_params(**query)
+                return RedirectResponse(str(target), status_code=302)
+        except WfkitError as err:
+            return problem(request, err)
 
         def read() -> dict[str, Any]:
             from wfkit.ids import parse_uuid
