@@ -92,6 +92,7 @@ def test_totals_exact_estimate_none(engine, repo, thirty):
     none = repo.list_runs(page_size=5, status="completed", total="none")
     assert (none.total, none.total_kind, none.total_pages) == (None, "none", None)
     assert [r.id for r in none.data] == [r.id for r in exact.data] and none.next_cursor == exact.next_cursor
+    repo.EXACT_BELOW_ESTIMATE = 0  # (an estimate of a few runs is counted instead: see below)
     estimate = repo.list_runs(page_size=5, status="completed", total="estimate")
     if engine.dialect.name == "sqlite":  # no planner estimate: it counts, and says so
         assert (estimate.total, estimate.total_kind) == (15, "exact")
@@ -103,6 +104,10 @@ def test_totals_exact_estimate_none(engine, repo, thirty):
             conn.commit()
         assert 10 <= repo.list_runs(page_size=5, status="completed", total="estimate").total <= 20
         assert 25 <= repo.list_runs(page_size=5, total="estimate").total <= 35
+    del repo.EXACT_BELOW_ESTIMATE
+    if engine.dialect.name != "sqlite":
+        few = repo.list_runs(page_size=5, status="completed", total="estimate")
+        assert (few.total, few.total_kind) == (15, "exact")
     with pytest.raises(InvalidQueryError, match="unknown total 'roughly': expected one of exact, estimate, none"):
         repo.list_runs(total="roughly")
 
@@ -120,6 +125,8 @@ def test_since_and_until_filter_on_creation_time(repo, thirty):
     assert repo.list_runs(since="1d").total == 0 and repo.list_runs(until="1d").total == 30  # T0 is long past
     with pytest.raises(InvalidQueryError, match=r"invalid since 'last tuesday': expected an ISO 8601 date or time"):
         repo.list_runs(since="last tuesday")
+    with pytest.raises(InvalidQueryError, match=r"since \(2026-01-02T00:00:00\+00:00\) is after until"):
+        repo.list_runs(since="2026-01-02", until="2026-01-01")
 
 
 def test_iter_runs_reads_everything_a_page_at_a_time(repo, thirty):

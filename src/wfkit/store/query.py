@@ -436,6 +436,9 @@ class RunFilters:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, parse_time(value, name))
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise InvalidQueryError(f"since ({self.since.isoformat()}) is after until ({self.until.isoformat()}): "
+                                    "no run was created in between")
 
     @classmethod
     def from_query(cls, query: Mapping[str, Any]) -> RunFilters:

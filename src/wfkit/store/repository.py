@@ -201,6 +201,9 @@ class Repository:
 
     # -- the public reads
 
+    #: An estimated total below this many runs is counted instead (``total="estimate"``): exact, and cheap.
+    EXACT_BELOW_ESTIMATE = 10_000
+
     def list_runs(self, page: PageRequest | int | None = None, filters: RunFilters | None = None, *,
                   page_size: int | None = None, sort: str | None = None,
                   workflow_name: str | Sequence[str] | None = None, status: str | Sequence[str] | None = None,
@@ -249,6 +252,7 @@ class Repository:
                                         if isinstance(value, uuid.UUID) else getattr(value, "value", value))
         decode = self._decode[Run] if fields == "full" else self._decode_summary
         kind = "exact" if total == "estimate" and codec.sqlite else total
+        counted_kind = [kind]
 
         def read(cursor: Any) -> tuple[int | None, list[Run]]:
             counted = None
@@ -262,6 +266,8 @@ class Repository:
                 plan = self._execute(cursor, estimate, values).fetchone()[0]
                 plan = json_loads(plan) if isinstance(plan, str) else plan
                 counted = int(plan[0]["Plan"]["Plan Rows"])
+                if counted < self.EXACT_BELOW_ESTIMATE:  # few: counting them costs little, and is exact
+                    counted, counted_kind[0] = self._execute(cursor, count, values).fetchone()[0], "exact"
             page = [decode(row) for row in self._execute(cursor, rows, values).fetchall()]
             for run in page:  # one row nobody can read must not take the page down with it
                 for name in ("params", "result"):
@@ -270,6 +276,7 @@ class Repository:
             return counted, page
 
         counted, data = self._read(read)
+        kind = counted_kind[0]
         more = len(data) > size
         data = data[:size]
         next_cursor = Cursor.of(data[-1], order, filters).encode() if more else None
