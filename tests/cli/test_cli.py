@@ -443,7 +443,7 @@ def test_every_command_has_an_example_and_a_whole_summary(wfkit_cli):
     from wfkit.cli import cli
 
     commands = [((), cli), *_commands(cli)]
-    assert len(commands) == 25  # a new command is listed here, and gets an example
+    assert len(commands) == 26  # a new command is listed here, and gets an example
     for words, command in commands:
         assert "\n    Example: wfkit " in command.help or "\n    Example: WFKIT_" in command.help, words
     for group in ([], ["runs"], ["db"]):
@@ -456,7 +456,7 @@ def test_every_command_has_an_example_and_a_whole_summary(wfkit_cli):
 def test_runs_help_names_each_of_its_commands(wfkit_cli):
     out = wfkit_cli.invoke("runs", "--help")
     description = out.stdout.split("Options:")[0]
-    for name in ("list", "show", "stages", "decisions", "cancel", "resume", "delete"):
+    for name in ("list", "show", "stages", "decisions", "cancel", "resume", "delete", "prune"):
         assert f"\n  {name} " in description, name
 
 

@@ -210,10 +210,10 @@ def cli() -> None:
 
 @cli.group(cls=WfkitGroup, lazy={
     "list": "browse", "show": "browse", "stages": "browse", "decisions": "browse",
-    "resume": "execute", "cancel": "execute", "delete": "execute", "recover": "execute",
+    "resume": "execute", "cancel": "execute", "delete": "execute", "recover": "execute", "prune": "retention",
 })
 def runs() -> None:
-    """Browse, cancel, resume, recover and delete runs.
+    """Browse, cancel, resume, recover, delete and prune runs.
 
     \b
     list       runs, newest first, a page at a time (filters, sort, --json)
@@ -224,6 +224,7 @@ def runs() -> None:
     resume     continue a failed or cancelled run from its checkpoint
     recover    resume every run whose process died (its lease expired)
     delete     remove a run with its stages, decisions and checkpoint
+    prune      delete finished runs that ended long ago (--older-than 30d), in batches
 
     Example: wfkit runs list --status failed
     """
