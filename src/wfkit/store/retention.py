@@ -210,13 +210,19 @@ class _Plan:
         # Statuses come from the enum (never a user's text); workflow names are parameters.
         self.status_list = ", ".join(f"'{s.value}'" for s in statuses)
         self.names = names
-        matches = (f"status IN ({self.status_list}) AND created_at < ? AND COALESCE(completed_at, updated_at) < ?"
-                   + (f" AND workflow_name IN ({', '.join('?' for _ in names)})" if names else ""))
-        self._count = self.codec.sql(f"SELECT count(*) FROM runs WHERE {matches}")
-        # The keyset goes first among the conditions, as the (created_at, id) order it follows.
-        select = ("SELECT id FROM runs WHERE {keyset}" + matches + " ORDER BY created_at, id LIMIT ?")
-        delete = (f"DELETE FROM runs WHERE id IN ({select}) AND status IN ({self.status_list}) "
-                  "AND COALESCE(completed_at, updated_at) < ? RETURNING created_at, id")
+        by_name = f" AND workflow_name IN ({', '.join('?' for _ in names)})" if names else ""
+        matches = f"status IN ({self.status_list}) AND created_at < ? AND COALESCE(completed_at, updated_at) < ?"
+        self._count = self.codec.sql(f"SELECT count(*) FROM runs WHERE {matches}{by_name}")
+        # A batch reads the runs in (created_at, id) order from where the last one stopped, and stops
+        # after ``batch_size``: through an index on (created_at, id) (or, for one workflow, on
+        # (workflow_name, created_at, id)), which yields them in that order. SQLite would rather take
+        # the status index and sort every remaining run at each batch, and look the rows to delete up
+        # by status rather than by id: a unary + keeps it off the status column's indexes.
+        plus = "+" if self.sqlite else ""
+        checks = f"{plus}status IN ({self.status_list}) AND {plus}COALESCE(completed_at, updated_at) < ?"
+        select = ("SELECT id FROM runs WHERE {keyset}created_at < ? AND " + checks + by_name
+                  + " ORDER BY created_at, id LIMIT ?")
+        delete = f"DELETE FROM runs WHERE id IN ({select}) AND {checks} RETURNING created_at, id"
         self._first = self.codec.sql(delete.format(keyset=""))
         self._next = self.codec.sql(delete.format(keyset="(created_at, id) > (?, ?) AND "))
 
