@@ -11,7 +11,7 @@ throwaway database seeded with COPY), then, per engine:
            step's write: its wait for the lock, and its commit). It runs alone for --baseline
            seconds first ("before"), then throughout the prune ("during").
   prune    prune_runs(older_than=--older-than) in this process: every finished run that ended more
-           than 30 days ago (at 1M runs: 574,000 runs of 1,000,000, with their ~290,000 stages,
+           than 30 days ago (at 1M runs: 573,602 runs of 1,000,000, with their ~287,000 stages,
            ~230,000 decisions, ~57,000 checkpoints), --batch-size runs per transaction.
 
 Printed: runs deleted, the prune's time and runs/s, batches; the writer's step latency p50, p99
