@@ -73,6 +73,9 @@ _EXPORTS: dict[str, str] = {
     "StageStatus": "wfkit.store.models",
     "can_transition": "wfkit.store.models",
     "create_engine": "wfkit.store.db",
+    # retention: the write side beside the read-only repository
+    "PruneResult": "wfkit.store.retention",
+    "prune_runs": "wfkit.store.retention",
     # executing and controlling runs
     "Executor": "wfkit.executor",
     "RunControl": "wfkit.executor",
@@ -133,3 +136,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from wfkit.store.models import Checkpoint, Decision, Run, RunStatus, Stage, StageStatus, can_transition
     from wfkit.store.query import PageRequest, PageResult, PaginationConfig, RunFilters, SortField
     from wfkit.store.repository import Repository
+    from wfkit.store.retention import PruneResult, prune_runs

@@ -240,3 +240,92 @@ def test_listing_by_cursor_totals_and_creation_times(api):
                           ({"total": "many"}, "unknown total 'many'"),
                           ({"cursor": body["next_cursor"] or "x", "status": "failed"}, "invalid cursor")):
         assert detail in problem(api.client.get("/workflows/runs", params=query), 400)["detail"]
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def test_prune_deletes_old_finished_runs_in_batches_and_says_how_many(api, cli):
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from factories import add, add_history, make_run
+    from wfkit.store.db import create_engine
+    from wfkit.store.models import RunStatus, utcnow
+
+    def aged(days: float, status: RunStatus, workflow: str) -> Any:
+        created = utcnow() - timedelta(days=days)
+        ended = created + timedelta(minutes=1) if status.value in ("completed", "failed", "cancelled") else None
+        return make_run(workflow_name=workflow, status=status, created_at=created, completed_at=ended,
+                        updated_at=ended or created)
+
+    runs = {(wf, status, days): aged(days, status, wf)
+            for wf in ("prune-a", "prune-b") for status in RunStatus for days in (40, 5)}
+    engine = create_engine(api.db_url)  # type: ignore[attr-defined]
+    try:
+        add(engine, *runs.values())
+        for run in runs.values():
+            add_history(engine, run, ["a", "b"])
+    finally:
+        engine.dispose()
+
+    def left(workflow: str) -> set[str]:
+        listing = api.client.get("/workflows/runs", params={"workflow_name": workflow, "page_size": 100}).json()
+        return {r["id"] for r in listing["data"]}
+
+    both = {"workflow_name": ["prune-a", "prune-b"]}
+    dry = api.client.delete("/workflows/runs", params={"older_than": "30d", "dry_run": "true", **both})
+    assert dry.status_code == 200 and dry.headers["content-type"] == "application/json"
+    body = dry.json()
+    assert (body["deleted"], body["dry_run"], body["batches"]) == (6, True, 0)
+    assert body["statuses"] == ["completed", "failed", "cancelled"] and body["workflow_names"] == ["prune-a", "prune-b"]
+    # the command line's dry run says the same
+    as_cli = json.loads(cli.invoke("runs", "prune", "--older-than", "30d", "--dry-run", "--workflow", "prune-a",
+                                   "--workflow", "prune-b", "--json").stdout)
+    assert {k: v for k, v in as_cli.items() if k not in ("cutoff", "seconds")} == {
+        k: v for k, v in body.items() if k not in ("cutoff", "seconds")}
+    assert len(left("prune-a")) == len(left("prune-b")) == 10  # nothing deleted
+
+    some = api.client.delete("/workflows/runs", params={"older_than": "720h", "status": "failed,cancelled",
+                                                        "workflow_name": "prune-a"}).json()
+    assert (some["deleted"], some["dry_run"], some["statuses"]) == (2, False, ["failed", "cancelled"])
+    assert left("prune-a") == {str(r.id) for (wf, status, days), r in runs.items() if wf == "prune-a"} - {
+        str(runs["prune-a", RunStatus.FAILED, 40].id), str(runs["prune-a", RunStatus.CANCELLED, 40].id)}
+    rest = api.client.delete("/workflows/runs", params={"older_than": "4w", **both}).json()
+    assert rest["deleted"] == 4 and rest["batches"] == 1
+    for wf in ("prune-a", "prune-b"):  # the pending, running and recent runs are left, with their stages
+        kept = {str(r.id) for (w, status, days), r in runs.items()
+                if w == wf and (days == 5 or status.value in ("pending", "running"))}
+        assert left(wf) == kept
+        for run_id in kept:
+            assert len(api.client.get(f"/workflows/runs/{run_id}/stages").json()) == 2
+    engine = create_engine(api.db_url)  # type: ignore[attr-defined]
+    try:
+        with engine.connect() as conn:  # the stages of the runs deleted went with them
+            assert conn.execute(sa.text("SELECT count(*) FROM stages s LEFT JOIN runs r ON r.id = s.run_id "
+                                        "WHERE r.id IS NULL")).scalar_one() == 0
+    finally:
+        engine.dispose()
+
+
+def test_a_bad_prune_is_400_with_the_libraries_message_and_deletes_nothing(api, cli):
+    before = api.client.get("/workflows/runs").json()["total"]
+    assert "older_than: Field required" in problem(api.client.delete("/workflows/runs"), 400)["detail"]
+    for query, args in (({"older_than": "30"}, ("--older-than", "30")),
+                        ({"older_than": "0s"}, ("--older-than", "0s")),
+                        ({"older_than": "30d", "status": "running"}, ("--older-than", "30d", "--status", "running")),
+                        ({"older_than": "30d", "status": ["completed", "pending"]},
+                         ("--older-than", "30d", "--status", "completed", "--status", "pending")),
+                        ({"older_than": "30d", "status": "done"}, ("--older-than", "30d", "--status", "done"))):
+        body = problem(api.client.delete("/workflows/runs", params=query), 400)
+        message = cli_error(cli.invoke("runs", "prune", *args))
+        # the same words; the command line names its option (and its help), the API its parameter
+        message = message.removeprefix("Invalid value for '--older-than': ").removesuffix(
+            " (see 'wfkit runs prune --help')")
+        assert body["detail"].removeprefix("older_than ") == message
+    assert problem(api.client.delete("/workflows/runs", params={"older_than": "30d", "status": "running"}),
+                   400)["error"] == "InvalidStatusError"
+    assert problem(api.client.delete("/workflows/runs", params={"older_than": "30d", "dry_run": "maybe"}),
+                   400)["error"] == "RequestValidationError"
+    assert api.client.get("/workflows/runs").json()["total"] == before

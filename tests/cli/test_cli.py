@@ -504,7 +504,7 @@ def test_every_command_has_an_example_and_a_whole_summary(wfkit_cli):
 def test_runs_help_names_each_of_its_commands(wfkit_cli):
     out = wfkit_cli.invoke("runs", "--help")
     description = out.stdout.split("Options:")[0]
-    for name in ("list", "show", "stages", "decisions", "watch", "cancel", "resume", "delete"):
+    for name in ("list", "show", "stages", "decisions", "watch", "cancel", "resume", "delete", "prune"):
         assert f"\n  {name} " in description, name
 
 

@@ -12,7 +12,7 @@ routes: ``GET /workflows``, ``GET /workflows/{name}``, ``GET /workflows/{name}/g
 /workflows/{name}/runs`` (in the background, 202), ``GET /workflows/runs`` (a page, with
 ``Link`` headers), ``GET /workflows/runs/{id}`` (``?wait=`` to long-poll), ``.../stages``,
 ``.../decisions``, ``.../events`` (server-sent events, resumable with ``Last-Event-ID``),
-``DELETE /workflows/runs/{id}``, ``POST .../cancel``, ``POST .../resume``, ``GET /health``.
+``DELETE /workflows/runs/{id}``, ``DELETE /workflows/runs?older_than=30d`` (prune), ``POST .../cancel``, ``POST .../resume``, ``GET /health``.
 Errors are problem details (:mod:`wfkit.api.problems`).
 
 Needs the ``api`` extra: ``pip install 'wfkit[api]'``.

@@ -53,6 +53,9 @@ _H = "[0-9a-fA-F]"
 _RUN_ID = (f"^(latest|{_H}{{6,32}}|{_H}{{8}}(-{_H}{{1,4}}|-{_H}{{4}}-{_H}{{1,4}}|-{_H}{{4}}-{_H}{{4}}-{_H}{{1,4}}|"
            f"-{_H}{{4}}-{_H}{{4}}-{_H}{{4}}-{_H}{{1,12}}))$")
 _COUNT = "^[1-9][0-9]{0,8}$"
+_FINISHED = f"({'|'.join(s.value for s in _FINAL)})"
+# An age such as 30d, no more than the parser allows (365,000 days) in any unit.
+_AGE = "^([1-9][0-9]{0,9}s|[1-9][0-9]{0,7}m|[1-9][0-9]{0,5}h|[1-9][0-9]{0,4}d|[1-9][0-9]{0,3}w)$"
 
 
 def _described(**schema: Any) -> dict[str, Any]:
@@ -136,6 +139,25 @@ def build_router(service: Service, dependencies: Sequence[Any] = ()) -> APIRoute
         return JSONResponse({"data": data, "total": result.total, "page": result.page, "page_size": result.page_size,
                              "total_pages": result.total_pages, "total_kind": result.total_kind,
                              "next_cursor": result.next_cursor}, headers=dict(response.headers))
+
+    @runs.delete("", response_model=schemas.PruneOut, responses=responses(400, 503),
+                 summary="Delete finished runs that ended more than older_than ago, with their history, in batches")
+    async def prune_runs(older_than: Annotated[str, Query(description="how long ago the runs ended: a whole number "
+                                                          "and a unit, s, m, h, d or w (45s, 90m, 12h, 30d, 2w)",
+                                                          examples=["30d"], **_described(pattern=_AGE))],
+                         status: Annotated[list[str], Query(description="completed, failed or cancelled (default: "
+                                                            "all three; pending and running are refused); repeated "
+                                                            "or comma-separated", **_described(
+                             items={"type": "string", "pattern": f"^{_FINISHED}(,{_FINISHED})*$"}))] = [],  # noqa: B006
+                         workflow_name: Annotated[list[str], Query(description="only runs of these workflows; "
+                                                                   "repeated or comma-separated", **_described(
+                             items={"type": "string", "pattern": "^[^\\u0000]*$"}, maxItems=MAX_FILTER_VALUES))]
+                         = [],  # noqa: B006
+                         dry_run: Annotated[bool, Query(description="count the runs that would go; delete "
+                                                        "nothing")] = False) -> Any:
+        result = await service.call(lambda: service.executor.control.prune(
+            older_than=older_than, statuses=status, workflow_names=workflow_name, dry_run=dry_run))
+        return JSONResponse(result.to_dict())
 
     @runs.get("/{run_id}", response_model=schemas.RunOut, responses=responses(400, 404, 409, 503),
               summary="One run (with ?wait=SECONDS: once it has ended, or the time passes)")

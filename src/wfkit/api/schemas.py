@@ -128,6 +128,19 @@ class RunRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class PruneOut(_Shape):
+    """What a prune did (``DELETE /workflows/runs``), or with ``dry_run`` would do."""
+
+    deleted: int = Field(description="runs deleted (a dry run: runs that would be)")
+    dry_run: bool
+    cutoff: datetime = Field(description="runs that ended before this, by the database's clock, were pruned")
+    statuses: list[RunStatusName]
+    workflow_names: list[str] = Field(description="the workflows pruned (empty: all)")
+    batches: int = Field(description="transactions committed, each deleting a batch of runs")
+    jobs_deleted: int = Field(description="finished jobs of the workers' queue deleted with their runs")
+    seconds: float
+
+
 class Health(_Shape):
     """The server can reach its database, migrated to the revision it needs."""
 

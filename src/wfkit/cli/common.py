@@ -309,10 +309,10 @@ def cli() -> None:
 
 @cli.group(cls=WfkitGroup, lazy={
     "list": "browse", "show": "browse", "stages": "browse", "decisions": "browse", "watch": "watch",
-    "resume": "execute", "cancel": "execute", "delete": "execute", "recover": "execute",
+    "resume": "execute", "cancel": "execute", "delete": "execute", "recover": "execute", "prune": "retention",
 })
 def runs() -> None:
-    """Browse, watch, cancel, resume, recover and delete runs.
+    """Browse, watch, cancel, resume, recover, delete and prune runs.
 
     RUN_ID is a whole id, a prefix of at least 6 of its hex digits that
     no other run's id starts with, or latest (the newest run).
@@ -327,6 +327,7 @@ def runs() -> None:
     resume     continue a failed or cancelled run from its checkpoint
     recover    resume every run whose process died (its lease expired)
     delete     remove a run with its stages, decisions and checkpoint
+    prune      delete finished runs that ended long ago (--older-than 30d), in batches
 
     Example: wfkit runs list --status failed
     """

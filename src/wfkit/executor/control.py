@@ -1,4 +1,4 @@
-"""Run control without executing anything: cancel, force-cancel, delete, and the checks before a resume.
+"""Run control without executing anything: cancel, force-cancel, delete, prune, and the checks before a resume.
 
 It needs only the database, no registry and no graph: ``wfkit runs cancel`` and ``wfkit runs
 delete`` use it directly, and so can any service that manages runs it does not execute. The
@@ -127,6 +127,17 @@ class RunControl:
                 f"run {rid} is running: cancel it first (`wfkit runs cancel {rid}`), or delete it anyway with "
                 f"`wfkit runs delete {rid} --force` (force=True: its process stops at its next write)"
             )
+
+    def prune(self, *, older_than: Any, statuses: Any = None, workflow_names: Any = (), dry_run: bool = False,
+              batch_size: int | None = None, progress: Any = None) -> Any:
+        """Delete the finished runs that ended more than ``older_than`` ago, a batch at a time: see
+        :func:`wfkit.prune_runs <wfkit.store.retention.prune_runs>`, which this calls on this
+        control's database. Returns its :class:`~wfkit.store.retention.PruneResult`."""
+        from wfkit.store.retention import DEFAULT_BATCH_SIZE, prune_runs
+
+        return prune_runs(self.engine, older_than=older_than, statuses=statuses, workflow_names=workflow_names,
+                          dry_run=dry_run, batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
+                          progress=progress)
 
     def check_resume(self, run_id: uuid.UUID | str, *, force: bool = False) -> Run:
         """The run, if it may be resumed: a failed or cancelled one, a pending one, or with ``force`` a
