@@ -177,4 +177,8 @@ def test_durations_and_times():
     assert parse_time("2026-12-01").tzinfo is not None
     now = parse_time("2026-12-04T12:00Z")
     assert parse_time("12h", now=now) == parse_time("2026-12-04T00:00Z")
+    with pytest.raises(InvalidQueryError, match="invalid since '99999999999d': it is too long"):
+        parse_time("99999999999d", "since")
+    with pytest.raises(InvalidQueryError, match="invalid since '999999w': it is before any date"):
+        parse_time("999999w", "since")
     assert Cursor.of(make_run(), (), RunFilters()).values == ()

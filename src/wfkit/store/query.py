@@ -546,7 +546,10 @@ def parse_duration(value: timedelta | str, what: str = "duration") -> timedelta:
         match = _DURATION.match(str(value))
         if match is None:
             raise InvalidQueryError(f"invalid {what} {shown(str(value))}: expected {DURATION_FORMS}")
-        amount = timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()])
+        try:
+            amount = timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()])
+        except OverflowError:
+            raise InvalidQueryError(f"invalid {what} {shown(str(value))}: it is too long") from None
     if amount <= timedelta(0):
         raise InvalidQueryError(f"invalid {what} {shown(str(value))}: it must be longer than nothing")
     return amount
@@ -560,7 +563,10 @@ def parse_time(value: datetime | str, what: str = "time", *, now: datetime | Non
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, str) and _DURATION.match(value):
-        return (now or datetime.now(timezone.utc)) - parse_duration(value, what)
+        try:
+            return (now or datetime.now(timezone.utc)) - parse_duration(value, what)
+        except OverflowError:
+            raise InvalidQueryError(f"invalid {what} {shown(value)}: it is before any date") from None
     else:
         text = str(value).strip()
         try:
