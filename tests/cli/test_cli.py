@@ -174,26 +174,8 @@ def test_show_cuts_a_huge_value_at_a_terminal_only(wfkit_cli, engine):
     url = engine.url.render_as_string(hide_password=False)
     whole = wfkit_cli.invoke("runs", "show", str(run.id), url=url).stdout  # not a terminal: whole
     assert "z" * 50_000 in whole
-    import pty
-
-    master, slave = pty.openpty()
-    try:
-        out = subprocess.run([WFKIT, "runs", "show", str(run.id)], stdout=slave, stderr=subprocess.PIPE,
-                             env=wfkit_cli.environ(url=url), timeout=60)
-        os.close(slave)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            shown += chunk
-    finally:
-        os.close(master)
-    assert out.returncode == 0
-    text = shown.decode()
+    code, text = _at_a_terminal(wfkit_cli, url, "runs", "show", str(run.id))
+    assert code == 0
     assert "more characters: --full prints them" in text and "z" * 50_000 not in text
     assert len(text) < SHOW_AT_TERMINAL + 2000
 
