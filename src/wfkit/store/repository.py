@@ -179,10 +179,10 @@ class Repository:
             sa.select(*matched).where(Run.id >= sa.bindparam("low", type_=sa.Uuid()),
                                       Run.id <= sa.bindparam("high", type_=sa.Uuid()))
             .order_by(Run.id.desc()).limit(sa.bindparam("limit", type_=sa.Integer()))
-            .offset(sa.bindparam("offset", type_=sa.Integer())), dialect)  # SQLite's LIMIT ? has an OFFSET too
+            .offset(sa.bindparam("offset", type_=sa.BigInteger())), dialect)  # SQLite's LIMIT ? has an OFFSET too
         self._newest_ids = Statement.compile(
             sa.select(*matched).order_by(Run.created_at.desc(), Run.id.desc())
-            .limit(sa.bindparam("limit", type_=sa.Integer())).offset(sa.bindparam("offset", type_=sa.Integer())),
+            .limit(sa.bindparam("limit", type_=sa.Integer())).offset(sa.bindparam("offset", type_=sa.BigInteger())),
             dialect)
         # (PostgreSQL before 16 has no max() of uuid: ORDER BY ... LIMIT 1, the same index seek.)
         self._neighbours = self._codec.sql("SELECT (SELECT id FROM runs WHERE id < ? ORDER BY id DESC LIMIT 1), "
@@ -586,7 +586,7 @@ class Repository:
         # of the listing, skipping the offset there), then only those rows are fetched.
         page_ids = (sa.select(Run.id).where(*where).order_by(*order)
                     .limit(sa.bindparam("limit", type_=sa.Integer()))
-                    .offset(sa.bindparam("offset", type_=sa.Integer())).subquery())
+                    .offset(sa.bindparam("offset", type_=sa.BigInteger())).subquery())
         columns = _RUN_COLUMNS if fields == "full" else _SUMMARY_COLUMNS
         rows = sa.select(*columns).join(page_ids, Run.id == page_ids.c.id).order_by(*order)
         dialect = self.engine.dialect
