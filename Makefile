@@ -28,6 +28,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_workers.py
 	$(BIN)/python bench/bench_viewer.py --runs 1000000 --reuse
 	$(BIN)/python bench/bench_history.py
+	$(BIN)/python bench/bench_paging.py --runs 1000000 --reuse
 	$(BIN)/python bench/bench_prune.py --runs 1000000 --reuse
 
 clean:
