@@ -151,7 +151,20 @@ def test_the_run_list_filters_sorts_and_pages_through_the_url(page, viewer):
     names = page.page.locator("table.runs tbody td:nth-child(2)").all_inner_texts()
     assert names == sorted(names)
     assert parse_qs(urlparse(page.page.url).query)["sort"] == ["workflow_name"]
+    # creation times: the form's fields, in the URL; the listing is the API's
+    fifth = _runs(viewer)[4]["created_at"]  # newest first: since the fifth newest, five runs
+    page.goto("/")
+    page.page.fill("input[name=since]", fifth)
+    page.page.click("form.filters button[type=submit]")
+    page.page.wait_for_url(re.compile(r".*since=.*"))
+    assert len(_runs(viewer, since=fifth)) == 5
+    assert page.page.locator("input[name=since]").input_value() == fifth
+    assert page.page.locator("table.runs tbody tr").count() == 5
+    page.goto("/?until=2000-01-01")
+    assert "No run matches these filters." in page.page.locator(".empty").inner_text()
     # a bad filter gets the same message as the API and the command line, as a page
+    answer = page.goto("/?since=whenever")
+    assert answer.status == 400 and "invalid since 'whenever'" in page.page.locator(".error-message").inner_text()
     answer = page.goto("/?status=bogus")
     assert answer.status == 400 and "unknown status 'bogus'" in page.page.locator(".error-message").inner_text()
     page.errors.clear()  # the browser logs the 400 itself

@@ -109,7 +109,8 @@ def build_viewer(service: Any, dependencies: Sequence[Any] = ()) -> "APIRouter":
             values = {k: query.get(k) for k in ("page", "page_size", "sort") if query.get(k)}
             request_page = PageRequest.from_query(values)
             filters = RunFilters.from_query({"workflow_name": query.getlist("workflow_name"),
-                                             "status": query.getlist("status")})
+                                             "status": query.getlist("status"), "since": query.get("since"),
+                                             "until": query.get("until")})
             result = service.repository.list_runs(request_page, filters, fields="summary")
             if not result.data and result.total and result.total_pages and result.page > result.total_pages:
                 # past the last page (a link kept from when there were more runs): the last page
