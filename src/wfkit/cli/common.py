@@ -312,7 +312,7 @@ def cli() -> None:
     "resume": "execute", "cancel": "execute", "delete": "execute", "recover": "execute", "prune": "retention",
 })
 def runs() -> None:
-    """Browse, watch, cancel, resume, recover, delete and prune runs.
+    """Browse, watch, cancel, resume and prune runs.
 
     RUN_ID is a whole id, a prefix of at least 6 of its hex digits that
     no other run's id starts with, or latest (the newest run).
