@@ -61,9 +61,14 @@ MAX_BATCH_SIZE = 100_000
 #: The longest age ``older_than`` may give (a cutoff before any run was ever recorded).
 MAX_AGE = timedelta(days=365_000)
 #: On SQLite, the prune pauses after each batch for this share of the time the batch held the
-#: database's write lock (at least 1 ms, at most 200 ms): a writer that waited for the lock sleeps in
-#: SQLite's busy handler, and must wake to find the lock free, not taken by the next batch already.
+#: database's write lock (at least 1 ms, at most :data:`SQLITE_LONGEST_WAIT`): a writer that waited
+#: for the lock sleeps in SQLite's busy handler, and must wake to find the lock free, not taken by
+#: the next batch already.
 SQLITE_PAUSE_SHARE = 1.0
+#: The longest the pause gets: the longest sleep of SQLite's busy handler (the steps of its default
+#: handler, which Python's sqlite3 installs, grow to 100 ms), so that a writer asleep in it wakes
+#: within the pause, while a prune of long batches does not spend half its time asleep.
+SQLITE_LONGEST_WAIT = 0.1
 #: The units ``older_than`` text may use, in seconds.
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 AGE_FORMS = "a whole number and a unit: 45s, 90m, 12h, 30d or 2w"
@@ -196,7 +201,7 @@ def prune_runs(engine_or_url: Engine | str | None = None, *, older_than: timedel
             if last is None:  # nothing left to delete
                 break
             if plan.sqlite:  # let a writer waiting for the lock have it (see SQLITE_PAUSE_SHARE)
-                time.sleep(min(0.2, max(0.001, held * SQLITE_PAUSE_SHARE)))
+                time.sleep(min(SQLITE_LONGEST_WAIT, max(0.001, held * SQLITE_PAUSE_SHARE)))
     return replace(result, seconds=time.perf_counter() - started)
 
 
